@@ -13,6 +13,7 @@ consumed, so outputs are bit-identical without it).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -463,7 +464,7 @@ class MLP(nn.Module):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         self.layers = nn.ModuleList(
-            nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
+            nn.Linear(a, b) for a, b in itertools.pairwise(dims)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
