@@ -1,0 +1,168 @@
+"""The ``headway`` command: parses arguments, calls library functions, prints tables."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from headway.errors import InputError
+from headway.models import CONFIGS, build_cswintt, load_weights
+from headway.runtime.device import resolve_device
+from headway.tracking.datasets import FORMATS, UPDATE_INTERVALS, load_dataset
+from headway.tracking.metrics import CONVENTIONS
+from headway.tracking.plots import plot_curves
+from headway.tracking.runner import evaluate_run, stage_breakdown, track_dataset
+from headway.tracking.synth import SynthSettings, synthesize
+from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
+
+app = typer.Typer(
+    help="headway: faster transformer and CNN inference with proof the answers did not change.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def reports_errors(command: F) -> F:
+    """Turn input problems into one line on stderr and exit status 1 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return command(*args, **kwargs)
+        except (InputError, ValueError, FileNotFoundError) as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _check_choice(value: str, choices: tuple[str, ...] | list[str], what: str) -> str:
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}: choose from {', '.join(choices)}")
+    return value
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+@app.command()
+@reports_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the OTB-layout dataset into.")],
+    sequences: Annotated[int, typer.Option(help="Number of sequences.")] = 4,
+    frames: Annotated[int, typer.Option(help="Frames per sequence.")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+) -> None:
+    """Write synthetic tracking sequences (the built-in default data)."""
+    from rich.progress import track
+
+    steps = iter(track(range(sequences), description="synthesising", console=console))
+    names = synthesize(
+        out, sequences, seed, SynthSettings(frames=frames), on_sequence=lambda _: next(steps, None)
+    )
+    next(steps, None)
+    console.print(f"wrote {len(names)} sequences × {frames} frames to {out}")
+
+
+@app.command("track")
+@reports_errors
+def track_command(
+    dataset: Annotated[Path, typer.Argument(help="Dataset root folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for the result files.")],
+    format: Annotated[str, typer.Option(help=f"Dataset layout: {', '.join(FORMATS)}.")] = "otb",
+    config: Annotated[str, typer.Option(help="Network size: default or tiny.")] = "default",
+    checkpoint: Annotated[Path | None, typer.Option(help="Weights (.pth / .pth.tar).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    sequences: Annotated[str | None, typer.Option(help="Only these, comma-separated.")] = None,
+    split: Annotated[str | None, typer.Option(help="GOT-10k / TrackingNet split.")] = None,
+    update_interval: Annotated[
+        int | None, typer.Option(help="Template update interval (default: per format).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights (no checkpoint).")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Track every sequence of a dataset; reruns skip sequences already complete."""
+    _check_choice(format, FORMATS, "dataset format")
+    _check_choice(config, list(CONFIGS), "configuration")
+    torch_device = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    selected = load_dataset(dataset, format, split, _names(sequences))
+    torch.manual_seed(seed)
+    network = build_cswintt(config)
+    if checkpoint is not None:
+        load_weights(network, checkpoint)
+    weights = str(checkpoint) if checkpoint else f"random (seed {seed})"
+    interval = update_interval or UPDATE_INTERVALS[format]
+    tracker = CSWinTTTracker(network, TrackerSettings(update_interval=interval), torch_device)
+    console.print(
+        f"tracking {len(selected)} sequences with CSWinTT ({config}), weights {weights}, "
+        f"{torch_device}, {torch.get_num_threads()} threads, update interval {interval}"
+    )
+    info = {"config": config, "weights": weights, "update_interval": interval}
+    summary = track_dataset(tracker, selected, out, format, info, show_progress=progress)
+    if summary.skipped:
+        console.print(f"skipped {len(summary.skipped)} complete sequences already in {out}")
+    breakdown = stage_breakdown(out, [s.name for s in selected])
+    table = Table(title=f"Per-frame time by stage ({breakdown.frames} tracked frames)")
+    table.add_column("stage")
+    table.add_column("ms / frame", justify="right")
+    table.add_column("share", justify="right")
+    shares = breakdown.shares()
+    for stage, ms in breakdown.stage_ms.items():
+        table.add_row(stage, f"{ms:.2f}", f"{shares[stage]:.1f}%")
+    table.add_row("[bold]frame (wall)", f"{breakdown.frame_ms:.2f}", f"{breakdown.fps:.2f} FPS")
+    console.print(table)
+
+
+@app.command("eval")
+@reports_errors
+def eval_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run folder(s) written by `headway track`.")],
+    dataset: Annotated[Path, typer.Option(help="Dataset root folder (ground truth).")],
+    format: Annotated[str, typer.Option(help=f"Dataset layout: {', '.join(FORMATS)}.")] = "otb",
+    convention: Annotated[
+        str, typer.Option(help=f"Metric convention: {', '.join(CONVENTIONS)}.")
+    ] = "pytracking",
+    split: Annotated[str | None, typer.Option(help="GOT-10k / TrackingNet split.")] = None,
+    sequences: Annotated[str | None, typer.Option(help="Only these, comma-separated.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots.")] = None,
+) -> None:
+    """Score runs (AUC, precision, normalised precision), write metrics.json and plots."""
+    _check_choice(format, FORMATS, "dataset format")
+    _check_choice(convention, CONVENTIONS, "convention")
+    selected = load_dataset(dataset, format, split, _names(sequences))
+    results = {str(run): evaluate_run(run, selected, convention) for run in runs}
+    score_names = list(next(iter(results.values())).scores)
+    table = Table(title=f"{len(selected)} sequences, {convention} convention")
+    table.add_column("run")
+    for name in score_names:
+        table.add_column(name, justify="right")
+    for label, result in results.items():
+        table.add_row(label, *(f"{result.scores[n]:.2f}" for n in score_names))
+    console.print(table)
+    written = plot_curves(results, plots or runs[0])
+    console.print("metrics.json written to each run folder; plots: " + ", ".join(map(str, written)))
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    torch.set_grad_enabled(False)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

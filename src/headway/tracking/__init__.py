@@ -1,0 +1,1 @@
+"""Tracking workload: dataset readers, synthetic data, the tracker loop, result files, metrics."""

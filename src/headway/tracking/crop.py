@@ -1,0 +1,108 @@
+"""Image side of the tracker: reading frames, square crops around the target with a padding
+mask, ImageNet normalisation, and mapping a predicted box back to the image."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from headway.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_frame(path: Path) -> np.ndarray:
+    """Read an image as RGB uint8 (H, W, 3); a clear error when missing or unreadable."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: frame is missing")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path}: frame cannot be decoded as an image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_init_box(box: np.ndarray, image_shape: tuple[int, ...], where: str) -> None:
+    """The first box must have positive size and overlap the image."""
+    x, y, w, h = (float(v) for v in box)
+    height, width = image_shape[:2]
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise InputError(f"{where}: initial box {list(box)} is not finite")
+    if w <= 0 or h <= 0:
+        raise InputError(f"{where}: initial box {list(box)} has zero or negative size")
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise InputError(
+            f"{where}: initial box {list(box)} lies outside the {width}x{height} image"
+        )
+
+
+def sample_target(
+    image: np.ndarray, box: np.ndarray | list[float], factor: float, output_size: int
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Square crop of side ceil(sqrt(w·h)·factor) centred on ``box``, zero-padded where it leaves
+    the image, resized to ``output_size``. Returns (crop, resize_factor, padding mask)."""
+    x, y, w, h = (float(v) for v in box)
+    crop_size = math.ceil(math.sqrt(w * h) * factor)
+    if crop_size < 1:
+        raise ValueError(f"box {list(box)} is too small to crop")
+    x1 = round(x + 0.5 * w - crop_size * 0.5)
+    y1 = round(y + 0.5 * h - crop_size * 0.5)
+    x2, y2 = x1 + crop_size, y1 + crop_size
+    height, width = image.shape[:2]
+    x1_pad, y1_pad = max(0, -x1), max(0, -y1)
+    x2_pad, y2_pad = max(x2 - width + 1, 0), max(y2 - height + 1, 0)
+    inside = image[y1 + y1_pad : y2 - y2_pad, x1 + x1_pad : x2 - x2_pad]
+    if inside.size == 0:
+        padded = np.zeros((crop_size, crop_size, 3), dtype=image.dtype)
+        mask = np.ones((crop_size, crop_size), dtype=np.float32)
+    else:
+        padded = cv2.copyMakeBorder(
+            inside, y1_pad, y2_pad, x1_pad, x2_pad, cv2.BORDER_CONSTANT, value=(0, 0, 0)
+        )
+        mask = np.ones(padded.shape[:2], dtype=np.float32)
+        mask[y1_pad : padded.shape[0] - y2_pad, x1_pad : padded.shape[1] - x2_pad] = 0
+    crop = cv2.resize(padded, (output_size, output_size))
+    mask = cv2.resize(mask, (output_size, output_size)) != 0
+    return crop, output_size / crop_size, mask
+
+
+class Preprocessor:
+    """uint8 RGB crop + bool mask → normalised (1, 3, H, W) float tensor and (1, H, W) mask."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+
+    def __call__(self, crop: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(crop).to(self.device).permute(2, 0, 1).unsqueeze(0).float()
+        image = (image / 255.0 - self.mean) / self.std
+        return image, torch.from_numpy(mask).to(self.device).unsqueeze(0)
+
+
+def map_box_back(
+    box: list[float], previous_state: list[float], resize_factor: float, search_size: int
+) -> list[float]:
+    """(cx, cy, w, h) in the search crop (original scale) → [x, y, w, h] in the image."""
+    cx_prev = previous_state[0] + 0.5 * previous_state[2]
+    cy_prev = previous_state[1] + 0.5 * previous_state[3]
+    cx, cy, w, h = box
+    half_side = 0.5 * search_size / resize_factor
+    cx_image = cx + (cx_prev - half_side)
+    cy_image = cy + (cy_prev - half_side)
+    return [cx_image - 0.5 * w, cy_image - 0.5 * h, w, h]
+
+
+def clip_box(box: list[float], height: int, width: int, margin: float = 0) -> list[float]:
+    """Keep at least ``margin`` pixels of the box inside the image, and a size ≥ ``margin``."""
+    x1, y1, w, h = box
+    x2, y2 = x1 + w, y1 + h
+    x1 = min(max(0, x1), width - margin)
+    x2 = min(max(margin, x2), width)
+    y1 = min(max(0, y1), height - margin)
+    y2 = min(max(margin, y2), height)
+    return [x1, y1, max(margin, x2 - x1), max(margin, y2 - y1)]

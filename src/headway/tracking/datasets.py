@@ -1,0 +1,233 @@
+"""Readers for the standard single-object-tracking folder layouts (OTB, GOT-10k, TrackingNet,
+LaSOT). Each yields plain :class:`Sequence` objects; the tracker never knows which dataset it
+runs on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headway.errors import InputError
+
+FORMATS = ("otb", "got10k", "trackingnet", "lasot")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+# Template-update interval per format (the cswintt_cls yaml's TEST.UPDATE_INTERVALS; formats it
+# does not list fall back to DATA.MAX_SAMPLE_INTERVAL = 200).
+UPDATE_INTERVALS = {"otb": 200, "got10k": 25, "trackingnet": 25, "lasot": 200}
+
+# OTB sequences whose annotations cover only part of the image folder (1-based, inclusive).
+OTB_FRAME_RANGES = {"David": (300, 770), "BlurCar1": (247, 988)}
+
+
+@dataclass
+class Sequence:
+    """One tracking sequence: frame paths and per-frame ground truth [x, y, w, h].
+
+    ``ground_truth`` rows are NaN where no annotation is given (test splits annotate only the
+    first frame). ``target_visible`` is set where the dataset says when the target is absent
+    (LaSOT occlusion/out-of-view, GOT-10k absence).
+    """
+
+    name: str
+    frames: list[Path]
+    ground_truth: np.ndarray
+    dataset: str
+    target_visible: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def init_box(self) -> np.ndarray:
+        return self.ground_truth[0]
+
+    @property
+    def fully_annotated(self) -> bool:
+        return not np.isnan(self.ground_truth).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Text files
+# ---------------------------------------------------------------------------------------------
+
+
+def read_boxes(path: Path) -> np.ndarray:
+    """Read one [x, y, w, h] per line, separated by commas, tabs or spaces. NaN is accepted."""
+    if not path.is_file():
+        raise InputError(f"{path}: ground-truth file is missing")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text:
+            continue
+        fields = [f for f in re.split(r"[,\s]+", text) if f]
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            raise InputError(f"{path}:{number}: not a number in {text!r}") from None
+        if len(values) != 4:
+            raise InputError(f"{path}:{number}: expected 4 values x,y,w,h, got {len(values)}")
+        rows.append(values)
+    if not rows:
+        raise InputError(f"{path}: ground-truth file is empty")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def read_flags(path: Path) -> np.ndarray:
+    """Read 0/1 flags separated by commas or whitespace/newlines (LaSOT, GOT-10k labels)."""
+    text = path.read_text()
+    try:
+        return np.asarray([int(float(f)) for f in re.split(r"[,\s]+", text) if f], dtype=bool)
+    except ValueError:
+        raise InputError(f"{path}: expected 0/1 flags") from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder in numeric order of their names (``10.jpg`` after ``9.jpg``)."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: frame folder is missing")
+    images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+
+    def order(p: Path) -> tuple[int, str]:
+        digits = re.sub(r"\D", "", p.stem)
+        return (int(digits) if digits else -1, p.name)
+
+    return sorted(images, key=order)
+
+
+def _align(name: str, frames: list[Path], boxes: np.ndarray, gt_path: Path) -> np.ndarray:
+    """Ground truth padded with NaN when only the first frame is annotated; error otherwise."""
+    if not frames:
+        raise InputError(f"sequence {name}: no frames found")
+    if len(boxes) == len(frames):
+        return boxes
+    if len(boxes) == 1:
+        padded = np.full((len(frames), 4), np.nan)
+        padded[0] = boxes[0]
+        return padded
+    raise InputError(
+        f"{gt_path}: {len(boxes)} ground-truth lines for {len(frames)} frames of sequence {name}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts
+# ---------------------------------------------------------------------------------------------
+
+
+def load_otb(root: Path) -> list[Sequence]:
+    """``<root>/<Seq>/img/*.jpg`` and ``groundtruth_rect.txt`` (or ``.1.txt``/``.2.txt``, which
+    become ``<Seq>_1``/``<Seq>_2``)."""
+    sequences = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        gt_files = sorted(folder.glob("groundtruth_rect*.txt"))
+        if not gt_files:
+            continue
+        frames = list_images(folder / "img")
+        if folder.name in OTB_FRAME_RANGES:
+            first, last = OTB_FRAME_RANGES[folder.name]
+            frames = frames[first - 1 : last]
+        for gt_path in gt_files:
+            match = re.fullmatch(r"groundtruth_rect\.(\d+)\.txt", gt_path.name)
+            name = f"{folder.name}_{match.group(1)}" if match else folder.name
+            boxes = read_boxes(gt_path)
+            sequences.append(Sequence(name, frames, _align(name, frames, boxes, gt_path), "otb"))
+    return sequences
+
+
+def load_got10k(root: Path, split: str = "val") -> list[Sequence]:
+    """``<root>/<split>/<seq>/{00000001.jpg, groundtruth.txt, absence.label}``; ``root`` may also
+    be the split folder itself."""
+    split_dir = root / split if (root / split).is_dir() else root
+    list_file = split_dir / "list.txt"
+    if list_file.is_file():
+        names = [n.strip() for n in list_file.read_text().splitlines() if n.strip()]
+    else:
+        names = sorted(p.name for p in split_dir.iterdir() if (p / "groundtruth.txt").is_file())
+    sequences = []
+    for name in names:
+        folder = split_dir / name
+        frames = list_images(folder)
+        gt_path = folder / "groundtruth.txt"
+        boxes = _align(name, frames, read_boxes(gt_path), gt_path)
+        visible = None
+        absence = folder / "absence.label"
+        if absence.is_file():
+            visible = ~read_flags(absence)
+        sequences.append(Sequence(name, frames, boxes, "got10k", visible))
+    return sequences
+
+
+def load_trackingnet(root: Path, split: str = "TEST") -> list[Sequence]:
+    """``<root>/<split>/anno/<seq>.txt`` and ``<root>/<split>/frames/<seq>/0.jpg, 1.jpg, …``."""
+    split_dir = root / split if (root / split).is_dir() else root
+    anno_dir = split_dir / "anno"
+    if not anno_dir.is_dir():
+        raise InputError(f"{anno_dir}: TrackingNet annotation folder is missing")
+    sequences = []
+    for gt_path in sorted(anno_dir.glob("*.txt")):
+        name = gt_path.stem
+        frames = list_images(split_dir / "frames" / name)
+        boxes = _align(name, frames, read_boxes(gt_path), gt_path)
+        sequences.append(Sequence(name, frames, boxes, "trackingnet"))
+    return sequences
+
+
+def load_lasot(root: Path) -> list[Sequence]:
+    """``<root>/<class>/<class>-<n>/{img/%08d.jpg, groundtruth.txt, full_occlusion.txt,
+    out_of_view.txt}``; ``testing_set.txt`` in ``root``, if present, selects the sequences."""
+    selection = root / "testing_set.txt"
+    if selection.is_file():
+        names = [n.strip() for n in selection.read_text().splitlines() if n.strip()]
+        folders = [root / n.rsplit("-", 1)[0] / n for n in names]
+    else:
+        folders = sorted(p for p in root.glob("*/*") if (p / "groundtruth.txt").is_file())
+    sequences = []
+    for folder in folders:
+        frames = list_images(folder / "img")
+        gt_path = folder / "groundtruth.txt"
+        boxes = _align(folder.name, frames, read_boxes(gt_path), gt_path)
+        visible = None
+        occlusion, out_of_view = folder / "full_occlusion.txt", folder / "out_of_view.txt"
+        if occlusion.is_file() and out_of_view.is_file():
+            visible = ~(read_flags(occlusion) | read_flags(out_of_view))
+        sequences.append(Sequence(folder.name, frames, boxes, "lasot", visible))
+    return sequences
+
+
+def load_dataset(
+    root: str | Path,
+    format: str,
+    split: str | None = None,
+    names: Iterable[str] | None = None,
+) -> list[Sequence]:
+    """Read the sequences of a dataset folder in the given layout, optionally only ``names``."""
+    root = Path(root)
+    if format not in FORMATS:
+        raise InputError(f"unknown dataset format {format!r}: choose from {', '.join(FORMATS)}")
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset folder does not exist")
+    if format == "otb":
+        sequences = load_otb(root)
+    elif format == "got10k":
+        sequences = load_got10k(root, split or "val")
+    elif format == "trackingnet":
+        sequences = load_trackingnet(root, split or "TEST")
+    else:
+        sequences = load_lasot(root)
+    if not sequences:
+        raise InputError(f"{root}: no {format} sequences found")
+    if names is not None:
+        wanted = list(names)
+        by_name = {s.name: s for s in sequences}
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            raise InputError(f"{root}: no sequence named {', '.join(unknown)}")
+        sequences = [by_name[n] for n in wanted]
+    return sequences

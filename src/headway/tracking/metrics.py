@@ -1,0 +1,319 @@
+"""One-pass-evaluation metrics: success (AUC), precision and normalised precision.
+
+Several toolkits compute "the same" numbers differently (pixel-inclusive vs continuous IoU,
+``>`` vs ``≥``, value at a threshold vs area under a curve). Each convention is reproduced as
+its toolkit states it; ``pytracking`` is the default because CSWinTT ships that analysis code.
+
+- ``pytracking``: inclusive IoU, success IoU > t over 21 thresholds, AUC = mean; precision and
+  normalised precision are the curves' values at 20 px and 0.20. Invalid frames count in the
+  denominator: IoU −1 (never a success), centre error +∞ (never), normalised error −1 (always),
+  except LaSOT frames with an invisible target, which are +∞.
+- ``otb``: continuous IoU (got10k-toolkit), centre (xy + (wh − 1)/2), same curves as pytracking.
+- ``lasot``: as ``otb`` for success and precision; normalised precision is the AUC of the
+  51-point curve over 0..0.5, errors normalised by max(1, gt_wh); frames without a valid,
+  visible target are left out.
+- ``trackingnet``: integer boxes, inclusive IoU with IoU ≥ t, 21 thresholds per curve, and every
+  number is the trapezoidal area under its curve (×100).
+- ``got10k``: AO (mean IoU), SR0.50 and SR0.75 pooled over all frames after the first in which
+  the target is visible; continuous IoU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from headway.errors import InputError
+
+CONVENTIONS = ("pytracking", "otb", "lasot", "trackingnet", "got10k")
+
+OVERLAP_THRESHOLDS = np.linspace(0, 1, 21)
+CENTER_THRESHOLDS = np.arange(0, 51, dtype=np.float64)
+NORM_THRESHOLDS = np.arange(0, 51, dtype=np.float64) / 100
+
+
+@dataclass
+class Curves:
+    """Per-sequence curves (fractions in [0, 1]) on the convention's thresholds."""
+
+    success: np.ndarray
+    precision: np.ndarray
+    norm_precision: np.ndarray
+
+
+@dataclass
+class EvalResult:
+    """Scores in percent, the averaged curves, and per-sequence scores."""
+
+    convention: str
+    scores: dict[str, float]
+    thresholds: dict[str, np.ndarray]
+    curves: dict[str, np.ndarray]
+    per_sequence: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "convention": self.convention,
+            "scores": self.scores,
+            "curves": {k: v.tolist() for k, v in self.curves.items()},
+            "thresholds": {k: v.tolist() for k, v in self.thresholds.items()},
+            "per_sequence": self.per_sequence,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Box geometry
+# ---------------------------------------------------------------------------------------------
+
+
+def iou_inclusive(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Pixel-inclusive IoU (pytracking, TrackingNet): a box covers x .. x + w − 1."""
+    tl = np.maximum(pred[:, :2], gt[:, :2])
+    br = np.minimum(pred[:, :2] + pred[:, 2:] - 1, gt[:, :2] + gt[:, 2:] - 1)
+    inter = np.clip(br - tl + 1, 0, None).prod(axis=1)
+    union = pred[:, 2:].prod(axis=1) + gt[:, 2:].prod(axis=1) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def iou_continuous(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Continuous IoU (got10k-toolkit): a box covers [x, x + w), clipped to [0, 1]."""
+    tl = np.maximum(pred[:, :2], gt[:, :2])
+    br = np.minimum(pred[:, :2] + pred[:, 2:], gt[:, :2] + gt[:, 2:])
+    inter = np.clip(br - tl, 0, None).prod(axis=1)
+    union = pred[:, 2:].prod(axis=1) + gt[:, 2:].prod(axis=1) - inter
+    return np.clip(inter / (union + np.finfo(float).eps), 0.0, 1.0)
+
+
+def centers(boxes: np.ndarray) -> np.ndarray:
+    """Pixel centre xy + (wh − 1)/2 used by pytracking, OTB and LaSOT."""
+    return boxes[:, :2] + 0.5 * (boxes[:, 2:] - 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_prediction(
+    pred: np.ndarray, gt: np.ndarray, name: str, strict_length: bool = False
+) -> np.ndarray:
+    """Match lengths, overwrite frame 1 with the ground truth and carry forward 0-sized boxes."""
+    if np.isnan(pred).any():
+        raise InputError(f"sequence {name}: prediction contains NaN")
+    if (pred[:, 2:] < 0).any():
+        raise InputError(f"sequence {name}: prediction has a negative width or height")
+    if len(pred) < len(gt):
+        if strict_length:
+            raise InputError(f"sequence {name}: {len(pred)} predicted boxes for {len(gt)} frames")
+        pred = np.concatenate([pred, np.zeros((len(gt) - len(pred), 4))])
+    pred = pred[: len(gt)].copy()
+    pred[0] = gt[0]
+    for index in range(1, len(pred)):
+        if pred[index, 2] == 0 or pred[index, 3] == 0:
+            pred[index] = pred[index - 1]
+    return pred
+
+
+def _check_ground_truth(gt: np.ndarray, name: str) -> None:
+    if np.isnan(gt).any():
+        raise InputError(
+            f"sequence {name}: ground truth is not given for every frame "
+            "(a test split is scored by its server)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-sequence curves
+# ---------------------------------------------------------------------------------------------
+
+
+def pytracking_curves(
+    pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None, lasot: bool, name: str
+) -> Curves:
+    _check_ground_truth(gt, name)
+    pred = prepare_prediction(pred, gt, name, strict_length=lasot)
+    valid = (gt[:, 2] > 0) & (gt[:, 3] > 0)
+    if visible is not None and lasot:
+        valid &= visible
+    iou = iou_inclusive(pred, gt)
+    delta = centers(pred) - centers(gt)
+    center_error = np.linalg.norm(delta, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm_error = np.linalg.norm(delta / gt[:, 2:], axis=1)
+    iou[~valid] = -1.0
+    center_error[~valid] = np.inf
+    norm_error[~valid] = -1.0
+    if lasot and visible is not None:
+        norm_error[~visible] = np.inf
+    length = len(gt)
+    return Curves(
+        (iou[:, None] > OVERLAP_THRESHOLDS).sum(0) / length,
+        (center_error[:, None] <= CENTER_THRESHOLDS).sum(0) / length,
+        (norm_error[:, None] <= NORM_THRESHOLDS).sum(0) / length,
+    )
+
+
+def continuous_curves(
+    pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None, lasot: bool, name: str
+) -> Curves:
+    """OTB / LaSOT toolkit curves (continuous IoU)."""
+    valid = np.isfinite(gt).all(axis=1) & (np.nan_to_num(gt[:, 2:]) > 0).all(axis=1)
+    pred = prepare_prediction(pred, np.where(np.isfinite(gt), gt, 0.0), name, lasot)
+    if visible is not None:
+        valid &= visible
+    iou = iou_continuous(pred, gt)
+    delta = centers(pred) - centers(gt)
+    center_error = np.linalg.norm(delta, axis=1)
+    norm_error = np.linalg.norm(delta / np.maximum(1.0, gt[:, 2:]), axis=1)
+    if lasot:
+        iou, center_error, norm_error = iou[valid], center_error[valid], norm_error[valid]
+        length = max(int(valid.sum()), 1)
+    else:
+        _check_ground_truth(gt, name)
+        iou[~valid] = -1.0
+        center_error[~valid] = np.inf
+        norm_error[~valid] = np.inf
+        length = len(gt)
+    return Curves(
+        (iou[:, None] > OVERLAP_THRESHOLDS).sum(0) / length,
+        (center_error[:, None] <= CENTER_THRESHOLDS).sum(0) / length,
+        (norm_error[:, None] <= NORM_THRESHOLDS).sum(0) / length,
+    )
+
+
+TRACKINGNET_IOU = np.linspace(0, 1, 21)
+TRACKINGNET_PRECISION = np.linspace(0, 50, 21)
+TRACKINGNET_NORM = np.linspace(0, 0.5, 21)
+
+
+def trackingnet_curves(pred: np.ndarray, gt: np.ndarray, name: str) -> Curves:
+    _check_ground_truth(gt, name)
+    pred = np.round(prepare_prediction(pred, gt, name))
+    gt = np.round(gt)
+    iou = iou_inclusive(pred, gt)
+    pred_center = pred[:, :2] + (pred[:, 2:] + 1) / 2
+    gt_center = gt[:, :2] + (gt[:, 2:] + 1) / 2
+    delta = pred_center - gt_center
+    center_error = np.linalg.norm(delta, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm_error = np.linalg.norm(delta / gt[:, 2:], axis=1)
+    return Curves(
+        (iou[:, None] >= TRACKINGNET_IOU).mean(0),
+        (center_error[:, None] <= TRACKINGNET_PRECISION).mean(0),
+        (norm_error[:, None] <= TRACKINGNET_NORM).mean(0),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
+# ---------------------------------------------------------------------------------------------
+
+
+def _curve_scores(convention: str, success: np.ndarray, prec: np.ndarray, norm: np.ndarray) -> dict:
+    if convention == "trackingnet":
+        x = np.linspace(0, 1, 21)
+        return {
+            "AUC": float(np.trapezoid(success, x=x) * 100),
+            "P": float(np.trapezoid(prec, x=x) * 100),
+            "Pnorm": float(np.trapezoid(norm, x=x) * 100),
+        }
+    scores = {
+        "AUC": float(success.mean() * 100),
+        "P": float(prec[20] * 100),
+        "Pnorm": float((norm.mean() if convention == "lasot" else norm[20]) * 100),
+        "OP50": float(success[10] * 100),
+        "OP75": float(success[15] * 100),
+    }
+    return scores
+
+
+def evaluate(
+    predictions: dict[str, np.ndarray],
+    ground_truth: dict[str, np.ndarray],
+    visible: dict[str, np.ndarray | None] | None = None,
+    convention: str = "pytracking",
+    dataset: str = "otb",
+) -> EvalResult:
+    """Score predicted boxes against ground truth, sequences in ``ground_truth``'s order.
+
+    ``dataset`` matters for the pytracking convention (LaSOT treats invisible targets apart).
+    """
+    if convention not in CONVENTIONS:
+        raise InputError(f"unknown convention {convention!r}: choose from {', '.join(CONVENTIONS)}")
+    missing = [name for name in ground_truth if name not in predictions]
+    if missing:
+        raise InputError(f"no results for {len(missing)} sequence(s): {', '.join(missing[:8])}")
+    visible = visible or {}
+    if convention == "got10k":
+        return _evaluate_got10k(predictions, ground_truth, visible)
+    lasot = dataset == "lasot" or convention == "lasot"
+    per_sequence: dict[str, dict[str, float]] = {}
+    all_curves = []
+    for name, gt in ground_truth.items():
+        pred, vis = predictions[name], visible.get(name)
+        if convention == "pytracking":
+            curves = pytracking_curves(pred, gt, vis, lasot, name)
+        elif convention == "trackingnet":
+            curves = trackingnet_curves(pred, gt, name)
+        else:
+            curves = continuous_curves(pred, gt, vis, lasot, name)
+        all_curves.append(curves)
+        per_sequence[name] = _curve_scores(
+            convention, curves.success, curves.precision, curves.norm_precision
+        )
+    success = np.mean([c.success for c in all_curves], axis=0)
+    precision = np.mean([c.precision for c in all_curves], axis=0)
+    norm = np.mean([c.norm_precision for c in all_curves], axis=0)
+    if convention == "trackingnet":
+        thresholds = {
+            "success": TRACKINGNET_IOU,
+            "precision": TRACKINGNET_PRECISION,
+            "norm_precision": TRACKINGNET_NORM,
+        }
+    else:
+        thresholds = {
+            "success": OVERLAP_THRESHOLDS,
+            "precision": CENTER_THRESHOLDS,
+            "norm_precision": NORM_THRESHOLDS,
+        }
+    return EvalResult(
+        convention,
+        _curve_scores(convention, success, precision, norm),
+        thresholds,
+        {"success": success, "precision": precision, "norm_precision": norm},
+        per_sequence,
+    )
+
+
+def _evaluate_got10k(
+    predictions: dict[str, np.ndarray],
+    ground_truth: dict[str, np.ndarray],
+    visible: dict[str, np.ndarray | None],
+) -> EvalResult:
+    thresholds = np.linspace(0, 1, 101)
+    pooled = []
+    per_sequence = {}
+    for name, gt in ground_truth.items():
+        _check_ground_truth(gt, name)
+        pred = prepare_prediction(predictions[name], gt, name)
+        keep = np.ones(len(gt), dtype=bool)
+        keep[0] = False
+        vis = visible.get(name)
+        if vis is not None:
+            keep &= vis
+        iou = iou_continuous(pred, gt)[keep]
+        pooled.append(iou)
+        per_sequence[name] = {
+            "AO": float(iou.mean() * 100) if iou.size else 0.0,
+            "SR0.50": float((iou > 0.5).mean() * 100) if iou.size else 0.0,
+        }
+    ious = np.concatenate(pooled) if pooled else np.zeros(0)
+    success = (ious[:, None] > thresholds).mean(0) if ious.size else np.zeros_like(thresholds)
+    scores = {
+        "AO": float(ious.mean() * 100) if ious.size else 0.0,
+        "SR0.50": float((ious > 0.5).mean() * 100) if ious.size else 0.0,
+        "SR0.75": float((ious > 0.75).mean() * 100) if ious.size else 0.0,
+    }
+    return EvalResult("got10k", scores, {"success": thresholds}, {"success": success}, per_sequence)

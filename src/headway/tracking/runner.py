@@ -1,0 +1,152 @@
+"""Running a tracker over a dataset (resumable, with progress) and summarising the results:
+the per-stage time breakdown (the paper's Table 1) and the benchmark scores."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from headway.errors import InputError
+from headway.tracking.datasets import Sequence
+from headway.tracking.metrics import EvalResult, evaluate
+from headway.tracking.results import (
+    atomic_write_text,
+    is_complete,
+    read_boxes_file,
+    read_stage_times,
+    write_run_info,
+    write_sequence_result,
+)
+from headway.tracking.tracker import STAGES, CSWinTTTracker
+
+
+@dataclass
+class TrackRunSummary:
+    """What a call of :func:`track_dataset` did."""
+
+    tracked: list[str]
+    skipped: list[str]
+    seconds: float
+
+
+def track_dataset(
+    tracker: CSWinTTTracker,
+    sequences: list[Sequence],
+    run_dir: str | Path,
+    dataset_format: str,
+    info: dict[str, object] | None = None,
+    show_progress: bool = True,
+) -> TrackRunSummary:
+    """Track every sequence not yet complete in ``run_dir``; each finished sequence is written
+    at once, so an interrupted run loses at most the sequence in progress."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_info(
+        run_dir,
+        {
+            **(info or {}),
+            "format": dataset_format,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "device": str(tracker.device),
+        },
+    )
+    todo = [s for s in sequences if not is_complete(run_dir, s.name, len(s))]
+    todo_names = {s.name for s in todo}
+    skipped = [s.name for s in sequences if s.name not in todo_names]
+    tracked: list[str] = []
+    began = time.perf_counter()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+        overall = progress.add_task("sequences", total=len(todo), fps="")
+        frames_task = progress.add_task("frames", total=0, fps="")
+        for sequence in todo:
+            progress.reset(frames_task, total=len(sequence), description=sequence.name, fps="")
+            last = [time.perf_counter()]
+
+            def on_frame(index: int) -> None:
+                now = time.perf_counter()
+                fps = 1.0 / max(now - last[0], 1e-9)
+                last[0] = now
+                progress.update(frames_task, completed=index + 1, fps=f"{fps:5.1f} FPS")
+
+            result = tracker.run_sequence(sequence, on_frame)
+            write_sequence_result(run_dir, sequence.name, result, dataset_format)
+            tracked.append(sequence.name)
+            progress.advance(overall)
+    return TrackRunSummary(tracked, skipped, time.perf_counter() - began)
+
+
+@dataclass
+class StageBreakdown:
+    """Mean milliseconds per tracked frame for each stage, and the frame rate."""
+
+    stage_ms: dict[str, float]
+    frame_ms: float
+    frames: int
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.frame_ms if self.frame_ms else 0.0
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.stage_ms.values())
+        return {k: (100 * v / total if total else 0.0) for k, v in self.stage_ms.items()}
+
+
+def stage_breakdown(run_dir: str | Path, names: list[str]) -> StageBreakdown:
+    """Average stage times over all tracked frames (the initialisation frame left out)."""
+    run_dir = Path(run_dir)
+    per_stage: dict[str, list[float]] = {name: [] for name in STAGES}
+    frame_times: list[float] = []
+    for name in names:
+        record = read_stage_times(run_dir, name)
+        if record is None:
+            continue
+        for stage in STAGES:
+            per_stage[stage].extend(record["stage_ms"].get(stage, [])[1:])
+        times = run_dir / f"{name}_time.txt"
+        if times.is_file():
+            frame_times.extend(float(v) * 1e3 for v in times.read_text().split()[1:])
+    frames = len(frame_times)
+    stage_ms = {k: float(np.mean(v)) if v else 0.0 for k, v in per_stage.items()}
+    return StageBreakdown(stage_ms, float(np.mean(frame_times)) if frames else 0.0, frames)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    sequences: list[Sequence],
+    convention: str = "pytracking",
+) -> EvalResult:
+    """Score the result files in ``run_dir`` against the sequences' ground truth."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: run folder does not exist")
+    dataset = sequences[0].dataset if sequences else "otb"
+    predictions = {s.name: read_boxes_file(run_dir / f"{s.name}.txt") for s in sequences}
+    ground_truth = {s.name: s.ground_truth for s in sequences}
+    visible = {s.name: s.target_visible for s in sequences}
+    result = evaluate(predictions, ground_truth, visible, convention, dataset)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(result.to_json(), indent=2))
+    return result
