@@ -81,16 +81,18 @@ def track_dataset(
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         overall = progress.add_task("sequences", total=len(todo), fps="")
         frames_task = progress.add_task("frames", total=0, fps="")
+        last_tick = time.perf_counter()
+
+        def on_frame(index: int) -> None:
+            nonlocal last_tick
+            now = time.perf_counter()
+            fps = 1.0 / max(now - last_tick, 1e-9)
+            last_tick = now
+            progress.update(frames_task, completed=index + 1, fps=f"{fps:5.1f} FPS")
+
         for sequence in todo:
             progress.reset(frames_task, total=len(sequence), description=sequence.name, fps="")
-            last = [time.perf_counter()]
-
-            def on_frame(index: int) -> None:
-                now = time.perf_counter()
-                fps = 1.0 / max(now - last[0], 1e-9)
-                last[0] = now
-                progress.update(frames_task, completed=index + 1, fps=f"{fps:5.1f} FPS")
-
+            last_tick = time.perf_counter()
             result = tracker.run_sequence(sequence, on_frame)
             write_sequence_result(run_dir, sequence.name, result, dataset_format)
             tracked.append(sequence.name)
