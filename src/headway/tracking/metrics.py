@@ -99,20 +99,23 @@ def centers(boxes: np.ndarray) -> np.ndarray:
 def prepare_prediction(
     pred: np.ndarray, gt: np.ndarray, name: str, strict_length: bool = False
 ) -> np.ndarray:
-    """Match lengths, overwrite frame 1 with the ground truth and carry forward 0-sized boxes."""
+    """pytracking's order: reject NaN/negative sizes, carry forward 0-sized boxes, then match the
+    ground truth's length (truncate, or zero-pad unless ``strict_length``), then overwrite frame
+    1 with the ground truth."""
     if np.isnan(pred).any():
         raise InputError(f"sequence {name}: prediction contains NaN")
     if (pred[:, 2:] < 0).any():
         raise InputError(f"sequence {name}: prediction has a negative width or height")
+    pred = pred.copy()
+    for index in range(1, len(pred)):
+        if (pred[index, 2:] == 0).any():
+            pred[index] = pred[index - 1]
     if len(pred) < len(gt):
         if strict_length:
             raise InputError(f"sequence {name}: {len(pred)} predicted boxes for {len(gt)} frames")
         pred = np.concatenate([pred, np.zeros((len(gt) - len(pred), 4))])
-    pred = pred[: len(gt)].copy()
+    pred = pred[: len(gt)]
     pred[0] = gt[0]
-    for index in range(1, len(pred)):
-        if pred[index, 2] == 0 or pred[index, 3] == 0:
-            pred[index] = pred[index - 1]
     return pred
 
 

@@ -1,0 +1,27 @@
+"""Shared fixtures: deterministic seeds, a tiny synthetic dataset, CUDA skipping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from headway.tracking.synth import SynthSettings, synthesize
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two short synthetic OTB-layout sequences, shared read-only by the tests."""
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, sequences=2, seed=7, settings=SynthSettings(frames=10))
+    return root

@@ -1,0 +1,69 @@
+"""The command line end to end, and its one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from headway.cli import app
+
+runner = CliRunner()
+
+
+def test_synth_track_eval(tmp_path: Path) -> None:
+    data, run = tmp_path / "data", tmp_path / "run"
+    result = runner.invoke(app, ["synth", str(data), "--sequences", "2", "--frames", "6"])
+    assert result.exit_code == 0, result.output
+    args = ["track", str(data), "--out", str(run), "--config", "tiny", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "encoder" in result.output and "FPS" in result.output
+    result = runner.invoke(app, ["eval", str(run), "--dataset", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "AUC" in result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["scores"]) >= {"AUC", "P", "Pnorm"}
+    assert (run / "success_plot.png").stat().st_size > 1000
+    result = runner.invoke(
+        app, ["eval", str(run), "--dataset", str(data), "--convention", "got10k"]
+    )
+    assert result.exit_code == 0 and "AO" in result.output
+
+
+def test_errors_are_one_line(tmp_path: Path, synth_dataset: Path) -> None:
+    cases = [
+        ["track", str(synth_dataset), "--out", str(tmp_path / "r"), "--format", "vot"],
+        ["track", str(tmp_path / "absent"), "--out", str(tmp_path / "r")],
+        ["track", str(synth_dataset), "--out", str(tmp_path / "r"), "--device", "cuda:7"]
+        if not torch.cuda.is_available()
+        else ["track", str(synth_dataset), "--out", str(tmp_path / "r"), "--config", "huge"],
+        ["eval", str(tmp_path / "absent"), "--dataset", str(synth_dataset)],
+    ]
+    for args in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.strip().startswith("error:"), result.output
+        assert "Traceback" not in result.output
+
+
+def test_checkpoint_mismatch_is_reported(tmp_path: Path, synth_dataset: Path) -> None:
+    path = tmp_path / "wrong.pth"
+    torch.save({"net": {"bottleneck.weight": torch.zeros(3)}}, path)
+    args = [
+        "track",
+        str(synth_dataset),
+        "--out",
+        str(tmp_path / "r"),
+        "--config",
+        "tiny",
+        "--checkpoint",
+        str(path),
+        "--no-progress",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "does not match the model" in result.output and "missing" in result.output
+    assert "bottleneck.weight (checkpoint [3]" in result.output

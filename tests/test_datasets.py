@@ -1,0 +1,93 @@
+"""Dataset readers on tiny fixtures in each layout, and their errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from headway.errors import InputError
+from headway.tracking.datasets import load_dataset, read_boxes
+
+
+def write_frames(folder: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        cv2.imwrite(str(folder / name), np.full((24, 32, 3), 128, np.uint8))
+
+
+def test_otb_layout_with_numbered_ground_truth(tmp_path: Path) -> None:
+    write_frames(tmp_path / "Car" / "img", [f"{i:04d}.jpg" for i in range(1, 4)])
+    (tmp_path / "Car" / "groundtruth_rect.txt").write_text("1,2,3,4\n2\t3\t4\t5\n3 4 5 6\n")
+    write_frames(tmp_path / "Jogging" / "img", [f"{i:04d}.jpg" for i in range(1, 3)])
+    (tmp_path / "Jogging" / "groundtruth_rect.1.txt").write_text("1,1,5,5\n1,1,5,5\n")
+    (tmp_path / "Jogging" / "groundtruth_rect.2.txt").write_text("9,9,5,5\n9,9,5,5\n")
+    sequences = load_dataset(tmp_path, "otb")
+    assert [s.name for s in sequences] == ["Car", "Jogging_1", "Jogging_2"]
+    car = sequences[0]
+    assert len(car) == 3 and car.frames[0].name == "0001.jpg"
+    np.testing.assert_array_equal(car.ground_truth[1], [2, 3, 4, 5])
+    assert [s.name for s in load_dataset(tmp_path, "otb", names=["Jogging_2"])] == ["Jogging_2"]
+
+
+def test_got10k_layout_with_absence_and_first_frame_only(tmp_path: Path) -> None:
+    split = tmp_path / "val"
+    write_frames(split / "GOT-10k_Val_000001", [f"{i:08d}.jpg" for i in range(1, 4)])
+    (split / "GOT-10k_Val_000001" / "groundtruth.txt").write_text("1,1,5,5\n2,2,5,5\n3,3,5,5\n")
+    (split / "GOT-10k_Val_000001" / "absence.label").write_text("0\n1\n0\n")
+    write_frames(split / "GOT-10k_Val_000002", [f"{i:08d}.jpg" for i in range(1, 3)])
+    (split / "GOT-10k_Val_000002" / "groundtruth.txt").write_text("1,1,5,5\n")
+    (split / "list.txt").write_text("GOT-10k_Val_000001\nGOT-10k_Val_000002\n")
+    first, second = load_dataset(tmp_path, "got10k", split="val")
+    np.testing.assert_array_equal(first.target_visible, [True, False, True])
+    assert second.fully_annotated is False
+    assert np.isnan(second.ground_truth[1]).all()
+
+
+def test_trackingnet_layout_numeric_frame_order(tmp_path: Path) -> None:
+    write_frames(tmp_path / "TEST" / "frames" / "abc_1", [f"{i}.jpg" for i in range(12)])
+    (tmp_path / "TEST" / "anno").mkdir(parents=True)
+    (tmp_path / "TEST" / "anno" / "abc_1.txt").write_text("1.5,2.5,10,10\n")
+    (sequence,) = load_dataset(tmp_path, "trackingnet")
+    assert [p.name for p in sequence.frames[:3]] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert sequence.frames[-1].name == "11.jpg"
+    np.testing.assert_array_equal(sequence.init_box, [1.5, 2.5, 10, 10])
+
+
+def test_lasot_layout_visibility(tmp_path: Path) -> None:
+    folder = tmp_path / "cat" / "cat-3"
+    write_frames(folder / "img", [f"{i:08d}.jpg" for i in range(1, 4)])
+    (folder / "groundtruth.txt").write_text("1,1,5,5\n1,1,5,5\n1,1,5,5\n")
+    (folder / "full_occlusion.txt").write_text("0,1,0")
+    (folder / "out_of_view.txt").write_text("0,0,1")
+    (sequence,) = load_dataset(tmp_path, "lasot")
+    assert sequence.name == "cat-3"
+    np.testing.assert_array_equal(sequence.target_visible, [True, False, False])
+
+
+def test_malformed_ground_truth_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "gt.txt"
+    path.write_text("1,2,3,4\n1,2,x,4\n")
+    with pytest.raises(InputError, match=r"gt\.txt:2: not a number"):
+        read_boxes(path)
+    path.write_text("1,2,3,4\n1,2,3\n")
+    with pytest.raises(InputError, match=r"gt\.txt:2: expected 4 values"):
+        read_boxes(path)
+
+
+def test_dataset_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown dataset format 'vot'"):
+        load_dataset(tmp_path, "vot")
+    with pytest.raises(InputError, match="does not exist"):
+        load_dataset(tmp_path / "absent", "otb")
+    with pytest.raises(InputError, match="no otb sequences"):
+        load_dataset(tmp_path, "otb")
+    write_frames(tmp_path / "Car" / "img", ["0001.jpg", "0002.jpg", "0003.jpg"])
+    (tmp_path / "Car" / "groundtruth_rect.txt").write_text("1,1,5,5\n1,1,5,5\n")
+    with pytest.raises(InputError, match="2 ground-truth lines for 3 frames"):
+        load_dataset(tmp_path, "otb")
+    (tmp_path / "Car" / "groundtruth_rect.txt").write_text("1,1,5,5\n1,1,5,5\n1,1,5,5\n")
+    with pytest.raises(InputError, match="no sequence named Bus"):
+        load_dataset(tmp_path, "otb", names=["Bus"])

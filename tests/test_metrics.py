@@ -1,0 +1,125 @@
+"""Metrics against hand-computed cases, in every convention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from headway.errors import InputError
+from headway.tracking.metrics import evaluate, iou_continuous, iou_inclusive
+
+GT = np.array([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
+# frame 2 shifted right by 5 px: inclusive IoU = 50 / 150, centre error 5 px, normalised 0.5
+SHIFTED = np.array([[3.0, 3.0, 4.0, 4.0], [5.0, 0.0, 10.0, 10.0]])
+
+
+def score(pred, gt, convention="pytracking", visible=None, dataset="otb"):
+    vis = {"s": visible} if visible is not None else None
+    return evaluate({"s": pred}, {"s": gt}, vis, convention, dataset).scores
+
+
+def test_iou_conventions() -> None:
+    a, b = np.array([[0.0, 0, 10, 10]]), np.array([[5.0, 0, 10, 10]])
+    assert iou_inclusive(a, b)[0] == pytest.approx(1 / 3)
+    assert iou_continuous(a, b)[0] == pytest.approx(1 / 3)
+    # the inclusive "+1" on both corners cancels: the two agree wherever boxes have positive size
+    rng = np.random.default_rng(3)
+    boxes = np.abs(rng.normal(20, 8, (2, 200, 4))) + 1
+    np.testing.assert_allclose(iou_inclusive(*boxes), iou_continuous(*boxes), atol=1e-12)
+    # touching boxes do not overlap
+    assert iou_inclusive(np.array([[0.0, 0, 1, 1]]), np.array([[1.0, 0, 1, 1]]))[0] == 0
+
+
+def test_pytracking_perfect_and_first_frame_overwrite() -> None:
+    scores = score(GT.copy(), GT)
+    assert scores["AUC"] == pytest.approx(100 * 20 / 21)  # IoU 1 is not > 1
+    assert scores["P"] == pytest.approx(100)
+    assert scores["Pnorm"] == pytest.approx(100)
+
+
+def test_pytracking_hand_computed() -> None:
+    scores = score(SHIFTED, GT)
+    # frame 1 (overwritten by GT) succeeds at 20 thresholds, frame 2 (IoU 1/3) at 0..0.30 (7)
+    assert scores["AUC"] == pytest.approx(100 * (20 + 7) / 42)
+    assert scores["P"] == pytest.approx(100)  # 5 px ≤ 20 px
+    assert scores["Pnorm"] == pytest.approx(50)  # 0.5 > 0.2
+    assert scores["OP50"] == pytest.approx(50)
+
+
+def test_pytracking_invalid_frames() -> None:
+    gt = np.array([[0.0, 0, 10, 10], [0, 0, 0, 10], [0, 0, 10, 10]])
+    pred = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
+    scores = score(pred, gt)
+    assert scores["AUC"] == pytest.approx(100 * 40 / 63)  # invalid frame: IoU −1, in denominator
+    assert scores["P"] == pytest.approx(100 * 2 / 3)  # centre error +inf: never a success
+    assert scores["Pnorm"] == pytest.approx(100)  # normalised error −1: always a success
+
+
+def test_pytracking_lasot_invisible_target() -> None:
+    gt = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
+    visible = np.array([True, False, True])
+    scores = score(gt.copy(), gt, visible=visible, dataset="lasot")
+    assert scores["AUC"] == pytest.approx(100 * 40 / 63)
+    assert scores["Pnorm"] == pytest.approx(100 * 2 / 3)  # invisible: +inf
+
+
+def test_zero_sized_prediction_repeats_the_previous_one() -> None:
+    gt = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
+    pred = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 0, 0]])
+    assert score(pred, gt)["P"] == pytest.approx(100)
+
+
+def test_length_mismatch_is_padded_or_truncated() -> None:
+    gt = np.array([[50.0, 50, 10, 10]] * 4)  # far from the zero boxes used as padding
+    short = score(gt[:2].copy(), gt)  # zero-padded: frames 3 and 4 fail
+    assert short["P"] == pytest.approx(50)
+    long = score(np.vstack([gt, gt]), gt)
+    assert long["P"] == pytest.approx(100)
+    with pytest.raises(InputError, match="2 predicted boxes for 4 frames"):
+        score(gt[:2].copy(), gt, dataset="lasot")
+
+
+def test_bad_predictions_are_rejected() -> None:
+    with pytest.raises(InputError, match="NaN"):
+        score(np.array([[0.0, 0, 10, 10], [np.nan, 0, 1, 1]]), GT)
+    with pytest.raises(InputError, match="negative"):
+        score(np.array([[0.0, 0, 10, 10], [0, 0, -1, 1]]), GT)
+    with pytest.raises(InputError, match="not given for every frame"):
+        score(GT.copy(), np.array([[0.0, 0, 10, 10], [np.nan] * 4]))
+    with pytest.raises(InputError, match="unknown convention"):
+        score(GT.copy(), GT, convention="vot")
+
+
+def test_otb_convention_continuous_iou() -> None:
+    scores = score(SHIFTED, GT, convention="otb")
+    assert scores["AUC"] == pytest.approx(100 * (20 + 7) / 42)
+    assert scores["P"] == pytest.approx(100)
+
+
+def test_lasot_normalised_precision_is_an_area() -> None:
+    gt = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10]])
+    pred = np.array([[0.0, 0, 10, 10], [1, 0, 10, 10]])  # normalised error 0.1
+    scores = score(pred, gt, convention="lasot")
+    # frame 1: all 51 thresholds; frame 2: thresholds ≥ 0.10 (41 of 51)
+    assert scores["Pnorm"] == pytest.approx(100 * (51 + 41) / 102)
+    # invisible frames are left out of the LaSOT toolkit's scores
+    gt3 = np.vstack([gt, [[0.0, 0, 10, 10]]])
+    pred3 = np.vstack([pred, [[90.0, 90, 10, 10]]])
+    kept = score(pred3, gt3, convention="lasot", visible=np.array([True, True, False]))
+    assert kept["Pnorm"] == pytest.approx(scores["Pnorm"])
+
+
+def test_trackingnet_trapezoid() -> None:
+    assert score(GT.copy(), GT, convention="trackingnet")["AUC"] == pytest.approx(100)
+    scores = score(SHIFTED, GT, convention="trackingnet")
+    # success curve: frame 1 hits all 21 (≥), frame 2 (IoU 1/3) hits 0..0.30 → 7 of 21
+    curve = np.array([1.0] * 7 + [0.5] * 14)
+    curve[:7] = 1.0
+    expected = np.trapezoid(curve, x=np.linspace(0, 1, 21)) * 100
+    assert scores["AUC"] == pytest.approx(expected)
+
+
+def test_got10k_average_overlap() -> None:
+    scores = score(SHIFTED, GT, convention="got10k")
+    assert scores["AO"] == pytest.approx(100 / 3)  # frame 1 excluded
+    assert scores["SR0.50"] == pytest.approx(0)
