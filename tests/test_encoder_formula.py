@@ -178,7 +178,7 @@ def test_encoder_layer_matches_spec_formulas(seed: int) -> None:
     pad = make_padding(config, batch, generator)
     layer = transformer.transformer[0]
     with torch.no_grad():
-        fast = layer(tokens, pad, transformer.bias_tables(), transformer.geometry)
+        fast = layer(tokens, transformer.encoder_context(pad))
         slow = reference_layer(layer, transformer.bias_tables(), tokens, pad, config)
     assert pad.any(), "the test needs padded tokens"
     torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9)

@@ -121,12 +121,14 @@ def get_config(name: str, **overrides: object) -> CSWinTTConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def cyclic_shift_index(window: int) -> torch.Tensor:
-    """(w², w²) index: row a·w+b lists, per window position u·w+v, the source position of
-    roll(X, (a, b)), i.e. ((u−a) mod w)·w + (v−b) mod w."""
-    a, b, u, v = torch.meshgrid(*(torch.arange(window),) * 4, indexing="ij")
-    source = ((u - a) % window) * window + (v - b) % window
-    return source.reshape(window * window, window * window)
+def cyclic_shift_meshes(window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index meshes (w², w²) for the official expansion ``K[:, :, rows, cols]``: entry
+    (r1, r2) reads window row (c1 − r1_row) and column (c2 − r2_row) (negative wraps), where
+    position r = (row, col). Regrouped as (a1, a2 | c1, c2) this is roll(K_n, (a1, a2))."""
+    row, col = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    offset = (col - row).reshape(-1) % window
+    rows, cols = torch.meshgrid(offset, offset, indexing="ij")
+    return rows, cols
 
 
 def spatial_penalty(window: int, num_windows: int) -> torch.Tensor:
@@ -183,7 +185,9 @@ class WindowGeometry(nn.Module):
         self.window_sizes = tuple(sorted(set(config.window_sizes)))
         for w in self.window_sizes:
             num_windows = self.num_tokens // (w * w)
-            self.register_buffer(f"shift_index{w}", cyclic_shift_index(w), persistent=False)
+            rows, cols = cyclic_shift_meshes(w)
+            self.register_buffer(f"shift_rows{w}", rows, persistent=False)
+            self.register_buffer(f"shift_cols{w}", cols, persistent=False)
             self.register_buffer(
                 f"penalty{w}", spatial_penalty(w, num_windows).half(), persistent=False
             )
@@ -193,6 +197,8 @@ class WindowGeometry(nn.Module):
 
     def partition(self, tokens: torch.Tensor, window: int, shift: int) -> torch.Tensor:
         """(L, B, C) tokens → (B, L/w², w²·C) windows; the search map is rolled by −shift first."""
+        if window == 1:
+            return tokens.transpose(0, 1)
         parts = []
         start = 0
         last = len(self.map_shapes) - 1
@@ -208,6 +214,8 @@ class WindowGeometry(nn.Module):
 
     def reverse(self, windows: torch.Tensor, window: int, shift: int) -> torch.Tensor:
         """(B, L/w², w²·C) windows → (L, B, C) tokens; the search map is rolled back by +shift."""
+        if window == 1:
+            return windows.transpose(0, 1)
         parts = []
         start = 0
         last = len(self.map_shapes) - 1
@@ -221,11 +229,15 @@ class WindowGeometry(nn.Module):
         return torch.cat(parts, dim=0)
 
     def expand_shifts(self, windows: torch.Tensor, window: int) -> torch.Tensor:
-        """(B, n, w²·C) → (B, n·w², w²·C): every window followed by its w² − 1 cyclic rolls."""
+        """(B, n, w²·C) → (B, n·w², w²·C): every window followed by its w² − 1 cyclic rolls.
+
+        Done as the official code does it (a mesh gather, then a permute and a copy), which is
+        the data movement the faster executors remove."""
         b, n, _ = windows.shape
-        positions = windows.view(b, n, window * window, -1)
-        index = getattr(self, f"shift_index{window}")
-        return positions[:, :, index].reshape(b, n * window * window, -1)
+        grid = windows.view(b, n, window, window, -1)
+        rows, cols = getattr(self, f"shift_rows{window}"), getattr(self, f"shift_cols{window}")
+        expanded = grid[:, :, rows, cols].view(b, n, window, window, window, window, -1)
+        return expanded.permute(0, 1, 2, 4, 3, 5, 6).reshape(b, n * window * window, -1)
 
     def padded_keys(self, padding_mask: torch.Tensor, window: int) -> torch.Tensor:
         """(B, L) token padding → (B, L) key-column padding: a window's w² columns are padded iff
@@ -244,6 +256,14 @@ class WindowGeometry(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Encoder
 # ---------------------------------------------------------------------------------------------
+
+
+class EncoderContext(NamedTuple):
+    """What every encoder layer of one forward shares."""
+
+    padding_mask: torch.Tensor  # (B, L), True = padding
+    biases: dict[int, torch.Tensor]  # window size → (L/w², L) relative-position bias
+    geometry: WindowGeometry
 
 
 class CyclicWindowEncoderLayer(nn.Module):
@@ -282,32 +302,34 @@ class CyclicWindowEncoderLayer(nn.Module):
         padding_mask: torch.Tensor,
         window: int,
         shift: int,
-        bias_table: torch.Tensor | None,
+        bias: torch.Tensor | None,
         geometry: WindowGeometry,
     ) -> torch.Tensor:
-        """Attention of one head. q (already scaled), k, v: (L, B, head_dim) → (L, B, head_dim)."""
-        q_win = geometry.partition(q, window, shift)
-        k_all = geometry.expand_shifts(geometry.partition(k, window, shift), window)
-        v_all = geometry.expand_shifts(geometry.partition(v, window, shift), window)
-        scores = torch.matmul(q_win, k_all.transpose(1, 2))
-        scores = (scores + geometry.penalty(window)) / (window * window)
-        padded = geometry.padded_keys(padding_mask, window)
-        scores = scores.masked_fill(padded.unsqueeze(1), float("-inf"))
-        if bias_table is not None:
-            scores = scores + geometry.bias(bias_table, window)
-        weights = self.attention_dropout(scores.softmax(dim=-1))
-        return geometry.reverse(torch.matmul(weights, v_all), window, shift)
+        """Attention of one head. q (already scaled), k, v: (L, B, head_dim) → (L, B, head_dim).
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        padding_mask: torch.Tensor,
-        bias_tables: dict[int, torch.Tensor],
-        geometry: WindowGeometry,
-    ) -> torch.Tensor:
-        """tokens (L, B, d), padding_mask (B, L) with True = padding → (L, B, d)."""
-        q, k, v = self.qkv_embedding(tokens).chunk(3, dim=-1)
-        q = q * self.head_dim**-0.5
+        ``bias`` is the head's (L/w², L) relative-position bias, or None (w = 8)."""
+        q_win = geometry.partition(q, window, shift)
+        k_win = geometry.partition(k, window, shift)
+        v_win = geometry.partition(v, window, shift)
+        padded = geometry.padded_keys(padding_mask, window)
+        if window == 1:
+            scores = torch.matmul(q_win, k_win.transpose(1, 2))
+        else:
+            k_win = geometry.expand_shifts(k_win, window)
+            v_win = geometry.expand_shifts(v_win, window)
+            scores = torch.matmul(q_win, k_win.transpose(1, 2))
+            scores = (scores + geometry.penalty(window)) / (window * window)
+        scores = scores.masked_fill(padded.unsqueeze(1), float("-inf"))
+        if bias is not None:
+            scores = scores + bias
+        weights = self.attention_dropout(scores.softmax(dim=-1))
+        return geometry.reverse(torch.matmul(weights, v_win), window, shift)
+
+    def forward(self, tokens: torch.Tensor, context: EncoderContext) -> torch.Tensor:
+        """tokens (L, B, d) → (L, B, d); ``context`` carries the padding mask (B, L), the
+        relative-position biases and the window geometry shared by all layers."""
+        padding_mask, biases, geometry = context
+        q, k, v = self.project(tokens)
         heads = []
         for h, (window, shift) in enumerate(zip(self.window_sizes, self.shifts, strict=True)):
             channels = slice(h * self.head_dim, (h + 1) * self.head_dim)
@@ -319,12 +341,20 @@ class CyclicWindowEncoderLayer(nn.Module):
                     padding_mask,
                     window,
                     shift,
-                    bias_tables.get(window),
+                    biases.get(window),
                     geometry,
                 )
             )
-        attended = self.output_linear(torch.cat(heads, dim=-1))
-        tokens = self.norm1(tokens + self.dropout1(attended))
+        return self.finish(tokens, torch.cat(heads, dim=-1))
+
+    def project(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens (L, B, d) → q (scaled by head_dim^−½), k, v, each (L, B, d)."""
+        q, k, v = self.qkv_embedding(tokens).chunk(3, dim=-1)
+        return q * self.head_dim**-0.5, k, v
+
+    def finish(self, tokens: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The rest of the layer after the heads: output projection, residual, norm, FFN, norm."""
+        tokens = self.norm1(tokens + self.dropout1(self.output_linear(attended)))
         return self.norm2(tokens + self.feedforward(tokens))
 
 
@@ -394,14 +424,28 @@ class CSWinTransformer(nn.Module):
             DecoderLayer(config) for _ in range(config.dec_layers)
         )
         self.post_norm = nn.LayerNorm(config.d_model)
+        self.context_builder: nn.Module | None = None
 
     def bias_tables(self) -> dict[int, torch.Tensor]:
         return {w: getattr(self, f"rel_bias_table{w}") for w in self.biased_window_sizes}
 
+    def relative_biases(self) -> dict[int, torch.Tensor]:
+        """Per window size, the (L/w², L) bias looked up from its table (once per forward, as
+        the official code does; all six layers share it)."""
+        return {w: self.geometry.bias(t, w) for w, t in self.bias_tables().items()}
+
+    def encoder_context(self, padding_mask: torch.Tensor) -> object:
+        """What the layers share in one forward. A transform that replaces the layers may set
+        ``context_builder`` (a module called with the padding mask and the bias tables) to
+        precompute something else once per forward."""
+        if self.context_builder is not None:
+            return self.context_builder(padding_mask, self.bias_tables())
+        return EncoderContext(padding_mask, self.relative_biases(), self.geometry)
+
     def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        tables = self.bias_tables()
+        context = self.encoder_context(padding_mask)
         for layer in self.transformer:
-            tokens = layer(tokens, padding_mask, tables, self.geometry)
+            tokens = layer(tokens, context)
         return tokens
 
     def decode(
@@ -593,6 +637,7 @@ __all__ = [
     "CSWinTTConfig",
     "CornerHead",
     "CyclicWindowEncoderLayer",
+    "EncoderContext",
     "Features",
     "FrozenBatchNorm2d",
     "WindowGeometry",
