@@ -266,6 +266,38 @@ class EncoderContext(NamedTuple):
     geometry: WindowGeometry
 
 
+def window_head_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    padding_mask: torch.Tensor,
+    window: int,
+    shift: int,
+    bias: torch.Tensor | None,
+    geometry: WindowGeometry,
+    dropout: nn.Module,
+) -> torch.Tensor:
+    """Attention of one head. q (already scaled), k, v: (L, B, head_dim) → (L, B, head_dim).
+
+    ``bias`` is the head's (L/w², L) relative-position bias, or None (w = 8)."""
+    q_win = geometry.partition(q, window, shift)
+    k_win = geometry.partition(k, window, shift)
+    v_win = geometry.partition(v, window, shift)
+    padded = geometry.padded_keys(padding_mask, window)
+    if window == 1:
+        scores = torch.matmul(q_win, k_win.transpose(1, 2))
+    else:
+        k_win = geometry.expand_shifts(k_win, window)
+        v_win = geometry.expand_shifts(v_win, window)
+        scores = torch.matmul(q_win, k_win.transpose(1, 2))
+        scores = (scores + geometry.penalty(window)) / (window * window)
+    scores = scores.masked_fill(padded.unsqueeze(1), float("-inf"))
+    if bias is not None:
+        scores = scores + bias
+    weights = dropout(scores.softmax(dim=-1))
+    return geometry.reverse(torch.matmul(weights, v_win), window, shift)
+
+
 class CyclicWindowEncoderLayer(nn.Module):
     """One post-norm encoder layer: per-head cyclic-shift window attention, then the FFN.
 
@@ -294,37 +326,6 @@ class CyclicWindowEncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(config.dropout)
         self.attention_dropout = nn.Dropout(config.dropout)
 
-    def head_attention(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        padding_mask: torch.Tensor,
-        window: int,
-        shift: int,
-        bias: torch.Tensor | None,
-        geometry: WindowGeometry,
-    ) -> torch.Tensor:
-        """Attention of one head. q (already scaled), k, v: (L, B, head_dim) → (L, B, head_dim).
-
-        ``bias`` is the head's (L/w², L) relative-position bias, or None (w = 8)."""
-        q_win = geometry.partition(q, window, shift)
-        k_win = geometry.partition(k, window, shift)
-        v_win = geometry.partition(v, window, shift)
-        padded = geometry.padded_keys(padding_mask, window)
-        if window == 1:
-            scores = torch.matmul(q_win, k_win.transpose(1, 2))
-        else:
-            k_win = geometry.expand_shifts(k_win, window)
-            v_win = geometry.expand_shifts(v_win, window)
-            scores = torch.matmul(q_win, k_win.transpose(1, 2))
-            scores = (scores + geometry.penalty(window)) / (window * window)
-        scores = scores.masked_fill(padded.unsqueeze(1), float("-inf"))
-        if bias is not None:
-            scores = scores + bias
-        weights = self.attention_dropout(scores.softmax(dim=-1))
-        return geometry.reverse(torch.matmul(weights, v_win), window, shift)
-
     def forward(self, tokens: torch.Tensor, context: EncoderContext) -> torch.Tensor:
         """tokens (L, B, d) → (L, B, d); ``context`` carries the padding mask (B, L), the
         relative-position biases and the window geometry shared by all layers."""
@@ -334,7 +335,7 @@ class CyclicWindowEncoderLayer(nn.Module):
         for h, (window, shift) in enumerate(zip(self.window_sizes, self.shifts, strict=True)):
             channels = slice(h * self.head_dim, (h + 1) * self.head_dim)
             heads.append(
-                self.head_attention(
+                window_head_attention(
                     q[..., channels],
                     k[..., channels],
                     v[..., channels],
@@ -343,6 +344,7 @@ class CyclicWindowEncoderLayer(nn.Module):
                     shift,
                     biases.get(window),
                     geometry,
+                    self.attention_dropout,
                 )
             )
         return self.finish(tokens, torch.cat(heads, dim=-1))
@@ -643,4 +645,5 @@ __all__ = [
     "WindowGeometry",
     "build_cswintt",
     "get_config",
+    "window_head_attention",
 ]

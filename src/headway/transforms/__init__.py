@@ -1,0 +1,1 @@
+"""Model -> model rewrites (each returns a new model and a report; inputs are never changed)."""

@@ -1,0 +1,264 @@
+"""Rewrites of CSWinTT's encoder attention that compute the same function.
+
+- :func:`split_heads` (paper A, Case C): every encoder layer's heads become separate
+  sub-modules whose jobs a dispatcher runs — in order by default, or concurrently on a
+  :class:`~headway.runtime.pool.StreamWorkerPool`.
+- :func:`fuse_window_attention` (beyond the paper): no per-head partition copies and no
+  permute-and-copy expansion. Window partition, search roll and cyclic key/value expansion are
+  all one precomputed token index, so each head's Q, K′ and V′ are single gathers straight from
+  the QKV projection; heads sharing a window size run as one batched matmul; the additive term
+  (SR penalty, padding, relative bias) is built once per forward and shared by all layers.
+
+Both keep the parameter names, so the transformed network loads the same state_dict.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from headway.models.cswintt import (
+    CSWinTT,
+    CyclicWindowEncoderLayer,
+    EncoderContext,
+    WindowGeometry,
+    window_head_attention,
+)
+
+HeadJob = Callable[[], torch.Tensor]
+
+
+@dataclass
+class TransformReport:
+    """What a transform changed."""
+
+    transform: str
+    layers: int
+    notes: list[str] = field(default_factory=list)
+
+
+def run_in_order(jobs: list[HeadJob]) -> list[torch.Tensor]:
+    """The default dispatcher: heads one after another (what the Python loop does)."""
+    return [job() for job in jobs]
+
+
+def _adopt_layer(target: nn.Module, layer: CyclicWindowEncoderLayer) -> None:
+    """Give ``target`` the layer's sub-modules (same objects, same names) and head layout."""
+    for name, child in layer.named_children():
+        target.add_module(name, child)
+    target.num_heads = layer.num_heads
+    target.head_dim = layer.head_dim
+    target.window_sizes = layer.window_sizes
+    target.shifts = layer.shifts
+
+
+# ---------------------------------------------------------------------------------------------
+# Split heads (Case C)
+# ---------------------------------------------------------------------------------------------
+
+
+class WindowHead(nn.Module):
+    """One attention head as its own module: its channel slice, window size and shift."""
+
+    def __init__(self, index: int, head_dim: int, window: int, shift: int) -> None:
+        super().__init__()
+        self.index = index
+        self.channels = slice(index * head_dim, (index + 1) * head_dim)
+        self.window = window
+        self.shift = shift
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        context: EncoderContext,
+        dropout: nn.Module,
+    ) -> torch.Tensor:
+        """q, k, v: the layer's full (L, B, d) projections; returns this head's (L, B, d/h)."""
+        c = self.channels
+        return window_head_attention(
+            q[..., c],
+            k[..., c],
+            v[..., c],
+            context.padding_mask,
+            self.window,
+            self.shift,
+            context.biases.get(self.window),
+            context.geometry,
+            dropout,
+        )
+
+    def extra_repr(self) -> str:
+        return f"head={self.index}, window={self.window}, shift={self.shift}"
+
+
+class HeadSplitEncoderLayer(CyclicWindowEncoderLayer):
+    """An encoder layer whose heads are sub-modules run by ``dispatch`` (a list of jobs → their
+    outputs in order). After the heads: concatenation and the rest of the layer, unchanged."""
+
+    def __init__(self, layer: CyclicWindowEncoderLayer) -> None:
+        nn.Module.__init__(self)
+        _adopt_layer(self, layer)
+        self.heads = nn.ModuleList(
+            WindowHead(i, self.head_dim, w, s)
+            for i, (w, s) in enumerate(zip(self.window_sizes, self.shifts, strict=True))
+        )
+        self.dispatch: Callable[[list[HeadJob]], list[torch.Tensor]] = run_in_order
+
+    def forward(self, tokens: torch.Tensor, context: EncoderContext) -> torch.Tensor:
+        q, k, v = self.project(tokens)
+        jobs = [partial(head, q, k, v, context, self.attention_dropout) for head in self.heads]
+        return self.finish(tokens, torch.cat(self.dispatch(jobs), dim=-1))
+
+
+def split_heads(network: CSWinTT) -> tuple[CSWinTT, TransformReport]:
+    """A copy of ``network`` whose encoder layers run their heads as separate sub-modules."""
+    network = copy.deepcopy(network)
+    layers = network.transformer.transformer
+    for index, layer in enumerate(layers):
+        layers[index] = HeadSplitEncoderLayer(layer)
+    report = TransformReport("split_heads", len(layers), [f"{network.config.num_heads} heads"])
+    return network, report
+
+
+def set_head_dispatch(
+    network: CSWinTT, dispatch: Callable[[list[HeadJob]], list[torch.Tensor]]
+) -> None:
+    """Route the heads of every split layer through ``dispatch`` (e.g. ``pool.run_all``)."""
+    for layer in network.transformer.transformer:
+        if not isinstance(layer, HeadSplitEncoderLayer):
+            raise TypeError("set_head_dispatch needs a network transformed by split_heads")
+        layer.dispatch = dispatch
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused window attention (beyond the paper)
+# ---------------------------------------------------------------------------------------------
+
+
+def _token_order(geometry: WindowGeometry, window: int, shift: int) -> torch.Tensor:
+    """(L,) token index of each position of the windowed sequence (windows, then w×w)."""
+    tokens = torch.arange(geometry.num_tokens).view(-1, 1, 1)
+    return geometry.partition(tokens, window, shift).reshape(-1)
+
+
+def _shift_sources(window: int) -> torch.Tensor:
+    """(w², w²): row a·w+b, column u·w+v → window position of roll(X, (a, b))[u, v]."""
+    a, b, u, v = torch.meshgrid(*(torch.arange(window),) * 4, indexing="ij")
+    return (((u - a) % window) * window + (v - b) % window).reshape(window * window, -1)
+
+
+class WindowGroup(nn.Module):
+    """The heads sharing one window size, with their gather/scatter indices as buffers.
+
+    Indices address a head-major token buffer (H·L rows of one head's channels): row
+    h·L + t is token t of head h. ``query_index`` lists, per head of the group, its tokens in
+    windowed order (windows row-major, then the w×w positions; the search map rolled by the
+    head's shift); ``key_index`` lists the rows of K′ (each window followed by its w² − 1
+    cyclic rolls), so Q, K′ and V′ are single ``index_select`` calls."""
+
+    def __init__(self, geometry: WindowGeometry, window: int, heads: list[int], shifts: list[int]):
+        super().__init__()
+        self.window = window
+        self.num_heads = len(heads)
+        num_tokens = geometry.num_tokens
+        order = torch.stack([_token_order(geometry, window, s) for s in shifts])  # (G, L)
+        per_window = order.view(len(heads), -1, window * window)  # (G, L/w², w²)
+        keys = per_window[:, :, _shift_sources(window)].reshape(len(heads), -1)  # (G, L·w²)
+        offset = torch.tensor(heads).view(-1, 1) * num_tokens
+        self.register_buffer("query_index", (order + offset).reshape(-1), persistent=False)
+        self.register_buffer("key_index", (keys + offset).reshape(-1), persistent=False)
+        unshifted = _token_order(geometry, window, 0)
+        self.register_buffer("unshifted_order", unshifted, persistent=False)
+
+
+class FusedContext(NamedTuple):
+    """Per forward: the additive attention term of every window size, (B or 1, L/w², L)."""
+
+    additive: dict[int, torch.Tensor]
+
+
+class FusedContextBuilder(nn.Module):
+    """Builds, once per encoder forward, SR penalty / w² + padding (−inf) + relative bias."""
+
+    def __init__(self, geometry: WindowGeometry, groups: nn.ModuleList) -> None:
+        super().__init__()
+        self.geometry = geometry
+        self.groups = groups
+
+    def forward(self, padding_mask: torch.Tensor, tables: dict[int, torch.Tensor]) -> FusedContext:
+        additive = {}
+        batch, num_tokens = padding_mask.shape
+        for group in self.groups:
+            w = group.window
+            area = w * w
+            base = self.geometry.penalty(w).float() / area
+            if w in tables:
+                base = base + self.geometry.bias(tables[w], w)
+            else:
+                base = base.expand(num_tokens // area, -1)
+            padded = padding_mask[:, group.unshifted_order].view(batch, -1, area).all(dim=-1)
+            padded = padded.repeat_interleave(area, dim=1)  # (B, L) key columns
+            additive[w] = base.unsqueeze(0).masked_fill(padded.unsqueeze(1), float("-inf"))
+        return FusedContext(additive)
+
+
+class FusedWindowEncoderLayer(CyclicWindowEncoderLayer):
+    """Encoder layer computing all heads with one gather per Q/K′/V′ and window size and one
+    batched matmul pair per window size."""
+
+    def __init__(self, layer: CyclicWindowEncoderLayer, groups: nn.ModuleList) -> None:
+        nn.Module.__init__(self)
+        _adopt_layer(self, layer)
+        self.groups = groups
+
+    def forward(self, tokens: torch.Tensor, context: FusedContext) -> torch.Tensor:
+        num_tokens, batch, d = tokens.shape
+        heads, c = self.num_heads, self.head_dim
+        qkv = self.qkv_embedding(tokens).view(num_tokens, batch, 3, heads, c)
+        q, k, v = qkv.permute(2, 1, 3, 0, 4).reshape(3, batch, heads * num_tokens, c)
+        attended = torch.empty_like(q)  # (B, H·L, C), head-major like q
+        for group in self.groups:
+            area = group.window * group.window
+            rows = batch * group.num_heads
+            q_win = q.index_select(1, group.query_index).view(rows, -1, area * c)
+            k_all = k.index_select(1, group.key_index).view(rows, num_tokens, area * c)
+            v_all = v.index_select(1, group.key_index).view(rows, num_tokens, area * c)
+            additive = context.additive[group.window]
+            if additive.shape[0] > 1:
+                additive = additive.repeat_interleave(group.num_heads, dim=0)
+            scores = torch.baddbmm(
+                additive.to(q_win.dtype), q_win, k_all.transpose(1, 2), alpha=c**-0.5 / area
+            )
+            weights = self.attention_dropout(scores.softmax(dim=-1))
+            out = torch.bmm(weights, v_all).view(batch, -1, c)
+            attended.index_copy_(1, group.query_index, out.to(attended.dtype))
+        attended = attended.view(batch, heads, num_tokens, c).permute(2, 0, 1, 3)
+        return self.finish(tokens, attended.reshape(num_tokens, batch, d))
+
+
+def fuse_window_attention(network: CSWinTT) -> tuple[CSWinTT, TransformReport]:
+    """A copy of ``network`` whose encoder runs the fused window attention."""
+    network = copy.deepcopy(network)
+    transformer = network.transformer
+    geometry = transformer.geometry
+    config = network.config
+    groups = nn.ModuleList()
+    for w in sorted(set(config.window_sizes)):
+        heads = [h for h, hw in enumerate(config.window_sizes) if hw == w]
+        groups.append(WindowGroup(geometry, w, heads, [config.shifts[h] for h in heads]))
+    device = next(network.parameters()).device
+    groups.to(device)
+    layers = transformer.transformer
+    for index, layer in enumerate(layers):
+        layers[index] = FusedWindowEncoderLayer(layer, groups)
+    transformer.context_builder = FusedContextBuilder(geometry, groups)
+    notes = [f"window {g.window}: {g.num_heads} heads batched" for g in groups]
+    return network, TransformReport("fuse_window_attention", len(layers), notes)
