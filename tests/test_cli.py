@@ -41,7 +41,13 @@ def test_errors_are_one_line(tmp_path: Path, synth_dataset: Path) -> None:
         if not torch.cuda.is_available()
         else ["track", str(synth_dataset), "--out", str(tmp_path / "r"), "--config", "huge"],
         ["eval", str(tmp_path / "absent"), "--dataset", str(synth_dataset)],
+        ["track", str(synth_dataset), "--out", str(tmp_path / "r"), "--executor", "warp"],
+        ["bench", "tracker", "--executors", "eager,warp"],
     ]
+    if not torch.cuda.is_available():
+        cases.append(
+            ["track", str(synth_dataset), "--out", str(tmp_path / "r"), "--executor", "cudagraph"]
+        )
     for args in cases:
         result = runner.invoke(app, args)
         assert result.exit_code == 1, (args, result.output)
@@ -67,3 +73,21 @@ def test_checkpoint_mismatch_is_reported(tmp_path: Path, synth_dataset: Path) ->
     assert result.exit_code == 1
     assert "does not match the model" in result.output and "missing" in result.output
     assert "bottleneck.weight (checkpoint [3]" in result.output
+
+
+def test_track_with_executor_and_bench(tmp_path: Path, synth_dataset: Path) -> None:
+    run = tmp_path / "fused"
+    args = ["track", str(synth_dataset), "--out", str(run), "--config", "tiny",
+            "--executor", "fused", "--no-progress", "--sequences", "synth0007_000"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "run.json").read_text())["executor"] == "fused"
+    out = tmp_path / "bench.json"
+    args = ["bench", "tracker", "--config", "tiny", "--frames", "2", "--warmup", "1",
+            "--executors", "eager,fused", "--json", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [r["name"] for r in data["results"]] == ["eager", "fused"]
+    assert data["results"][0]["encoder_speedup"] == 1.0
+    assert data["results"][1]["max_encoder_diff"] < 1e-4

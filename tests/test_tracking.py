@@ -90,12 +90,12 @@ def test_same_weights_same_boxes(synth_dataset: Path) -> None:
 def test_template_update_follows_confidence(synth_dataset: Path) -> None:
     sequence = load_dataset(synth_dataset, "otb")[0]
     confident = tiny_tracker(interval=3)
-    torch.nn.init.constant_(confident.network.cls_head.layers[-1].bias, 20.0)
+    torch.nn.init.constant_(confident.executor.network.cls_head.layers[-1].bias, 20.0)
     result = confident.run_sequence(sequence)
     assert result.template_updates == (len(sequence) - 1) // 3
     assert sum(1 for t in result.stage_times["template_update"] if t > 0) == 3
     doubtful = tiny_tracker(interval=3)
-    torch.nn.init.constant_(doubtful.network.cls_head.layers[-1].bias, -20.0)
+    torch.nn.init.constant_(doubtful.executor.network.cls_head.layers[-1].bias, -20.0)
     assert doubtful.run_sequence(sequence).template_updates == 0
 
 

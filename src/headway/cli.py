@@ -15,6 +15,7 @@ from rich.table import Table
 from headway.errors import InputError
 from headway.models import CONFIGS, build_cswintt, load_weights
 from headway.runtime.device import resolve_device
+from headway.runtime.executors import EXECUTORS, check_executor
 from headway.tracking.datasets import FORMATS, UPDATE_INTERVALS, load_dataset
 from headway.tracking.metrics import CONVENTIONS
 from headway.tracking.plots import plot_curves
@@ -28,6 +29,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+bench_app = typer.Typer(help="Benchmarks that compare variants side by side.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console()
 errors = Console(stderr=True)
 
@@ -93,12 +96,14 @@ def track_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights (no checkpoint).")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    executor: Annotated[str, typer.Option(help=f"How it runs: {', '.join(EXECUTORS)}.")] = "eager",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Track every sequence of a dataset; reruns skip sequences already complete."""
     _check_choice(format, FORMATS, "dataset format")
     _check_choice(config, list(CONFIGS), "configuration")
     torch_device = resolve_device(device)
+    check_executor(executor, torch_device)
     if threads:
         torch.set_num_threads(threads)
     selected = load_dataset(dataset, format, split, _names(sequences))
@@ -108,13 +113,20 @@ def track_command(
         load_weights(network, checkpoint)
     weights = str(checkpoint) if checkpoint else f"random (seed {seed})"
     interval = update_interval or UPDATE_INTERVALS[format]
-    tracker = CSWinTTTracker(network, TrackerSettings(update_interval=interval), torch_device)
+    tracker = CSWinTTTracker(
+        network, TrackerSettings(update_interval=interval), torch_device, executor
+    )
     console.print(
         f"tracking {len(selected)} sequences with CSWinTT ({config}), weights {weights}, "
-        f"{torch_device}, {torch.get_num_threads()} threads, update interval {interval}"
+        f"executor {executor}, {torch_device}, {torch.get_num_threads()} threads, "
+        f"update interval {interval}"
     )
-    info = {"config": config, "weights": weights, "update_interval": interval}
-    summary = track_dataset(tracker, selected, out, format, info, show_progress=progress)
+    info = {"config": config, "weights": weights, "update_interval": interval,
+            "executor": executor}
+    try:
+        summary = track_dataset(tracker, selected, out, format, info, show_progress=progress)
+    finally:
+        tracker.executor.close()
     if summary.skipped:
         console.print(f"skipped {len(summary.skipped)} complete sequences already in {out}")
     breakdown = stage_breakdown(out, [s.name for s in selected])
@@ -157,6 +169,68 @@ def eval_command(
     console.print(table)
     written = plot_curves(results, plots or runs[0])
     console.print("metrics.json written to each run folder; plots: " + ", ".join(map(str, written)))
+
+
+@bench_app.command("tracker")
+@reports_errors
+def bench_tracker(
+    config: Annotated[str, typer.Option(help="Network size: default or tiny.")] = "default",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    executors: Annotated[
+        str, typer.Option(help=f"Comma-separated, from: {', '.join(EXECUTORS)}.")
+    ] = "eager,scripted,heads,fused,fused-bf16",
+    frames: Annotated[int, typer.Option(help="Timed frames per executor.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed frames first.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of weights and frames.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Time every executor on the same frames: encoder, FPS, stages, GFLOP/s, differences."""
+    import json
+
+    from rich.progress import Progress
+
+    from headway.experiments.tracker_executors import TIMED_STAGES, benchmark_executors
+    from headway.tracking.results import atomic_write_text
+
+    _check_choice(config, list(CONFIGS), "configuration")
+    names = _names(executors) or ["eager"]
+    wide = Console(width=max(console.width, 132))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("frames (all executors)", total=frames + warmup)
+        bench = benchmark_executors(
+            config, device, names, frames, warmup, seed, lambda _: progress.advance(task)
+        )
+    eager = bench.results[0]
+    table = Table(
+        title=f"CSWinTT {config} on {bench.device} ({bench.environment['threads']} threads), "
+        f"median of {frames} frames; encoder {bench.encoder_gflop:.2f} GFLOP/frame"
+    )
+    for column in ("executor", "enc ms", "×enc", "frame ms", "FPS", "×FPS",
+                   "GFLOP/s", "%peak", "max Δenc", "max Δbox px"):
+        table.add_column(column, justify="left" if column == "executor" else "right")
+    for r in bench.results:
+        peak = bench.matmul_peak_gflops["bfloat16" if "bf16" in r.name else "float32"]
+        table.add_row(
+            r.name, f"{r.encoder_ms:.2f}", f"{eager.encoder_ms / r.encoder_ms:.2f}",
+            f"{r.frame_ms:.2f}", f"{r.fps:.2f}", f"{r.fps / eager.fps:.2f}",
+            f"{r.encoder_gflops:.1f}", f"{100 * r.encoder_gflops / peak:.0f}%",
+            f"{r.max_encoder_diff:.2e}", f"{r.max_box_diff_px:.3f}",
+        )
+    wide.print(table)
+    stages = Table(title="Stage breakdown, ms per frame (share of the stages' sum)")
+    stages.add_column("executor")
+    for stage in TIMED_STAGES:
+        stages.add_column(stage, justify="right")
+    for r in bench.results:
+        total = sum(r.stage_ms.values()) or 1.0
+        stages.add_row(r.name, *(f"{r.stage_ms[s]:.2f} ({100 * r.stage_ms[s] / total:.0f}%)"
+                                 for s in TIMED_STAGES))
+    wide.print(stages)
+    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in bench.matmul_peak_gflops.items())
+    console.print(f"measured matmul peak (tokens × FFN weight): {peaks}")
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(bench.to_json(), indent=2))
+        console.print(f"wrote {json_out}")
 
 
 def main() -> None:  # pragma: no cover - console-script entry

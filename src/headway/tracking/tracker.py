@@ -12,6 +12,7 @@ import torch
 
 from headway.models.cswintt import CSWinTT, Features
 from headway.runtime.device import StageTimer
+from headway.runtime.executors import Executor, build_executor
 from headway.tracking.crop import (
     Preprocessor,
     check_init_box,
@@ -56,15 +57,22 @@ class CSWinTTTracker:
 
     def __init__(
         self,
-        network: CSWinTT,
+        network: CSWinTT | Executor,
         settings: TrackerSettings | None = None,
         device: torch.device | str = "cpu",
+        executor: str = "eager",
     ) -> None:
+        """``network`` is run by the executor named ``executor`` (see
+        :mod:`headway.runtime.executors`), or pass a ready :class:`Executor`."""
         self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
+        if isinstance(network, Executor):
+            self.executor = network
+            self.device = network.device
+        else:
+            self.executor = build_executor(executor, network, self.device)
         self.settings = settings or TrackerSettings()
-        self.template_size = network.config.template_size
-        self.search_size = network.config.search_size
+        self.template_size = self.executor.config.template_size
+        self.search_size = self.executor.config.search_size
         self.preprocess = Preprocessor(self.device)
         self.timer = StageTimer(self.device)
         self.templates: list[Features] = []
@@ -74,14 +82,14 @@ class CSWinTTTracker:
 
     def _template_features(self, image: np.ndarray, box: list[float]) -> Features:
         crop, _, mask = sample_target(image, box, self.settings.template_factor, self.template_size)
-        return self.network.forward_backbone(*self.preprocess(crop, mask))
+        return self.executor.backbone(*self.preprocess(crop, mask))
 
     @torch.inference_mode()
     def initialize(self, image: np.ndarray, box: list[float]) -> None:
         """Crop the initial template; it doubles as the first dynamic template."""
         with self.timer.stage("backbone"):
             first = self._template_features(image, box)
-        self.templates = [first] * self.network.config.num_templates
+        self.templates = [first] * self.executor.config.num_templates
         self.state = [float(v) for v in box]
         self.frame_id = 0
         self.template_updates = 0
@@ -90,22 +98,22 @@ class CSWinTTTracker:
     def track(self, image: np.ndarray) -> tuple[list[float], float]:
         """Track one frame; returns the new [x, y, w, h] and the confidence (sigmoid)."""
         self.frame_id += 1
-        timer, network = self.timer, self.network
+        timer, executor = self.timer, self.executor
         with timer.stage("load_preprocess", host=True):
             crop, resize_factor, mask = sample_target(
                 image, self.state, self.settings.search_factor, self.search_size
             )
             search_image, search_mask = self.preprocess(crop, mask)
         with timer.stage("backbone"):
-            search = network.forward_backbone(search_image, search_mask)
-            merged = network.merge([*self.templates, search])
+            search = executor.backbone(search_image, search_mask)
+            merged = executor.merge([*self.templates, search])
         with timer.stage("encoder"):
-            memory = network.forward_encoder(merged.tokens, merged.padding_mask)
+            memory = executor.encoder(merged.tokens, merged.padding_mask)
         with timer.stage("decoder"):
-            decoded = network.forward_decoder(memory, merged.padding_mask)
+            decoded = executor.decoder(memory, merged.padding_mask)
         with timer.stage("box_head"):
-            boxes = network.forward_box_head(memory, decoded)
-            logit = network.forward_confidence(decoded)
+            boxes = executor.box_head(memory, decoded)
+            logit = executor.confidence(decoded)
             box = (boxes.view(-1, 4).mean(dim=0) * self.search_size / resize_factor).tolist()
             confidence = float(torch.sigmoid(logit).view(-1)[0])
         height, width = image.shape[:2]

@@ -1,0 +1,190 @@
+"""Paper A's measurements for every executor, side by side in one process: per-frame encoder
+time and FPS with ratios to ``eager`` (Fig. 10, 11), the stage breakdown (Table 1, Fig. 12),
+encoder GFLOP/s against the measured matmul peak, and the largest output difference to
+``eager``.
+
+All executors track the same synthetic frames. Frames are served round-robin (frame i to every
+executor, then frame i + 1), so a change of machine speed during the run hits all of them
+alike; the first ``warmup`` frames (tracing, compilation, graph capture) are not timed.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+from headway.models.cswintt import CSWinTT, build_cswintt
+from headway.runtime.device import resolve_device
+from headway.runtime.executors import build_executor, check_executor
+from headway.tracking.synth import SynthSettings, render_sequence
+from headway.tracking.tracker import STAGES, CSWinTTTracker
+
+TIMED_STAGES = STAGES[:5]
+
+
+@dataclass
+class ExecutorResult:
+    """Medians over the timed frames (milliseconds) and differences to eager."""
+
+    name: str
+    encoder_ms: float
+    frame_ms: float
+    stage_ms: dict[str, float]
+    encoder_gflops: float
+    max_encoder_diff: float
+    max_box_diff_px: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.frame_ms
+
+
+@dataclass
+class TrackerBenchmark:
+    config: str
+    device: str
+    frames: int
+    warmup: int
+    encoder_gflop: float
+    matmul_peak_gflops: dict[str, float]
+    environment: dict[str, Any]
+    results: list[ExecutorResult]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        eager = self.results[0]
+        for entry, result in zip(data["results"], self.results, strict=True):
+            entry["fps"] = result.fps
+            entry["encoder_speedup"] = eager.encoder_ms / result.encoder_ms
+            entry["fps_ratio"] = result.fps / eager.fps
+        return data
+
+
+def encoder_flops(network: CSWinTT, device: torch.device) -> int:
+    """FLOPs (2 × multiply-adds, matmuls only) of one encoder forward, counted by PyTorch."""
+    tokens = torch.zeros(network.config.num_tokens, 1, network.config.d_model, device=device)
+    mask = torch.zeros(1, network.config.num_tokens, dtype=torch.bool, device=device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        network.forward_encoder(tokens, mask)
+    return counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, d_model: int, ffn: int) -> float:
+    """GFLOP/s of the encoder's largest product (tokens × FFN weight) on this machine."""
+    x = torch.randn(704, d_model, device=device, dtype=dtype)
+    w = torch.randn(ffn, d_model, device=device, dtype=dtype)
+    timer = Timer(
+        "torch.nn.functional.linear(x, w)",
+        globals={"torch": torch, "x": x, "w": w},
+        num_threads=torch.get_num_threads(),
+    )
+    seconds = timer.blocked_autorange(min_run_time=0.5).median
+    return 2 * 704 * d_model * ffn / seconds / 1e9
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark_executors(
+    config: str = "default",
+    device: str = "cpu",
+    executors: list[str] | None = None,
+    frames: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+    on_frame: Callable[[int], None] | None = None,
+) -> TrackerBenchmark:
+    """Run every executor on the same frames and collect paper A's numbers. ``eager`` is
+    always measured (it is the reference) and listed first."""
+    torch_device = resolve_device(device)
+    names = ["eager", *[n for n in (executors or ["scripted", "heads", "fused", "fused-bf16"])
+                        if n != "eager"]]
+    for name in names:
+        check_executor(name, torch_device)
+    if frames < 1 or warmup < 0:
+        raise ValueError("frames must be ≥ 1 and warmup ≥ 0")
+    torch.manual_seed(seed)
+    network = build_cswintt(config).to(torch_device).eval()
+    images, boxes, _ = render_sequence(
+        np.random.default_rng([seed, 0]), SynthSettings(frames=frames + warmup + 1)
+    )
+    trackers = {name: CSWinTTTracker(build_executor(name, network, torch_device))
+                for name in names}
+
+    probe_tokens = torch.randn(
+        network.config.num_tokens, 1, network.config.d_model, device=torch_device,
+        generator=torch.Generator(torch_device).manual_seed(seed),
+    )
+    probe_mask = torch.zeros(1, network.config.num_tokens, dtype=torch.bool, device=torch_device)
+    probe_mask[0, -network.config.search_grid * 2 :] = True
+    with torch.inference_mode():
+        reference = trackers["eager"].executor.encoder(probe_tokens, probe_mask).float()
+
+    stage_times: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    frame_times: dict[str, list[float]] = {name: [] for name in names}
+    tracked: dict[str, list[list[float]]] = {name: [] for name in names}
+    for tracker in trackers.values():
+        tracker.initialize(images[0], list(boxes[0]))
+        tracker.timer.finish_frame()
+    for index, image in enumerate(images[1:]):
+        for name, tracker in trackers.items():
+            _synchronize(torch_device)
+            began = time.perf_counter()
+            box, _ = tracker.track(image)
+            _synchronize(torch_device)
+            elapsed = (time.perf_counter() - began) * 1e3
+            measured = tracker.timer.finish_frame()
+            tracked[name].append(box)
+            if index >= warmup:
+                frame_times[name].append(elapsed)
+                stage_times[name].append(measured)
+        if on_frame is not None:
+            on_frame(index)
+
+    flops = encoder_flops(network, torch_device)
+    eager_boxes = np.asarray(tracked["eager"])
+    results = []
+    for name, tracker in trackers.items():
+        with torch.inference_mode():
+            output = tracker.executor.encoder(probe_tokens, probe_mask).float()
+        encoder_ms = float(np.median([t["encoder"] for t in stage_times[name]]))
+        results.append(
+            ExecutorResult(
+                name=name,
+                encoder_ms=encoder_ms,
+                frame_ms=float(np.median(frame_times[name])),
+                stage_ms={s: float(np.median([t.get(s, 0.0) for t in stage_times[name]]))
+                          for s in TIMED_STAGES},
+                encoder_gflops=flops / encoder_ms / 1e6,
+                max_encoder_diff=float((output - reference).abs().max()),
+                max_box_diff_px=float(np.abs(np.asarray(tracked[name]) - eager_boxes).max()),
+            )
+        )
+        tracker.executor.close()
+    peaks = {
+        str(dtype).removeprefix("torch."): matmul_peak(
+            torch_device, dtype, network.config.d_model, network.config.dim_feedforward
+        )
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    environment = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None,
+    }
+    return TrackerBenchmark(
+        config, str(torch_device), frames, warmup, flops / 1e9, peaks, environment, results
+    )

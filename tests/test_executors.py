@@ -1,0 +1,150 @@
+"""Every executor against eager: encoder outputs on random non-zero inputs and tracked boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_encoder_formula import make_padding
+
+from headway.errors import InputError
+from headway.models import build_cswintt, load_weights
+from headway.runtime.executors import build_executor, check_executor
+from headway.tracking.datasets import load_dataset
+from headway.tracking.tracker import CSWinTTTracker
+from headway.transforms.heads import (
+    HeadSplitEncoderLayer,
+    fuse_window_attention,
+    set_head_dispatch,
+    split_heads,
+)
+
+# fp32 executors reorder floating-point sums only; bf16 keeps ~3 significant digits
+FP32_ENCODER_TOL = 1e-4
+BF16_ENCODER_TOL = 0.25
+FP32_BOX_TOL_PX = 0.01
+BF16_BOX_TOL_PX = 1.0
+
+
+def random_network(config: str = "tiny", seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    network = build_cswintt(config).eval()
+    for table in network.transformer.bias_tables().values():
+        torch.nn.init.normal_(table, std=0.5)  # make the bias matter
+    return network
+
+
+def encoder_inputs(network, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    config = network.config
+    tokens = torch.randn(config.num_tokens, batch, config.d_model, generator=generator) + 0.3
+    return tokens, make_padding(config, batch, generator)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_split_and_fused_encoders_match_eager(batch: int) -> None:
+    network = random_network(seed=batch)
+    split, report = split_heads(network)
+    fused, _ = fuse_window_attention(network)
+    assert report.layers == network.config.enc_layers
+    assert all(isinstance(layer, HeadSplitEncoderLayer) for layer in split.transformer.transformer)
+    tokens, mask = encoder_inputs(network, batch, seed=100 + batch)
+    with torch.inference_mode():
+        expected = network.forward_encoder(tokens, mask)
+        torch.testing.assert_close(split.forward_encoder(tokens, mask), expected, rtol=0, atol=0)
+        torch.testing.assert_close(
+            fused.forward_encoder(tokens, mask), expected, rtol=0, atol=FP32_ENCODER_TOL
+        )
+
+
+def test_transforms_keep_the_state_dict_and_leave_the_input_alone() -> None:
+    network = random_network()
+    keys = list(network.state_dict())
+    for transform in (split_heads, fuse_window_attention):
+        transformed, _ = transform(network)
+        assert list(transformed.state_dict()) == keys
+        load_weights(transformed, network.state_dict())  # strict
+    assert type(network.transformer.transformer[0]).__name__ == "CyclicWindowEncoderLayer"
+    assert network.transformer.context_builder is None
+
+
+def test_head_dispatch_sees_every_head() -> None:
+    network = random_network()
+    split, _ = split_heads(network)
+    calls: list[int] = []
+
+    def counting(jobs):
+        calls.append(len(jobs))
+        return [job() for job in jobs]
+
+    set_head_dispatch(split, counting)
+    tokens, mask = encoder_inputs(network, 1, seed=3)
+    with torch.inference_mode():
+        split.forward_encoder(tokens, mask)
+    assert calls == [network.config.num_heads] * network.config.enc_layers
+    with pytest.raises(TypeError, match="split_heads"):
+        set_head_dispatch(network, counting)
+
+
+@pytest.mark.parametrize(
+    ("name", "encoder_tol", "box_tol"),
+    [
+        ("scripted", 0.0, 0.0),
+        ("heads", 0.0, 0.0),
+        ("fused", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
+        ("fused-bf16", BF16_ENCODER_TOL, BF16_BOX_TOL_PX),
+    ],
+)
+def test_executor_matches_eager(
+    name: str, encoder_tol: float, box_tol: float, synth_dataset: Path
+) -> None:
+    network = random_network(seed=4)
+    tokens, mask = encoder_inputs(network, 1, seed=5)
+    sequence = load_dataset(synth_dataset, "otb")[0]
+    with build_executor("eager", network) as eager, build_executor(name, network) as other:
+        with torch.inference_mode():
+            expected = eager.encoder(tokens, mask)
+            got = other.encoder(tokens, mask).float()
+        torch.testing.assert_close(got, expected, rtol=0, atol=encoder_tol)
+        eager_boxes = CSWinTTTracker(eager).run_sequence(sequence).boxes
+        other_boxes = CSWinTTTracker(other).run_sequence(sequence).boxes
+    assert np.abs(other_boxes - eager_boxes).max() <= box_tol
+
+
+@pytest.mark.slow
+def test_compiled_encoder_matches_eager() -> None:
+    network = random_network(seed=6)
+    tokens, mask = encoder_inputs(network, 1, seed=7)
+    with build_executor("compiled", network) as compiled, torch.inference_mode():
+        got = compiled.encoder(tokens, mask)
+        expected = network.forward_encoder(tokens, mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=FP32_ENCODER_TOL)
+
+
+def test_executor_name_errors() -> None:
+    with pytest.raises(InputError, match="unknown executor 'warp'"):
+        check_executor("warp", "cpu")
+    with pytest.raises(InputError, match="needs CUDA"):
+        check_executor("cudagraph", "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["heads", "fused", "cudagraph", "fused-bf16", "cudagraph-bf16"])
+def test_cuda_executors_match_eager(name: str, synth_dataset: Path) -> None:
+    network = random_network(seed=8)
+    tokens, mask = (t.cuda() for t in encoder_inputs(network, 1, seed=9))
+    tol = BF16_ENCODER_TOL if "bf16" in name else 1e-3
+    sequence = load_dataset(synth_dataset, "otb")[0]
+    with build_executor("eager", network, "cuda") as eager, build_executor(
+        name, network, "cuda"
+    ) as other:
+        with torch.inference_mode():
+            expected = eager.encoder(tokens, mask)
+            for _ in range(2):  # the second call replays captured graphs
+                got = other.encoder(tokens, mask).float()
+        torch.testing.assert_close(got, expected, rtol=0, atol=tol)
+        eager_boxes = CSWinTTTracker(eager).run_sequence(sequence).boxes
+        other_boxes = CSWinTTTracker(other).run_sequence(sequence).boxes
+    assert np.abs(other_boxes - eager_boxes).max() <= (BF16_BOX_TOL_PX if "bf16" in name else 0.05)
