@@ -77,14 +77,37 @@ def test_checkpoint_mismatch_is_reported(tmp_path: Path, synth_dataset: Path) ->
 
 def test_track_with_executor_and_bench(tmp_path: Path, synth_dataset: Path) -> None:
     run = tmp_path / "fused"
-    args = ["track", str(synth_dataset), "--out", str(run), "--config", "tiny",
-            "--executor", "fused", "--no-progress", "--sequences", "synth0007_000"]
+    args = [
+        "track",
+        str(synth_dataset),
+        "--out",
+        str(run),
+        "--config",
+        "tiny",
+        "--executor",
+        "fused",
+        "--no-progress",
+        "--sequences",
+        "synth0007_000",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads((run / "run.json").read_text())["executor"] == "fused"
     out = tmp_path / "bench.json"
-    args = ["bench", "tracker", "--config", "tiny", "--frames", "2", "--warmup", "1",
-            "--executors", "eager,fused", "--json", str(out)]
+    args = [
+        "bench",
+        "tracker",
+        "--config",
+        "tiny",
+        "--frames",
+        "2",
+        "--warmup",
+        "1",
+        "--executors",
+        "eager,fused",
+        "--json",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())

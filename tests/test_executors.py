@@ -7,19 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_encoder_formula import make_padding
 
 from headway.errors import InputError
 from headway.models import build_cswintt, load_weights
 from headway.runtime.executors import build_executor, check_executor
 from headway.tracking.datasets import load_dataset
 from headway.tracking.tracker import CSWinTTTracker
+from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
 from headway.transforms.heads import (
     HeadSplitEncoderLayer,
     fuse_window_attention,
     set_head_dispatch,
     split_heads,
 )
+from test_encoder_formula import make_padding
 
 # fp32 executors reorder floating-point sums only; bf16 keeps ~3 significant digits
 FP32_ENCODER_TOL = 1e-4
@@ -137,9 +138,10 @@ def test_cuda_executors_match_eager(name: str, synth_dataset: Path) -> None:
     tokens, mask = (t.cuda() for t in encoder_inputs(network, 1, seed=9))
     tol = BF16_ENCODER_TOL if "bf16" in name else 1e-3
     sequence = load_dataset(synth_dataset, "otb")[0]
-    with build_executor("eager", network, "cuda") as eager, build_executor(
-        name, network, "cuda"
-    ) as other:
+    with (
+        build_executor("eager", network, "cuda") as eager,
+        build_executor(name, network, "cuda") as other,
+    ):
         with torch.inference_mode():
             expected = eager.encoder(tokens, mask)
             for _ in range(2):  # the second call replays captured graphs
@@ -148,3 +150,42 @@ def test_cuda_executors_match_eager(name: str, synth_dataset: Path) -> None:
         eager_boxes = CSWinTTTracker(eager).run_sequence(sequence).boxes
         other_boxes = CSWinTTTracker(other).run_sequence(sequence).boxes
     assert np.abs(other_boxes - eager_boxes).max() <= (BF16_BOX_TOL_PX if "bf16" in name else 0.05)
+
+
+def test_fold_batchnorm_keeps_the_function() -> None:
+    network = random_network(seed=10)
+    generator = torch.Generator().manual_seed(11)
+    for module in network.modules():  # non-trivial statistics in every norm
+        if hasattr(module, "running_var") and module.running_var is not None:
+            module.running_var.copy_(
+                torch.rand(module.running_var.shape, generator=generator) + 0.5
+            )
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator))
+            module.weight.data.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
+    folded, report = fold_batchnorm(network)
+    assert report.layers == 1 + 3 * 3 + 3 + 8  # trunk, bottlenecks, downsamples, box head
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    images = torch.randn(1, 3, 256, 256, generator=generator)
+    mask = torch.zeros(1, 256, 256, dtype=torch.bool)
+    with torch.inference_mode():
+        expected = network.forward_backbone(images, mask).tokens
+        got = folded.forward_backbone(images, mask).tokens
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        memory = torch.randn(network.config.num_tokens, 1, network.config.d_model)
+        decoded = torch.randn(1, 1, network.config.d_model)
+        torch.testing.assert_close(
+            folded.forward_box_head(memory, decoded),
+            network.forward_box_head(memory, decoded),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_cast_matmul_weights_leaves_norms_in_fp32() -> None:
+    network = random_network()
+    cast, report = cast_matmul_weights(network, torch.bfloat16)
+    assert report.layers > 0
+    assert cast.bottleneck.weight.dtype == torch.bfloat16
+    assert cast.transformer.transformer_post[0].self_attn.in_proj_weight.dtype == torch.bfloat16
+    assert cast.transformer.transformer[0].norm1.weight.dtype == torch.float32
+    assert network.bottleneck.weight.dtype == torch.float32

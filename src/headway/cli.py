@@ -121,8 +121,7 @@ def track_command(
         f"executor {executor}, {torch_device}, {torch.get_num_threads()} threads, "
         f"update interval {interval}"
     )
-    info = {"config": config, "weights": weights, "update_interval": interval,
-            "executor": executor}
+    info = {"config": config, "weights": weights, "update_interval": interval, "executor": executor}
     try:
         summary = track_dataset(tracker, selected, out, format, info, show_progress=progress)
     finally:
@@ -205,16 +204,32 @@ def bench_tracker(
         title=f"CSWinTT {config} on {bench.device} ({bench.environment['threads']} threads), "
         f"median of {frames} frames; encoder {bench.encoder_gflop:.2f} GFLOP/frame"
     )
-    for column in ("executor", "enc ms", "×enc", "frame ms", "FPS", "×FPS",
-                   "GFLOP/s", "%peak", "max Δenc", "max Δbox px"):
+    for column in (
+        "executor",
+        "enc ms",
+        "×enc",
+        "frame ms",
+        "FPS",
+        "×FPS",
+        "GFLOP/s",
+        "%peak",
+        "max Δenc",
+        "max Δbox px",
+    ):
         table.add_column(column, justify="left" if column == "executor" else "right")
     for r in bench.results:
         peak = bench.matmul_peak_gflops["bfloat16" if "bf16" in r.name else "float32"]
         table.add_row(
-            r.name, f"{r.encoder_ms:.2f}", f"{eager.encoder_ms / r.encoder_ms:.2f}",
-            f"{r.frame_ms:.2f}", f"{r.fps:.2f}", f"{r.fps / eager.fps:.2f}",
-            f"{r.encoder_gflops:.1f}", f"{100 * r.encoder_gflops / peak:.0f}%",
-            f"{r.max_encoder_diff:.2e}", f"{r.max_box_diff_px:.3f}",
+            r.name,
+            f"{r.encoder_ms:.2f}",
+            f"{eager.encoder_ms / r.encoder_ms:.2f}",
+            f"{r.frame_ms:.2f}",
+            f"{r.fps:.2f}",
+            f"{r.fps / eager.fps:.2f}",
+            f"{r.encoder_gflops:.1f}",
+            f"{100 * r.encoder_gflops / peak:.0f}%",
+            f"{r.max_encoder_diff:.2e}",
+            f"{r.max_box_diff_px:.3f}",
         )
     wide.print(table)
     stages = Table(title="Stage breakdown, ms per frame (share of the stages' sum)")
@@ -223,8 +238,10 @@ def bench_tracker(
         stages.add_column(stage, justify="right")
     for r in bench.results:
         total = sum(r.stage_ms.values()) or 1.0
-        stages.add_row(r.name, *(f"{r.stage_ms[s]:.2f} ({100 * r.stage_ms[s] / total:.0f}%)"
-                                 for s in TIMED_STAGES))
+        stages.add_row(
+            r.name,
+            *(f"{r.stage_ms[s]:.2f} ({100 * r.stage_ms[s] / total:.0f}%)" for s in TIMED_STAGES),
+        )
     wide.print(stages)
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in bench.matmul_peak_gflops.items())
     console.print(f"measured matmul peak (tokens × FFN weight): {peaks}")

@@ -108,8 +108,10 @@ def benchmark_executors(
     """Run every executor on the same frames and collect paper A's numbers. ``eager`` is
     always measured (it is the reference) and listed first."""
     torch_device = resolve_device(device)
-    names = ["eager", *[n for n in (executors or ["scripted", "heads", "fused", "fused-bf16"])
-                        if n != "eager"]]
+    names = [
+        "eager",
+        *[n for n in (executors or ["scripted", "heads", "fused", "fused-bf16"]) if n != "eager"],
+    ]
     for name in names:
         check_executor(name, torch_device)
     if frames < 1 or warmup < 0:
@@ -119,11 +121,13 @@ def benchmark_executors(
     images, boxes, _ = render_sequence(
         np.random.default_rng([seed, 0]), SynthSettings(frames=frames + warmup + 1)
     )
-    trackers = {name: CSWinTTTracker(build_executor(name, network, torch_device))
-                for name in names}
+    trackers = {name: CSWinTTTracker(build_executor(name, network, torch_device)) for name in names}
 
     probe_tokens = torch.randn(
-        network.config.num_tokens, 1, network.config.d_model, device=torch_device,
+        network.config.num_tokens,
+        1,
+        network.config.d_model,
+        device=torch_device,
         generator=torch.Generator(torch_device).manual_seed(seed),
     )
     probe_mask = torch.zeros(1, network.config.num_tokens, dtype=torch.bool, device=torch_device)
@@ -164,8 +168,10 @@ def benchmark_executors(
                 name=name,
                 encoder_ms=encoder_ms,
                 frame_ms=float(np.median(frame_times[name])),
-                stage_ms={s: float(np.median([t.get(s, 0.0) for t in stage_times[name]]))
-                          for s in TIMED_STAGES},
+                stage_ms={
+                    s: float(np.median([t.get(s, 0.0) for t in stage_times[name]]))
+                    for s in TIMED_STAGES
+                },
                 encoder_gflops=flops / encoder_ms / 1e6,
                 max_encoder_diff=float((output - reference).abs().max()),
                 max_box_diff_px=float(np.abs(np.asarray(tracked[name]) - eager_boxes).max()),

@@ -6,9 +6,10 @@
 | ``scripted`` | Case B: every stage traced to TorchScript once per input shape, then called |
 | ``compiled`` | torch.compile of every stage (falls back to ``scripted``, with a warning) |
 | ``heads`` | Case C: split heads dispatched to a pool of workers, one CUDA stream each |
-| ``fused`` | fused window attention: one gather per Q/K′/V′, heads batched per window size |
-| ``fused-bf16`` | ``fused`` under bfloat16 autocast (AVX-512 BF16 on CPU, tensor cores on CUDA) |
-| ``cudagraph`` | ``fused`` with each stage captured once as a CUDA graph and replayed (CUDA only) |
+| ``fused`` | fused window attention (one gather per Q/K′/V′, heads batched per window size), |
+|  | batch norms folded into the convolutions, channels-last convolutions |
+| ``fused-bf16`` | ``fused`` with bfloat16 weights under autocast (AVX-512 BF16, tensor cores) |
+| ``cudagraph`` | ``fused`` with each stage captured once as a CUDA graph, then replayed |
 | ``cudagraph-bf16`` | ``cudagraph`` under bfloat16 autocast (CUDA only) |
 
 Every executor exposes the same stage calls (``backbone``, ``merge``, ``encoder``, ``decoder``,
@@ -30,6 +31,7 @@ from torch import nn
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT, Features
 from headway.runtime.pool import StreamWorkerPool
+from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
 from headway.transforms.heads import fuse_window_attention, set_head_dispatch, split_heads
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class Executor:
     name: ClassVar[str] = "eager"
     requires_cuda: ClassVar[bool] = False
     dtype: ClassVar[torch.dtype] = torch.float32
+    memory_format: ClassVar[torch.memory_format] = torch.contiguous_format
 
     def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -77,6 +80,7 @@ class Executor:
 
     # -- the stage API the tracker uses -------------------------------------------------------
     def backbone(self, images: torch.Tensor, padding_mask: torch.Tensor) -> Features:
+        images = images.contiguous(memory_format=self.memory_format)
         return Features(*self._run("backbone", images, padding_mask))
 
     def merge(self, features: list[Features]) -> Features:
@@ -137,7 +141,10 @@ class ScriptedExecutor(Executor):
             if traced is None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                    traced = torch.jit.trace(module, tuple(a.clone() for a in args), check_trace=False)
+                    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript
+                    traced = torch.jit.trace(
+                        module, tuple(a.clone() for a in args), check_trace=False
+                    )
                 self._traced[key] = traced
             return traced(*args)
 
@@ -190,17 +197,26 @@ class HeadParallelExecutor(Executor):
 
 
 class FusedExecutor(Executor):
-    """Fused window attention (see :func:`headway.transforms.heads.fuse_window_attention`)."""
+    """Fused window attention (:func:`~headway.transforms.heads.fuse_window_attention`),
+    batch norms folded into convolutions and channels-last convolutions."""
 
     name = "fused"
+    memory_format = torch.channels_last
 
     def prepare(self, network: CSWinTT) -> CSWinTT:
-        return fuse_window_attention(network)[0]
+        fused, _ = fuse_window_attention(network)
+        folded, _ = fold_batchnorm(fused)
+        return folded.to(memory_format=torch.channels_last)
 
 
 class FusedBF16Executor(FusedExecutor):
+    """``fused`` with matmul/conv weights stored in bfloat16, run under autocast."""
+
     name = "fused-bf16"
     dtype = torch.bfloat16
+
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        return cast_matmul_weights(super().prepare(network), self.dtype)[0]
 
 
 class _GraphedStage:
@@ -210,7 +226,9 @@ class _GraphedStage:
     def __init__(self, fn: Callable[..., Any], precision: Callable[[], Any]) -> None:
         self.fn = fn
         self.precision = precision
-        self.graphs: dict[tuple[Any, ...], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]] = {}
+        self.graphs: dict[
+            tuple[Any, ...], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]
+        ] = {}
 
     def __call__(self, *args: torch.Tensor) -> Any:
         key = tuple((tuple(a.shape), a.dtype) for a in args)
@@ -255,6 +273,9 @@ class CudaGraphBF16Executor(CudaGraphExecutor):
     name = "cudagraph-bf16"
     dtype = torch.bfloat16
 
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        return cast_matmul_weights(super().prepare(network), self.dtype)[0]
+
 
 EXECUTORS: dict[str, type[Executor]] = {
     cls.name: cls
@@ -278,8 +299,7 @@ def check_executor(name: str, device: torch.device | str) -> type[Executor]:
     cls = EXECUTORS[name]
     if cls.requires_cuda and torch.device(device).type != "cuda":
         raise InputError(
-            f"executor {name!r} needs CUDA (device is {device}); on CPU use 'fused' or "
-            "'fused-bf16'"
+            f"executor {name!r} needs CUDA (device is {device}); on CPU use 'fused' or 'fused-bf16'"
         )
     return cls
 
