@@ -26,7 +26,7 @@ def test_stage_timer_adds_repeated_stages_and_resets() -> None:
 
 def test_resolve_device() -> None:
     assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(InputError, match="unknown device|unsupported device"):
+    with pytest.raises(InputError, match=r"unknown device|unsupported device"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):

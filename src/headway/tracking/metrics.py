@@ -132,6 +132,17 @@ def _check_ground_truth(gt: np.ndarray, name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _ope_curves(
+    iou: np.ndarray, center_error: np.ndarray, norm_error: np.ndarray, length: int
+) -> Curves:
+    """Fraction of ``length`` frames succeeding at each threshold (IoU > t, errors ≤ t)."""
+    return Curves(
+        (iou[:, None] > OVERLAP_THRESHOLDS).sum(0) / length,
+        (center_error[:, None] <= CENTER_THRESHOLDS).sum(0) / length,
+        (norm_error[:, None] <= NORM_THRESHOLDS).sum(0) / length,
+    )
+
+
 def pytracking_curves(
     pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None, lasot: bool, name: str
 ) -> Curves:
@@ -151,11 +162,7 @@ def pytracking_curves(
     if lasot and visible is not None:
         norm_error[~visible] = np.inf
     length = len(gt)
-    return Curves(
-        (iou[:, None] > OVERLAP_THRESHOLDS).sum(0) / length,
-        (center_error[:, None] <= CENTER_THRESHOLDS).sum(0) / length,
-        (norm_error[:, None] <= NORM_THRESHOLDS).sum(0) / length,
-    )
+    return _ope_curves(iou, center_error, norm_error, length)
 
 
 def continuous_curves(
@@ -179,11 +186,7 @@ def continuous_curves(
         center_error[~valid] = np.inf
         norm_error[~valid] = np.inf
         length = len(gt)
-    return Curves(
-        (iou[:, None] > OVERLAP_THRESHOLDS).sum(0) / length,
-        (center_error[:, None] <= CENTER_THRESHOLDS).sum(0) / length,
-        (norm_error[:, None] <= NORM_THRESHOLDS).sum(0) / length,
-    )
+    return _ope_curves(iou, center_error, norm_error, length)
 
 
 TRACKINGNET_IOU = np.linspace(0, 1, 21)
