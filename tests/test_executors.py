@@ -189,3 +189,21 @@ def test_cast_matmul_weights_leaves_norms_in_fp32() -> None:
     assert cast.transformer.transformer_post[0].self_attn.in_proj_weight.dtype == torch.bfloat16
     assert cast.transformer.transformer[0].norm1.weight.dtype == torch.float32
     assert network.bottleneck.weight.dtype == torch.float32
+
+
+def test_compiled_falls_back_to_scripted_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    network = random_network(seed=12)
+    tokens, mask = encoder_inputs(network, 1, seed=13)
+    with build_executor("compiled", network) as compiled, torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="falls back to 'scripted'"):
+            got = compiled.encoder(tokens, mask)
+        expected = network.forward_encoder(tokens, mask)
+        assert compiled.fallback is not None
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
