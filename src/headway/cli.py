@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that compare variants side by side.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+compress_app = typer.Typer(help="Model compression.", no_args_is_help=True)
+app.add_typer(compress_app, name="compress")
 console = Console()
 errors = Console(stderr=True)
 
@@ -255,6 +257,75 @@ def bench_tracker(
         data["environment"]["glibc_keep_freed_memory"] = allocator_tuned
         atomic_write_text(json_out, json.dumps(data, indent=2))
         console.print(f"wrote {json_out}")
+
+
+@compress_app.command("tucker")
+@reports_errors
+def compress_tucker(
+    model: Annotated[str, typer.Argument(help="Model name (see `headway compress models`).")],
+    rank: Annotated[
+        str, typer.Option(help="vbmf[:F] | energy:F | ratio:F | rank:R | macs:F")
+    ] = "vbmf",
+    checkpoint: Annotated[Path | None, typer.Option(help="Weights to decompose.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Save the decomposed model here.")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classifier outputs.")] = 1000,
+    small_input: Annotated[bool, typer.Option(help="CIFAR-style 32×32 variant.")] = False,
+    input_size: Annotated[int | None, typer.Option(help="Probe image side (pixels).")] = None,
+    min_rank: Annotated[int, typer.Option(help="Smallest rank kept.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of random weights and the probe batch.")] = 0,
+) -> None:
+    """Tucker-2-decompose a model's K×K convolutions; print the per-layer table and totals."""
+    import json
+
+    from rich.progress import Progress
+
+    from headway.models import create_model
+    from headway.tracking.results import atomic_write_text
+    from headway.transforms.tucker import decompose_model, decomposed_ranks
+
+    torch.manual_seed(seed)
+    network = create_model(model, num_classes=num_classes, small_input=small_input)
+    if checkpoint is not None:
+        load_weights(network, checkpoint)
+    size = input_size or (32 if small_input else (299 if model == "inception_v3" else 224))
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("decomposing", total=None)
+        decomposed, report = decompose_model(
+            network, probe, rank, min_rank,
+            on_layer=lambda name: progress.update(task, description=f"decomposing {name}"),
+        )  # fmt: skip
+    table = Table(title=f"Tucker-2 of {model} ({rank}); MACs = conv + linear multiply-adds "
+                  f"per {size}×{size} image")  # fmt: skip
+    for column in ("layer", "status", "ranks", "MACs before", "MACs after", "params before",
+                   "params after", "weight err", "output err"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("layer", "status") else "right")
+    for row in report.layers:
+        decomposed_row = row.status == "decomposed"
+        table.add_row(
+            row.name,
+            row.status if decomposed_row else f"skipped: {row.reason}",
+            f"{row.rank_in}, {row.rank_out}" if decomposed_row else "",
+            f"{row.macs_before:,}", f"{row.macs_after:,}",
+            f"{row.params_before:,}", f"{row.params_after:,}",
+            f"{row.weight_error:.3f}" if decomposed_row else "",
+            f"{row.output_error:.3f}" if decomposed_row else "",
+        )  # fmt: skip
+    Console(width=max(console.width, 150)).print(table)
+    console.print(
+        f"model MACs {report.macs_before:,} → {report.macs_after:,} "
+        f"({100 * report.mac_reduction:.1f}% fewer); parameters {report.params_before:,} → "
+        f"{report.params_after:,}"
+    )
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        spec = {"model": model, "num_classes": num_classes, "small_input": small_input}
+        payload = {**spec, "ranks": decomposed_ranks(report), "state_dict": decomposed.state_dict()}
+        temporary = out.with_name(out.name + ".tmp")
+        torch.save(payload, temporary)
+        temporary.replace(out)
+        atomic_write_text(out.with_suffix(".json"), json.dumps(report.to_json(), indent=2))
+        console.print(f"saved {out} (load with headway.transforms.tucker.load_decomposed)")
 
 
 def main() -> None:  # pragma: no cover - console-script entry
