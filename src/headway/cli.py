@@ -328,6 +328,32 @@ def compress_tucker(
         console.print(f"saved {out} (load with headway.transforms.tucker.load_decomposed)")
 
 
+@compress_app.command("accuracy")
+@reports_errors
+def compress_accuracy(
+    out: Annotated[Path, typer.Argument(help="Folder for checkpoints and accuracy.json.")],
+    rank: Annotated[str, typer.Option(help="Rank rule for the decomposition.")] = "vbmf",
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 2,
+    quick: Annotated[bool, typer.Option(help="One third of the training epochs.")] = False,
+) -> None:
+    """Paper B's accuracy comparison on the built-in digits: train, decompose, fine-tune."""
+    from headway.experiments.tucker import accuracy
+
+    rows = accuracy(out, rank, finetune_epochs, 1 / 3 if quick else 1.0)
+    table = Table(title=f"Top-1 on digits (32×32 test split), Tucker-2 {rank}")
+    for column in ("model", "MACs", "trained", "decomposed", "fine-tuned", "MACs after"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+
+    def pct(value: float | None) -> str:
+        return "" if value is None else f"{value:.1f}%"
+
+    for r in rows:
+        table.add_row(r.model, f"{r.macs:,}", pct(r.trained), pct(r.decomposed),
+                      pct(r.finetuned), f"{r.macs_after:,}" if r.macs_after else "")  # fmt: skip
+    console.print(table)
+    console.print(f"wrote {out / 'accuracy.json'}")
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     torch.set_grad_enabled(False)
     app()

@@ -166,7 +166,9 @@ class VGG(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.constant_(module.weight, 1)
                 nn.init.constant_(module.bias, 0)
-            elif isinstance(module, nn.Linear):
+            elif isinstance(module, nn.Linear) and not small_input:
+                # torchvision's init; with the narrow small-input classifier it would shrink
+                # the signal ~100x, so those layers keep PyTorch's default initialisation
                 nn.init.normal_(module.weight, 0, 0.01)
                 nn.init.constant_(module.bias, 0)
 

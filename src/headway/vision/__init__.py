@@ -1,0 +1,1 @@
+"""Image-classification data and a compact training / fine-tuning loop."""

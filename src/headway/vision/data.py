@@ -1,0 +1,143 @@
+"""Image-classification datasets as (images, labels) tensors.
+
+- :func:`digits` — the built-in data: scikit-learn's 1,797 handwritten digits (8×8, shipped
+  with the package, so nothing is downloaded), upscaled to RGB squares; split deterministically.
+- :func:`load_image_folder` — ``root/<class>/<image>`` folders (class names sorted).
+- :func:`load_cifar10` — the CIFAR-10 "python version" batches (``data_batch_1..5``,
+  ``test_batch``).
+All return float images normalised per channel with the training split's statistics.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from headway.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+
+
+@dataclass
+class ClassificationData:
+    """Train and test tensors: images (N, 3, H, W) float, labels (N,) int64."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _normalise(data: ClassificationData) -> ClassificationData:
+    mean = data.train_images.mean(dim=(0, 2, 3), keepdim=True)
+    std = data.train_images.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    data.train_images = (data.train_images - mean) / std
+    data.test_images = (data.test_images - mean) / std
+    return data
+
+
+def _split(
+    images: torch.Tensor, labels: torch.Tensor, test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    cut = len(labels) - round(test_fraction * len(labels))
+    train, test = order[:cut], order[cut:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def digits(size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> ClassificationData:
+    """scikit-learn's handwritten digits as size×size RGB images (10 classes)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    images = images.expand(-1, 3, -1, -1).contiguous()
+    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    split = _split(images, labels, test_fraction, seed)
+    return _normalise(ClassificationData(*split, [str(i) for i in range(10)]))
+
+
+def load_image_folder(
+    root: str | Path, size: int = 32, test_fraction: float = 0.2, seed: int = 0
+) -> ClassificationData:
+    """``root/<class>/*.jpg|png...``; each image resized to size×size RGB."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: image folder does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise InputError(f"{root}: expected one sub-folder per class, found {len(classes)}")
+    images, labels = [], []
+    for index, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(path) as image:
+                    rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
+            except (UnidentifiedImageError, OSError) as error:
+                raise InputError(f"{path}: cannot be read as an image ({error})") from None
+            images.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
+            labels.append(index)
+    if not images:
+        raise InputError(f"{root}: no images found")
+    tensor = torch.stack(images).float() / 255.0
+    split = _split(tensor, torch.tensor(labels), test_fraction, seed)
+    return _normalise(ClassificationData(*split, classes))
+
+
+def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    if not path.is_file():
+        raise InputError(f"{path}: CIFAR-10 batch is missing")
+    try:
+        with path.open("rb") as file:
+            batch = pickle.load(file, encoding="bytes")  # the format is a pickle by definition
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as error:
+        raise InputError(f"{path}: not a CIFAR-10 python batch ({error})") from None
+    return torch.from_numpy(data).float() / 255.0, torch.from_numpy(labels)
+
+
+def load_cifar10(root: str | Path) -> ClassificationData:
+    """The CIFAR-10 python batches in ``root`` (``data_batch_1``… and ``test_batch``)."""
+    root = Path(root)
+    train_files = sorted(root.glob("data_batch_*"))
+    if not train_files:
+        raise InputError(f"{root}: no data_batch_* files (CIFAR-10 python version)")
+    parts = [_read_cifar_batch(p) for p in train_files]
+    test_images, test_labels = _read_cifar_batch(root / "test_batch")
+    names = [f"class{i}" for i in range(10)]
+    meta = root / "batches.meta"
+    if meta.is_file():
+        with meta.open("rb") as file:
+            names = [n.decode() for n in pickle.load(file, encoding="bytes")[b"label_names"]]
+    data = ClassificationData(
+        torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+        test_images, test_labels, names,
+    )  # fmt: skip
+    return _normalise(data)
+
+
+def load_classification_data(spec: str, size: int = 32, seed: int = 0) -> ClassificationData:
+    """``digits``, ``cifar10:PATH`` or ``folder:PATH``."""
+    kind, _, path = spec.partition(":")
+    if kind == "digits":
+        return digits(size, seed=seed)
+    if kind == "cifar10" and path:
+        return load_cifar10(path)
+    if kind == "folder" and path:
+        return load_image_folder(path, size, seed=seed)
+    raise InputError(f"unknown data {spec!r}: use digits, cifar10:PATH or folder:PATH")
