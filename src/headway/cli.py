@@ -333,7 +333,7 @@ def compress_tucker(
 def compress_accuracy(
     out: Annotated[Path, typer.Argument(help="Folder for checkpoints and accuracy.json.")],
     rank: Annotated[str, typer.Option(help="Rank rule for the decomposition.")] = "vbmf",
-    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 2,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 5,
     quick: Annotated[bool, typer.Option(help="One third of the training epochs.")] = False,
 ) -> None:
     """Paper B's accuracy comparison on the built-in digits: train, decompose, fine-tune."""

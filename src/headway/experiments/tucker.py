@@ -118,7 +118,7 @@ ACCURACY_MODELS: dict[str, tuple[dict[str, Any], TrainSettings, bool]] = {
 def accuracy(
     out_dir: str | Path,
     rank: str = "vbmf",
-    finetune_epochs: int = 2,
+    finetune_epochs: int = 5,
     epochs_scale: float = 1.0,
     models: list[str] | None = None,
     show_progress: bool = True,
@@ -145,7 +145,7 @@ def accuracy(
             row.decomposed = evaluate(decomposed, data.test_images, data.test_labels)
             row.macs_after = report.macs_after
             tune = TrainSettings(**{**asdict(settings), "epochs": finetune_epochs,
-                                    "lr": settings.lr / 10})  # fmt: skip
+                                    "lr": settings.lr / 5})  # fmt: skip
             tuned = train(decomposed, data, tune, out_dir / f"{name}_tucker.pt", show_progress,
                           f"fine-tuning {name}")  # fmt: skip
             row.finetuned = tuned.test_accuracy
