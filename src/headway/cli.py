@@ -354,6 +354,87 @@ def compress_accuracy(
     console.print(f"wrote {out / 'accuracy.json'}")
 
 
+@app.command()
+@reports_errors
+def multirun(
+    models: Annotated[str, typer.Option(help="e.g. vgg16:8 or vgg16:3,resnet152:1")],
+    mode: Annotated[str, typer.Option(help="mt | mp | seq | batched")] = "mt",
+    decomposed: Annotated[str | None, typer.Option(help="Tucker-2 rank rule, e.g. vbmf")] = None,
+    requests: Annotated[int, typer.Option(help="Requests per model instance.")] = 10,
+    rate: Annotated[float | None, typer.Option(help="Requests/s per instance (open loop).")] = None,
+    workers: Annotated[int, typer.Option(help="MT pool workers.")] = 2,
+    threads: Annotated[int, typer.Option(help="Intra-op threads per worker / process.")] = 1,
+    jobs: Annotated[str, typer.Option(help="Job policy: layers, jobs:N, macs:N.")] = "jobs:8",
+    input_size: Annotated[
+        int, typer.Option(help="Image side; 32 uses the small-input models.")
+    ] = 32,
+    device: Annotated[str, typer.Option(help="cpu or cuda (MT, seq, batched).")] = "cpu",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Run many models at once (paper B): MT framework, one process per model, or baselines."""
+    import json
+
+    from headway.runtime.multi_model import (
+        ModelSpec,
+        build_instance,
+        instance_names,
+        parse_models,
+        run_batched,
+        run_multiprocess,
+        run_multithread,
+        run_sequential,
+    )
+    from headway.tracking.results import atomic_write_text
+
+    _check_choice(mode, ("mt", "mp", "seq", "batched"), "mode")
+    if requests < 1:
+        raise InputError("requests must be at least 1")
+    torch_device = resolve_device(device)
+    names = instance_names(parse_models(models))
+    small = input_size <= 64
+    specs = {n: ModelSpec(m, 10 if small else 1000, small, input_size, decomposed)
+             for n, m in names}  # fmt: skip
+    if mode == "mp":
+        result = run_multiprocess(specs, requests, threads)
+    else:
+        built: dict[str, object] = {}
+        instances = []
+        for name, model in names:  # copies share one set of weights (read-only inference)
+            if model not in built:
+                built[model] = build_instance(specs[name], model, jobs)
+            shared = built[model]
+            example = shared.example.to(torch_device)
+            jobs_on_device = [job.to(torch_device) for job in shared.jobs]
+            instances.append(type(shared)(name, jobs_on_device, example))
+        if mode == "mt":
+            result = run_multithread(instances, requests, workers, torch_device, rate, threads)
+        elif mode == "seq":
+            torch.set_num_threads(threads)
+            result = run_sequential(instances, requests)
+        else:
+            torch.set_num_threads(threads)
+            result = run_batched(instances, requests)
+    table = Table(title=f"{mode}: {models}, {requests} requests each"
+                  + (f", Tucker-2 {decomposed}" if decomposed else ""))  # fmt: skip
+    for column in ("instance", "mean ms", "p95 ms", "requests"):
+        table.add_column(column, justify="left" if column == "instance" else "right")
+    for name, row in result.summary().items():
+        table.add_row(name, f"{row['mean_ms']:.2f}", f"{row['p95_ms']:.2f}", str(row["requests"]))
+    console.print(table)
+    console.print(f"throughput {result.throughput:.2f} requests/s over {result.wall_s:.2f} s")
+    for name, message in result.errors.items():
+        errors.print(f"[bold red]failed:[/] {name}: {message}", highlight=False)
+    if json_out is not None:
+        payload = {"mode": mode, "models": models, "decomposed": decomposed,
+                   "requests": requests, "summary": result.summary(),
+                   "throughput": result.throughput, "wall_s": result.wall_s,
+                   "errors": result.errors, "notes": result.notes,
+                   "latencies_ms": result.latencies_ms}  # fmt: skip
+        atomic_write_text(json_out, json.dumps(payload, indent=2))
+    if result.errors:
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     torch.set_grad_enabled(False)
     app()

@@ -13,6 +13,7 @@ releases the GIL inside its kernels).
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,7 +48,14 @@ class StreamWorkerPool:
 
     _ids = itertools.count()
 
-    def __init__(self, num_workers: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        num_workers: int,
+        device: torch.device | str = "cpu",
+        initializer: Callable[[int], None] | None = None,
+    ) -> None:
+        """``initializer(worker_index)`` runs first in every worker thread (e.g. to set its
+        intra-op thread count)."""
         if num_workers < 1:
             raise ValueError(f"a pool needs at least one worker, got {num_workers}")
         self.device = torch.device(device)
@@ -56,6 +65,7 @@ class StreamWorkerPool:
             for _ in range(num_workers)
         ]
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._initializer = initializer
         self._closed = False
         self._lock = threading.Lock()
         pool_id = next(self._ids)
@@ -108,6 +118,11 @@ class StreamWorkerPool:
 
     def _serve(self, index: int) -> None:
         stream = self.streams[index]
+        if self._initializer is not None:
+            try:
+                self._initializer(index)
+            except Exception:  # a broken initializer must not leave queued jobs unserved
+                log.exception("worker %d initializer failed; serving jobs anyway", index)
         while True:
             job = self._queue.get()
             if job is None:

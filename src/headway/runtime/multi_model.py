@@ -1,0 +1,426 @@
+"""Many models in one process (paper B's hidden-layer parallel framework) and its baselines.
+
+A model is cut into *jobs* — runs of consecutive layers (a Tucker-decomposed convolution counts
+as its three convolutions). In the multi-thread (MT) runner every model instance has a driver
+thread that pushes its next job into one shared FIFO queue; a pool worker (owning a CUDA stream
+on GPU) runs it; when it completes the driver is signalled and pushes the next job. Baselines:
+one OS process per model instance (MP), everything one after another in one thread
+(sequential), and — beyond the paper — same-model requests batched together.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from headway.errors import InputError
+from headway.models.classic import VGG, AlexNet, SqueezeNet
+from headway.models.inception import Inception3
+from headway.models.regnet import RegNet
+from headway.models.resnet import ResNet
+from headway.runtime.pool import StreamWorkerPool
+
+# ---------------------------------------------------------------------------------------------
+# Cutting a model into jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def _expand(modules: list[nn.Module]) -> list[nn.Module]:
+    """Flatten Tucker-2 triples (a Sequential of three convolutions) into their layers."""
+    layers: list[nn.Module] = []
+    for module in modules:
+        if isinstance(module, nn.Sequential) and all(isinstance(m, nn.Conv2d) for m in module):
+            layers.extend(module)
+        else:
+            layers.append(module)
+    return layers
+
+
+def layer_sequence(model: nn.Module) -> list[nn.Module]:
+    """The model's forward pass as a list of layers whose composition equals ``model(x)``
+    (inference mode: no auxiliary heads). Blocks with internal branches stay whole."""
+    if isinstance(model, (VGG, AlexNet)):
+        return _expand([*model.features, model.avgpool, nn.Flatten(1), *model.classifier])
+    if isinstance(model, SqueezeNet):
+        return _expand([*model.features, *model.classifier, nn.Flatten(1)])
+    if isinstance(model, ResNet):
+        stages = [
+            block for i in range(model.num_stages) for block in getattr(model, f"layer{i + 1}")
+        ]
+        stem = [model.conv1, model.bn1, model.relu, model.maxpool]
+        return _expand([*stem, *stages, model.avgpool, nn.Flatten(1), model.fc])
+    if isinstance(model, Inception3):
+        stem = [getattr(model, name) for name in Inception3.STEM]
+        tail = [model.Mixed_7a, model.Mixed_7b, model.Mixed_7c, model.avgpool, model.dropout]
+        return _expand([*stem, *tail, nn.Flatten(1), model.fc])
+    if isinstance(model, RegNet):
+        blocks = [block for stage in model.trunk_output for block in stage]
+        return _expand([model.stem, *blocks, model.avgpool, nn.Flatten(1), model.fc])
+    if isinstance(model, nn.Sequential):
+        return _expand(list(model))
+    raise InputError(f"cannot split {type(model).__name__} into jobs: no layer order is known")
+
+
+def _layer_macs(layers: list[nn.Module], example: torch.Tensor) -> list[int]:
+    macs, x = [], example
+    with torch.no_grad():
+        for layer in layers:
+            with FlopCounterMode(display=False) as counter:
+                x = layer(x)
+            macs.append(counter.get_total_flops() // 2)
+    return macs
+
+
+def split_jobs(
+    model: nn.Module, policy: str = "jobs:8", example: torch.Tensor | None = None
+) -> list[nn.Sequential]:
+    """Cut ``model`` into jobs by ``policy``: ``layers`` (one job per layer or block),
+    ``jobs:N`` (N jobs of about equal layer count) or ``macs:N`` (N jobs of about equal MACs,
+    needs ``example``). Running the jobs in order computes exactly ``model(x)``."""
+    layers = layer_sequence(model)
+    kind, _, value = policy.partition(":")
+    if kind == "layers":
+        groups = [[layer] for layer in layers]
+    elif kind in ("jobs", "macs"):
+        try:
+            count = int(value)
+        except ValueError:
+            raise InputError(f"job policy {policy!r}: {value!r} is not a job count") from None
+        if not 1 <= count <= len(layers):
+            raise InputError(
+                f"job policy {policy!r} cannot split a model of {len(layers)} layers into "
+                f"{count} jobs"
+            )
+        if kind == "jobs":
+            weights = [1] * len(layers)
+        else:
+            if example is None:
+                raise InputError("job policy macs:N needs an example input")
+            weights = [max(m, 1) for m in _layer_macs(layers, example)]
+        groups = _balanced_groups(layers, weights, count)
+    else:
+        raise InputError(f"unknown job policy {policy!r}: use layers, jobs:N or macs:N")
+    return [nn.Sequential(*group) for group in groups]
+
+
+def _balanced_groups(
+    layers: list[nn.Module], weights: list[int], count: int
+) -> list[list[nn.Module]]:
+    """Contiguous groups whose weight sums are close to total / count (greedy by prefix)."""
+    total = sum(weights)
+    groups: list[list[nn.Module]] = [[]]
+    running = 0
+    for index, (layer, weight) in enumerate(zip(layers, weights, strict=True)):
+        groups_left = count - len(groups)
+        past_share = running + weight / 2 > total * len(groups) / count
+        must_open = len(layers) - index <= groups_left
+        if groups[-1] and groups_left > 0 and (past_share or must_open):
+            groups.append([])
+        groups[-1].append(layer)
+        running += weight
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelInstance:
+    """One model to serve: a name (for reports), its jobs and a request input."""
+
+    name: str
+    jobs: list[nn.Module]
+    example: torch.Tensor
+
+
+@dataclass
+class RunResult:
+    """Per instance: request latencies (ms); errors by instance; the wall time of the run."""
+
+    mode: str
+    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        rows = {}
+        for name, values in self.latencies_ms.items():
+            if values:
+                rows[name] = {"mean_ms": float(np.mean(values)),
+                              "p95_ms": float(np.percentile(values, 95)),
+                              "requests": len(values)}  # fmt: skip
+        return rows
+
+    @property
+    def throughput(self) -> float:
+        done = sum(len(v) for v in self.latencies_ms.values())
+        return done / self.wall_s if self.wall_s else 0.0
+
+
+def _arrivals(requests: int, rate: float | None, start: float) -> list[float]:
+    """Scheduled arrival times: back to back (closed loop) or every 1/rate seconds."""
+    if rate is None:
+        return []
+    return [start + i / rate for i in range(requests)]
+
+
+def run_multithread(
+    instances: list[ModelInstance],
+    requests: int,
+    workers: int = 2,
+    device: torch.device | str = "cpu",
+    rate: float | None = None,
+    threads_per_worker: int = 1,
+) -> RunResult:
+    """Paper B's MT framework: one driver thread per instance, jobs through one FIFO queue."""
+    device = torch.device(device)
+    result = RunResult("mt", {inst.name: [] for inst in instances})
+    result.notes = {"workers": workers, "threads_per_worker": threads_per_worker}
+
+    def set_threads(_: int) -> None:
+        torch.set_num_threads(threads_per_worker)
+
+    lock = threading.Lock()
+    with StreamWorkerPool(workers, device, initializer=set_threads) as pool:
+        start_gate = threading.Barrier(len(instances) + 1)
+
+        def drive(instance: ModelInstance) -> None:
+            start_gate.wait()
+            began = time.perf_counter()
+            schedule = _arrivals(requests, rate, began)
+            try:
+                for index in range(requests):
+                    if schedule:
+                        time.sleep(max(0.0, schedule[index] - time.perf_counter()))
+                    arrived = schedule[index] if schedule else time.perf_counter()
+                    x = instance.example
+                    for job in instance.jobs:
+                        (x,) = pool.gather([pool.submit(_inference, job, x)])
+                    if device.type == "cuda":
+                        torch.cuda.current_stream(device).synchronize()
+                    with lock:
+                        result.latencies_ms[instance.name].append(
+                            (time.perf_counter() - arrived) * 1e3
+                        )
+            except Exception as error:  # reported with the model's name; others carry on
+                with lock:
+                    result.errors[instance.name] = f"{type(error).__name__}: {error}"
+
+        drivers = [threading.Thread(target=drive, args=(inst,), name=f"driver-{inst.name}")
+                   for inst in instances]  # fmt: skip
+        for thread in drivers:
+            thread.start()
+        start_gate.wait()
+        began = time.perf_counter()
+        for thread in drivers:
+            thread.join()
+        result.wall_s = time.perf_counter() - began
+    return result
+
+
+def _inference(job: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return job(x)
+
+
+def run_sequential(instances: list[ModelInstance], requests: int) -> RunResult:
+    """Every instance's request one after another in one thread (round robin)."""
+    result = RunResult("seq", {inst.name: [] for inst in instances})
+    began = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(requests):
+            for instance in instances:
+                if instance.name in result.errors:
+                    continue
+                arrived = time.perf_counter()
+                try:
+                    x = instance.example
+                    for job in instance.jobs:
+                        x = job(x)
+                except Exception as error:
+                    result.errors[instance.name] = f"{type(error).__name__}: {error}"
+                    continue
+                result.latencies_ms[instance.name].append((time.perf_counter() - arrived) * 1e3)
+    result.wall_s = time.perf_counter() - began
+    return result
+
+
+def run_batched(instances: list[ModelInstance], requests: int) -> RunResult:
+    """Beyond the paper: the requests of instances that share a model run as one batch."""
+    result = RunResult("batched", {inst.name: [] for inst in instances})
+    groups: dict[int, list[ModelInstance]] = {}
+    for instance in instances:
+        groups.setdefault(id(instance.jobs[0]), []).append(instance)
+    began = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(requests):
+            for members in groups.values():
+                arrived = time.perf_counter()
+                x = torch.cat([m.example for m in members])
+                try:
+                    for job in members[0].jobs:
+                        x = job(x)
+                except Exception as error:
+                    for m in members:
+                        result.errors[m.name] = f"{type(error).__name__}: {error}"
+                    continue
+                elapsed = (time.perf_counter() - arrived) * 1e3
+                for m in members:
+                    result.latencies_ms[m.name].append(elapsed)
+    result.wall_s = time.perf_counter() - began
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# One process per model (MP baseline)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a process builds its model: zoo name, classes, input, optional Tucker rank rule."""
+
+    model: str
+    num_classes: int = 10
+    small_input: bool = True
+    input_size: int = 32
+    decomposed: str | None = None
+    seed: int = 0
+
+
+def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelInstance:
+    """Deterministically build (and optionally decompose) a model and cut it into jobs."""
+    from headway.models.registry import create_model
+    from headway.transforms.tucker import decompose_model
+
+    torch.manual_seed(spec.seed)
+    model = create_model(spec.model, num_classes=spec.num_classes, small_input=spec.small_input)
+    model.eval()
+    example = torch.randn(1, 3, spec.input_size, spec.input_size,
+                          generator=torch.Generator().manual_seed(spec.seed))  # fmt: skip
+    if spec.decomposed:
+        model, _ = decompose_model(model, example, spec.decomposed)
+    return ModelInstance(name, split_jobs(model, policy, example), example)
+
+
+def _process_main(spec: ModelSpec, name: str, requests: int, threads: int, start: Any,
+                  queue: Any) -> None:  # fmt: skip
+    """Body of one MP process: build, wait for everyone, serve ``requests`` back to back."""
+    try:
+        torch.set_num_threads(threads)
+        instance = build_instance(spec, name, "layers")
+    except BaseException:
+        queue.put((name, [], traceback.format_exc(limit=3)))
+        start.abort()  # release the others: they start without this one
+        return
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        pass
+    try:
+        latencies = run_sequential([instance], requests).latencies_ms[name]
+        queue.put((name, latencies, None))
+    except BaseException:
+        queue.put((name, [], traceback.format_exc(limit=3)))
+
+
+def run_multiprocess(
+    specs: dict[str, ModelSpec], requests: int, threads_per_process: int = 1,
+    timeout_s: float = 600.0,
+) -> RunResult:  # fmt: skip
+    """One spawned OS process per instance, each running its model plainly; a process that
+    dies is reported and the others' results are kept."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    start = context.Barrier(len(specs) + 1)
+    queue = context.Queue()
+    processes = {
+        name: context.Process(target=_process_main,
+                              args=(spec, name, requests, threads_per_process, start, queue))
+        for name, spec in specs.items()
+    }  # fmt: skip
+    for process in processes.values():
+        process.start()
+    result = RunResult("mp", {name: [] for name in specs})
+    result.notes = {"threads_per_process": threads_per_process}
+    try:
+        start.wait(timeout=timeout_s)
+    except threading.BrokenBarrierError:
+        result.notes["start"] = "a process failed while building; the others started without it"
+    began = time.perf_counter()
+    pending = set(specs)
+    deadline = began + timeout_s
+    while pending and time.perf_counter() < deadline:
+        try:
+            name, latencies, error = queue.get(timeout=1.0)
+        except Exception:
+            dead = [n for n in pending if not processes[n].is_alive()]
+            for n in dead:
+                result.errors[n] = f"process exited with code {processes[n].exitcode}"
+                pending.discard(n)
+            continue
+        pending.discard(name)
+        result.latencies_ms[name] = latencies
+        if error:
+            result.errors[name] = error.strip().splitlines()[-1]
+    result.wall_s = time.perf_counter() - began
+    for name in pending:
+        result.errors[name] = "timed out"
+    for process in processes.values():
+        process.join(timeout=5)
+        if process.is_alive():
+            process.terminate()
+    return result
+
+
+def parse_models(text: str) -> list[tuple[str, int]]:
+    """``vgg16:3,resnet152:1`` → [("vgg16", 3), ("resnet152", 1)]."""
+    from headway.models.registry import list_models
+
+    pairs = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, count = item.partition(":")
+        if name not in list_models():
+            raise InputError(f"unknown model {name!r}: choose from {', '.join(list_models())}")
+        try:
+            copies = int(count or 1)
+        except ValueError:
+            raise InputError(f"{item!r}: the count must be an integer") from None
+        if copies < 1:
+            raise InputError(f"{item!r}: the count must be at least 1")
+        pairs.append((name, copies))
+    if not pairs:
+        raise InputError("no models given")
+    return pairs
+
+
+def instance_names(pairs: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    """(instance name, model) for every copy: vgg16#0, vgg16#1, ..."""
+    return [(f"{name}#{i}", name) for name, copies in pairs for i in range(copies)]
+
+
+__all__ = [
+    "ModelInstance",
+    "ModelSpec",
+    "RunResult",
+    "build_instance",
+    "layer_sequence",
+    "parse_models",
+    "run_batched",
+    "run_multiprocess",
+    "run_multithread",
+    "run_sequential",
+    "split_jobs",
+]

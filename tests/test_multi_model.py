@@ -1,0 +1,116 @@
+"""The multi-model runtime: exact job splits, the MT runner, baselines, failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from headway.errors import InputError
+from headway.models import create_model
+from headway.runtime.multi_model import (
+    ModelInstance,
+    ModelSpec,
+    build_instance,
+    layer_sequence,
+    parse_models,
+    run_batched,
+    run_multiprocess,
+    run_multithread,
+    run_sequential,
+    split_jobs,
+)
+from headway.transforms.tucker import decompose_model
+
+SMALL = {"vgg16": {"width": 0.125}, "resnet50": {"width": 8}, "alexnet": {},
+         "squeezenet1_1": {}, "inception_v3": {}}  # fmt: skip
+
+
+def run_jobs(jobs: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for job in jobs:
+        x = job(x)
+    return x
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("policy", ["layers", "jobs:3", "macs:4"])
+def test_jobs_reproduce_the_model_exactly(name: str, policy: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, small_input=True, **SMALL[name]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    jobs = split_jobs(model, policy, x)
+    if policy != "layers":
+        assert len(jobs) == int(policy.split(":")[1])
+    with torch.no_grad():
+        torch.testing.assert_close(run_jobs(jobs, x), model(x), rtol=0, atol=0)
+
+
+def test_decomposed_convolution_counts_as_three_layers() -> None:
+    torch.manual_seed(0)
+    model = create_model("vgg16", num_classes=10, small_input=True, width=0.125).eval()
+    x = torch.randn(1, 3, 32, 32)
+    decomposed, report = decompose_model(model, x, "ratio:0.5", min_rank=1)
+    extra = 2 * sum(1 for r in report.layers if r.status == "decomposed")
+    assert len(layer_sequence(decomposed)) == len(layer_sequence(model)) + extra
+    with torch.no_grad():
+        torch.testing.assert_close(run_jobs(split_jobs(decomposed, "jobs:5"), x), decomposed(x))
+
+
+def test_policy_errors() -> None:
+    model = create_model("alexnet", num_classes=10, small_input=True)
+    with pytest.raises(InputError, match="cannot split a model of"):
+        split_jobs(model, "jobs:999")
+    with pytest.raises(InputError, match="unknown job policy"):
+        split_jobs(model, "halves")
+    with pytest.raises(InputError, match="needs an example"):
+        split_jobs(model, "macs:2")
+    with pytest.raises(InputError, match="no layer order"):
+        layer_sequence(nn.Linear(2, 2))
+    assert parse_models("vgg16:3,alexnet") == [("vgg16", 3), ("alexnet", 1)]
+    for bad, message in [("vgg19:1", "unknown model"), ("vgg16:0", "at least 1"),
+                         ("vgg16:x", "integer")]:  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            parse_models(bad)
+
+
+def tiny_instances() -> list[ModelInstance]:
+    spec = ModelSpec("alexnet")
+    shared = build_instance(spec, "alexnet", "jobs:3")
+    return [ModelInstance(f"alexnet#{i}", shared.jobs, shared.example) for i in range(3)]
+
+
+def test_multithread_sequential_and_batched_runs() -> None:
+    instances = tiny_instances()
+    expected = run_jobs(instances[0].jobs, instances[0].example)
+    for result in (
+        run_multithread(instances, requests=4, workers=2),
+        run_sequential(instances, requests=4),
+        run_batched(instances, requests=4),
+    ):
+        assert not result.errors
+        assert all(len(v) == 4 for v in result.latencies_ms.values())
+        assert result.throughput > 0
+        assert set(result.summary()) == {i.name for i in instances}
+    assert expected.shape == (1, 10)
+
+
+class Broken(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("layer exploded")
+
+
+def test_a_failing_model_is_named_and_does_not_stop_the_others() -> None:
+    instances = tiny_instances()
+    instances.append(ModelInstance("broken#0", [instances[0].jobs[0], Broken()],
+                                   instances[0].example))  # fmt: skip
+    result = run_multithread(instances, requests=3, workers=2)
+    assert result.errors == {"broken#0": "RuntimeError: layer exploded"}
+    assert all(len(result.latencies_ms[i.name]) == 3 for i in instances[:3])
+
+
+@pytest.mark.slow
+def test_multiprocess_baseline_keeps_finished_results() -> None:
+    specs = {"alexnet#0": ModelSpec("alexnet"), "bad#0": ModelSpec("no_such_model")}
+    result = run_multiprocess(specs, requests=2, threads_per_process=1, timeout_s=120)
+    assert len(result.latencies_ms["alexnet#0"]) == 2
+    assert "bad#0" in result.errors and "no_such_model" in result.errors["bad#0"]
