@@ -374,16 +374,7 @@ def multirun(
     """Run many models at once (paper B): MT framework, one process per model, or baselines."""
     import json
 
-    from headway.runtime.multi_model import (
-        ModelSpec,
-        build_instance,
-        instance_names,
-        parse_models,
-        run_batched,
-        run_multiprocess,
-        run_multithread,
-        run_sequential,
-    )
+    from headway.runtime.multi_model import ModelSpec, instance_names, parse_models, run_mode
     from headway.tracking.results import atomic_write_text
 
     _check_choice(mode, ("mt", "mp", "seq", "batched"), "mode")
@@ -394,26 +385,7 @@ def multirun(
     small = input_size <= 64
     specs = {n: ModelSpec(m, 10 if small else 1000, small, input_size, decomposed)
              for n, m in names}  # fmt: skip
-    if mode == "mp":
-        result = run_multiprocess(specs, requests, threads)
-    else:
-        built: dict[str, object] = {}
-        instances = []
-        for name, model in names:  # copies share one set of weights (read-only inference)
-            if model not in built:
-                built[model] = build_instance(specs[name], model, jobs)
-            shared = built[model]
-            example = shared.example.to(torch_device)
-            jobs_on_device = [job.to(torch_device) for job in shared.jobs]
-            instances.append(type(shared)(name, jobs_on_device, example))
-        if mode == "mt":
-            result = run_multithread(instances, requests, workers, torch_device, rate, threads)
-        elif mode == "seq":
-            torch.set_num_threads(threads)
-            result = run_sequential(instances, requests)
-        else:
-            torch.set_num_threads(threads)
-            result = run_batched(instances, requests)
+    result = run_mode(mode, specs, requests, workers, threads, jobs, torch_device, rate)
     table = Table(title=f"{mode}: {models}, {requests} requests each"
                   + (f", Tucker-2 {decomposed}" if decomposed else ""))  # fmt: skip
     for column in ("instance", "mean ms", "p95 ms", "requests"):

@@ -10,6 +10,7 @@ one OS process per model instance (MP), everything one after another in one thre
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -324,10 +325,8 @@ def _process_main(spec: ModelSpec, name: str, requests: int, threads: int, start
         queue.put((name, [], traceback.format_exc(limit=3)))
         start.abort()  # release the others: they start without this one
         return
-    try:
+    with contextlib.suppress(threading.BrokenBarrierError):
         start.wait()
-    except threading.BrokenBarrierError:
-        pass
     try:
         latencies = run_sequential([instance], requests).latencies_ms[name]
         queue.put((name, latencies, None))
@@ -385,6 +384,40 @@ def run_multiprocess(
     return result
 
 
+def run_mode(
+    mode: str,
+    specs: dict[str, ModelSpec],
+    requests: int,
+    workers: int = 2,
+    threads: int = 1,
+    policy: str = "jobs:8",
+    device: torch.device | str = "cpu",
+    rate: float | None = None,
+) -> RunResult:
+    """Run the instances in ``specs`` (name → spec) one way: ``mt``, ``mp``, ``seq`` or
+    ``batched``. In-process modes build each distinct spec once and let its copies share the
+    weights (inference only reads them); ``mp`` builds one model per process."""
+    if mode == "mp":
+        return run_multiprocess(specs, requests, threads)
+    device = torch.device(device)
+    built: dict[ModelSpec, ModelInstance] = {}
+    instances = []
+    for name, spec in specs.items():
+        if spec not in built:
+            built[spec] = build_instance(spec, spec.model, policy)
+        shared = built[spec]
+        instances.append(ModelInstance(name, [job.to(device) for job in shared.jobs],
+                                       shared.example.to(device)))  # fmt: skip
+    if mode == "mt":
+        return run_multithread(instances, requests, workers, device, rate, threads)
+    torch.set_num_threads(threads * workers)
+    if mode == "seq":
+        return run_sequential(instances, requests)
+    if mode == "batched":
+        return run_batched(instances, requests)
+    raise InputError(f"unknown mode {mode!r}: use mt, mp, seq or batched")
+
+
 def parse_models(text: str) -> list[tuple[str, int]]:
     """``vgg16:3,resnet152:1`` → [("vgg16", 3), ("resnet152", 1)]."""
     from headway.models.registry import list_models
@@ -419,6 +452,7 @@ __all__ = [
     "layer_sequence",
     "parse_models",
     "run_batched",
+    "run_mode",
     "run_multiprocess",
     "run_multithread",
     "run_sequential",
