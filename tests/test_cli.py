@@ -114,3 +114,17 @@ def test_track_with_executor_and_bench(tmp_path: Path, synth_dataset: Path) -> N
     assert [r["name"] for r in data["results"]] == ["eager", "fused"]
     assert data["results"][0]["encoder_speedup"] == 1.0
     assert data["results"][1]["max_encoder_diff"] < 1e-4
+
+
+def test_multirun_and_compress(tmp_path: Path) -> None:
+    out = tmp_path / "multi.json"
+    args = ["multirun", "--models", "alexnet:2", "--mode", "mt", "--requests", "2",
+            "--jobs", "jobs:3", "--json", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert set(data["summary"]) == {"alexnet#0", "alexnet#1"} and not data["errors"]
+    for bad in (["multirun", "--models", "vgg19:2"], ["multirun", "--models", "alexnet:0"],
+                ["multirun", "--models", "alexnet:1", "--mode", "gpu"]):  # fmt: skip
+        result = runner.invoke(app, bad)
+        assert result.exit_code == 1 and result.output.strip().startswith("error:"), bad
