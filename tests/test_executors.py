@@ -93,7 +93,8 @@ def test_head_dispatch_sees_every_head() -> None:
     ("name", "encoder_tol", "box_tol"),
     [
         ("scripted", 0.0, 0.0),
-        ("heads", 0.0, 0.0),
+        # worker threads may block the matmuls differently: equal up to summation order
+        ("heads", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
         ("fused", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
         ("fused-bf16", BF16_ENCODER_TOL, BF16_BOX_TOL_PX),
     ],
