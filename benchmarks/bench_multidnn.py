@@ -26,13 +26,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from headway.io import atomic_write_text
 from headway.runtime.multi_model import (
     ModelSpec,
     instance_names,
     parse_models,
     run_mode,
 )
-from headway.tracking.results import atomic_write_text
 
 console = Console(width=140)
 RANK = "macs:0.19"  # VGG-16: 81% fewer MACs

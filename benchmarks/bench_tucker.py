@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from headway.experiments.tucker import latency, mac_reduction
-from headway.tracking.results import atomic_write_text
+from headway.io import atomic_write_text
 
 
 def print_macs(console: Console, rows: list[dict[str, Any]], rank: str) -> None:

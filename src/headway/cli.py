@@ -193,7 +193,7 @@ def bench_tracker(
     from rich.progress import Progress
 
     from headway.experiments.tracker_executors import TIMED_STAGES, benchmark_executors
-    from headway.tracking.results import atomic_write_text
+    from headway.io import atomic_write_text
 
     _check_choice(config, list(CONFIGS), "configuration")
     names = _names(executors) or ["eager"]
@@ -275,13 +275,10 @@ def compress_tucker(
     seed: Annotated[int, typer.Option(help="Seed of random weights and the probe batch.")] = 0,
 ) -> None:
     """Tucker-2-decompose a model's K×K convolutions; print the per-layer table and totals."""
-    import json
-
     from rich.progress import Progress
 
     from headway.models import create_model
-    from headway.tracking.results import atomic_write_text
-    from headway.transforms.tucker import decompose_model, decomposed_ranks
+    from headway.transforms.tucker import decompose_model, save_decomposed
 
     torch.manual_seed(seed)
     network = create_model(model, num_classes=num_classes, small_input=small_input)
@@ -318,13 +315,7 @@ def compress_tucker(
         f"{report.params_after:,}"
     )
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        spec = {"model": model, "num_classes": num_classes, "small_input": small_input}
-        payload = {**spec, "ranks": decomposed_ranks(report), "state_dict": decomposed.state_dict()}
-        temporary = out.with_name(out.name + ".tmp")
-        torch.save(payload, temporary)
-        temporary.replace(out)
-        atomic_write_text(out.with_suffix(".json"), json.dumps(report.to_json(), indent=2))
+        save_decomposed(out, decomposed, report, model, num_classes, small_input)
         console.print(f"saved {out} (load with headway.transforms.tucker.load_decomposed)")
 
 
@@ -374,8 +365,8 @@ def multirun(
     """Run many models at once (paper B): MT framework, one process per model, or baselines."""
     import json
 
+    from headway.io import atomic_write_text
     from headway.runtime.multi_model import ModelSpec, instance_names, parse_models, run_mode
-    from headway.tracking.results import atomic_write_text
 
     _check_choice(mode, ("mt", "mp", "seq", "batched"), "mode")
     if requests < 1:

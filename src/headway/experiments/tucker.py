@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch.utils.benchmark import Timer
 
+from headway.io import atomic_write_text
 from headway.models.registry import create_model
-from headway.tracking.results import atomic_write_text
 from headway.transforms.tucker import count_macs, decompose_model
 from headway.vision.data import digits
 from headway.vision.train import TrainSettings, evaluate, train

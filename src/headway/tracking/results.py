@@ -8,32 +8,18 @@ box file is written last, so its presence marks a finished sequence and a rerun 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headway.errors import InputError
+from headway.io import atomic_write_text
 from headway.tracking.tracker import SequenceResult
 
 # CSWinTT's writer: comma-separated for got10k/trackingnet, tab-separated otherwise. headway keeps
 # three decimals everywhere (the official tab files truncate to integers, which loses accuracy).
 DELIMITERS = {"got10k": ",", "trackingnet": ","}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def box_path(run_dir: Path, name: str) -> Path:

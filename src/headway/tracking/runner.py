@@ -20,10 +20,10 @@ from rich.progress import (
 )
 
 from headway.errors import InputError
+from headway.io import atomic_write_text
 from headway.tracking.datasets import Sequence
 from headway.tracking.metrics import EvalResult, evaluate
 from headway.tracking.results import (
-    atomic_write_text,
     is_complete,
     read_boxes_file,
     read_stage_times,

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from headway.tracking.results import atomic_write_text
+from headway.io import atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,11 @@ counted.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import tensorly as tl
@@ -38,6 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from headway.errors import InputError
+from headway.io import atomic_torch_save, atomic_write_text
 
 # ---------------------------------------------------------------------------------------------
 # Counting
@@ -471,7 +474,24 @@ def apply_ranks(model: nn.Module, ranks: dict[str, list[int]]) -> nn.Module:
     return model
 
 
-def load_decomposed(path: str | object) -> nn.Module:
+def save_decomposed(
+    path: str | Path,
+    model: nn.Module,
+    report: TuckerReport,
+    name: str,
+    num_classes: int,
+    small_input: bool,
+) -> None:
+    """Save a decomposed zoo model as its spec, ranks and state_dict (no pickled code), plus the
+    report as JSON beside it; :func:`load_decomposed` rebuilds it."""
+    path = Path(path)
+    payload = {"model": name, "num_classes": num_classes, "small_input": small_input,
+               "ranks": decomposed_ranks(report), "state_dict": model.state_dict()}  # fmt: skip
+    atomic_torch_save(path, payload)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(report.to_json(), indent=2))
+
+
+def load_decomposed(path: str | Path) -> nn.Module:
     """Rebuild a model saved by ``headway compress tucker --out`` (weights only, no pickle)."""
     from headway.models.registry import create_model
 

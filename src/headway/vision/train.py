@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from headway.errors import InputError
+from headway.io import atomic_torch_save
 from headway.vision.data import ClassificationData
 
 
@@ -64,13 +65,6 @@ def _random_shift(images: torch.Tensor, shift: int, generator: torch.Generator) 
     padded = F.pad(images, (shift,) * 4, mode="replicate")
     dx, dy = (int(v) for v in torch.randint(0, 2 * shift + 1, (2,), generator=generator))
     return padded[..., dy : dy + images.shape[-2], dx : dx + images.shape[-1]]
-
-
-def _save(path: Path, state: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    temporary.replace(path)
 
 
 def train(
@@ -156,7 +150,7 @@ def train(
                 {"epoch": epoch + 1, "loss": total_loss / len(order), "test_accuracy": accuracy}
             )
             if path is not None:
-                _save(path, {
+                atomic_torch_save(path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch,
                     "history": result.history, "settings": asdict(settings),
