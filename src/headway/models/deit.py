@@ -1,0 +1,187 @@
+"""DeiT (data-efficient image transformers) with timm's parameter names, so the original
+Facebook checkpoints (weights under ``model``) and timm's load unchanged.
+
+Attention is written out (no fused kernel) so per-head probabilities can be recorded, masked
+with static sparse masks (keep = True) and scored for token pruning. A block can run on any
+subset of tokens; :meth:`DeiT.forward_tokens` threads the surviving token ids through the
+layers so static masks are indexed consistently after pruning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from headway.errors import InputError
+
+
+@dataclass(frozen=True)
+class DeiTConfig:
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    in_chans: int = 3
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+
+DEIT_CONFIGS = {
+    "deit_tiny": DeiTConfig(embed_dim=192, num_heads=3),
+    "deit_small": DeiTConfig(embed_dim=384, num_heads=6),
+    "deit_base": DeiTConfig(embed_dim=768, num_heads=12),
+    # built-in data (32×32 digits): 8×8 patches of 4 px, same block structure, 6 layers
+    "deit_digits": DeiTConfig(
+        img_size=32, patch_size=4, embed_dim=96, depth=6, num_heads=3, num_classes=10
+    ),
+}
+
+AttentionHook = Callable[[int, torch.Tensor], None]
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: DeiTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(config.in_chans, config.embed_dim, config.patch_size,
+                              stride=config.patch_size)  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with explicit probabilities."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, N, D); ``keep`` (H or 1, N, N) or (B, H, N, N) bool, True = attend.
+        Returns the output and the probabilities (B, H, N, N)."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scores = (q * self.scale) @ k.transpose(-2, -1)
+        if keep is not None:
+            scores = scores.masked_fill(~keep, float("-inf"))
+        probs = scores.softmax(dim=-1)
+        out = (probs @ v).transpose(1, 2).reshape(b, n, d)
+        return self.proj(out), probs
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (LayerNorm eps 1e-6)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        attended, probs = self.attn(self.norm1(x), keep)
+        x = x + attended
+        return x + self.mlp(self.norm2(x)), probs
+
+
+class DeiT(nn.Module):
+    """Vision transformer with a class token (no distillation token)."""
+
+    def __init__(self, config: DeiTConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or DEIT_CONFIGS["deit_tiny"]
+        dim = config.embed_dim
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, dim))
+        self.blocks = nn.ModuleList(
+            Block(dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, config.num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.num_patches + 1
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(images)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1) + self.pos_embed
+
+    def forward_tokens(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        keep_counts: list[int] | None = None,
+        on_attention: AttentionHook | None = None,
+    ) -> torch.Tensor:
+        """Run the blocks; return the final CLS feature (B, D).
+
+        ``masks`` (L, H, N, N) bool static masks (True = keep). ``keep_counts[l]`` is how many
+        tokens (CLS included) enter block l + 1 after pruning by attention received; None keeps
+        all. ``on_attention(layer, probs)`` sees every block's probabilities."""
+        x = self.embed(images)
+        batch = x.shape[0]
+        ids = torch.arange(x.shape[1], device=x.device).expand(batch, -1)  # original token ids
+        for layer, block in enumerate(self.blocks):
+            keep = None
+            if masks is not None:
+                m = masks[layer]  # (H, N, N)
+                rows = m[:, ids]  # (H, B, n, N)
+                keep = torch.gather(
+                    rows, 3, ids[None, :, None, :].expand(m.shape[0], -1, ids.shape[1], -1)
+                ).transpose(0, 1)  # (B, H, n, n)
+            x, probs = block(x, keep)
+            if on_attention is not None:
+                on_attention(layer, probs)
+            if keep_counts is not None and keep_counts[layer] < x.shape[1]:
+                received = probs.sum(dim=(1, 2))[:, 1:]  # (B, n-1): attention each token gets
+                top = received.topk(keep_counts[layer] - 1, dim=1).indices.sort(dim=1).values + 1
+                order = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)
+                x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                ids = torch.gather(ids, 1, order)
+        return self.norm(x)[:, 0]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_tokens(images))
+
+
+def build_deit(name: str = "deit_tiny", **overrides: object) -> DeiT:
+    if name not in DEIT_CONFIGS:
+        raise InputError(f"unknown DeiT {name!r}: choose from {', '.join(DEIT_CONFIGS)}")
+    return DeiT(replace(DEIT_CONFIGS[name], **overrides))

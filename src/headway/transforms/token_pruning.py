@@ -1,0 +1,48 @@
+"""Token pruning by attention received (the source paper's section on pruning).
+
+A token's importance is the attention it receives, summed over queries and heads; each layer
+from ``first_pruned`` on drops a share of the least important patch tokens (the class token is
+never dropped) and a dropped token stays dropped. The share rises exponentially from ``start``
+to ``end`` across the pruned layers.
+
+The share's meaning, pinned down: ``of="original"`` (default) means layer l keeps
+(1 − r_l) of the *original* patch tokens — the schedule states directly how many survive and
+the counts never increase; ``of="remaining"`` drops r_l of the tokens *still present*, which
+compounds (0.1 → 0.9 over nine layers would keep ≈0.3% of 196 patches, less than one token,
+which is reported as an error). Both are offered; counts round down.
+"""
+
+from __future__ import annotations
+
+import math
+
+from headway.errors import InputError
+
+
+def pruning_ratios(depth: int, start: float, end: float, first_pruned: int = 3) -> list[float]:
+    """Per layer pruning share: 0 before ``first_pruned``, then geometric from start to end."""
+    if not (0 < start <= end < 1):
+        raise InputError(f"pruning ratios must satisfy 0 < start ≤ end < 1, got {start}, {end}")
+    pruned = depth - first_pruned
+    if pruned < 1:
+        raise InputError(f"no layer left to prune: depth {depth}, first pruned {first_pruned}")
+    if pruned == 1:
+        return [0.0] * first_pruned + [start]
+    growth = (end / start) ** (1 / (pruned - 1))
+    return [0.0] * first_pruned + [start * growth**i for i in range(pruned)]
+
+
+def keep_counts(num_patches: int, ratios: list[float], of: str = "original") -> list[int]:
+    """Tokens (class token included) left after each layer: floor((1 − r) · tokens)."""
+    if of not in ("original", "remaining"):
+        raise InputError(f"of must be 'original' or 'remaining', got {of!r}")
+    counts, present = [], num_patches
+    for ratio in ratios:
+        if of == "original":
+            present = min(present, math.floor((1 - ratio) * num_patches))
+        else:
+            present = math.floor((1 - ratio) * present)
+        if present < 1:
+            raise InputError("the pruning schedule would leave no patch token")
+        counts.append(present + 1)
+    return counts

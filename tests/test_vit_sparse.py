@@ -1,0 +1,103 @@
+"""DeiT with timm names, static sparse masks and token pruning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from headway.errors import InputError
+from headway.models import load_weights
+from headway.models.deit import build_deit
+from headway.transforms.sparse_attention import (
+    average_attention,
+    masks_for_sparsity,
+    sparsity,
+    threshold_masks,
+)
+from headway.transforms.token_pruning import keep_counts, pruning_ratios
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters"),
+    [("deit_tiny", 5_717_416), ("deit_small", 22_050_664), ("deit_base", 86_567_656)],
+)
+def test_deit_matches_timm_layout(name: str, parameters: int) -> None:
+    model = build_deit(name)
+    state = model.state_dict()
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert len(state) == 152
+    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.11.attn.qkv.bias",
+                "blocks.0.mlp.fc2.weight", "norm.bias", "head.weight"):  # fmt: skip
+        assert key in state
+    if name == "deit_tiny":  # the original checkpoints keep the weights under "model"
+        load_weights(build_deit(name), {"model": state})
+
+
+def digits_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_deit("deit_digits").eval()
+
+
+def test_keep_all_mask_equals_dense_attention() -> None:
+    model = digits_model()
+    x = torch.randn(2, 3, 32, 32)
+    full = torch.ones(6, 3, model.num_tokens, model.num_tokens, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_tokens(x, full), model.forward_tokens(x),
+                                   rtol=0, atol=0)  # fmt: skip
+
+
+def test_threshold_masks_by_hand() -> None:
+    maps = torch.tensor([[[[0.5, 0.3, 0.2], [0.6, 0.3, 0.1], [0.1, 0.7, 0.2]]]])
+    keep = threshold_masks(maps, 0.8)
+    # CLS row and column always kept; row 1 keeps 0.6 + 0.3; row 2 keeps 0.7 + 0.2 (+ CLS column)
+    assert keep[0, 0].tolist() == [[True, True, True], [True, True, False], [True, True, True]]
+    vitcod = threshold_masks(maps, 0.5, extra=1)  # ViTCoD keeps one more than the crossing count
+    assert vitcod[0, 0, 1].tolist() == [True, True, False]
+
+
+def test_sparsity_targets_and_average_maps() -> None:
+    model = digits_model()
+    maps = average_attention(model, [torch.randn(4, 3, 32, 32) for _ in range(2)])
+    assert maps.shape == (6, 3, 65, 65)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(6, 3, 65))
+    for target in (0.5, 0.8):
+        masks, _ = masks_for_sparsity(maps, target)
+        assert abs(sparsity(masks) - target) < 0.02
+        per_head, tau = masks_for_sparsity(maps, target, per_head=True)
+        assert tau.shape == (6, 3)
+        dropped = 1 - per_head.float().mean(dim=(-1, -2))
+        assert (dropped - target).abs().max() < 0.05
+    with pytest.raises(InputError, match=r"\[0, 1\)"):
+        masks_for_sparsity(maps, 1.0)
+
+
+def test_pruning_schedule_meanings() -> None:
+    ratios = pruning_ratios(12, 0.1, 0.9)
+    assert ratios[:3] == [0, 0, 0] and ratios[3] == pytest.approx(0.1)
+    assert ratios[-1] == pytest.approx(0.9)
+    original = keep_counts(196, ratios)
+    assert original[3] == 1 + 176 and original[-1] == 1 + 19  # floor((1 - r) · 196)
+    mild = pruning_ratios(12, 0.1, 0.5)
+    assert keep_counts(196, mild, of="remaining")[-1] < keep_counts(196, mild)[-1]
+    with pytest.raises(InputError, match="no patch token"):  # compounding 0.1 → 0.9 leaves < 1
+        keep_counts(196, ratios, of="remaining")
+    with pytest.raises(InputError, match="start ≤ end"):
+        pruning_ratios(12, 0.9, 0.1)
+
+
+def test_pruning_really_removes_tokens_and_composes_with_masks() -> None:
+    model = digits_model()
+    x = torch.randn(2, 3, 32, 32)
+    counts = keep_counts(64, pruning_ratios(6, 0.2, 0.6))
+    seen: list[int] = []
+    with torch.no_grad():
+        model.forward_tokens(x, keep_counts=counts,
+                             on_attention=lambda layer, p: seen.append(p.shape[-1]))  # fmt: skip
+        masks = torch.ones(6, 3, 65, 65, dtype=torch.bool)
+        torch.testing.assert_close(
+            model.forward_tokens(x, masks, counts), model.forward_tokens(x, None, counts),
+            rtol=0, atol=0,
+        )  # fmt: skip
+    assert seen[:4] == [65, 65, 65, counts[2]] and seen[-1] == counts[-2]
+    assert seen == sorted(seen, reverse=True)
