@@ -101,3 +101,23 @@ def test_pruning_really_removes_tokens_and_composes_with_masks() -> None:
         )  # fmt: skip
     assert seen[:4] == [65, 65, 65, counts[2]] and seen[-1] == counts[-2]
     assert seen == sorted(seen, reverse=True)
+
+
+def test_experiment_drivers_on_the_digits_configuration() -> None:
+    from headway.experiments.vit import accuracy_table, flop_latency_breakdown, pruning_speedup
+    from headway.vision.data import ClassificationData
+
+    breakdown = flop_latency_breakdown("deit_digits", runs=1)
+    assert breakdown["flops"]["linear"] > breakdown["flops"]["attention"] > 0
+    assert all(v >= 0 for v in breakdown["ms"].values())
+    (row,) = pruning_speedup("deit_digits", batches=(2,), prune=(0.2, 0.6))
+    assert row["sparse_only_ms"] > 0 and row["sparse_pruned_ms"] > 0
+    model = digits_model()
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(40, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (40,), generator=generator)
+    data = ClassificationData(images[:24], labels[:24], images[24:], labels[24:],
+                              [str(i) for i in range(10)])  # fmt: skip
+    table = accuracy_table(model, data, sparsities=(0.5,), prune=(0.2, 0.6))
+    assert abs(table["rows"][0]["achieved"] - 0.5) < 0.02
+    assert 0 <= table["rows"][0]["sparse_pruned"] <= 100

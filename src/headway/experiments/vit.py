@@ -1,0 +1,189 @@
+"""Paper C's measurements on this machine: accuracy of sparse attention alone and combined with
+token pruning (Table 1 shape), the per-layer-type FLOP / latency breakdown (Fig. 1 shape), and
+the wall-clock speedup of sparse + pruning over sparse only."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+from headway.models.deit import DeiT, build_deit
+from headway.transforms.sparse_attention import average_attention, masks_for_sparsity, sparsity
+from headway.transforms.token_pruning import keep_counts, pruning_ratios
+from headway.vision.data import ClassificationData, digits
+from headway.vision.train import TrainSettings, train
+
+DIGITS_TRAINING = TrainSettings(epochs=25, lr=1e-3, optimizer="adam", weight_decay=0.05)
+
+
+def trained_digits_deit(
+    out_dir: str | Path, show_progress: bool = True
+) -> tuple[DeiT, ClassificationData]:
+    """The small DeiT trained on the built-in digits (checkpointed; a rerun resumes)."""
+    data = digits()
+    torch.manual_seed(DIGITS_TRAINING.seed)
+    model = build_deit("deit_digits")
+    train(model, data, DIGITS_TRAINING, Path(out_dir) / "deit_digits.pt", show_progress,
+          "training deit_digits")  # fmt: skip
+    return model.eval(), data
+
+
+@torch.no_grad()
+def _accuracy(model: DeiT, data: ClassificationData, masks: torch.Tensor | None,
+              counts: list[int] | None) -> float:  # fmt: skip
+    correct = 0
+    for start in range(0, len(data.test_labels), 256):
+        images = data.test_images[start : start + 256]
+        logits = model.head(model.forward_tokens(images, masks, counts))
+        correct += int((logits.argmax(1) == data.test_labels[start : start + 256]).sum())
+    return 100.0 * correct / len(data.test_labels)
+
+
+def accuracy_table(
+    model: DeiT,
+    data: ClassificationData,
+    sparsities: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8),
+    prune: tuple[float, float] = (0.1, 0.5),
+) -> dict[str, Any]:
+    """Top-1 dense, sparse only and sparse + pruning at each sparsity (masks from the training
+    images' averaged attention)."""
+    batches = [data.train_images[i : i + 256] for i in range(0, len(data.train_labels), 256)]
+    maps = average_attention(model, batches)
+    counts = keep_counts(model.config.num_patches,
+                         pruning_ratios(model.config.depth, *prune))  # fmt: skip
+    rows = []
+    for target in sparsities:
+        masks, _ = masks_for_sparsity(maps, target)
+        rows.append({
+            "sparsity": target, "achieved": sparsity(masks),
+            "sparse_only": _accuracy(model, data, masks, None),
+            "sparse_pruned": _accuracy(model, data, masks, counts),
+        })  # fmt: skip
+    dense = _accuracy(model, data, None, None)
+    drop = sum(r["sparse_only"] - r["sparse_pruned"] for r in rows) / len(rows)
+    return {"dense": dense, "prune": list(prune), "keep_counts": counts, "rows": rows,
+            "mean_drop_from_pruning": drop}  # fmt: skip
+
+
+LINEAR_PARTS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+def flop_latency_breakdown(
+    name: str = "deit_tiny", batch: int = 1, runs: int = 5
+) -> dict[str, Any]:
+    """FLOPs (FlopCounterMode, per module) and CPU time (forward hooks) per layer type:
+    ``linear`` (QKV, projection, MLP), ``attention`` (QKᵀ, softmax, AV: the attention modules
+    minus their QKV and projection) and ``other`` (patch embedding, norms, GELU, head)."""
+    torch.manual_seed(0)
+    model = build_deit(name).eval()
+    x = torch.randn(batch, 3, model.config.img_size, model.config.img_size)
+    blocks = [f"blocks.{i}" for i in range(model.config.depth)]
+    timed = {f"{b}.{part}": model.get_submodule(f"{b}.{part}") for b in blocks
+             for part in (*LINEAR_PARTS, "attn")}  # fmt: skip
+    seconds: dict[str, float] = defaultdict(float)
+    starts: dict[str, float] = {}
+    handles = []
+    for key, module in timed.items():
+        handles.append(
+            module.register_forward_pre_hook(
+                lambda _m, _i, key=key: starts.__setitem__(key, time.perf_counter())
+            )
+        )
+        handles.append(module.register_forward_hook(
+            lambda _m, _i, _o, key=key: seconds.__setitem__(
+                key, seconds[key] + time.perf_counter() - starts[key])))  # fmt: skip
+    with torch.no_grad():
+        model(x)
+        seconds.clear()
+        began = time.perf_counter()
+        for _ in range(runs):
+            model(x)
+        total_s = (time.perf_counter() - began) / runs
+    for handle in handles:
+        handle.remove()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    counts = counter.get_flop_counts()
+
+    def flops(key: str) -> float:
+        return float(sum(counts.get(f"DeiT.{key}", {}).values()))
+
+    def split(measure: Any) -> tuple[float, float]:
+        linear = sum(measure(f"{b}.{p}") for b in blocks for p in LINEAR_PARTS)
+        inner = sum(measure(f"{b}.attn") - measure(f"{b}.attn.qkv") - measure(f"{b}.attn.proj")
+                    for b in blocks)  # fmt: skip
+        return linear, inner
+
+    linear_flops, attention_flops = split(flops)
+    linear_s, attention_s = split(lambda key: seconds[key] / runs)
+    total_flops = float(counter.get_total_flops())
+    return {
+        "model": name, "batch": batch,
+        "flops": {"linear": linear_flops, "attention": attention_flops,
+                  "other": total_flops - linear_flops - attention_flops},
+        "ms": {"linear": 1e3 * linear_s, "attention": 1e3 * attention_s,
+               "other": 1e3 * (total_s - linear_s - attention_s)},
+    }  # fmt: skip
+
+
+def plot_breakdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Stacked bars: share of FLOPs and of CPU time per layer type, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, bottoms = [], []
+    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=120)
+    bars = [(f"{r['model']}\nFLOPs", r["flops"]) for r in rows] + \
+        [(f"{r['model']}\ntime", r["ms"]) for r in rows]  # fmt: skip
+    labels = [label for label, _ in bars]
+    bottoms = [0.0] * len(bars)
+    for kind, colour in (("linear", "#4c72b0"), ("attention", "#dd8452"), ("other", "#8c8c8c")):
+        shares = [100 * values[kind] / sum(values.values()) for _, values in bars]
+        axes.bar(labels, shares, bottom=bottoms, label=kind, color=colour)
+        bottoms = [b + s for b, s in zip(bottoms, shares, strict=True)]
+    axes.set_ylabel("share (%)")
+    axes.set_title("DeiT: FLOPs vs CPU time by layer type")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def pruning_speedup(
+    name: str = "deit_tiny",
+    batches: tuple[int, ...] = (1, 32),
+    target_sparsity: float = 0.7,
+    prune: tuple[float, float] = (0.1, 0.9),
+) -> list[dict[str, float]]:
+    """Median CPU time of sparse-only vs sparse + pruning, side by side (torch.utils.benchmark)."""
+    torch.manual_seed(0)
+    model = build_deit(name).eval()
+    size = model.config.img_size
+    maps = average_attention(model, [torch.randn(8, 3, size, size)])
+    masks, _ = masks_for_sparsity(maps, target_sparsity)
+    counts = keep_counts(model.config.num_patches, pruning_ratios(model.config.depth, *prune))
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 3, size, size)
+        timings = {}
+        for label, args in (("sparse_only", (masks, None)), ("sparse_pruned", (masks, counts))):
+            timer = Timer("model.forward_tokens(x, *args)",
+                          globals={"model": model, "x": x, "args": args},
+                          num_threads=torch.get_num_threads())  # fmt: skip
+            with torch.inference_mode():
+                timings[label] = timer.blocked_autorange(min_run_time=2.0).median * 1e3
+        rows.append({"batch": batch, "sparse_only_ms": timings["sparse_only"],
+                     "sparse_pruned_ms": timings["sparse_pruned"],
+                     "speedup": timings["sparse_only"] / timings["sparse_pruned"]})  # fmt: skip
+    return rows
