@@ -33,6 +33,8 @@ bench_app = typer.Typer(help="Benchmarks that compare variants side by side.", n
 app.add_typer(bench_app, name="bench")
 compress_app = typer.Typer(help="Model compression.", no_args_is_help=True)
 app.add_typer(compress_app, name="compress")
+vit_app = typer.Typer(help="DeiT with sparse attention and token pruning.", no_args_is_help=True)
+app.add_typer(vit_app, name="vit")
 console = Console()
 errors = Console(stderr=True)
 
@@ -396,6 +398,68 @@ def multirun(
         atomic_write_text(json_out, json.dumps(payload, indent=2))
     if result.errors:
         raise typer.Exit(1)
+
+
+def _parse_pair(text: str) -> tuple[float, float]:
+    start, _, end = text.partition(":")
+    try:
+        return float(start), float(end or start)
+    except ValueError:
+        raise InputError(f"expected START:END, e.g. 0.1:0.5, got {text!r}") from None
+
+
+@vit_app.command("accuracy")
+@reports_errors
+def vit_accuracy(
+    out: Annotated[Path, typer.Argument(help="Folder for the checkpoint and vit_accuracy.json.")],
+    prune: Annotated[str, typer.Option(help="Pruning share START:END (layers 4..12).")] = "0.1:0.5",
+    sparsities: Annotated[str, typer.Option(help="Comma-separated.")] = "0.5,0.6,0.7,0.8",
+) -> None:
+    """Paper C's Table 1 shape on the built-in digits: sparse only vs sparse + pruning."""
+    import json
+
+    from headway.experiments.vit import accuracy_table, trained_digits_deit
+    from headway.io import atomic_write_text
+
+    try:
+        targets = tuple(float(v) for v in sparsities.split(","))
+    except ValueError:
+        raise InputError(f"sparsities must be numbers, got {sparsities!r}") from None
+    model, data = trained_digits_deit(out)
+    table_data = accuracy_table(model, data, targets, _parse_pair(prune))
+    table = Table(title=f"deit_digits top-1 (dense {table_data['dense']:.1f}%), pruning {prune}")
+    for column in ("sparsity", "achieved", "sparse only", "sparse + pruning"):
+        table.add_column(column, justify="right")
+    for row in table_data["rows"]:
+        table.add_row(f"{row['sparsity']:.0%}", f"{row['achieved']:.1%}",
+                      f"{row['sparse_only']:.1f}%", f"{row['sparse_pruned']:.1f}%")  # fmt: skip
+    console.print(table)
+    console.print(f"mean drop from pruning: {table_data['mean_drop_from_pruning']:.2f} points")
+    atomic_write_text(out / "vit_accuracy.json", json.dumps(table_data, indent=2))
+
+
+@vit_app.command("breakdown")
+@reports_errors
+def vit_breakdown(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated DeiT names.")
+    ] = "deit_tiny,deit_small",
+    plot: Annotated[Path, typer.Option(help="PNG to write.")] = Path("vit_breakdown.png"),
+) -> None:
+    """FLOPs vs CPU time by layer type (paper C, Fig. 1) as a table and a stacked bar plot."""
+    from headway.experiments.vit import flop_latency_breakdown, plot_breakdown
+
+    rows = [flop_latency_breakdown(name) for name in _names(models) or []]
+    table = Table(title="share of FLOPs / share of CPU time (batch 1)")
+    for column in ("model", "linear", "attention", "other"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in rows:
+        total_f, total_t = sum(r["flops"].values()), sum(r["ms"].values())
+        table.add_row(r["model"], *(f"{100 * r['flops'][k] / total_f:.1f}% / "
+                                    f"{100 * r['ms'][k] / total_t:.1f}%"
+                                    for k in ("linear", "attention", "other")))  # fmt: skip
+    console.print(table)
+    console.print(f"plot: {plot_breakdown(rows, plot)}")
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -19,7 +19,7 @@ from headway.transforms.token_pruning import keep_counts, pruning_ratios
 from headway.vision.data import ClassificationData, digits
 from headway.vision.train import TrainSettings, train
 
-DIGITS_TRAINING = TrainSettings(epochs=25, lr=1e-3, optimizer="adam", weight_decay=0.05)
+DIGITS_TRAINING = TrainSettings(epochs=25, lr=2e-3, optimizer="adam", weight_decay=0.05)
 
 
 def trained_digits_deit(
