@@ -462,6 +462,48 @@ def vit_breakdown(
     console.print(f"plot: {plot_breakdown(rows, plot)}")
 
 
+@app.command()
+@reports_errors
+def simulate(
+    model: Annotated[str, typer.Option(help="deit_tiny | deit_small | deit_base")] = "deit_tiny",
+    sparsity: Annotated[
+        str, typer.Option(help="One value or comma-separated.")
+    ] = "0.5,0.6,0.7,0.8",
+    prune: Annotated[str, typer.Option(help="Pruning share START:END.")] = "0.1:0.9",
+) -> None:
+    """Cycle-level ViTCoD-like accelerator: cycles by layer type, sparse only vs + pruning."""
+    from headway.models.deit import DEIT_CONFIGS
+    from headway.sim.vitcod import simulate_deit
+    from headway.transforms.token_pruning import keep_counts, pruning_ratios
+
+    if model not in DEIT_CONFIGS:
+        raise InputError(f"unknown DeiT {model!r}: choose from {', '.join(DEIT_CONFIGS)}")
+    config = DEIT_CONFIGS[model]
+    counts = keep_counts(config.num_patches, pruning_ratios(config.depth, *_parse_pair(prune)))
+    try:
+        targets = [float(v) for v in sparsity.split(",")]
+    except ValueError:
+        raise InputError(f"sparsity must be numbers, got {sparsity!r}") from None
+    table = Table(title=f"{model}: cycles (500 MHz, 64×8 MACs, 76.8 GiB/s, 8-bit), pruning {prune}")
+    for column in ("sparsity", "case", "linear", "attention", "softmax", "ffn", "top-k", "total",
+                   "speedup"):  # fmt: skip
+        table.add_column(column, justify="right")
+    speedups = []
+    for target in targets:
+        sparse = simulate_deit(model, target)
+        pruned = simulate_deit(model, target, counts)
+        speedups.append(sparse.total / pruned.total)
+        for label, result in (("sparse", sparse), ("+ pruning", pruned)):
+            kinds = result.by_type()
+            table.add_row(f"{target:.0%}", label, *(f"{kinds[k]:,}" for k in
+                          ("linear", "attention", "softmax", "ffn", "topk")),
+                          f"{result.total:,}",
+                          f"{sparse.total / result.total:.2f}×")  # fmt: skip
+    Console(width=max(console.width, 130)).print(table)
+    console.print(f"mean speedup of sparse + pruning over sparse only: "
+                  f"{sum(speedups) / len(speedups):.2f}× (paper C: 1.31×)")  # fmt: skip
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     torch.set_grad_enabled(False)
     app()

@@ -1,0 +1,1 @@
+"""Cycle-level accelerator models."""
