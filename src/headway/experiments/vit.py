@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +90,22 @@ def flop_latency_breakdown(
     seconds: dict[str, float] = defaultdict(float)
     starts: dict[str, float] = {}
     handles = []
+
+    def start_clock(key: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            starts[key] = time.perf_counter()
+
+        return hook
+
+    def stop_clock(key: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            seconds[key] += time.perf_counter() - starts[key]
+
+        return hook
+
     for key, module in timed.items():
-        handles.append(
-            module.register_forward_pre_hook(
-                lambda _m, _i, key=key: starts.__setitem__(key, time.perf_counter())
-            )
-        )
-        handles.append(module.register_forward_hook(
-            lambda _m, _i, _o, key=key: seconds.__setitem__(
-                key, seconds[key] + time.perf_counter() - starts[key])))  # fmt: skip
+        handles.append(module.register_forward_pre_hook(start_clock(key)))
+        handles.append(module.register_forward_hook(stop_clock(key)))
     with torch.no_grad():
         model(x)
         seconds.clear()

@@ -129,15 +129,3 @@ def load_cifar10(root: str | Path) -> ClassificationData:
         test_images, test_labels, names,
     )  # fmt: skip
     return _normalise(data)
-
-
-def load_classification_data(spec: str, size: int = 32, seed: int = 0) -> ClassificationData:
-    """``digits``, ``cifar10:PATH`` or ``folder:PATH``."""
-    kind, _, path = spec.partition(":")
-    if kind == "digits":
-        return digits(size, seed=seed)
-    if kind == "cifar10" and path:
-        return load_cifar10(path)
-    if kind == "folder" and path:
-        return load_image_folder(path, size, seed=seed)
-    raise InputError(f"unknown data {spec!r}: use digits, cifar10:PATH or folder:PATH")
