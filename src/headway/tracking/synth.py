@@ -2,8 +2,10 @@
 
 Each sequence shows a textured target moving over a cluttered background with smooth scale and
 aspect change, a slow change of brightness, a similar-looking distractor, a partial occlusion,
-and a stretch where the target touches (and slightly leaves) the frame border. Everything is
-drawn from ``numpy.random.default_rng([seed, index])``, so a seed always gives the same files.
+and a stretch where the target touches (and slightly leaves) the frame border. Optionally the
+target's own texture changes gradually (``appearance_change``: the case the dynamic template is
+for). Everything is drawn from ``numpy.random.default_rng([seed, index])``, so a seed always
+gives the same files.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ class SynthSettings:
     min_target: int = 28
     max_target: int = 56
     jpeg_quality: int = 92
+    appearance_change: float = 0.0  # share of the target texture replaced by the last frame
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.appearance_change <= 1.0:
+            raise ValueError(f"appearance change must be in [0, 1], got {self.appearance_change}")
 
 
 @dataclass
@@ -127,15 +134,19 @@ def render_sequence(
     occ_len = max(2, n // 6)
     occ_start = int(rng.integers(1, max(2, n - occ_len)))
     occluder = _texture(rng, 16)
+    # Drawn last so that sequences without appearance change keep their old random stream.
+    changed = _texture(rng) if settings.appearance_change > 0 else target
+    morph = settings.appearance_change * t / max(n - 1, 1)
 
     frames, boxes = [], []
     for i in range(n):
         canvas = background.copy()
+        look = target if morph[i] == 0 else (1 - morph[i]) * target + morph[i] * changed
         w, h = round(widths[i]), round(heights[i])
         dx, dy = (distractor_centre[i] - [w / 2, h / 2]).round().astype(int)
         _paste(canvas, cv2.resize(distractor, (w, h)) * brightness[i], int(dx), int(dy))
         x, y = (centre[i] - [w / 2, h / 2]).round().astype(int)
-        _paste(canvas, np.clip(cv2.resize(target, (w, h)) * brightness[i], 0, 255), int(x), int(y))
+        _paste(canvas, np.clip(cv2.resize(look, (w, h)) * brightness[i], 0, 255), int(x), int(y))
         if occ_start <= i < occ_start + occ_len:
             progress = (i - occ_start + 0.5) / occ_len
             ow, oh = round(0.45 * w), round(1.5 * h)
