@@ -1,0 +1,98 @@
+"""Paper B's multi-DNN experiments as library functions (the benchmark script and
+``headway reproduce`` both call them): solo vs crowded runs, and one experiment = several
+(label, mode, rank rule) cases over the same model mix, with a bar plot of per-model latency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headway.runtime.multi_model import ModelSpec, RunResult, instance_names, parse_models, run_mode
+
+RANK = "macs:0.19"  # VGG-16: 81% fewer MACs
+MIX_RANK = "vbmf"  # per layer; a whole-model MAC budget is out of reach for ResNet-152's 1x1s
+HOMOGENEOUS = "vgg16:8"
+HETEROGENEOUS = "vgg16:3,resnet152:1,inception_v3:2,regnet_y_32gf:2"
+HOMOGENEOUS_CASES = [
+    ("Ori.(MP)", "mp", None), ("Dcomp.(MP)", "mp", RANK), ("Dcomp.(MT)", "mt", RANK),
+    ("Dcomp.(seq)", "seq", RANK), ("Dcomp.(batched)", "batched", RANK),
+]  # fmt: skip
+HETEROGENEOUS_CASES = [("Ori.(MP)", "mp", None), ("Dcomp.(MP)", "mp", MIX_RANK),
+                       ("Dcomp.(MT)", "mt", MIX_RANK)]  # fmt: skip
+SOLO_MODELS = ("alexnet", "squeezenet1_1", "vgg16", "regnet_y_32gf")
+
+
+def specs_for(models: str, decomposed: str | None) -> dict[str, ModelSpec]:
+    return {n: ModelSpec(m, decomposed=decomposed) for n, m in instance_names(parse_models(models))}
+
+
+def per_model_mean(result: RunResult) -> dict[str, float]:
+    """Mean latency per model type (averaged over its instances)."""
+    by_model: dict[str, list[float]] = {}
+    for name, values in result.latencies_ms.items():
+        by_model.setdefault(name.split("#")[0], []).extend(values)
+    return {m: float(np.mean(v)) for m, v in by_model.items() if v}
+
+
+def solo_vs_crowd(
+    models: tuple[str, ...] = SOLO_MODELS, requests: int = 20, crowd: int = 6
+) -> dict[str, dict[str, float]]:
+    """Paper B's Table 1: each model alone, then ``crowd`` copies at once (one process each)."""
+    rows = {}
+    for model in models:
+        alone = run_mode("mp", specs_for(f"{model}:1", None), requests, threads=1)
+        crowded = run_mode("mp", specs_for(f"{model}:{crowd}", None), requests, threads=1)
+        rows[model] = {"solo_ms": per_model_mean(alone)[model],
+                       "crowd_ms": per_model_mean(crowded)[model], "crowd": crowd}  # fmt: skip
+    return rows
+
+
+def run_cases(
+    models: str,
+    cases: list[tuple[str, str, str | None]],
+    requests: int,
+    on_case: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the same instances once per (label, mode, rank rule); MP uses 1 thread per
+    process, the in-process modes 2 workers × 1 thread."""
+    rows = {}
+    for label, mode, rank in cases:
+        if on_case is not None:
+            on_case(label)
+        result = run_mode(mode, specs_for(models, rank), requests, workers=2, threads=1)
+        rows[label] = {"per_model_ms": per_model_mean(result), "throughput": result.throughput,
+                       "errors": result.errors, "summary": result.summary()}  # fmt: skip
+    return {"models": models, "requests": requests, "cases": rows}
+
+
+def plot_cases(title: str, experiment: dict[str, Any], path: str | Path) -> Path:
+    """Grouped bars: mean latency per model type, one bar per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = experiment["cases"]
+    model_names = list(next(iter(rows.values()))["per_model_ms"])
+    figure, axes = plt.subplots(figsize=(7, 3.5), dpi=120)
+    width = 0.8 / len(rows)
+    for i, (label, row) in enumerate(rows.items()):
+        axes.bar(
+            np.arange(len(model_names)) + i * width,
+            [row["per_model_ms"].get(n, 0) for n in model_names],
+            width,
+            label=label,
+        )
+    axes.set_xticks(np.arange(len(model_names)) + width * (len(rows) - 1) / 2, model_names)
+    axes.set_ylabel("mean latency per request (ms)")
+    axes.set_title(f"{title} ({experiment['models']})")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
