@@ -33,6 +33,8 @@ bench_app = typer.Typer(help="Benchmarks that compare variants side by side.", n
 app.add_typer(bench_app, name="bench")
 compress_app = typer.Typer(help="Model compression.", no_args_is_help=True)
 app.add_typer(compress_app, name="compress")
+train_app = typer.Typer(help="Train the built-in models.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 vit_app = typer.Typer(help="DeiT with sparse attention and token pruning.", no_args_is_help=True)
 app.add_typer(vit_app, name="vit")
 console = Console()
@@ -72,13 +74,20 @@ def synth(
     sequences: Annotated[int, typer.Option(help="Number of sequences.")] = 4,
     frames: Annotated[int, typer.Option(help="Frames per sequence.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    appearance_change: Annotated[
+        float, typer.Option(help="Share of the target texture replaced by the last frame.")
+    ] = 0.0,
 ) -> None:
     """Write synthetic tracking sequences (the built-in default data)."""
     from rich.progress import track
 
     steps = iter(track(range(sequences), description="synthesising", console=console))
     names = synthesize(
-        out, sequences, seed, SynthSettings(frames=frames), on_sequence=lambda _: next(steps, None)
+        out,
+        sequences,
+        seed,
+        SynthSettings(frames=frames, appearance_change=appearance_change),
+        on_sequence=lambda _: next(steps, None),
     )
     next(steps, None)
     console.print(f"wrote {len(names)} sequences × {frames} frames to {out}")
@@ -408,6 +417,63 @@ def _parse_pair(text: str) -> tuple[float, float]:
         raise InputError(f"expected START:END, e.g. 0.1:0.5, got {text!r}") from None
 
 
+@train_app.command("tracker")
+@reports_errors
+def train_tracker_command(
+    out: Annotated[Path, typer.Argument(help="Run folder (checkpoint, weights, log).")],
+    config: Annotated[str, typer.Option(help="Network size: tiny or default.")] = "tiny",
+    box_steps: Annotated[int, typer.Option(help="Stage-1 (box) steps.")] = 3000,
+    confidence_steps: Annotated[int, typer.Option(help="Stage-2 (confidence) steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Stage-1 peak learning rate (AdamW).")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and of the sampling.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pth.")] = True,
+) -> None:
+    """Train a tracker on synthetic sequences: boxes (L1 + GIoU), then the confidence head."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from headway.tracking.train import TrackerTrainSettings, train_tracker
+
+    _check_choice(config, list(CONFIGS), "configuration")
+    settings = TrackerTrainSettings(
+        config=config,
+        box_steps=box_steps,
+        confidence_steps=confidence_steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+    )
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("training", total=settings.total_steps, status="")
+
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            keys = ("loss", "iou") if metrics["stage"] == 1 else ("loss", "accuracy")
+            status = f"stage {int(metrics['stage'])} " + " ".join(
+                f"{k} {metrics[k]:.3f}" for k in keys
+            )
+            progress.update(task, completed=step + 1, status=status)
+
+        weights = train_tracker(out, settings, resume=resume, on_step=on_step)
+    console.print(f"weights: {weights}")
+
+
 @vit_app.command("accuracy")
 @reports_errors
 def vit_accuracy(
@@ -502,6 +568,37 @@ def simulate(
     Console(width=max(console.width, 130)).print(table)
     console.print(f"mean speedup of sparse + pruning over sparse only: "
                   f"{sum(speedups) / len(speedups):.2f}× (paper C: 1.31×)")  # fmt: skip
+
+
+@app.command()
+@reports_errors
+def reproduce(
+    out: Annotated[Path, typer.Argument(help="Report folder (report.md, plots, JSON).")],
+    quick: Annotated[bool, typer.Option(help="Small sizes: under 10 minutes here.")] = False,
+    only: Annotated[str | None, typer.Option(help="Only these experiments (comma-sep.).")] = None,
+) -> None:
+    """Run the three papers' experiments on built-in data; resumable; writes OUT/report.md."""
+    from headway.experiments.reproduce import Experiment, Outcome
+    from headway.experiments.reproduce import reproduce as run_all
+
+    def started(experiment: Experiment, index: int, total: int) -> None:
+        console.print(f"[{index + 1}/{total}] paper {experiment.paper}: {experiment.title} …")
+
+    def ended(outcome: Outcome) -> None:
+        if outcome.status == "failed":
+            errors.print(f"  [red]failed[/] after {outcome.seconds:.0f} s: {outcome.error}")
+        elif outcome.status == "skipped":
+            console.print("  already done (skipped)")
+        else:
+            console.print(f"  done in {outcome.seconds:.0f} s")
+
+    with console.status("running experiments (see the lines above for progress)"):
+        report, outcomes = run_all(out, quick, _names(only), started, ended)
+    failed = [o.key for o in outcomes if o.status == "failed"]
+    console.print(f"report: {report}")
+    if failed:
+        errors.print(f"[bold red]{len(failed)} experiment(s) failed:[/] {', '.join(failed)}")
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - console-script entry

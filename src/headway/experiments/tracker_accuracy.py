@@ -1,0 +1,169 @@
+"""The built-in trained tracker scored on held-out synthetic sequences (paper A's Table 3 shape,
+and issue 7's checks): trained vs random weights, with and without the dynamic template update,
+and every executor against ``eager`` on the same frames. Also draws what the tracker does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headway.errors import InputError
+from headway.io import atomic_write_text
+from headway.models import build_cswintt, load_weights
+from headway.models.cswintt import CSWinTT
+from headway.tracking.crop import read_frame
+from headway.tracking.datasets import Sequence, load_dataset
+from headway.tracking.results import read_boxes_file
+from headway.tracking.runner import evaluate_run, track_dataset
+from headway.tracking.synth import SynthSettings, synthesize
+from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
+
+WEIGHTS_FILE = "tiny_tracker.pth"
+# Held-out sets: `headway synth` seeds (training uses [TRAIN_SEED, …], see tracking/train.py).
+HELD_OUT = {"standard": (1, 0.0), "appearance": (2, 0.9)}
+NO_UPDATE = 10**9  # an interval no sequence reaches
+
+
+def builtin_weights_path() -> Path:
+    """Path of the shipped tiny-tracker weights; a clear error if the file is missing."""
+    path = Path(str(resources.files("headway") / "weights" / WEIGHTS_FILE))
+    if not path.is_file():
+        raise InputError(
+            f"{path}: the trained tiny-tracker weights are missing (reinstall headway, or train "
+            "them with `headway train tracker` and pass --checkpoint)"
+        )
+    return path
+
+
+def load_tracker_network(checkpoint: str | Path | None = None, seed: int = 0) -> CSWinTT:
+    """The tiny network with the built-in (or given) weights; ``checkpoint='random'`` gives the
+    random-weight network of ``seed``."""
+    torch.manual_seed(seed)
+    network = build_cswintt("tiny")
+    if checkpoint != "random":
+        load_weights(network, checkpoint or builtin_weights_path())
+    return network.eval()
+
+
+def held_out_datasets(
+    out: str | Path, sequences: int = 8, frames: int = 60
+) -> dict[str, list[Sequence]]:
+    """Write (once) and load the held-out synthetic sets: ``standard`` (occlusion, distractor,
+    border contact, scale/aspect/brightness change) and ``appearance`` (the same plus a target
+    whose texture changes by 90% over the sequence)."""
+    datasets = {}
+    for name, (seed, change) in HELD_OUT.items():
+        root = Path(out) / f"{name}_s{seed}_{sequences}x{frames}"
+        if not (root / "synth.json").is_file():
+            synthesize(
+                root, sequences, seed, SynthSettings(frames=frames, appearance_change=change)
+            )
+        datasets[name] = load_dataset(root, "otb")
+    return datasets
+
+
+def _max_box_diff(run_dir: Path, reference_dir: Path, sequences: list[Sequence]) -> float:
+    diffs = [
+        np.abs(read_boxes_file(run_dir / f"{s.name}.txt") - read_boxes_file(
+            reference_dir / f"{s.name}.txt")).max()
+        for s in sequences
+    ]  # fmt: skip
+    return float(max(diffs))
+
+
+def tracking_accuracy(
+    out: str | Path,
+    sequences: int = 8,
+    frames: int = 60,
+    executors: tuple[str, ...] = ("scripted", "heads", "fused", "fused-bf16"),
+    update_interval: int = 10,
+    checkpoint: str | Path | None = None,
+    show_progress: bool = True,
+    on_run: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Track the held-out sets several ways and score them (pytracking convention). Every run
+    folder is resumable; ``result.json`` holds the table."""
+    out = Path(out)
+    datasets = held_out_datasets(out / "data", sequences, frames)
+    trained = load_tracker_network(checkpoint)
+    random_weights = load_tracker_network("random")
+    runs: list[tuple[str, str, CSWinTT, str, int]] = []  # label, dataset, net, executor, interval
+    for dataset in datasets:
+        runs += [
+            ("trained", dataset, trained, "eager", update_interval),
+            ("trained, no update", dataset, trained, "eager", NO_UPDATE),
+            ("random weights", dataset, random_weights, "eager", update_interval),
+        ]
+    runs += [(f"trained, {name}", "standard", trained, name, update_interval) for name in executors]
+    rows = []
+    for label, dataset, network, executor, interval in runs:
+        if on_run is not None:
+            on_run(f"{label} on {dataset}")
+        run_dir = out / "runs" / dataset / label.replace(", ", "_").replace(" ", "-")
+        tracker = CSWinTTTracker(network, TrackerSettings(update_interval=interval),
+                                 executor=executor)  # fmt: skip
+        summary = track_dataset(tracker, datasets[dataset], run_dir, "otb",
+                                {"label": label}, show_progress)  # fmt: skip
+        scores = evaluate_run(run_dir, datasets[dataset]).scores
+        row = {"run": label, "dataset": dataset, "executor": executor,
+               "update_interval": None if interval == NO_UPDATE else interval,
+               "AUC": scores["AUC"], "P": scores["P"], "Pnorm": scores["Pnorm"],
+               "run_dir": str(run_dir.relative_to(out)), "seconds": summary.seconds}  # fmt: skip
+        reference = out / "runs" / dataset / "trained"
+        if executor != "eager":
+            row["max_box_diff_px"] = _max_box_diff(run_dir, reference, datasets[dataset])
+        rows.append(row)
+    result = {
+        "sequences": sequences, "frames": frames, "update_interval": update_interval,
+        "held_out_seeds": {k: v[0] for k, v in HELD_OUT.items()},
+        "appearance_change": {k: v[1] for k, v in HELD_OUT.items()},
+        "weights": str(checkpoint or builtin_weights_path()), "rows": rows,
+    }  # fmt: skip
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    return result
+
+
+def draw_track(
+    sequence: Sequence,
+    boxes: np.ndarray,
+    strip_path: str | Path,
+    gif_path: str | Path | None = None,
+    panels: int = 6,
+    gif_step: int = 2,
+) -> list[Path]:
+    """A strip of ``panels`` frames (ground truth green, tracker red, frame number) as PNG and,
+    optionally, the whole sequence as a half-size GIF, so a person can see it track."""
+    import cv2
+    from PIL import Image
+
+    def annotated(index: int) -> np.ndarray:
+        image = read_frame(sequence.frames[index]).copy()
+        for box, colour in ((sequence.ground_truth[index], (0, 200, 0)),
+                            (boxes[index], (230, 30, 30))):  # fmt: skip
+            if np.isfinite(box).all():
+                x, y, w, h = (round(float(v)) for v in box)
+                cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
+        cv2.putText(image, f"#{index + 1}", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    (255, 255, 255), 2)  # fmt: skip
+        return image
+
+    chosen = np.linspace(0, len(sequence) - 1, panels).round().astype(int)
+    strip = np.concatenate([annotated(int(i)) for i in chosen], axis=1)
+    strip_path = Path(strip_path)
+    strip_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(strip).save(strip_path)
+    written = [strip_path]
+    if gif_path is not None:
+        images = []
+        for index in range(0, len(sequence), gif_step):
+            frame = annotated(index)
+            images.append(Image.fromarray(frame).resize((frame.shape[1] // 2, frame.shape[0] // 2)))
+        images[0].save(gif_path, save_all=True, append_images=images[1:], duration=80, loop=0)
+        written.append(Path(gif_path))
+    return written
