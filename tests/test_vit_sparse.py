@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from headway.errors import InputError
 from headway.models import load_weights
@@ -15,6 +20,7 @@ from headway.transforms.sparse_attention import (
     threshold_masks,
 )
 from headway.transforms.token_pruning import keep_counts, pruning_ratios
+from headway.vision.data import load_imagenet_folder
 
 
 @pytest.mark.parametrize(
@@ -121,3 +127,50 @@ def test_experiment_drivers_on_the_digits_configuration() -> None:
     table = accuracy_table(model, data, sparsities=(0.5,), prune=(0.2, 0.6))
     assert abs(table["rows"][0]["achieved"] - 0.5) < 0.02
     assert 0 <= table["rows"][0]["sparse_pruned"] <= 100
+
+
+def _image_folder(root: Path, classes: tuple[str, ...], per_class: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{index}.png")
+    return root
+
+
+def test_imagenet_folder_preprocessing_and_class_indices(tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "imgs", ("3", "7"))
+    data = load_imagenet_folder(root, size=32, calibration_fraction=0.5)
+    assert data.train_images.shape[1:] == (3, 32, 32)
+    assert len(data.train_labels) + len(data.test_labels) == 6
+    assert set(torch.cat([data.train_labels, data.test_labels]).tolist()) == {3, 7}
+    named = _image_folder(tmp_path / "named", ("n01", "n02"))
+    with pytest.raises(InputError, match="class index"):
+        load_imagenet_folder(named)
+    class_map = tmp_path / "map.txt"
+    class_map.write_text("n00 first\nn02 second\nn01 third\n")
+    data = load_imagenet_folder(named, class_map, size=32)
+    assert set(torch.cat([data.train_labels, data.test_labels]).tolist()) == {1, 2}
+    class_map.write_text("n00\n")
+    with pytest.raises(InputError, match="not in the class map"):
+        load_imagenet_folder(named, class_map, size=32)
+
+
+def test_vit_accuracy_on_a_user_folder_with_a_real_checkpoint_layout(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from headway.cli import app
+
+    root = _image_folder(tmp_path / "imgs", ("0", "1"))
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "deit_tiny.pth"
+    torch.save({"model": build_deit("deit_tiny").state_dict()}, checkpoint)
+    args = ["vit", "accuracy", str(tmp_path / "out"), "--images", str(root), "--model",
+            "deit_tiny", "--checkpoint", str(checkpoint), "--sparsities", "0.5"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "out" / "vit_accuracy.json").read_text())
+    assert written["model"] == "deit_tiny" and len(written["rows"]) == 1
+    missing = CliRunner().invoke(app, [*args[:7], "--sparsities", "0.5"])
+    assert missing.exit_code == 1 and "needs --checkpoint" in missing.output

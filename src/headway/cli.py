@@ -480,20 +480,49 @@ def vit_accuracy(
     out: Annotated[Path, typer.Argument(help="Folder for the checkpoint and vit_accuracy.json.")],
     prune: Annotated[str, typer.Option(help="Pruning share START:END (layers 4..12).")] = "0.1:0.5",
     sparsities: Annotated[str, typer.Option(help="Comma-separated.")] = "0.5,0.6,0.7,0.8",
+    images: Annotated[
+        Path | None, typer.Option(help="Your labelled folder ROOT/<class>/<image> instead.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="With --images: deit_tiny|small|base.")] = "deit_tiny",
+    checkpoint: Annotated[Path | None, typer.Option(help="With --images: DeiT weights.")] = None,
+    class_map: Annotated[
+        Path | None, typer.Option(help="Folder names in output order, one per line.")
+    ] = None,
+    calibration: Annotated[
+        float, typer.Option(help="With --images: share of images that build the masks.")
+    ] = 0.5,
 ) -> None:
-    """Paper C's Table 1 shape on the built-in digits: sparse only vs sparse + pruning."""
+    """Paper C's Table 1 shape: sparse only vs sparse + pruning, on the built-in digits (a
+    small DeiT trained here) or on your image folder with real DeiT weights."""
     import json
 
     from headway.experiments.vit import accuracy_table, trained_digits_deit
     from headway.io import atomic_write_text
+    from headway.models.deit import DEIT_CONFIGS, build_deit
+    from headway.vision.data import load_imagenet_folder
 
     try:
         targets = tuple(float(v) for v in sparsities.split(","))
     except ValueError:
         raise InputError(f"sparsities must be numbers, got {sparsities!r}") from None
-    model, data = trained_digits_deit(out)
-    table_data = accuracy_table(model, data, targets, _parse_pair(prune))
-    table = Table(title=f"deit_digits top-1 (dense {table_data['dense']:.1f}%), pruning {prune}")
+    if images is None:
+        if checkpoint is not None:
+            raise InputError("--checkpoint needs --images (the built-in run trains its own)")
+        network, data = trained_digits_deit(out)
+        name = "deit_digits"
+    else:
+        _check_choice(model, [m for m in DEIT_CONFIGS if m != "deit_digits"], "DeiT model")
+        if checkpoint is None:
+            raise InputError("--images needs --checkpoint (random weights score nothing)")
+        network = load_weights(build_deit(model), checkpoint).eval()
+        data = load_imagenet_folder(images, class_map, DEIT_CONFIGS[model].img_size,
+                                    calibration_fraction=calibration)  # fmt: skip
+        name = model
+        console.print(f"{len(data.train_labels)} calibration and {len(data.test_labels)} "
+                      f"scored images from {images}")  # fmt: skip
+    table_data = accuracy_table(network, data, targets, _parse_pair(prune))
+    table_data["model"] = name
+    table = Table(title=f"{name} top-1 (dense {table_data['dense']:.1f}%), pruning {prune}")
     for column in ("sparsity", "achieved", "sparse only", "sparse + pruning"):
         table.add_column(column, justify="right")
     for row in table_data["rows"]:

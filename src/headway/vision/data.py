@@ -3,9 +3,13 @@
 - :func:`digits` — the built-in data: scikit-learn's 1,797 handwritten digits (8×8, shipped
   with the package, so nothing is downloaded), upscaled to RGB squares; split deterministically.
 - :func:`load_image_folder` — ``root/<class>/<image>`` folders (class names sorted).
+- :func:`load_imagenet_folder` — ``root/<class>/<image>`` labelled with a pretrained model's
+  class indices, preprocessed the way DeiT's checkpoints were evaluated (resize, centre crop,
+  ImageNet mean/std).
 - :func:`load_cifar10` — the CIFAR-10 "python version" batches (``data_batch_1..5``,
   ``test_batch``).
-All return float images normalised per channel with the training split's statistics.
+The first three return float images normalised per channel with the training split's
+statistics.
 """
 
 from __future__ import annotations
@@ -96,6 +100,78 @@ def load_image_folder(
     tensor = torch.stack(images).float() / 255.0
     split = _split(tensor, torch.tensor(labels), test_fraction, seed)
     return _normalise(ClassificationData(*split, classes))
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _class_indices(root: Path, folders: list[str], class_map: Path | None) -> dict[str, int]:
+    """Folder name → output index: the line number in ``class_map`` (one name per line, in the
+    model's output order, e.g. ImageNet's sorted WordNet ids), or the folder name itself when
+    it is an integer."""
+    if class_map is not None:
+        if not class_map.is_file():
+            raise InputError(f"{class_map}: class map file does not exist")
+        names = [line.split()[0] for line in class_map.read_text().splitlines() if line.strip()]
+        order = {name: index for index, name in enumerate(names)}
+        missing = [f for f in folders if f not in order]
+        if missing:
+            raise InputError(f"{root}: folders {missing[:5]} are not in the class map {class_map}")
+        return {f: order[f] for f in folders}
+    if not all(f.isdigit() for f in folders):
+        raise InputError(
+            f"{root}: name the class folders by the model's class index (0, 1, …) or pass a "
+            "class map (one folder name per line, in the model's output order)"
+        )
+    return {f: int(f) for f in folders}
+
+
+def load_imagenet_folder(
+    root: str | Path,
+    class_map: str | Path | None = None,
+    size: int = 224,
+    crop_fraction: float = 0.875,
+    calibration_fraction: float = 0.5,
+    seed: int = 0,
+) -> ClassificationData:
+    """Images for a pretrained classifier: shorter side resized (bicubic) to
+    size / crop_fraction, centre-cropped to size, ImageNet mean/std. The "train" split is the
+    calibration part (e.g. for averaging attention maps), the "test" split is scored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: image folder does not exist")
+    if not 0.0 < calibration_fraction < 1.0:
+        raise InputError(f"calibration fraction must be in (0, 1), got {calibration_fraction}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise InputError(f"{root}: expected one sub-folder per class, found none")
+    indices = _class_indices(root, folders, Path(class_map) if class_map else None)
+    resized = round(size / crop_fraction)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    images, labels = [], []
+    for folder in folders:
+        for path in sorted((root / folder).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(path) as image:
+                    rgb = image.convert("RGB")
+                    scale = resized / min(rgb.size)
+                    width, height = (max(size, round(v * scale)) for v in rgb.size)
+                    rgb = rgb.resize((width, height), Image.BICUBIC)
+                    left, top = (width - size) // 2, (height - size) // 2
+                    rgb = rgb.crop((left, top, left + size, top + size))
+            except (UnidentifiedImageError, OSError) as error:
+                raise InputError(f"{path}: cannot be read as an image ({error})") from None
+            pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
+            images.append((pixels - mean) / std)
+            labels.append(indices[folder])
+    if len(images) < 2:
+        raise InputError(f"{root}: need at least 2 images (calibration and scoring)")
+    split = _split(torch.stack(images), torch.tensor(labels), 1.0 - calibration_fraction, seed)
+    return ClassificationData(*split, folders)
 
 
 def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
