@@ -19,7 +19,7 @@ from headway.models import build_cswintt, load_weights
 from headway.models.cswintt import CSWinTT
 from headway.tracking.crop import read_frame
 from headway.tracking.datasets import Sequence, load_dataset
-from headway.tracking.results import read_boxes_file
+from headway.tracking.results import read_boxes_file, read_stage_times
 from headway.tracking.runner import evaluate_run, track_dataset
 from headway.tracking.synth import SynthSettings, synthesize
 from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
@@ -68,6 +68,16 @@ def held_out_datasets(
     return datasets
 
 
+def _template_updates(run_dir: Path, sequences: list[Sequence]) -> int:
+    """How often the dynamic template was replaced (from the per-sequence stage records)."""
+    count = 0
+    for sequence in sequences:
+        record = read_stage_times(run_dir, sequence.name)
+        if record is not None:
+            count += int(record.get("template_updates", 0))
+    return count
+
+
 def _max_box_diff(run_dir: Path, reference_dir: Path, sequences: list[Sequence]) -> float:
     diffs = [
         np.abs(read_boxes_file(run_dir / f"{s.name}.txt") - read_boxes_file(
@@ -93,26 +103,31 @@ def tracking_accuracy(
     datasets = held_out_datasets(out / "data", sequences, frames)
     trained = load_tracker_network(checkpoint)
     random_weights = load_tracker_network("random")
-    runs: list[tuple[str, str, CSWinTT, str, int]] = []  # label, dataset, net, executor, interval
+    # label, dataset, network, executor, update interval, confidence threshold of the update
+    runs: list[tuple[str, str, CSWinTT, str, int, float]] = []
     for dataset in datasets:
         runs += [
-            ("trained", dataset, trained, "eager", update_interval),
-            ("trained, no update", dataset, trained, "eager", NO_UPDATE),
-            ("random weights", dataset, random_weights, "eager", update_interval),
+            ("trained", dataset, trained, "eager", update_interval, 0.5),
+            ("trained, no update", dataset, trained, "eager", NO_UPDATE, 0.5),
+            ("trained, ungated update", dataset, trained, "eager", update_interval, 0.0),
+            ("random weights", dataset, random_weights, "eager", update_interval, 0.5),
         ]
-    runs += [(f"trained, {name}", "standard", trained, name, update_interval) for name in executors]
+    runs += [(f"trained, {name}", "standard", trained, name, update_interval, 0.5)
+             for name in executors]  # fmt: skip
     rows = []
-    for label, dataset, network, executor, interval in runs:
+    for label, dataset, network, executor, interval, threshold in runs:
         if on_run is not None:
             on_run(f"{label} on {dataset}")
         run_dir = out / "runs" / dataset / label.replace(", ", "_").replace(" ", "-")
-        tracker = CSWinTTTracker(network, TrackerSettings(update_interval=interval),
-                                 executor=executor)  # fmt: skip
+        settings = TrackerSettings(update_interval=interval, confidence_threshold=threshold)
+        tracker = CSWinTTTracker(network, settings, executor=executor)
         summary = track_dataset(tracker, datasets[dataset], run_dir, "otb",
                                 {"label": label}, show_progress)  # fmt: skip
         scores = evaluate_run(run_dir, datasets[dataset]).scores
         row = {"run": label, "dataset": dataset, "executor": executor,
                "update_interval": None if interval == NO_UPDATE else interval,
+               "confidence_threshold": threshold,
+               "template_updates": _template_updates(run_dir, datasets[dataset]),
                "AUC": scores["AUC"], "P": scores["P"], "Pnorm": scores["Pnorm"],
                "run_dir": str(run_dir.relative_to(out)), "seconds": summary.seconds}  # fmt: skip
         reference = out / "runs" / dataset / "trained"
