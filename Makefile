@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The papers' experiments in small (under 10 minutes here); a rerun reuses finished parts.
 demo: $(STAMP)
-	$(BIN)/headway synth $(DEMO)/data --sequences 4 --frames 40 --seed 0
-	$(BIN)/headway track $(DEMO)/data --format otb --out $(DEMO)/tiny --config tiny
-	$(BIN)/headway eval $(DEMO)/tiny --dataset $(DEMO)/data --format otb
+	$(BIN)/headway reproduce --quick $(DEMO)
+	@echo "open $(DEMO)/report.md (plots and raw JSON are next to it)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -100,7 +100,10 @@ def track_command(
     out: Annotated[Path, typer.Option("--out", help="Run folder for the result files.")],
     format: Annotated[str, typer.Option(help=f"Dataset layout: {', '.join(FORMATS)}.")] = "otb",
     config: Annotated[str, typer.Option(help="Network size: default or tiny.")] = "default",
-    checkpoint: Annotated[Path | None, typer.Option(help="Weights (.pth / .pth.tar).")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Weights (.pth / .pth.tar); 'builtin': the trained tiny tracker."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     sequences: Annotated[str | None, typer.Option(help="Only these, comma-separated.")] = None,
     split: Annotated[str | None, typer.Option(help="GOT-10k / TrackingNet split.")] = None,
@@ -123,6 +126,12 @@ def track_command(
     selected = load_dataset(dataset, format, split, _names(sequences))
     torch.manual_seed(seed)
     network = build_cswintt(config)
+    if checkpoint is not None and str(checkpoint) == "builtin":
+        from headway.experiments.tracker_accuracy import builtin_weights_path
+
+        if config != "tiny":
+            raise InputError("the built-in trained weights are for --config tiny")
+        checkpoint = builtin_weights_path()
     if checkpoint is not None:
         load_weights(network, checkpoint)
     weights = str(checkpoint) if checkpoint else f"random (seed {seed})"
