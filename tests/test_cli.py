@@ -75,6 +75,18 @@ def test_checkpoint_mismatch_is_reported(tmp_path: Path, synth_dataset: Path) ->
     assert "bottleneck.weight (checkpoint [3]" in result.output
 
 
+def test_builtin_weights_track_and_need_the_tiny_config(
+    tmp_path: Path, synth_dataset: Path
+) -> None:
+    base = ["track", str(synth_dataset), "--out", str(tmp_path / "r"), "--checkpoint", "builtin",
+            "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, [*base, "--config", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "tiny_tracker.pth" in json.loads((tmp_path / "r" / "run.json").read_text())["weights"]
+    result = runner.invoke(app, [*base, "--config", "default"])
+    assert result.exit_code == 1 and "weights are for --config tiny" in result.output
+
+
 def test_track_with_executor_and_bench(tmp_path: Path, synth_dataset: Path) -> None:
     run = tmp_path / "fused"
     args = [
