@@ -174,3 +174,27 @@ def test_vit_accuracy_on_a_user_folder_with_a_real_checkpoint_layout(tmp_path: P
     assert written["model"] == "deit_tiny" and len(written["rows"]) == 1
     missing = CliRunner().invoke(app, [*args[:7], "--sparsities", "0.5"])
     assert missing.exit_code == 1 and "needs --checkpoint" in missing.output
+
+
+def test_fine_tuning_with_masks_leaves_the_model_alone() -> None:
+    from headway.experiments.vit import accuracy_table
+    from headway.vision.data import ClassificationData, digits
+    from headway.vision.train import TrainSettings
+
+    full = digits()
+    data = ClassificationData(
+        full.train_images[:64],
+        full.train_labels[:64],
+        full.test_images[:32],
+        full.test_labels[:32],
+        full.classes,
+    )
+    torch.manual_seed(0)
+    model = build_deit("deit_digits").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tune = TrainSettings(epochs=1, lr=1e-3, optimizer="adam", batch_size=32)
+    result = accuracy_table(model, data, (0.5,), finetune=tune)
+    row = result["rows"][0]
+    assert {"sparse_only_post_hoc", "sparse_only", "sparse_pruned"} <= set(row)
+    assert result["finetune"]["epochs"] == 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

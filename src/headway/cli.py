@@ -500,12 +500,16 @@ def vit_accuracy(
     calibration: Annotated[
         float, typer.Option(help="With --images: share of images that build the masks.")
     ] = 0.5,
+    finetune_epochs: Annotated[
+        int, typer.Option(help="Fine-tune with each sparsity's masks first (0: post hoc).")
+    ] = 0,
 ) -> None:
     """Paper C's Table 1 shape: sparse only vs sparse + pruning, on the built-in digits (a
     small DeiT trained here) or on your image folder with real DeiT weights."""
     import json
+    from dataclasses import replace
 
-    from headway.experiments.vit import accuracy_table, trained_digits_deit
+    from headway.experiments.vit import MASK_FINETUNING, accuracy_table, trained_digits_deit
     from headway.io import atomic_write_text
     from headway.models.deit import DEIT_CONFIGS, build_deit
     from headway.vision.data import load_imagenet_folder
@@ -529,14 +533,23 @@ def vit_accuracy(
         name = model
         console.print(f"{len(data.train_labels)} calibration and {len(data.test_labels)} "
                       f"scored images from {images}")  # fmt: skip
-    table_data = accuracy_table(network, data, targets, _parse_pair(prune))
+    if finetune_epochs < 0:
+        raise InputError(f"--finetune-epochs must be ≥ 0, got {finetune_epochs}")
+    finetune = replace(MASK_FINETUNING, epochs=finetune_epochs) if finetune_epochs else None
+    table_data = accuracy_table(network, data, targets, _parse_pair(prune), finetune)
     table_data["model"] = name
     table = Table(title=f"{name} top-1 (dense {table_data['dense']:.1f}%), pruning {prune}")
-    for column in ("sparsity", "achieved", "sparse only", "sparse + pruning"):
+    columns = ["sparsity", "achieved", "sparse only", "sparse + pruning"]
+    if finetune:
+        columns.insert(2, "post hoc (no fine-tuning)")
+    for column in columns:
         table.add_column(column, justify="right")
     for row in table_data["rows"]:
-        table.add_row(f"{row['sparsity']:.0%}", f"{row['achieved']:.1%}",
-                      f"{row['sparse_only']:.1f}%", f"{row['sparse_pruned']:.1f}%")  # fmt: skip
+        cells = [f"{row['sparsity']:.0%}", f"{row['achieved']:.1%}",
+                 f"{row['sparse_only']:.1f}%", f"{row['sparse_pruned']:.1f}%"]  # fmt: skip
+        if finetune:
+            cells.insert(2, f"{row['sparse_only_post_hoc']:.1f}%")
+        table.add_row(*cells)
     console.print(table)
     console.print(f"mean drop from pruning: {table_data['mean_drop_from_pruning']:.2f} points")
     atomic_write_text(out / "vit_accuracy.json", json.dumps(table_data, indent=2))

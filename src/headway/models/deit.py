@@ -158,14 +158,18 @@ class DeiT(nn.Module):
         x = self.embed(images)
         batch = x.shape[0]
         ids = torch.arange(x.shape[1], device=x.device).expand(batch, -1)  # original token ids
+        pruned = False  # until a layer prunes, ids is the identity and the masks apply as they are
         for layer, block in enumerate(self.blocks):
             keep = None
             if masks is not None:
                 m = masks[layer]  # (H, N, N)
-                rows = m[:, ids]  # (H, B, n, N)
-                keep = torch.gather(
-                    rows, 3, ids[None, :, None, :].expand(m.shape[0], -1, ids.shape[1], -1)
-                ).transpose(0, 1)  # (B, H, n, n)
+                if not pruned:
+                    keep = m.unsqueeze(0)  # (1, H, N, N), broadcast over the batch
+                else:
+                    rows = m[:, ids]  # (H, B, n, N)
+                    keep = torch.gather(
+                        rows, 3, ids[None, :, None, :].expand(m.shape[0], -1, ids.shape[1], -1)
+                    ).transpose(0, 1)  # (B, H, n, n)
             x, probs = block(x, keep)
             if on_attention is not None:
                 on_attention(layer, probs)
@@ -175,6 +179,7 @@ class DeiT(nn.Module):
                 order = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)
                 x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
                 ids = torch.gather(ids, 1, order)
+                pruned = True
         return self.norm(x)[:, 0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
