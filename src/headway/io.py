@@ -30,3 +30,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save`` through a temporary file in the same folder and a rename."""
     _atomic(Path(path), lambda temporary: torch.save(obj, temporary))
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

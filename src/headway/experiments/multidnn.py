@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from headway.io import save_figure
 from headway.runtime.multi_model import ModelSpec, RunResult, instance_names, parse_models, run_mode
 
 RANK = "macs:0.19"  # VGG-16: 81% fewer MACs
@@ -90,9 +91,4 @@ def plot_cases(title: str, experiment: dict[str, Any], path: str | Path) -> Path
     axes.set_ylabel("mean latency per request (ms)")
     axes.set_title(f"{title} ({experiment['models']})")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

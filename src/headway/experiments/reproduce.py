@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from headway.errors import InputError
-from headway.io import atomic_write_text
+from headway.io import atomic_write_text, save_figure
 
 Section = dict[str, Any]  # {"markdown": str, "data": ..., "plots": [relative paths], "commands"}
 
@@ -480,11 +480,7 @@ def _bar_plot(
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 EXPERIMENTS = (

@@ -16,6 +16,7 @@ import torch
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
+from headway.io import save_figure
 from headway.models.deit import DeiT, build_deit
 from headway.transforms.sparse_attention import average_attention, masks_for_sparsity, sparsity
 from headway.transforms.token_pruning import keep_counts, pruning_ratios
@@ -185,12 +186,7 @@ def plot_breakdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
     axes.set_ylabel("share (%)")
     axes.set_title("DeiT: FLOPs vs CPU time by layer type")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def pruning_speedup(
