@@ -53,13 +53,14 @@ def _pct(value: float | None) -> str:
 def tracker_accuracy(folder: Path, quick: bool) -> Section:
     """Table 3: the trained tiny tracker with every executor; trained vs random weights; with
     and without the template update; a frame strip and a GIF of one sequence."""
-    from headway.experiments.tracker_accuracy import draw_track, tracking_accuracy
+    from headway.experiments.tracker_accuracy import draw_track, held_out_root, tracking_accuracy
     from headway.tracking.datasets import load_dataset
     from headway.tracking.plots import plot_curves
     from headway.tracking.results import read_boxes_file
     from headway.tracking.runner import evaluate_run
 
     sequences, frames = (4, 40) if quick else (8, 60)
+    size = f"{sequences}x{frames}"  # quick and full runs may share a folder
     executors = ("scripted", "heads", "fused", "fused-bf16") + (() if quick else ("compiled",))
     result = tracking_accuracy(folder, sequences, frames, executors, show_progress=False)
     rows = result["rows"]
@@ -89,16 +90,20 @@ def tracker_accuracy(folder: Path, quick: bool) -> Section:
     plots = []
     for dataset in ("standard", "appearance"):
         chosen = [r for r in rows if r["dataset"] == dataset and r["executor"] == "eager"]
-        sequences_list = load_dataset(next(folder.glob(f"data/{dataset}_*")), "otb")
+        root = held_out_root(folder / "data", dataset, sequences, frames)
+        sequences_list = load_dataset(root, "otb")
         results = {r["run"]: evaluate_run(folder / r["run_dir"], sequences_list) for r in chosen}
-        paths = plot_curves(results, folder / f"plots_{dataset}")
+        paths = plot_curves(results, folder / f"plots_{dataset}_{size}")
         plots += [str(p.relative_to(folder.parent)) for p in paths if "success" in p.name]
-    standard = load_dataset(next(folder.glob("data/standard_*")), "otb")
-    shown = standard[0]
-    boxes = read_boxes_file(folder / "runs" / "standard" / "trained" / f"{shown.name}.txt")
-    strip, gif = draw_track(shown, boxes, folder / "track_strip.png", folder / "track.gif")
-    plots += [str(strip.relative_to(folder.parent)), str(gif.relative_to(folder.parent))]
     by = {(r["run"], r["dataset"]): r for r in rows}
+    standard = load_dataset(held_out_root(folder / "data", "standard", sequences, frames), "otb")
+    shown = standard[0]
+    trained_dir = folder / by[("trained", "standard")]["run_dir"]
+    boxes = read_boxes_file(trained_dir / f"{shown.name}.txt")
+    strip, gif = draw_track(
+        shown, boxes, folder / f"track_strip_{size}.png", folder / f"track_{size}.gif"
+    )
+    plots += [str(strip.relative_to(folder.parent)), str(gif.relative_to(folder.parent))]
     notes = [
         f"Held-out synthetic sets ({sequences} sequences × {frames} frames each): `standard` "
         "(occlusion, distractor, border contact, scale/aspect/brightness change, seed 1) and "

@@ -51,6 +51,12 @@ def load_tracker_network(checkpoint: str | Path | None = None, seed: int = 0) ->
     return network.eval()
 
 
+def held_out_root(out: str | Path, name: str, sequences: int, frames: int) -> Path:
+    """Folder of one held-out set (its size is in the name, so sizes never mix)."""
+    seed, _ = HELD_OUT[name]
+    return Path(out) / f"{name}_s{seed}_{sequences}x{frames}"
+
+
 def held_out_datasets(
     out: str | Path, sequences: int = 8, frames: int = 60
 ) -> dict[str, list[Sequence]]:
@@ -59,11 +65,10 @@ def held_out_datasets(
     whose texture changes by 90% over the sequence)."""
     datasets = {}
     for name, (seed, change) in HELD_OUT.items():
-        root = Path(out) / f"{name}_s{seed}_{sequences}x{frames}"
+        root = held_out_root(out, name, sequences, frames)
         if not (root / "synth.json").is_file():
-            synthesize(
-                root, sequences, seed, SynthSettings(frames=frames, appearance_change=change)
-            )
+            settings = SynthSettings(frames=frames, appearance_change=change)
+            synthesize(root, sequences, seed, settings)
         datasets[name] = load_dataset(root, "otb")
     return datasets
 
@@ -115,10 +120,11 @@ def tracking_accuracy(
     runs += [(f"trained, {name}", "standard", trained, name, update_interval, 0.5)
              for name in executors]  # fmt: skip
     rows = []
+    runs_root = out / f"runs_{sequences}x{frames}"
     for label, dataset, network, executor, interval, threshold in runs:
         if on_run is not None:
             on_run(f"{label} on {dataset}")
-        run_dir = out / "runs" / dataset / label.replace(", ", "_").replace(" ", "-")
+        run_dir = runs_root / dataset / label.replace(", ", "_").replace(" ", "-")
         settings = TrackerSettings(update_interval=interval, confidence_threshold=threshold)
         tracker = CSWinTTTracker(network, settings, executor=executor)
         summary = track_dataset(tracker, datasets[dataset], run_dir, "otb",
@@ -130,7 +136,7 @@ def tracking_accuracy(
                "template_updates": _template_updates(run_dir, datasets[dataset]),
                "AUC": scores["AUC"], "P": scores["P"], "Pnorm": scores["Pnorm"],
                "run_dir": str(run_dir.relative_to(out)), "seconds": summary.seconds}  # fmt: skip
-        reference = out / "runs" / dataset / "trained"
+        reference = runs_root / dataset / "trained"
         if executor != "eager":
             row["max_box_diff_px"] = _max_box_diff(run_dir, reference, datasets[dataset])
         rows.append(row)
