@@ -125,6 +125,38 @@ def test_compiled_encoder_matches_eager() -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=FP32_ENCODER_TOL)
 
 
+@pytest.mark.slow
+def test_compiled_bf16_encoder_matches_eager() -> None:
+    network = random_network(seed=16)
+    tokens, mask = encoder_inputs(network, 1, seed=17)
+    with build_executor("compiled-bf16", network) as compiled, torch.inference_mode():
+        got = compiled.encoder(tokens, mask).float()
+        expected = network.forward_encoder(tokens, mask)
+    assert not compiled.compile_failed
+    torch.testing.assert_close(got, expected, rtol=0, atol=BF16_ENCODER_TOL)
+
+
+def test_compiled_bf16_runs_uncompiled_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    network = random_network(seed=18)
+    tokens, mask = encoder_inputs(network, 1, seed=19)
+    with (
+        build_executor("compiled-bf16", network) as compiled,
+        build_executor("fused-bf16", network) as plain,
+        torch.inference_mode(),
+    ):
+        with pytest.warns(RuntimeWarning, match="uncompiled"):
+            got = compiled.encoder(tokens, mask)
+        assert compiled.compile_failed
+        torch.testing.assert_close(got, plain.encoder(tokens, mask), rtol=0, atol=0)
+
+
 def test_executor_name_errors() -> None:
     with pytest.raises(InputError, match="unknown executor 'warp'"):
         check_executor("warp", "cpu")

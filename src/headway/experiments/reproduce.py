@@ -61,7 +61,8 @@ def tracker_accuracy(folder: Path, quick: bool) -> Section:
 
     sequences, frames = (4, 40) if quick else (8, 60)
     size = f"{sequences}x{frames}"  # quick and full runs may share a folder
-    executors = ("scripted", "heads", "fused", "fused-bf16") + (() if quick else ("compiled",))
+    executors = ("scripted", "heads", "fused", "fused-bf16")
+    executors += () if quick else ("compiled", "compiled-bf16")
     result = tracking_accuracy(folder, sequences, frames, executors, show_progress=False)
     rows = result["rows"]
     table = _table(
@@ -137,8 +138,9 @@ def tracker_speed(folder: Path, quick: bool) -> Section:
     """Table 1 and Fig. 10–12: executors side by side on the default-size network."""
     from headway.experiments.tracker_executors import benchmark_executors
 
-    executors = ["scripted", "heads", "fused", "fused-bf16"] + ([] if quick else ["compiled"])
-    frames, warmup, rounds = (4, 1, 1) if quick else (15, 3, 2)
+    executors = ["scripted", "heads", "fused", "fused-bf16", "compiled-bf16"]
+    executors += [] if quick else ["compiled"]
+    frames, warmup, rounds = (4, 1, 2) if quick else (15, 3, 2)
     bench = benchmark_executors("default", "cpu", executors, frames, warmup, rounds=rounds)
     data = bench.to_json()
     rows = []

@@ -9,6 +9,7 @@
 | ``fused`` | fused window attention (one gather per Q/K′/V′, heads batched per window size), |
 |  | batch norms folded into the convolutions, channels-last convolutions |
 | ``fused-bf16`` | ``fused`` with bfloat16 weights under autocast (AVX-512 BF16, tensor cores) |
+| ``compiled-bf16`` | ``fused-bf16`` with every stage compiled by torch.compile |
 | ``cudagraph`` | ``fused`` with each stage captured once as a CUDA graph, then replayed |
 | ``cudagraph-bf16`` | ``cudagraph`` under bfloat16 autocast (CUDA only) |
 
@@ -219,6 +220,38 @@ class FusedBF16Executor(FusedExecutor):
         return cast_matmul_weights(super().prepare(network), self.dtype)[0]
 
 
+class CompiledBF16Executor(FusedBF16Executor):
+    """``fused-bf16`` with every stage compiled by torch.compile: removes the Python dispatch
+    between the many small ops of the window attention and fuses the elementwise ones. If
+    compilation fails it runs the same stages uncompiled (printed warning)."""
+
+    name = "compiled-bf16"
+
+    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
+        super().__init__(network, device)
+        self.uncompiled = dict(self.stages)
+        self.compile_failed = False
+        self.stages = {
+            stage: torch.compile(run, dynamic=False) for stage, run in self.uncompiled.items()
+        }
+
+    def _run(self, stage: str, *args: torch.Tensor) -> Any:
+        if not self.compile_failed:
+            try:
+                return super()._run(stage, *args)
+            except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
+                message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                warnings.warn(
+                    f"torch.compile failed ({message}); executor 'compiled-bf16' runs the "
+                    "'fused-bf16' stages uncompiled",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.compile_failed = True
+                self.stages = self.uncompiled
+        return super()._run(stage, *args)
+
+
 class _GraphedStage:
     """A stage captured as a CUDA graph per input shape: inputs are copied into static
     buffers, the graph is replayed, and the static outputs are cloned out."""
@@ -286,6 +319,7 @@ EXECUTORS: dict[str, type[Executor]] = {
         HeadParallelExecutor,
         FusedExecutor,
         FusedBF16Executor,
+        CompiledBF16Executor,
         CudaGraphExecutor,
         CudaGraphBF16Executor,
     )
