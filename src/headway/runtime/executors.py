@@ -152,6 +152,12 @@ class ScriptedExecutor(Executor):
         return run
 
 
+def _warn_compile_failed(error: Exception, consequence: str) -> None:
+    """One printed line saying that torch.compile failed, why, and what runs instead."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    warnings.warn(f"torch.compile failed ({message}); {consequence}", RuntimeWarning, stacklevel=4)
+
+
 class CompiledExecutor(Executor):
     """torch.compile of every stage; if compilation fails, falls back to tracing (printed)."""
 
@@ -171,12 +177,7 @@ class CompiledExecutor(Executor):
         try:
             return super()._run(stage, *args)
         except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            warnings.warn(
-                f"torch.compile failed ({message}); executor 'compiled' falls back to 'scripted'",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            _warn_compile_failed(error, "executor 'compiled' falls back to 'scripted'")
             self.fallback = ScriptedExecutor(self.network, self.device)
             return self.fallback._run(stage, *args)
 
@@ -240,12 +241,8 @@ class CompiledBF16Executor(FusedBF16Executor):
             try:
                 return super()._run(stage, *args)
             except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
-                message = str(error).splitlines()[0] if str(error) else type(error).__name__
-                warnings.warn(
-                    f"torch.compile failed ({message}); executor 'compiled-bf16' runs the "
-                    "'fused-bf16' stages uncompiled",
-                    RuntimeWarning,
-                    stacklevel=2,
+                _warn_compile_failed(
+                    error, "executor 'compiled-bf16' runs the 'fused-bf16' stages uncompiled"
                 )
                 self.compile_failed = True
                 self.stages = self.uncompiled
