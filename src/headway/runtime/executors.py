@@ -222,9 +222,9 @@ class FusedBF16Executor(FusedExecutor):
 
 
 class CompiledBF16Executor(FusedBF16Executor):
-    """``fused-bf16`` with every stage compiled by torch.compile: removes the Python dispatch
-    between the many small ops of the window attention and fuses the elementwise ones. If
-    compilation fails it runs the same stages uncompiled (printed warning)."""
+    """``fused-bf16`` with every stage compiled by torch.compile: inductor fuses the elementwise
+    work, casts and gathers around the matrix products. If compilation fails it runs the same
+    stages uncompiled (printed warning)."""
 
     name = "compiled-bf16"
 
