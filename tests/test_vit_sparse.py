@@ -14,6 +14,7 @@ from headway.errors import InputError
 from headway.models import load_weights
 from headway.models.deit import build_deit
 from headway.transforms.sparse_attention import (
+    additive_masks,
     average_attention,
     masks_for_sparsity,
     sparsity,
@@ -83,13 +84,16 @@ def test_pruning_schedule_meanings() -> None:
     assert ratios[:3] == [0, 0, 0] and ratios[3] == pytest.approx(0.1)
     assert ratios[-1] == pytest.approx(0.9)
     original = keep_counts(196, ratios)
-    assert original[3] == 1 + 176 and original[-1] == 1 + 19  # floor((1 - r) · 196)
+    # layers 1-3 run on all tokens, layer 4 on floor(0.9 · 196) patches + CLS, layer 12 on 10%
+    assert original[:3] == [197] * 3 and original[3] == 1 + 176 and original[-1] == 1 + 19
     mild = pruning_ratios(12, 0.1, 0.5)
     assert keep_counts(196, mild, of="remaining")[-1] < keep_counts(196, mild)[-1]
     with pytest.raises(InputError, match="no patch token"):  # compounding 0.1 → 0.9 leaves < 1
         keep_counts(196, ratios, of="remaining")
     with pytest.raises(InputError, match="start ≤ end"):
         pruning_ratios(12, 0.9, 0.1)
+    with pytest.raises(InputError, match="first layer"):
+        pruning_ratios(12, 0.1, 0.9, first_pruned=0)
 
 
 def test_pruning_really_removes_tokens_and_composes_with_masks() -> None:
@@ -105,8 +109,51 @@ def test_pruning_really_removes_tokens_and_composes_with_masks() -> None:
             model.forward_tokens(x, masks, counts), model.forward_tokens(x, None, counts),
             rtol=0, atol=0,
         )  # fmt: skip
-    assert seen[:4] == [65, 65, 65, counts[2]] and seen[-1] == counts[-2]
-    assert seen == sorted(seen, reverse=True)
+    assert seen == counts and counts[3] < 65  # every block runs on its scheduled count
+    with pytest.raises(InputError, match="first block"):
+        model.forward_tokens(x, keep_counts=[60] * 6)
+    with pytest.raises(InputError, match="token counts"):
+        model.forward_tokens(x, keep_counts=counts[:-1])
+
+
+def _pruned_reference(
+    model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, counts: list[int]
+) -> torch.Tensor:
+    """One image at a time, tokens and masks picked with plain indexing: the slow, obvious
+    version of forward_tokens' batched gathers."""
+    features = []
+    for image in images:
+        x = model.embed(image[None])
+        ids = torch.arange(x.shape[1])
+        probs = None
+        for layer, block in enumerate(model.blocks):
+            if counts[layer] < len(ids):
+                received = probs[0].sum(dim=(0, 1))
+                received[0] = float("inf")
+                survivors = received.topk(counts[layer]).indices.sort().values
+                x, ids = x[:, survivors], ids[survivors]
+            x, probs = block(x, masks[layer][:, ids][:, :, ids].unsqueeze(0))
+        features.append(model.norm(x)[:, 0])
+    return torch.cat(features)
+
+
+def test_batched_pruning_with_masks_matches_one_image_at_a_time() -> None:
+    torch.manual_seed(11)
+    model = build_deit("deit_digits").eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        maps = average_attention(model, [torch.randn(6, 3, 32, 32)])
+        masks, _ = masks_for_sparsity(maps, 0.6)
+        counts = keep_counts(64, pruning_ratios(6, 0.2, 0.7))
+        expected = _pruned_reference(model, images, masks, counts)
+        for form in (masks, additive_masks(masks)):  # boolean and additive masks agree
+            got = model.forward_tokens(images, form, counts)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        unpruned = model.forward_tokens(images, masks)
+        torch.testing.assert_close(model.forward_tokens(images, additive_masks(masks)), unpruned,
+                                   rtol=1e-6, atol=1e-6)  # fmt: skip
+    with pytest.raises(InputError, match="boolean"):
+        additive_masks(masks.float())
 
 
 def test_experiment_drivers_on_the_digits_configuration() -> None:

@@ -71,13 +71,17 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, N, D); ``keep`` (H or 1, N, N) or (B, H, N, N) bool, True = attend.
+        """x (B, N, D); ``keep`` broadcastable to (B, H, N, N): bool with True = attend, or a
+        float additive mask (0 = attend, −inf = drop).
         Returns the output and the probabilities (B, H, N, N)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         scores = (q * self.scale) @ k.transpose(-2, -1)
         if keep is not None:
-            scores = scores.masked_fill(~keep, float("-inf"))
+            if keep.dtype == torch.bool:
+                scores = scores.masked_fill(~keep, float("-inf"))
+            else:
+                scores = scores + keep  # one pass, no boolean temporaries
         probs = scores.softmax(dim=-1)
         out = (probs @ v).transpose(1, 2).reshape(b, n, d)
         return self.proj(out), probs
@@ -152,34 +156,43 @@ class DeiT(nn.Module):
     ) -> torch.Tensor:
         """Run the blocks; return the final CLS feature (B, D).
 
-        ``masks`` (L, H, N, N) bool static masks (True = keep). ``keep_counts[l]`` is how many
-        tokens (CLS included) enter block l + 1 after pruning by attention received; None keeps
-        all. ``on_attention(layer, probs)`` sees every block's probabilities."""
+        ``masks`` (L, H, N, N) static masks: bool (True = keep) or, faster, their additive form
+        (:func:`headway.transforms.sparse_attention.additive_masks`). ``keep_counts[l]`` is how
+        many tokens (CLS included) block l runs on; the ones dropped before it are those that
+        received the least attention in block l − 1. None keeps all. ``on_attention(layer,
+        probs)`` sees every block's probabilities."""
         x = self.embed(images)
-        batch = x.shape[0]
-        ids = torch.arange(x.shape[1], device=x.device).expand(batch, -1)  # original token ids
-        pruned = False  # until a layer prunes, ids is the identity and the masks apply as they are
+        n_all = x.shape[1]
+        if keep_counts is not None:
+            if len(keep_counts) != len(self.blocks):
+                raise InputError(f"{len(keep_counts)} token counts for {len(self.blocks)} blocks")
+            if keep_counts[0] < n_all:
+                raise InputError("the first block cannot be pruned: no attention scores it yet")
+        flat_masks = None if masks is None else masks.flatten(2)  # (L, H, N·N)
+        ids = None  # after the first pruning: (B, n) original ids of the surviving tokens
+        pair_ids = None  # with masks: (B·n·n) flat mask indices of the surviving (query, key) pairs
+        probs = None
         for layer, block in enumerate(self.blocks):
+            if keep_counts is not None and keep_counts[layer] < x.shape[1]:
+                received = probs.sum(dim=(1, 2))  # (B, n): attention each token received
+                received[:, 0] = float("inf")  # the class token always survives
+                order = received.topk(keep_counts[layer], dim=1, sorted=False).indices
+                order = order.sort(dim=1).values  # survivors stay in token order
+                x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                ids = order if ids is None else torch.gather(ids, 1, order)
+                if masks is not None:
+                    pair_ids = (ids.unsqueeze(2) * n_all + ids.unsqueeze(1)).flatten()
             keep = None
             if masks is not None:
-                m = masks[layer]  # (H, N, N)
-                if not pruned:
-                    keep = m.unsqueeze(0)  # (1, H, N, N), broadcast over the batch
+                if pair_ids is None:
+                    keep = masks[layer].unsqueeze(0)  # (1, H, N, N), broadcast over the batch
                 else:
-                    rows = m[:, ids]  # (H, B, n, N)
-                    keep = torch.gather(
-                        rows, 3, ids[None, :, None, :].expand(m.shape[0], -1, ids.shape[1], -1)
-                    ).transpose(0, 1)  # (B, H, n, n)
+                    b, n = x.shape[:2]
+                    keep = flat_masks[layer].index_select(1, pair_ids)
+                    keep = keep.view(-1, b, n, n).transpose(0, 1)  # (B, H, n, n)
             x, probs = block(x, keep)
             if on_attention is not None:
                 on_attention(layer, probs)
-            if keep_counts is not None and keep_counts[layer] < x.shape[1]:
-                received = probs.sum(dim=(1, 2))[:, 1:]  # (B, n-1): attention each token gets
-                top = received.topk(keep_counts[layer] - 1, dim=1).indices.sort(dim=1).values + 1
-                order = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)
-                x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-                ids = torch.gather(ids, 1, order)
-                pruned = True
         return self.norm(x)[:, 0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -152,8 +152,9 @@ def simulate_deit(
     masks: torch.Tensor | None = None,
 ) -> SimResult:
     """Cycles of a DeiT forward with static masks and, optionally, token pruning (``keep_counts``
-    as from :func:`headway.transforms.token_pruning.keep_counts`). Pruning keeps the tokens that
-    receive the most kept entries (the masks' column sums), the class token always."""
+    as from :func:`headway.transforms.token_pruning.keep_counts`: tokens each layer runs on).
+    Pruning keeps the tokens that receive the most kept entries (the masks' column sums), the
+    class token always."""
     if model not in DEIT_CONFIGS:
         raise InputError(f"unknown DeiT {model!r}: choose from {', '.join(DEIT_CONFIGS)}")
     config = DEIT_CONFIGS[model]
@@ -161,11 +162,14 @@ def simulate_deit(
     n = config.num_patches + 1
     if masks is None:
         masks = synthetic_masks(config.depth, config.num_heads, n, sparsity)
+    if keep_counts is not None and (len(keep_counts) != config.depth or keep_counts[0] < n):
+        raise InputError("keep_counts needs one count per layer and cannot prune the first one")
     ids = torch.arange(n)
     result = SimResult()
     for layer in range(config.depth):
         keep = masks[layer][:, ids][:, :, ids]
-        target = keep_counts[layer] if keep_counts is not None else None
+        # the top-k that picks the next layer's tokens runs at the end of this layer
+        target = keep_counts[layer + 1] if keep_counts and layer + 1 < config.depth else None
         result.layers.append(
             simulate_layer(acc, len(ids), config.embed_dim, config.num_heads, keep, target)
         )

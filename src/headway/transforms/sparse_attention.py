@@ -60,6 +60,14 @@ def threshold_masks(maps: torch.Tensor, tau: float | torch.Tensor, extra: int = 
     return keep
 
 
+def additive_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Boolean keep-masks as float masks added to the attention scores (0 keep, −inf drop):
+    converted once, they apply in one addition per layer instead of a negation and a fill."""
+    if masks.dtype != torch.bool:
+        raise InputError(f"expected boolean keep-masks, got {masks.dtype}")
+    return torch.zeros(masks.shape).masked_fill_(~masks, float("-inf"))
+
+
 def sparsity(masks: torch.Tensor) -> float:
     return 1.0 - masks.float().mean().item()
 

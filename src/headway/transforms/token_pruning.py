@@ -1,9 +1,11 @@
 """Token pruning by attention received (the source paper's section on pruning).
 
 A token's importance is the attention it receives, summed over queries and heads; each layer
-from ``first_pruned`` on drops a share of the least important patch tokens (the class token is
-never dropped) and a dropped token stays dropped. The share rises exponentially from ``start``
-to ``end`` across the pruned layers.
+from ``first_pruned`` on runs without a share of the least important patch tokens (scored by
+the previous layer's attention; the class token is never dropped) and a dropped token stays
+dropped. The share rises exponentially from ``start`` to ``end`` across the pruned layers, so
+layers 1–3 run on all tokens, layer 4 on 90% of them and layer 12 on 10% for 0.1 → 0.9 (the
+worked example of the spec: mean keep 0.714). Every value of the schedule takes effect.
 
 The share's meaning, pinned down: ``of="original"`` (default) means layer l keeps
 (1 − r_l) of the *original* patch tokens — the schedule states directly how many survive and
@@ -21,6 +23,8 @@ from headway.errors import InputError
 
 def pruning_ratios(depth: int, start: float, end: float, first_pruned: int = 3) -> list[float]:
     """Per layer pruning share: 0 before ``first_pruned``, then geometric from start to end."""
+    if first_pruned < 1:
+        raise InputError("the first layer cannot be pruned: no attention scores its tokens yet")
     if not (0 < start <= end < 1):
         raise InputError(f"pruning ratios must satisfy 0 < start ≤ end < 1, got {start}, {end}")
     pruned = depth - first_pruned
@@ -33,7 +37,7 @@ def pruning_ratios(depth: int, start: float, end: float, first_pruned: int = 3) 
 
 
 def keep_counts(num_patches: int, ratios: list[float], of: str = "original") -> list[int]:
-    """Tokens (class token included) left after each layer: floor((1 − r) · tokens)."""
+    """Tokens (class token included) each layer runs on: floor((1 − r) · patches) + 1."""
     if of not in ("original", "remaining"):
         raise InputError(f"of must be 'original' or 'remaining', got {of!r}")
     counts, present = [], num_patches
