@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,7 @@ from torch import nn
 from headway.errors import InputError
 from headway.models import create_model
 from headway.runtime.multi_model import (
+    JobCoalescer,
     ModelInstance,
     ModelSpec,
     build_instance,
@@ -20,6 +23,7 @@ from headway.runtime.multi_model import (
     run_sequential,
     split_jobs,
 )
+from headway.runtime.pool import StreamWorkerPool
 from headway.transforms.tucker import decompose_model
 
 SMALL = {"vgg16": {"width": 0.125}, "resnet50": {"width": 8}, "alexnet": {},
@@ -94,6 +98,41 @@ def test_multithread_sequential_and_batched_runs() -> None:
     assert expected.shape == (1, 10)
 
 
+def test_coalesced_requests_get_their_own_rows_in_fifo_order() -> None:
+    torch.manual_seed(5)
+    shared = nn.Sequential(nn.Linear(6, 4), nn.ReLU()).eval()
+    other = nn.Linear(6, 4).eval()
+    inputs = [torch.randn(1 + i % 2, 6) for i in range(9)]  # requests of 1 and 2 rows
+    with StreamWorkerPool(1, "cpu") as pool:
+        blocker = pool.submit(time.sleep, 0.2)  # the requests pile up meanwhile
+        coalescer = JobCoalescer(pool, limit=4)
+        futures = [coalescer.submit(other if i == 4 else shared, x) for i, x in enumerate(inputs)]
+        blocker.result()
+        results = [f.result() for f in futures]
+    with torch.no_grad():
+        for i, (x, got) in enumerate(zip(inputs, results, strict=True)):
+            expected = (other if i == 4 else shared)(x)
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    # FIFO: the oldest request leads; requests 0-3 and 5 share ``shared``, limit 4 per batch
+    assert coalescer.batch_sizes == [4, 1, 4]
+    with pytest.raises(InputError, match="at least 1"):
+        JobCoalescer(pool, 0)
+
+
+def test_a_coalesced_batch_failure_reaches_every_request_and_mt_runs_with_coalescing() -> None:
+    with StreamWorkerPool(1, "cpu") as pool:
+        coalescer = JobCoalescer(pool, limit=8)
+        broken = Broken()
+        futures = [coalescer.submit(broken, torch.ones(1, 2)) for _ in range(3)]
+        for future in futures:
+            with pytest.raises(RuntimeError, match="exploded"):
+                future.result()
+    instances = tiny_instances()
+    result = run_multithread(instances, requests=4, workers=2, coalesce=3)
+    assert not result.errors and all(len(v) == 4 for v in result.latencies_ms.values())
+    assert 1 <= result.notes["mean_batch"] <= 3
+
+
 class Broken(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("layer exploded")
@@ -114,3 +153,17 @@ def test_multiprocess_baseline_keeps_finished_results() -> None:
     result = run_multiprocess(specs, requests=2, threads_per_process=1, timeout_s=120)
     assert len(result.latencies_ms["alexnet#0"]) == 2
     assert "bad#0" in result.errors and "no_such_model" in result.errors["bad#0"]
+
+
+def test_experiment_cases_take_turns_over_rounds() -> None:
+    from headway.experiments.multidnn import coalesce_limit, run_cases
+
+    assert coalesce_limit("vgg16:8") == 4 and coalesce_limit("vgg16:3,resnet152:1") == 2
+    seen: list[str] = []
+    result = run_cases("alexnet:2", [("MT", "mt", None), ("MT+c", "mt+coalesce", None)], 2,
+                       seen.append, rounds=2)  # fmt: skip
+    assert seen == ["MT, round 1/2", "MT+c, round 1/2", "MT, round 2/2", "MT+c, round 2/2"]
+    for row in result["cases"].values():
+        assert len(row["throughputs"]) == 2 and row["throughput"] > 0 and not row["errors"]
+        assert set(row["per_model_ms"]) == {"alexnet"}
+    assert result["cases"]["MT+c"]["notes"]["coalesce"] == 2

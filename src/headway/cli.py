@@ -376,6 +376,10 @@ def multirun(
     workers: Annotated[int, typer.Option(help="MT pool workers.")] = 2,
     threads: Annotated[int, typer.Option(help="Intra-op threads per worker / process.")] = 1,
     jobs: Annotated[str, typer.Option(help="Job policy: layers, jobs:N, macs:N.")] = "jobs:8",
+    coalesce: Annotated[
+        int,
+        typer.Option(help="MT, beyond the paper: batch up to N waiting requests for the same job."),
+    ] = 1,
     input_size: Annotated[
         int, typer.Option(help="Image side; 32 uses the small-input models.")
     ] = 32,
@@ -391,20 +395,25 @@ def multirun(
     _check_choice(mode, ("mt", "mp", "seq", "batched"), "mode")
     if requests < 1:
         raise InputError("requests must be at least 1")
+    if coalesce < 1 or (coalesce > 1 and mode != "mt"):
+        raise InputError("--coalesce takes N ≥ 1 and applies to --mode mt only")
     torch_device = resolve_device(device)
     names = instance_names(parse_models(models))
     small = input_size <= 64
     specs = {n: ModelSpec(m, 10 if small else 1000, small, input_size, decomposed)
              for n, m in names}  # fmt: skip
-    result = run_mode(mode, specs, requests, workers, threads, jobs, torch_device, rate)
+    result = run_mode(mode, specs, requests, workers, threads, jobs, torch_device, rate, coalesce)
     table = Table(title=f"{mode}: {models}, {requests} requests each"
-                  + (f", Tucker-2 {decomposed}" if decomposed else ""))  # fmt: skip
+                  + (f", Tucker-2 {decomposed}" if decomposed else "")
+                  + (f", coalescing up to {coalesce}" if coalesce > 1 else ""))  # fmt: skip
     for column in ("instance", "mean ms", "p95 ms", "requests"):
         table.add_column(column, justify="left" if column == "instance" else "right")
     for name, row in result.summary().items():
         table.add_row(name, f"{row['mean_ms']:.2f}", f"{row['p95_ms']:.2f}", str(row["requests"]))
     console.print(table)
     console.print(f"throughput {result.throughput:.2f} requests/s over {result.wall_s:.2f} s")
+    if "mean_batch" in result.notes:
+        console.print(f"coalesced batches: {result.notes['mean_batch']:.2f} requests on average")
     for name, message in result.errors.items():
         errors.print(f"[bold red]failed:[/] {name}: {message}", highlight=False)
     if json_out is not None:

@@ -5,7 +5,9 @@ as its three convolutions). In the multi-thread (MT) runner every model instance
 thread that pushes its next job into one shared FIFO queue; a pool worker (owning a CUDA stream
 on GPU) runs it; when it completes the driver is signalled and pushes the next job. Baselines:
 one OS process per model instance (MP), everything one after another in one thread
-(sequential), and — beyond the paper — same-model requests batched together.
+(sequential), and — beyond the paper — same-model requests batched together, either all of
+them in lockstep (``run_batched``) or, inside MT, whichever requests happen to wait for the
+same job at the same time (``coalesce`` > 1, :class:`JobCoalescer`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +179,54 @@ def _arrivals(requests: int, rate: float | None, start: float) -> list[float]:
     return [start + i / rate for i in range(requests)]
 
 
+class JobCoalescer:
+    """Beyond the paper: a FIFO of (job, input) requests in front of the worker pool in which a
+    worker serving the oldest request also takes every other waiting request for the *same job
+    module* (copies of one model share their jobs), up to ``limit`` of them, and runs them as
+    one batch. Nothing waits for a batch to fill: a request alone runs alone."""
+
+    def __init__(self, pool: StreamWorkerPool, limit: int) -> None:
+        if limit < 1:
+            raise InputError(f"coalesce limit must be at least 1, got {limit}")
+        self.pool, self.limit = pool, limit
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[nn.Module, torch.Tensor, Future[torch.Tensor]]] = []
+        self.batch_sizes: list[int] = []
+
+    def submit(self, job: nn.Module, x: torch.Tensor) -> Future[torch.Tensor]:
+        """Queue ``job(x)``; the future holds this request's rows of the batch it ran in."""
+        future: Future[torch.Tensor] = Future()
+        with self._lock:
+            self._waiting.append((job, x, future))
+        self.pool.submit(self._serve_oldest)  # one pool turn per request: FIFO order is kept
+        return future
+
+    def _serve_oldest(self) -> None:
+        with self._lock:
+            if not self._waiting:
+                return  # served already, inside an earlier batch
+            job = self._waiting[0][0]
+            chosen = [i for i, (other, _, _) in enumerate(self._waiting) if other is job]
+            chosen = chosen[: self.limit]
+            taken = [self._waiting[i] for i in chosen]
+            picked = set(chosen)
+            self._waiting = [w for i, w in enumerate(self._waiting) if i not in picked]
+            self.batch_sizes.append(len(taken))
+        inputs = [x for _, x, _ in taken]
+        try:
+            with torch.inference_mode():
+                out = job(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
+            if out.is_cuda:  # consumers may run on other workers' streams
+                torch.cuda.current_stream(out.device).synchronize()
+        except BaseException as error:  # every request of the batch learns of it
+            for _, _, future in taken:
+                future.set_exception(error)
+            return
+        for (_, _, future), rows in zip(taken, out.split([x.shape[0] for x in inputs]),
+                                        strict=True):  # fmt: skip
+            future.set_result(rows)
+
+
 def run_multithread(
     instances: list[ModelInstance],
     requests: int,
@@ -183,17 +234,22 @@ def run_multithread(
     device: torch.device | str = "cpu",
     rate: float | None = None,
     threads_per_worker: int = 1,
+    coalesce: int = 1,
 ) -> RunResult:
-    """Paper B's MT framework: one driver thread per instance, jobs through one FIFO queue."""
+    """Paper B's MT framework: one driver thread per instance, jobs through one FIFO queue.
+    ``coalesce`` > 1 (beyond the paper) lets a worker batch up to that many waiting requests
+    for the same job of a shared model (:class:`JobCoalescer`)."""
     device = torch.device(device)
     result = RunResult("mt", {inst.name: [] for inst in instances})
-    result.notes = {"workers": workers, "threads_per_worker": threads_per_worker}
+    result.notes = {"workers": workers, "threads_per_worker": threads_per_worker,
+                    "coalesce": coalesce}  # fmt: skip
 
     def set_threads(_: int) -> None:
         torch.set_num_threads(threads_per_worker)
 
     lock = threading.Lock()
     with StreamWorkerPool(workers, device, initializer=set_threads) as pool:
+        coalescer = JobCoalescer(pool, coalesce) if coalesce > 1 else None
         start_gate = threading.Barrier(len(instances) + 1)
 
         def drive(instance: ModelInstance) -> None:
@@ -207,7 +263,10 @@ def run_multithread(
                     arrived = schedule[index] if schedule else time.perf_counter()
                     x = instance.example
                     for job in instance.jobs:
-                        (x,) = pool.gather([pool.submit(_inference, job, x)])
+                        if coalescer is not None:
+                            x = coalescer.submit(job, x).result()
+                        else:
+                            (x,) = pool.gather([pool.submit(_inference, job, x)])
                     if device.type == "cuda":
                         torch.cuda.current_stream(device).synchronize()
                     with lock:
@@ -227,6 +286,8 @@ def run_multithread(
         for thread in drivers:
             thread.join()
         result.wall_s = time.perf_counter() - began
+    if coalescer is not None and coalescer.batch_sizes:
+        result.notes["mean_batch"] = float(np.mean(coalescer.batch_sizes))
     return result
 
 
@@ -393,10 +454,12 @@ def run_mode(
     policy: str = "jobs:8",
     device: torch.device | str = "cpu",
     rate: float | None = None,
+    coalesce: int = 1,
 ) -> RunResult:
     """Run the instances in ``specs`` (name → spec) one way: ``mt``, ``mp``, ``seq`` or
-    ``batched``. In-process modes build each distinct spec once and let its copies share the
-    weights (inference only reads them); ``mp`` builds one model per process."""
+    ``batched`` (``coalesce`` applies to ``mt``). In-process modes build each distinct spec
+    once and let its copies share the weights (inference only reads them); ``mp`` builds one
+    model per process."""
     if mode == "mp":
         return run_multiprocess(specs, requests, threads)
     device = torch.device(device)
@@ -409,7 +472,7 @@ def run_mode(
         instances.append(ModelInstance(name, [job.to(device) for job in shared.jobs],
                                        shared.example.to(device)))  # fmt: skip
     if mode == "mt":
-        return run_multithread(instances, requests, workers, device, rate, threads)
+        return run_multithread(instances, requests, workers, device, rate, threads, coalesce)
     torch.set_num_threads(threads * workers)
     if mode == "seq":
         return run_sequential(instances, requests)
