@@ -1,6 +1,8 @@
 """Where the time goes, by operator (torch.profiler), for two claims in docs/benchmarks.md:
 the fused bf16 CSWinTT encoder (operator time vs wall time: the rest is Python dispatch) and
-DeiT-Tiny at batch 1, sparse only vs sparse + token pruning.
+DeiT-Tiny at batch 1, sparse only vs sparse + token pruning — by operator, and split into the
+transformer blocks vs everything between them (embedding, pruning bookkeeping, mask gathers,
+final norm), timed with block hooks.
 
     python benchmarks/profile_ops.py [--runs 10]
 """
@@ -8,6 +10,7 @@ DeiT-Tiny at batch 1, sparse only vs sparse + token pruning.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -17,7 +20,11 @@ from torch.profiler import profile
 from headway.models import build_cswintt
 from headway.models.deit import build_deit
 from headway.runtime.executors import build_executor
-from headway.transforms.sparse_attention import average_attention, masks_for_sparsity
+from headway.transforms.sparse_attention import (
+    additive_masks,
+    average_attention,
+    masks_for_sparsity,
+)
 from headway.transforms.token_pruning import keep_counts, pruning_ratios
 
 
@@ -40,6 +47,32 @@ def report(label: str, run: Callable[[], object], runs: int) -> None:
               f"  ({event.count // runs} calls)")  # fmt: skip
 
 
+def block_split(model: torch.nn.Module, run: Callable[[], object], runs: int) -> None:
+    """Median ms per call inside the blocks (pre/post forward hooks) and outside them."""
+    inside: list[float] = []
+    entered: list[float] = []
+    handles = []
+    for block in model.blocks:
+        handles.append(block.register_forward_pre_hook(
+            lambda *_: entered.append(time.perf_counter())))  # fmt: skip
+        handles.append(block.register_forward_hook(
+            lambda *_: inside.append(time.perf_counter() - entered[-1])))  # fmt: skip
+    totals, blocks = [], []
+    for _ in range(3):
+        run()
+    for _ in range(runs):
+        inside.clear()
+        began = time.perf_counter()
+        run()
+        totals.append(time.perf_counter() - began)
+        blocks.append(sum(inside))
+    for handle in handles:
+        handle.remove()
+    total, in_blocks = statistics.median(totals) * 1e3, statistics.median(blocks) * 1e3
+    print(f"  blocks {in_blocks:.2f} ms, outside the blocks {total - in_blocks:.2f} ms "
+          f"(total {total:.2f} ms, medians of {runs})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10)
@@ -53,6 +86,7 @@ def main() -> None:
     deit = build_deit("deit_tiny").eval()
     maps = average_attention(deit, [torch.randn(8, 3, 224, 224)])
     masks, _ = masks_for_sparsity(maps, 0.7)
+    additive = additive_masks(masks)
     counts = keep_counts(deit.config.num_patches, pruning_ratios(deit.config.depth, 0.1, 0.9))
     image = torch.randn(1, 3, 224, 224)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; keep counts {counts}")
@@ -63,6 +97,10 @@ def main() -> None:
                args.runs * 2)  # fmt: skip
         report("DeiT-Tiny batch 1, 70% sparse + pruning 0.1:0.9",
                lambda: deit.forward_tokens(image, masks, counts), args.runs * 2)  # fmt: skip
+        for label, keep in (("sparse only", None), ("sparse + pruning", counts)):
+            print(f"\nDeiT-Tiny batch 1, {label}, additive masks:")
+            block_split(deit, lambda keep=keep: deit.forward_tokens(image, additive, keep),
+                        args.runs * 10)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -136,7 +136,11 @@ def test_multirun_and_compress(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert set(data["summary"]) == {"alexnet#0", "alexnet#1"} and not data["errors"]
+    result = runner.invoke(app, [*args[:-2], "--coalesce", "2"])
+    assert result.exit_code == 0 and "coalesced batches" in result.output, result.output
     for bad in (["multirun", "--models", "vgg19:2"], ["multirun", "--models", "alexnet:0"],
-                ["multirun", "--models", "alexnet:1", "--mode", "gpu"]):  # fmt: skip
+                ["multirun", "--models", "alexnet:1", "--mode", "gpu"],
+                ["multirun", "--models", "alexnet:2", "--mode", "seq", "--coalesce", "2"],
+                ["multirun", "--models", "alexnet:2", "--coalesce", "0"]):  # fmt: skip
         result = runner.invoke(app, bad)
         assert result.exit_code == 1 and result.output.strip().startswith("error:"), bad
