@@ -163,7 +163,7 @@ def test_experiment_drivers_on_the_digits_configuration() -> None:
     breakdown = flop_latency_breakdown("deit_digits", runs=1)
     assert breakdown["flops"]["linear"] > breakdown["flops"]["attention"] > 0
     assert all(v >= 0 for v in breakdown["ms"].values())
-    (row,) = pruning_speedup("deit_digits", batches=(2,), prune=(0.2, 0.6))
+    (row,) = pruning_speedup("deit_digits", batches=(2,), prune=(0.2, 0.6), min_run_time=0.2)
     assert row["sparse_only_ms"] > 0 and row["sparse_pruned_ms"] > 0
     model = digits_model()
     generator = torch.Generator().manual_seed(3)
