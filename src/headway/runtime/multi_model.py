@@ -250,6 +250,11 @@ def run_multithread(
     lock = threading.Lock()
     with StreamWorkerPool(workers, device, initializer=set_threads) as pool:
         coalescer = JobCoalescer(pool, coalesce) if coalesce > 1 else None
+        if coalescer is not None and device.type == "cuda":
+            # a batch mixes requests of several drivers: their inputs must be complete on
+            # the device before any worker stream reads them (later ones are, by the
+            # coalescer's own synchronisation)
+            torch.cuda.synchronize(device)
         start_gate = threading.Barrier(len(instances) + 1)
 
         def drive(instance: ModelInstance) -> None:
