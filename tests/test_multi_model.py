@@ -167,3 +167,24 @@ def test_experiment_cases_take_turns_over_rounds() -> None:
         assert len(row["throughputs"]) == 2 and row["throughput"] > 0 and not row["errors"]
         assert set(row["per_model_ms"]) == {"alexnet"}
     assert result["cases"]["MT+c"]["notes"]["coalesce"] == 2
+
+
+@pytest.mark.cuda
+def test_coalesced_mt_on_cuda_matches_the_cpu_model() -> None:
+    torch.manual_seed(2)
+    shared = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)).eval()
+    example = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        expected = shared(example)
+    cuda_model = shared.to("cuda")
+    with StreamWorkerPool(2, "cuda") as pool:
+        coalescer = JobCoalescer(pool, limit=4)
+        futures = [coalescer.submit(cuda_model, example.cuda()) for _ in range(8)]
+        results = [f.result().cpu() for f in futures]
+    for got in results:
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    result = run_multithread(
+        [ModelInstance(f"m#{i}", [cuda_model], example.cuda()) for i in range(4)],
+        requests=3, workers=2, device="cuda", coalesce=2,
+    )  # fmt: skip
+    assert not result.errors and all(len(v) == 3 for v in result.latencies_ms.values())
