@@ -132,7 +132,7 @@ def _pruned_reference(
                 received[0] = float("inf")
                 survivors = received.topk(counts[layer]).indices.sort().values
                 x, ids = x[:, survivors], ids[survivors]
-            x, probs = block(x, masks[layer][:, ids][:, :, ids].unsqueeze(0))
+            x, probs, _ = block(x, masks[layer][:, ids][:, :, ids].unsqueeze(0))
         features.append(model.norm(x)[:, 0])
     return torch.cat(features)
 

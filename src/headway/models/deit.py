@@ -74,6 +74,14 @@ class Attention(nn.Module):
         """x (B, N, D); ``keep`` broadcastable to (B, H, N, N): bool with True = attend, or a
         float additive mask (0 = attend, −inf = drop).
         Returns the output and the probabilities (B, H, N, N)."""
+        out, probs = self.attend(x, keep)
+        return self.proj(out), probs
+
+    def attend(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything but the output projection: the heads' outputs (B, N, D) and the
+        probabilities, so a caller can project only the rows it keeps."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         scores = (q * self.scale) @ k.transpose(-2, -1)
@@ -83,8 +91,7 @@ class Attention(nn.Module):
             else:
                 scores = scores + keep  # one pass, no boolean temporaries
         probs = scores.softmax(dim=-1)
-        out = (probs @ v).transpose(1, 2).reshape(b, n, d)
-        return self.proj(out), probs
+        return (probs @ v).transpose(1, 2).reshape(b, n, d), probs
 
 
 class Mlp(nn.Module):
@@ -109,11 +116,32 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(
-        self, x: torch.Tensor, keep: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        attended, probs = self.attn(self.norm1(x), keep)
-        x = x + attended
-        return x + self.mlp(self.norm2(x)), probs
+        self, x: torch.Tensor, keep: torch.Tensor | None = None, survivors: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Returns the output, the attention probabilities and, when ``survivors`` is given,
+        the (B, survivors) ids of the tokens kept for the next block — the ones that received
+        the most attention here (class token always, in token order). The projection, residual
+        and MLP then run on those tokens only: the others would be dropped before the next
+        block anyway, and every one of these steps is per token, so the kept tokens' values
+        are what the full block would give."""
+        if survivors is None:
+            attended, probs = self.attn(self.norm1(x), keep)
+            x = x + attended
+            return x + self.mlp(self.norm2(x)), probs, None
+        heads_out, probs = self.attn.attend(self.norm1(x), keep)
+        order = most_attended(probs, survivors)
+        rows = order.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        x = torch.gather(x, 1, rows) + self.attn.proj(torch.gather(heads_out, 1, rows))
+        return x + self.mlp(self.norm2(x)), probs, order
+
+
+def most_attended(probs: torch.Tensor, count: int) -> torch.Tensor:
+    """Ids (B, count) of the tokens that receive the most attention, summed over heads and
+    queries; the class token (id 0) always, all in token order."""
+    received = probs.sum(dim=(1, 2))  # (B, n)
+    received[:, 0] = float("inf")
+    order = received.topk(count, dim=1, sorted=False).indices
+    return order.sort(dim=1).values
 
 
 class DeiT(nn.Module):
@@ -159,7 +187,8 @@ class DeiT(nn.Module):
         ``masks`` (L, H, N, N) static masks: bool (True = keep) or, faster, their additive form
         (:func:`headway.transforms.sparse_attention.additive_masks`). ``keep_counts[l]`` is how
         many tokens (CLS included) block l runs on; the ones dropped before it are those that
-        received the least attention in block l − 1. None keeps all. ``on_attention(layer,
+        received the least attention in block l − 1, which already skips them after its
+        attention (see :meth:`Block.forward`). None keeps all. ``on_attention(layer,
         probs)`` sees every block's probabilities."""
         x = self.embed(images)
         n_all = x.shape[1]
@@ -171,17 +200,8 @@ class DeiT(nn.Module):
         flat_masks = None if masks is None else masks.flatten(2)  # (L, H, N·N)
         ids = None  # after the first pruning: (B, n) original ids of the surviving tokens
         pair_ids = None  # with masks: (B·n·n) flat mask indices of the surviving (query, key) pairs
-        probs = None
+        depth = len(self.blocks)
         for layer, block in enumerate(self.blocks):
-            if keep_counts is not None and keep_counts[layer] < x.shape[1]:
-                received = probs.sum(dim=(1, 2))  # (B, n): attention each token received
-                received[:, 0] = float("inf")  # the class token always survives
-                order = received.topk(keep_counts[layer], dim=1, sorted=False).indices
-                order = order.sort(dim=1).values  # survivors stay in token order
-                x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-                ids = order if ids is None else torch.gather(ids, 1, order)
-                if masks is not None:
-                    pair_ids = (ids.unsqueeze(2) * n_all + ids.unsqueeze(1)).flatten()
             keep = None
             if masks is not None:
                 if pair_ids is None:
@@ -190,9 +210,17 @@ class DeiT(nn.Module):
                     b, n = x.shape[:2]
                     keep = flat_masks[layer].index_select(1, pair_ids)
                     keep = keep.view(-1, b, n, n).transpose(0, 1)  # (B, H, n, n)
-            x, probs = block(x, keep)
+            survivors = None  # how many tokens the next block runs on, if fewer than now
+            last = keep_counts is None or layer + 1 == depth
+            if not last and keep_counts[layer + 1] < x.shape[1]:
+                survivors = keep_counts[layer + 1]
+            x, probs, order = block(x, keep, survivors)
             if on_attention is not None:
                 on_attention(layer, probs)
+            if order is not None:
+                ids = order if ids is None else torch.gather(ids, 1, order)
+                if masks is not None:
+                    pair_ids = (ids.unsqueeze(2) * n_all + ids.unsqueeze(1)).flatten()
         return self.norm(x)[:, 0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
