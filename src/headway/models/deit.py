@@ -202,17 +202,16 @@ class DeiT(nn.Module):
         pair_ids = None  # with masks: (B·n·n) flat mask indices of the surviving (query, key) pairs
         depth = len(self.blocks)
         for layer, block in enumerate(self.blocks):
+            n_now = x.shape[1]
             keep = None
             if masks is not None:
                 if pair_ids is None:
                     keep = masks[layer].unsqueeze(0)  # (1, H, N, N), broadcast over the batch
                 else:
-                    b, n = x.shape[:2]
                     keep = flat_masks[layer].index_select(1, pair_ids)
-                    keep = keep.view(-1, b, n, n).transpose(0, 1)  # (B, H, n, n)
+                    keep = keep.view(-1, x.shape[0], n_now, n_now).transpose(0, 1)  # (B, H, n, n)
             survivors = None  # how many tokens the next block runs on, if fewer than now
-            last = keep_counts is None or layer + 1 == depth
-            if not last and keep_counts[layer + 1] < x.shape[1]:
+            if keep_counts is not None and layer + 1 < depth and keep_counts[layer + 1] < n_now:
                 survivors = keep_counts[layer + 1]
             x, probs, order = block(x, keep, survivors)
             if on_attention is not None:
