@@ -18,7 +18,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from headway.experiments.tracker_accuracy import held_out_datasets, load_tracker_network
+from headway.experiments.tracker_accuracy import held_out_datasets
+from headway.models.pretrained import load_tracker_network
 from headway.tracking.crop import read_frame
 from headway.tracking.runner import evaluate_run, track_dataset
 from headway.tracking.tracker import CSWinTTTracker, TrackerSettings

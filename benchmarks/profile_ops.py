@@ -19,7 +19,7 @@ from torch.profiler import profile
 
 from headway.models import build_cswintt
 from headway.models.deit import build_deit
-from headway.runtime.executors import build_executor
+from headway.tracking.executors import build_executor
 from headway.transforms.sparse_attention import (
     additive_masks,
     average_attention,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from headway.errors import InputError
 from headway.models import CheckpointMismatchError, build_cswintt, load_weights
 
 
@@ -152,7 +153,7 @@ def test_mismatch_lists_missing_unexpected_and_wrong_shape(
 def test_unreadable_checkpoint_file(tmp_path: Path, default_model: torch.nn.Module) -> None:
     path = tmp_path / "broken.pth"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(InputError, match="cannot be read"):
         load_weights(default_model, path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         load_weights(default_model, tmp_path / "absent.pth")

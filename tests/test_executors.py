@@ -10,8 +10,8 @@ import torch
 
 from headway.errors import InputError
 from headway.models import build_cswintt, load_weights
-from headway.runtime.executors import build_executor, check_executor
 from headway.tracking.datasets import load_dataset
+from headway.tracking.executors import build_executor, check_executor
 from headway.tracking.tracker import CSWinTTTracker
 from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
 from headway.transforms.heads import (

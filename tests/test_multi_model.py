@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import pytest
 import torch
@@ -10,21 +11,17 @@ from torch import nn
 
 from headway.errors import InputError
 from headway.models import create_model
+from headway.runtime.jobs import ModelInstance, layer_sequence, split_jobs
 from headway.runtime.multi_model import (
     JobCoalescer,
-    ModelInstance,
-    ModelSpec,
-    build_instance,
-    layer_sequence,
-    parse_models,
     run_batched,
     run_multiprocess,
     run_multithread,
     run_sequential,
-    split_jobs,
 )
 from headway.runtime.pool import StreamWorkerPool
 from headway.transforms.tucker import decompose_model
+from headway.vision.serving import ModelSpec, build_instance, parse_models
 
 SMALL = {"vgg16": {"width": 0.125}, "resnet50": {"width": 8}, "alexnet": {},
          "squeezenet1_1": {}, "inception_v3": {}}  # fmt: skip
@@ -150,7 +147,8 @@ def test_a_failing_model_is_named_and_does_not_stop_the_others() -> None:
 @pytest.mark.slow
 def test_multiprocess_baseline_keeps_finished_results() -> None:
     specs = {"alexnet#0": ModelSpec("alexnet"), "bad#0": ModelSpec("no_such_model")}
-    result = run_multiprocess(specs, requests=2, threads_per_process=1, timeout_s=120)
+    builders = {name: partial(build_instance, spec, name) for name, spec in specs.items()}
+    result = run_multiprocess(builders, requests=2, threads_per_process=1, timeout_s=120)
     assert len(result.latencies_ms["alexnet#0"]) == 2
     assert "bad#0" in result.errors and "no_such_model" in result.errors["bad#0"]
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from headway.errors import InputError
-from headway.experiments.tracker_accuracy import builtin_weights_path, load_tracker_network
 from headway.models import build_cswintt, load_weights
+from headway.models.pretrained import builtin_weights_path, load_tracker_network
 from headway.tracking.datasets import load_dataset
 from headway.tracking.synth import SynthSettings, render_sequence
 from headway.tracking.tracker import CSWinTTTracker, TrackerSettings

@@ -1,13 +1,31 @@
-"""Writing files so that an interrupted run never leaves a half-written one behind."""
+"""Writing files so that an interrupted run never leaves a half-written one behind, and run
+folders that belong to one run: one process at a time, one set of settings."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from headway.errors import InputError
+
+_umask_lock = threading.Lock()
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the process's umask."""
+    with _umask_lock:
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -16,6 +34,7 @@ def _atomic(path: Path, write: Any) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, _file_mode())  # mkstemp makes 0600 files; honour the umask instead
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -32,6 +51,20 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     _atomic(Path(path), lambda temporary: torch.save(obj, temporary))
 
 
+def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` of a file headway or a user wrote: tensors and plain data only (never
+    pickled code), with a one-line error when the file is missing, truncated or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for unreadable files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{what} {path} cannot be read (truncated or not a torch file): "
+                         f"{reason}") from None  # fmt: skip
+
+
 def save_figure(figure: Any, path: str | Path) -> Path:
     """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
     import matplotlib.pyplot as plt
@@ -42,3 +75,65 @@ def save_figure(figure: Any, path: str | Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+LOCK_NAME = ".headway.lock"
+
+
+@contextlib.contextmanager
+def locked_folder(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if needed) while the block runs, so a
+    second headway process writing into the same folder stops with a clear error instead of
+    mixing its files with ours. The lock dies with the process: nothing stale is left."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / LOCK_NAME
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"{folder} is in use by another headway process; wait for it or choose "
+                "another folder"
+            ) from None
+        try:
+            yield folder
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def differing_settings(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """``key: stored → wanted`` for every key of ``wanted`` whose stored value differs."""
+    return [
+        f"{key}: {stored.get(key)!r} → {value!r}"
+        for key, value in wanted.items()
+        if stored.get(key) != value
+    ]
+
+
+def record_settings(
+    path: str | Path,
+    settings: Mapping[str, Any],
+    what: str,
+    context: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``settings`` (JSON, with ``context`` such as versions beside them) to ``path``
+    before the work starts; if the file exists from an earlier run, refuse unless it holds the
+    same settings (``context`` is not compared), so a folder never describes settings that did
+    not produce it."""
+    path = Path(path)
+    wanted = json.loads(json.dumps(settings))  # the JSON form is what is compared
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise InputError(f"{path} is not a JSON settings file; choose another folder") from None
+        changes = differing_settings(stored if isinstance(stored, dict) else {}, wanted)
+        if changes:
+            raise InputError(
+                f"{path.parent} holds a {what} made with other settings ({'; '.join(changes)}); "
+                "choose another folder, or rerun with the same settings to resume"
+            )
+        return
+    record = {**json.loads(json.dumps(context or {})), **wanted}
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))

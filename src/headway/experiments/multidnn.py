@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from headway.errors import InputError
 from headway.io import save_figure
-from headway.runtime.multi_model import ModelSpec, RunResult, instance_names, parse_models, run_mode
+from headway.runtime.multi_model import RunResult
+from headway.vision.serving import ModelSpec, instance_names, parse_models, run_mode
 
 RANK = "macs:0.19"  # VGG-16: 81% fewer MACs
 MIX_RANK = "vbmf"  # per layer; a whole-model MAC budget is out of reach for ResNet-152's 1x1s
@@ -73,7 +75,7 @@ def run_cases(
     in-process modes ``WORKERS`` workers × 1 thread; mode ``mt+coalesce`` is MT with
     :func:`coalesce_limit`."""
     if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
+        raise InputError(f"rounds must be at least 1, got {rounds}")
     runs: dict[str, list[RunResult]] = {label: [] for label, _, _ in cases}
     for round_index in range(rounds):
         for label, mode, rank in cases:

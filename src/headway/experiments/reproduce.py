@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from headway.errors import InputError
-from headway.io import atomic_write_text, save_figure
+from headway.io import LOCK_NAME, atomic_write_text, locked_folder, save_figure
 
 Section = dict[str, Any]  # {"markdown": str, "data": ..., "plots": [relative paths], "commands"}
 
@@ -566,7 +566,7 @@ def _check_folder(out: Path) -> None:
                 f"{out} holds a report from headway {stored} (this is {version('headway')}); "
                 "choose another folder or delete it"
             )
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise InputError(f"{out} is not empty and holds no headway report; choose another folder")
 
 
@@ -585,8 +585,19 @@ def reproduce(
     if unknown:
         raise InputError(f"unknown experiments {unknown}: choose from {', '.join(sorted(known))}")
     _check_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "manifest.json", json.dumps(_environment(), indent=2))
+    with locked_folder(out):
+        atomic_write_text(out / "manifest.json", json.dumps(_environment(), indent=2))
+        return _run(out, quick, only, on_start, on_end, experiments)
+
+
+def _run(
+    out: Path,
+    quick: bool,
+    only: list[str] | None,
+    on_start: Callable[[Experiment, int, int], None] | None,
+    on_end: Callable[[Outcome], None] | None,
+    experiments: tuple[Experiment, ...],
+) -> tuple[Path, list[Outcome]]:
     mode = "quick" if quick else "full"
     chosen = [e for e in experiments if not only or e.key in only]
     outcomes = []

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from headway.errors import InputError
 from headway.io import atomic_write_text
-from headway.models import build_cswintt, load_weights
 from headway.models.cswintt import CSWinTT
+from headway.models.pretrained import builtin_weights_path, load_tracker_network
 from headway.tracking.crop import read_frame
 from headway.tracking.datasets import Sequence, load_dataset
 from headway.tracking.results import read_boxes_file, read_stage_times
@@ -24,31 +21,9 @@ from headway.tracking.runner import evaluate_run, track_dataset
 from headway.tracking.synth import SynthSettings, synthesize
 from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
 
-WEIGHTS_FILE = "tiny_tracker.pth"
 # Held-out sets: `headway synth` seeds (training uses [TRAIN_SEED, …], see tracking/train.py).
 HELD_OUT = {"standard": (1, 0.0), "appearance": (2, 0.9)}
 NO_UPDATE = 10**9  # an interval no sequence reaches
-
-
-def builtin_weights_path() -> Path:
-    """Path of the shipped tiny-tracker weights; a clear error if the file is missing."""
-    path = Path(str(resources.files("headway") / "weights" / WEIGHTS_FILE))
-    if not path.is_file():
-        raise InputError(
-            f"{path}: the trained tiny-tracker weights are missing (reinstall headway, or train "
-            "them with `headway train tracker` and pass --checkpoint)"
-        )
-    return path
-
-
-def load_tracker_network(checkpoint: str | Path | None = None, seed: int = 0) -> CSWinTT:
-    """The tiny network with the built-in (or given) weights; ``checkpoint='random'`` gives the
-    random-weight network of ``seed``."""
-    torch.manual_seed(seed)
-    network = build_cswintt("tiny")
-    if checkpoint != "random":
-        load_weights(network, checkpoint or builtin_weights_path())
-    return network.eval()
 
 
 def held_out_root(out: str | Path, name: str, sequences: int, frames: int) -> Path:

@@ -23,9 +23,11 @@ import torch
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
+from headway.errors import InputError
+from headway.measure import keeps_global_rng
 from headway.models.cswintt import CSWinTT, build_cswintt
 from headway.runtime.device import resolve_device
-from headway.runtime.executors import build_executor, check_executor
+from headway.tracking.executors import build_executor, check_executor
 from headway.tracking.synth import SynthSettings, render_sequence
 from headway.tracking.tracker import STAGES, CSWinTTTracker
 
@@ -99,6 +101,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@keeps_global_rng
 def benchmark_executors(
     config: str = "default",
     device: str = "cpu",
@@ -119,7 +122,7 @@ def benchmark_executors(
     for name in names:
         check_executor(name, torch_device)
     if frames < 1 or warmup < 0 or rounds < 1:
-        raise ValueError("frames and rounds must be ≥ 1 and warmup ≥ 0")
+        raise InputError("frames and rounds must be ≥ 1 and warmup ≥ 0")
     torch.manual_seed(seed)
     network = build_cswintt(config).to(torch_device).eval()
     images, boxes, _ = render_sequence(

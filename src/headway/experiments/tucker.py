@@ -20,17 +20,18 @@ from typing import Any
 import torch
 from torch.utils.benchmark import Timer
 
-from headway.io import atomic_write_text
-from headway.models.registry import create_model
+from headway.io import atomic_write_text, locked_folder
+from headway.measure import keeps_global_rng
+from headway.models.registry import create_model, default_input_size
 from headway.transforms.tucker import count_macs, decompose_model
 from headway.vision.data import digits
 from headway.vision.train import TrainSettings, evaluate, train
 
-IMAGENET_SIZES = {"inception_v3": 299}
 PAPER_MAC_REDUCTION = {"vgg16": 81.0, "resnet152": 38.6, "inception_v3": 62.8,
                        "regnet_y_32gf": 35.8}  # fmt: skip
 
 
+@keeps_global_rng
 def mac_reduction(
     models: list[str] | None = None,
     rank: str = "vbmf",
@@ -43,7 +44,7 @@ def mac_reduction(
             on_model(name)
         torch.manual_seed(0)
         model = create_model(name).eval()
-        size = IMAGENET_SIZES.get(name, 224)
+        size = default_input_size(name)
         _, report = decompose_model(model, torch.randn(1, 3, size, size), rank)
         counts = {"decomposed": 0, "skipped": 0}
         for layer in report.layers:
@@ -65,6 +66,7 @@ def _median_ms(model: torch.nn.Module, batch: torch.Tensor, threads: int) -> flo
         return timer.blocked_autorange(min_run_time=2.0).median * 1e3
 
 
+@keeps_global_rng
 def latency(
     name: str = "vgg16",
     rank: str = "macs:0.19",
@@ -79,7 +81,7 @@ def latency(
     torch.manual_seed(0)
     model = create_model(name, num_classes=10 if small_input else 1000, small_input=small_input)
     model.eval()
-    size = 32 if small_input else IMAGENET_SIZES.get(name, 224)
+    size = default_input_size(name, small_input)
     decomposed, report = decompose_model(model, torch.randn(2, 3, size, size), rank)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model, decomposed = model.to(memory_format=layout), decomposed.to(memory_format=layout)
@@ -115,6 +117,7 @@ ACCURACY_MODELS: dict[str, tuple[dict[str, Any], TrainSettings, bool]] = {
 }
 
 
+@keeps_global_rng
 def accuracy(
     out_dir: str | Path,
     rank: str = "vbmf",
@@ -123,9 +126,20 @@ def accuracy(
     models: list[str] | None = None,
     show_progress: bool = True,
 ) -> list[AccuracyRow]:
-    """Train, decompose and fine-tune on the built-in digits (32×32); resumable."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Train, decompose and fine-tune on the built-in digits (32×32); resumable. The
+    fine-tuned checkpoints are named by rank rule, so rules can share a folder."""
+    with locked_folder(out_dir):
+        return _accuracy(Path(out_dir), rank, finetune_epochs, epochs_scale, models, show_progress)
+
+
+def _accuracy(
+    out_dir: Path,
+    rank: str,
+    finetune_epochs: int,
+    epochs_scale: float,
+    models: list[str] | None,
+    show_progress: bool,
+) -> list[AccuracyRow]:
     data = digits()
     probe = data.train_images[:32]
     rows = []
@@ -146,7 +160,9 @@ def accuracy(
             row.macs_after = report.macs_after
             tune = TrainSettings(**{**asdict(settings), "epochs": finetune_epochs,
                                     "lr": settings.lr / 5})  # fmt: skip
-            tuned = train(decomposed, data, tune, out_dir / f"{name}_tucker.pt", show_progress,
+            rank_tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in rank)
+            tuned_path = out_dir / f"{name}_tucker_{rank_tag}.pt"  # one per rank rule
+            tuned = train(decomposed, data, tune, tuned_path, show_progress,
                           f"fine-tuning {name}")  # fmt: skip
             row.finetuned = tuned.test_accuracy
         rows.append(row)

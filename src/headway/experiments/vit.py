@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from headway.experiments.timing import interleaved_medians
 from headway.io import save_figure
+from headway.measure import keeps_global_rng
 from headway.models.deit import DeiT, build_deit
 from headway.transforms.sparse_attention import (
     additive_masks,
@@ -33,6 +34,7 @@ DIGITS_TRAINING = TrainSettings(epochs=25, lr=2e-3, optimizer="adam", weight_dec
 MASK_FINETUNING = TrainSettings(epochs=5, lr=5e-4, optimizer="adam", weight_decay=0.05)
 
 
+@keeps_global_rng
 def trained_digits_deit(
     out_dir: str | Path, show_progress: bool = True
 ) -> tuple[DeiT, ClassificationData]:
@@ -106,6 +108,7 @@ def accuracy_table(
 LINEAR_PARTS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
+@keeps_global_rng
 def flop_latency_breakdown(
     name: str = "deit_tiny", batch: int = 1, runs: int = 5
 ) -> dict[str, Any]:
@@ -194,6 +197,7 @@ def plot_breakdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return save_figure(figure, path)
 
 
+@keeps_global_rng
 def pruning_speedup(
     name: str = "deit_tiny",
     batches: tuple[int, ...] = (1, 32),

@@ -14,10 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from headway.errors import InputError
+from headway.io import read_torch_file
+
 WRAPPER_KEYS = ("net", "model", "state_dict")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """The checkpoint's keys or shapes do not match the model; the message lists them."""
 
     def __init__(
@@ -55,7 +58,7 @@ def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
             state = inner
             break
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
-        raise ValueError("checkpoint holds no state_dict (expected a mapping of names to tensors)")
+        raise InputError("checkpoint holds no state_dict (expected a mapping of names to tensors)")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
@@ -63,14 +66,7 @@ def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file (weights only, never arbitrary pickled code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for unreadable files
-        raise ValueError(f"checkpoint {path} cannot be read: {error}") from error
-    return extract_state_dict(checkpoint)
+    return extract_state_dict(read_torch_file(path, "checkpoint"))
 
 
 def check_state_dict(

@@ -51,6 +51,12 @@ class AlexNet(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
+    def layer_sequence(self) -> list[nn.Module]:
+        """The forward pass as a list of layers whose composition equals ``self(x)`` in
+        inference (blocks with internal branches stay whole): how a runtime cuts the model into
+        jobs."""
+        return [*self.features, self.avgpool, nn.Flatten(1), *self.classifier]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
@@ -112,6 +118,12 @@ class SqueezeNet(nn.Module):
                     nn.init.kaiming_uniform_(module.weight)
                 nn.init.constant_(module.bias, 0)
 
+    def layer_sequence(self) -> list[nn.Module]:
+        """The forward pass as a list of layers whose composition equals ``self(x)`` in
+        inference (blocks with internal branches stay whole): how a runtime cuts the model into
+        jobs."""
+        return [*self.features, *self.classifier, nn.Flatten(1)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.classifier(self.features(x)), 1)
 
@@ -171,6 +183,12 @@ class VGG(nn.Module):
                 # the signal ~100x, so those layers keep PyTorch's default initialisation
                 nn.init.normal_(module.weight, 0, 0.01)
                 nn.init.constant_(module.bias, 0)
+
+    def layer_sequence(self) -> list[nn.Module]:
+        """The forward pass as a list of layers whose composition equals ``self(x)`` in
+        inference (blocks with internal branches stay whole): how a runtime cuts the model into
+        jobs."""
+        return [*self.features, self.avgpool, nn.Flatten(1), *self.classifier]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headway.errors import InputError
 from headway.models.resnet import FrozenBatchNorm2d, ResNetTrunk
 
 
@@ -88,7 +89,7 @@ class CSWinTTConfig:
             if grid % largest:
                 problems.append(f"token grid {grid} is not divisible by window size {largest}")
         if problems:
-            raise ValueError("invalid CSWinTT configuration: " + "; ".join(problems))
+            raise InputError("invalid CSWinTT configuration: " + "; ".join(problems))
 
 
 CONFIGS: dict[str, CSWinTTConfig] = {
@@ -110,7 +111,7 @@ CONFIGS: dict[str, CSWinTTConfig] = {
 def get_config(name: str, **overrides: object) -> CSWinTTConfig:
     """Named configuration with optional field overrides."""
     if name not in CONFIGS:
-        raise ValueError(f"unknown CSWinTT configuration {name!r}; choose from {sorted(CONFIGS)}")
+        raise InputError(f"unknown CSWinTT configuration {name!r}; choose from {sorted(CONFIGS)}")
     config = replace(CONFIGS[name], **overrides) if overrides else CONFIGS[name]
     config.validate()
     return config

@@ -185,6 +185,14 @@ class Inception3(nn.Module):
             "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
             "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e")  # fmt: skip
 
+    def layer_sequence(self) -> list[nn.Module]:
+        """The forward pass as a list of layers whose composition equals ``self(x)`` in
+        inference, without the auxiliary head (blocks with internal branches stay whole): how
+        a runtime cuts the model into jobs."""
+        stem = [getattr(self, name) for name in self.STEM]
+        tail = [self.Mixed_7a, self.Mixed_7b, self.Mixed_7c, self.avgpool, self.dropout]
+        return [*stem, *tail, nn.Flatten(1), self.fc]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | InceptionOutputs:
         for name in self.STEM:
             x = getattr(self, name)(x)

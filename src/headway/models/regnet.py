@@ -144,6 +144,13 @@ class RegNet(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.01)
                 nn.init.zeros_(module.bias)
 
+    def layer_sequence(self) -> list[nn.Module]:
+        """The forward pass as a list of layers whose composition equals ``self(x)`` in
+        inference (blocks with internal branches stay whole): how a runtime cuts the model into
+        jobs."""
+        blocks = [block for stage in self.trunk_output for block in stage]
+        return [self.stem, *blocks, self.avgpool, nn.Flatten(1), self.fc]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.trunk_output(self.stem(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))

@@ -147,5 +147,13 @@ class ResNet(ResNetTrunk):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
+    def layer_sequence(self) -> list[nn.Module]:
+        """The forward pass as a list of layers whose composition equals ``self(x)`` in
+        inference (blocks with internal branches stay whole): how a runtime cuts the model into
+        jobs."""
+        stages = [block for i in range(self.num_stages) for block in getattr(self, f"layer{i + 1}")]
+        stem = [self.conv1, self.bn1, self.relu, self.maxpool]
+        return [*stem, *stages, self.avgpool, nn.Flatten(1), self.fc]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(super().forward(x)), 1))

@@ -1,13 +1,14 @@
 """Many models in one process (paper B's hidden-layer parallel framework) and its baselines.
 
-A model is cut into *jobs* — runs of consecutive layers (a Tucker-decomposed convolution counts
-as its three convolutions). In the multi-thread (MT) runner every model instance has a driver
-thread that pushes its next job into one shared FIFO queue; a pool worker (owning a CUDA stream
-on GPU) runs it; when it completes the driver is signalled and pushes the next job. Baselines:
-one OS process per model instance (MP), everything one after another in one thread
-(sequential), and — beyond the paper — same-model requests batched together, either all of
-them in lockstep (``run_batched``) or, inside MT, whichever requests happen to wait for the
-same job at the same time (``coalesce`` > 1, :class:`JobCoalescer`).
+Each model instance arrives cut into *jobs* (:mod:`headway.runtime.jobs`). In the multi-thread
+(MT) runner every model instance has a driver thread that pushes its next job into one shared
+FIFO queue; a pool worker (owning a CUDA stream on GPU) runs it; when it completes the driver
+is signalled and pushes the next job. Baselines: one OS process per model instance (MP),
+everything one after another in one thread (sequential), and — beyond the paper — same-model
+requests batched together, either all of them in lockstep (``run_batched``) or, inside MT,
+whichever requests happen to wait for the same job at the same time (``coalesce`` > 1,
+:class:`JobCoalescer`). Nothing here knows a model family: building models is the workload's
+job (:mod:`headway.vision.serving`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,128 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from headway.errors import InputError
-from headway.models.classic import VGG, AlexNet, SqueezeNet
-from headway.models.inception import Inception3
-from headway.models.regnet import RegNet
-from headway.models.resnet import ResNet
+from headway.runtime.jobs import ModelInstance
 from headway.runtime.pool import StreamWorkerPool
-
-# ---------------------------------------------------------------------------------------------
-# Cutting a model into jobs
-# ---------------------------------------------------------------------------------------------
-
-
-def _expand(modules: list[nn.Module]) -> list[nn.Module]:
-    """Flatten Tucker-2 triples (a Sequential of three convolutions) into their layers."""
-    layers: list[nn.Module] = []
-    for module in modules:
-        if isinstance(module, nn.Sequential) and all(isinstance(m, nn.Conv2d) for m in module):
-            layers.extend(module)
-        else:
-            layers.append(module)
-    return layers
-
-
-def layer_sequence(model: nn.Module) -> list[nn.Module]:
-    """The model's forward pass as a list of layers whose composition equals ``model(x)``
-    (inference mode: no auxiliary heads). Blocks with internal branches stay whole."""
-    if isinstance(model, (VGG, AlexNet)):
-        return _expand([*model.features, model.avgpool, nn.Flatten(1), *model.classifier])
-    if isinstance(model, SqueezeNet):
-        return _expand([*model.features, *model.classifier, nn.Flatten(1)])
-    if isinstance(model, ResNet):
-        stages = [
-            block for i in range(model.num_stages) for block in getattr(model, f"layer{i + 1}")
-        ]
-        stem = [model.conv1, model.bn1, model.relu, model.maxpool]
-        return _expand([*stem, *stages, model.avgpool, nn.Flatten(1), model.fc])
-    if isinstance(model, Inception3):
-        stem = [getattr(model, name) for name in Inception3.STEM]
-        tail = [model.Mixed_7a, model.Mixed_7b, model.Mixed_7c, model.avgpool, model.dropout]
-        return _expand([*stem, *tail, nn.Flatten(1), model.fc])
-    if isinstance(model, RegNet):
-        blocks = [block for stage in model.trunk_output for block in stage]
-        return _expand([model.stem, *blocks, model.avgpool, nn.Flatten(1), model.fc])
-    if isinstance(model, nn.Sequential):
-        return _expand(list(model))
-    raise InputError(f"cannot split {type(model).__name__} into jobs: no layer order is known")
-
-
-def _layer_macs(layers: list[nn.Module], example: torch.Tensor) -> list[int]:
-    macs, x = [], example
-    with torch.no_grad():
-        for layer in layers:
-            with FlopCounterMode(display=False) as counter:
-                x = layer(x)
-            macs.append(counter.get_total_flops() // 2)
-    return macs
-
-
-def split_jobs(
-    model: nn.Module, policy: str = "jobs:8", example: torch.Tensor | None = None
-) -> list[nn.Sequential]:
-    """Cut ``model`` into jobs by ``policy``: ``layers`` (one job per layer or block),
-    ``jobs:N`` (N jobs of about equal layer count) or ``macs:N`` (N jobs of about equal MACs,
-    needs ``example``). Running the jobs in order computes exactly ``model(x)``."""
-    layers = layer_sequence(model)
-    kind, _, value = policy.partition(":")
-    if kind == "layers":
-        groups = [[layer] for layer in layers]
-    elif kind in ("jobs", "macs"):
-        try:
-            count = int(value)
-        except ValueError:
-            raise InputError(f"job policy {policy!r}: {value!r} is not a job count") from None
-        if not 1 <= count <= len(layers):
-            raise InputError(
-                f"job policy {policy!r} cannot split a model of {len(layers)} layers into "
-                f"{count} jobs"
-            )
-        if kind == "jobs":
-            weights = [1] * len(layers)
-        else:
-            if example is None:
-                raise InputError("job policy macs:N needs an example input")
-            weights = [max(m, 1) for m in _layer_macs(layers, example)]
-        groups = _balanced_groups(layers, weights, count)
-    else:
-        raise InputError(f"unknown job policy {policy!r}: use layers, jobs:N or macs:N")
-    return [nn.Sequential(*group) for group in groups]
-
-
-def _balanced_groups(
-    layers: list[nn.Module], weights: list[int], count: int
-) -> list[list[nn.Module]]:
-    """Contiguous groups whose weight sums are close to total / count (greedy by prefix)."""
-    total = sum(weights)
-    groups: list[list[nn.Module]] = [[]]
-    running = 0
-    for index, (layer, weight) in enumerate(zip(layers, weights, strict=True)):
-        groups_left = count - len(groups)
-        past_share = running + weight / 2 > total * len(groups) / count
-        must_open = len(layers) - index <= groups_left
-        if groups[-1] and groups_left > 0 and (past_share or must_open):
-            groups.append([])
-        groups[-1].append(layer)
-        running += weight
-    return groups
-
 
 # ---------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelInstance:
-    """One model to serve: a name (for reports), its jobs and a request input."""
-
-    name: str
-    jobs: list[nn.Module]
-    example: torch.Tensor
 
 
 @dataclass
@@ -354,39 +242,12 @@ def run_batched(instances: list[ModelInstance], requests: int) -> RunResult:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a process builds its model: zoo name, classes, input, optional Tucker rank rule."""
-
-    model: str
-    num_classes: int = 10
-    small_input: bool = True
-    input_size: int = 32
-    decomposed: str | None = None
-    seed: int = 0
-
-
-def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelInstance:
-    """Deterministically build (and optionally decompose) a model and cut it into jobs."""
-    from headway.models.registry import create_model
-    from headway.transforms.tucker import decompose_model
-
-    torch.manual_seed(spec.seed)
-    model = create_model(spec.model, num_classes=spec.num_classes, small_input=spec.small_input)
-    model.eval()
-    example = torch.randn(1, 3, spec.input_size, spec.input_size,
-                          generator=torch.Generator().manual_seed(spec.seed))  # fmt: skip
-    if spec.decomposed:
-        model, _ = decompose_model(model, example, spec.decomposed)
-    return ModelInstance(name, split_jobs(model, policy, example), example)
-
-
-def _process_main(spec: ModelSpec, name: str, requests: int, threads: int, start: Any,
-                  queue: Any) -> None:  # fmt: skip
+def _process_main(build: Callable[[], ModelInstance], name: str, requests: int, threads: int,
+                  start: Any, queue: Any) -> None:  # fmt: skip
     """Body of one MP process: build, wait for everyone, serve ``requests`` back to back."""
     try:
-        torch.set_num_threads(threads)
-        instance = build_instance(spec, name, "layers")
+        torch.set_num_threads(threads)  # this process's own setting, gone when it exits
+        instance = build()
     except BaseException:
         queue.put((name, [], traceback.format_exc(limit=3)))
         start.abort()  # release the others: they start without this one
@@ -394,38 +255,39 @@ def _process_main(spec: ModelSpec, name: str, requests: int, threads: int, start
     with contextlib.suppress(threading.BrokenBarrierError):
         start.wait()
     try:
-        latencies = run_sequential([instance], requests).latencies_ms[name]
-        queue.put((name, latencies, None))
+        run = run_sequential([instance], requests)
+        queue.put((name, run.latencies_ms[name], run.errors.get(name)))
     except BaseException:
         queue.put((name, [], traceback.format_exc(limit=3)))
 
 
 def run_multiprocess(
-    specs: dict[str, ModelSpec], requests: int, threads_per_process: int = 1,
-    timeout_s: float = 600.0,
+    builders: dict[str, Callable[[], ModelInstance]], requests: int,
+    threads_per_process: int = 1, timeout_s: float = 600.0,
 ) -> RunResult:  # fmt: skip
-    """One spawned OS process per instance, each running its model plainly; a process that
-    dies is reported and the others' results are kept."""
+    """One spawned OS process per instance (name → a picklable function that builds it, e.g.
+    a ``functools.partial``), each running its model plainly; a process that fails or dies is
+    reported and the others' results are kept."""
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
-    start = context.Barrier(len(specs) + 1)
+    start = context.Barrier(len(builders) + 1)
     queue = context.Queue()
     processes = {
         name: context.Process(target=_process_main,
-                              args=(spec, name, requests, threads_per_process, start, queue))
-        for name, spec in specs.items()
+                              args=(build, name, requests, threads_per_process, start, queue))
+        for name, build in builders.items()
     }  # fmt: skip
     for process in processes.values():
         process.start()
-    result = RunResult("mp", {name: [] for name in specs})
+    result = RunResult("mp", {name: [] for name in builders})
     result.notes = {"threads_per_process": threads_per_process}
     try:
         start.wait(timeout=timeout_s)
     except threading.BrokenBarrierError:
         result.notes["start"] = "a process failed while building; the others started without it"
     began = time.perf_counter()
-    pending = set(specs)
+    pending = set(builders)
     deadline = began + timeout_s
     while pending and time.perf_counter() < deadline:
         try:
@@ -450,79 +312,11 @@ def run_multiprocess(
     return result
 
 
-def run_mode(
-    mode: str,
-    specs: dict[str, ModelSpec],
-    requests: int,
-    workers: int = 2,
-    threads: int = 1,
-    policy: str = "jobs:8",
-    device: torch.device | str = "cpu",
-    rate: float | None = None,
-    coalesce: int = 1,
-) -> RunResult:
-    """Run the instances in ``specs`` (name → spec) one way: ``mt``, ``mp``, ``seq`` or
-    ``batched`` (``coalesce`` applies to ``mt``). In-process modes build each distinct spec
-    once and let its copies share the weights (inference only reads them); ``mp`` builds one
-    model per process."""
-    if mode == "mp":
-        return run_multiprocess(specs, requests, threads)
-    device = torch.device(device)
-    built: dict[ModelSpec, ModelInstance] = {}
-    instances = []
-    for name, spec in specs.items():
-        if spec not in built:
-            built[spec] = build_instance(spec, spec.model, policy)
-        shared = built[spec]
-        instances.append(ModelInstance(name, [job.to(device) for job in shared.jobs],
-                                       shared.example.to(device)))  # fmt: skip
-    if mode == "mt":
-        return run_multithread(instances, requests, workers, device, rate, threads, coalesce)
-    torch.set_num_threads(threads * workers)
-    if mode == "seq":
-        return run_sequential(instances, requests)
-    if mode == "batched":
-        return run_batched(instances, requests)
-    raise InputError(f"unknown mode {mode!r}: use mt, mp, seq or batched")
-
-
-def parse_models(text: str) -> list[tuple[str, int]]:
-    """``vgg16:3,resnet152:1`` → [("vgg16", 3), ("resnet152", 1)]."""
-    from headway.models.registry import list_models
-
-    pairs = []
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        name, _, count = item.partition(":")
-        if name not in list_models():
-            raise InputError(f"unknown model {name!r}: choose from {', '.join(list_models())}")
-        try:
-            copies = int(count or 1)
-        except ValueError:
-            raise InputError(f"{item!r}: the count must be an integer") from None
-        if copies < 1:
-            raise InputError(f"{item!r}: the count must be at least 1")
-        pairs.append((name, copies))
-    if not pairs:
-        raise InputError("no models given")
-    return pairs
-
-
-def instance_names(pairs: list[tuple[str, int]]) -> list[tuple[str, str]]:
-    """(instance name, model) for every copy: vgg16#0, vgg16#1, ..."""
-    return [(f"{name}#{i}", name) for name, copies in pairs for i in range(copies)]
-
-
 __all__ = [
-    "ModelInstance",
-    "ModelSpec",
+    "JobCoalescer",
     "RunResult",
-    "build_instance",
-    "layer_sequence",
-    "parse_models",
     "run_batched",
-    "run_mode",
     "run_multiprocess",
     "run_multithread",
     "run_sequential",
-    "split_jobs",
 ]

@@ -14,16 +14,32 @@ from headway.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# A first box larger than this many image sides cannot be a target in the image, and its
+# crop (several times the box) would ask for an absurd amount of memory.
+MAX_BOX_TO_IMAGE = 4
 
 
 def read_frame(path: Path) -> np.ndarray:
     """Read an image as RGB uint8 (H, W, 3); a clear error when missing or unreadable."""
     if not Path(path).is_file():
         raise InputError(f"{path}: frame is missing")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    data = Path(path).read_bytes()
+    if _truncated(data):
+        raise InputError(f"{path}: frame is truncated (the image file ends before its data)")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise InputError(f"{path}: frame cannot be decoded as an image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _truncated(data: bytes) -> bool:
+    """True for a JPEG without an end-of-image marker after its last scan, or a PNG without
+    its end chunk: decoders fill the missing part with grey and only warn."""
+    if data[:2] == b"\xff\xd8":  # JPEG: entropy-coded data never holds FF D9 (FF is stuffed)
+        return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-64:]
+    return False
 
 
 def check_init_box(box: np.ndarray, image_shape: tuple[int, ...], where: str) -> None:
@@ -34,6 +50,11 @@ def check_init_box(box: np.ndarray, image_shape: tuple[int, ...], where: str) ->
         raise InputError(f"{where}: initial box {list(box)} is not finite")
     if w <= 0 or h <= 0:
         raise InputError(f"{where}: initial box {list(box)} has zero or negative size")
+    if w > MAX_BOX_TO_IMAGE * width or h > MAX_BOX_TO_IMAGE * height:
+        raise InputError(
+            f"{where}: initial box {list(box)} is more than {MAX_BOX_TO_IMAGE}× the "
+            f"{width}x{height} image (wrong units or a swapped column?)"
+        )
     if x >= width or y >= height or x + w <= 0 or y + h <= 0:
         raise InputError(
             f"{where}: initial box {list(box)} lies outside the {width}x{height} image"
@@ -48,7 +69,7 @@ def sample_target(
     x, y, w, h = (float(v) for v in box)
     crop_size = math.ceil(math.sqrt(w * h) * factor)
     if crop_size < 1:
-        raise ValueError(f"box {list(box)} is too small to crop")
+        raise InputError(f"box {list(box)} is too small to crop")
     x1 = round(x + 0.5 * w - crop_size * 0.5)
     y1 = round(y + 0.5 * h - crop_size * 0.5)
     x2, y2 = x1 + crop_size, y1 + crop_size

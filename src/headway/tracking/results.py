@@ -8,6 +8,7 @@ box file is written last, so its presence marks a finished sequence and a rerun 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,17 @@ import numpy as np
 
 from headway.errors import InputError
 from headway.io import atomic_write_text
-from headway.tracking.tracker import SequenceResult
+
+
+@dataclass
+class SequenceResult:
+    """Boxes [x, y, w, h] per frame, wall time per frame (s), per-stage times (ms) per frame."""
+
+    boxes: np.ndarray
+    frame_times: np.ndarray
+    stage_times: dict[str, list[float]] = field(default_factory=dict)
+    template_updates: int = 0
+
 
 # CSWinTT's writer: comma-separated for got10k/trackingnet, tab-separated otherwise. headway keeps
 # three decimals everywhere (the official tab files truncate to integers, which loses accuracy).
@@ -69,7 +80,3 @@ def read_boxes_file(path: Path) -> np.ndarray:
 def read_stage_times(run_dir: Path, name: str) -> dict[str, Any] | None:
     path = run_dir / f"{name}_stages.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
-    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, sort_keys=True))

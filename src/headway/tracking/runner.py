@@ -20,14 +20,13 @@ from rich.progress import (
 )
 
 from headway.errors import InputError
-from headway.io import atomic_write_text
+from headway.io import atomic_write_text, locked_folder, record_settings
 from headway.tracking.datasets import Sequence
 from headway.tracking.metrics import EvalResult, evaluate
 from headway.tracking.results import (
     is_complete,
     read_boxes_file,
     read_stage_times,
-    write_run_info,
     write_sequence_result,
 )
 from headway.tracking.tracker import STAGES, CSWinTTTracker
@@ -53,19 +52,29 @@ def track_dataset(
     """Track every sequence not yet complete in ``run_dir``; each finished sequence is written
     at once, so an interrupted run loses at most the sequence in progress."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_info(
-        run_dir,
-        {
-            **(info or {}),
-            "format": dataset_format,
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "device": str(tracker.device),
-        },
-    )
+    settings = {
+        **(info or {}),
+        "format": dataset_format,
+        "threads": torch.get_num_threads(),
+        "device": str(tracker.device),
+    }
+    environment = {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    with locked_folder(run_dir):
+        record_settings(run_dir / "run.json", settings, "tracking run", environment)
+        return _track_missing(tracker, sequences, run_dir, dataset_format, show_progress)
+
+
+def _track_missing(
+    tracker: CSWinTTTracker,
+    sequences: list[Sequence],
+    run_dir: Path,
+    dataset_format: str,
+    show_progress: bool,
+) -> TrackRunSummary:
     todo = [s for s in sequences if not is_complete(run_dir, s.name, len(s))]
     todo_names = {s.name for s in todo}
     skipped = [s.name for s in sequences if s.name not in todo_names]
@@ -147,6 +156,13 @@ def evaluate_run(
         raise InputError(f"{run_dir}: run folder does not exist")
     dataset = sequences[0].dataset if sequences else "otb"
     predictions = {s.name: read_boxes_file(run_dir / f"{s.name}.txt") for s in sequences}
+    for sequence in sequences:
+        rows, frames = len(predictions[sequence.name]), len(sequence)
+        if rows != frames:
+            raise InputError(
+                f"{run_dir / (sequence.name + '.txt')}: {rows} boxes for a sequence of {frames} "
+                "frames; was this run made on another dataset (or interrupted)?"
+            )
     ground_truth = {s.name: s.ground_truth for s in sequences}
     visible = {s.name: s.target_visible for s in sequences}
     result = evaluate(predictions, ground_truth, visible, convention, dataset)

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from headway.errors import InputError
 from headway.io import atomic_write_text
 
 
@@ -35,7 +36,7 @@ class SynthSettings:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.appearance_change <= 1.0:
-            raise ValueError(f"appearance change must be in [0, 1], got {self.appearance_change}")
+            raise InputError(f"appearance change must be in [0, 1], got {self.appearance_change}")
 
 
 @dataclass
@@ -174,10 +175,10 @@ def synthesize(
     is simply regenerated on the next call.
     """
     if sequences < 1:
-        raise ValueError(f"sequences must be ≥ 1, got {sequences}")
+        raise InputError(f"sequences must be ≥ 1, got {sequences}")
     settings = settings or SynthSettings()
     if settings.frames < 2:
-        raise ValueError(f"frames must be ≥ 2, got {settings.frames}")
+        raise InputError(f"frames must be ≥ 2, got {settings.frames}")
     out = Path(out)
     names, manifest = [], {}
     for index in range(sequences):

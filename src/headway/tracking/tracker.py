@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from headway.errors import InputError
 from headway.models.cswintt import CSWinTT, Features
 from headway.runtime.device import StageTimer
-from headway.runtime.executors import Executor, build_executor
 from headway.tracking.crop import (
     Preprocessor,
     check_init_box,
@@ -22,6 +22,8 @@ from headway.tracking.crop import (
     sample_target,
 )
 from headway.tracking.datasets import Sequence
+from headway.tracking.executors import Executor, build_executor
+from headway.tracking.results import SequenceResult
 
 # The paper's Table 1 rows, then the occasional template refresh.
 STAGES = ("load_preprocess", "backbone", "encoder", "decoder", "box_head", "template_update")
@@ -39,17 +41,7 @@ class TrackerSettings:
 
     def __post_init__(self) -> None:
         if self.update_interval < 1:
-            raise ValueError(f"update interval must be ≥ 1, got {self.update_interval}")
-
-
-@dataclass
-class SequenceResult:
-    """Boxes [x, y, w, h] per frame, wall time per frame (s), per-stage times (ms) per frame."""
-
-    boxes: np.ndarray
-    frame_times: np.ndarray
-    stage_times: dict[str, list[float]] = field(default_factory=dict)
-    template_updates: int = 0
+            raise InputError(f"update interval must be ≥ 1, got {self.update_interval}")
 
 
 class CSWinTTTracker:
@@ -63,7 +55,7 @@ class CSWinTTTracker:
         executor: str = "eager",
     ) -> None:
         """``network`` is run by the executor named ``executor`` (see
-        :mod:`headway.runtime.executors`), or pass a ready :class:`Executor`."""
+        :mod:`headway.tracking.executors`), or pass a ready :class:`Executor`."""
         self.device = torch.device(device)
         if isinstance(network, Executor):
             self.executor = network

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from headway.errors import InputError
-from headway.io import atomic_torch_save, atomic_write_text
+from headway.io import atomic_torch_save, atomic_write_text, locked_folder, read_torch_file
+from headway.measure import keeps_global_rng, torch_threads
 from headway.models.cswintt import CSWinTT, build_cswintt
 from headway.tracking.crop import IMAGENET_MEAN, IMAGENET_STD, sample_target
 from headway.tracking.synth import SynthSettings, render_sequence
@@ -321,6 +322,7 @@ def _stage_step(
     }
 
 
+@keeps_global_rng
 def train_tracker(
     out: str | Path,
     settings: TrackerTrainSettings | None = None,
@@ -333,15 +335,26 @@ def train_tracker(
     ``out/weights.json`` (settings, final losses). Returns the weights path."""
     settings = settings or TrackerTrainSettings()
     settings.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with locked_folder(out), torch_threads(settings.threads):
+        return _train(Path(out), settings, resume, checkpoint_every, on_step)
+
+
+def _train(
+    out: Path,
+    settings: TrackerTrainSettings,
+    resume: bool,
+    checkpoint_every: int,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> Path:
     checkpoint_path = out / "checkpoint.pth"
     network = build_cswintt(settings.config, dropout=settings.dropout)
     config = network.config
     state = TrainState(step=0, history=[])
     saved: dict[str, Any] | None = None
     if resume and checkpoint_path.is_file():
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        saved = read_torch_file(checkpoint_path, "training checkpoint")
+        if not isinstance(saved, dict) or "settings" not in saved:
+            raise InputError(f"{checkpoint_path} is not a tracker training checkpoint")
         stored = settings_from_dict(saved["settings"])
         if replace(stored, threads=settings.threads) != settings:
             raise InputError(
@@ -350,8 +363,6 @@ def train_tracker(
             )
         network.load_state_dict(saved["net"])
         state = TrainState(step=int(saved["step"]), history=list(saved["history"]))
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     stage = 1 if state.step < settings.box_steps else 2
     if stage == 2 and (saved is None or saved.get("stage") != 2):
         _start_confidence_stage(network, settings)

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from headway.errors import InputError
-from headway.io import atomic_torch_save, atomic_write_text
+from headway.io import atomic_torch_save, atomic_write_text, read_torch_file
 
 # ---------------------------------------------------------------------------------------------
 # Counting
@@ -211,32 +211,21 @@ def layer_ranks(conv: nn.Conv2d, rule: RankRule, min_rank: int, name: str) -> tu
 
 
 def tucker2_conv(conv: nn.Conv2d, rank_in: int, rank_out: int) -> nn.Sequential:
-    """Three convolutions approximating ``conv`` (Tucker-2 by HOOI)."""
-    tl.set_backend("pytorch")
-    weight = conv.weight.detach().float()
-    (core, (u_out, u_in)), _ = partial_tucker(
-        weight, rank=[rank_out, rank_in], modes=[0, 1], init="svd"
-    )
-    first = nn.Conv2d(conv.in_channels, rank_in, 1, bias=False)
-    middle = nn.Conv2d(
-        rank_in,
-        rank_out,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        padding_mode=conv.padding_mode,
-        bias=False,
-    )
-    last = nn.Conv2d(rank_out, conv.out_channels, 1, bias=conv.bias is not None)
+    """Three convolutions approximating ``conv`` (Tucker-2 by HOOI): the structure of
+    :func:`tucker2_shell` with the factors and core copied in."""
+    with tl.backend_context("pytorch"):  # scoped: the caller's TensorLy backend is kept
+        (core, (u_out, u_in)), _ = partial_tucker(
+            conv.weight.detach().float(), rank=[rank_out, rank_in], modes=[0, 1], init="svd"
+        )
+    replacement = tucker2_shell(conv, rank_in, rank_out)
+    first, middle, last = replacement
     with torch.no_grad():
         first.weight.copy_(u_in.t().reshape(rank_in, conv.in_channels, 1, 1))
         middle.weight.copy_(core)
         last.weight.copy_(u_out.reshape(conv.out_channels, rank_out, 1, 1))
         if conv.bias is not None:
             last.bias.copy_(conv.bias)
-    dtype, device = conv.weight.dtype, conv.weight.device
-    return nn.Sequential(first, middle, last).to(device=device, dtype=dtype)
+    return replacement.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
 
 @dataclass
@@ -302,6 +291,10 @@ def _conv_shapes(
     try:
         with torch.no_grad():
             model(example)
+    except RuntimeError as error:
+        size = "×".join(str(v) for v in example.shape[-2:])
+        first = str(error).strip().splitlines()[0]
+        raise InputError(f"the model cannot run on a {size} input: {first}") from None
     finally:
         for hook in hooks:
             hook.remove()
@@ -474,6 +467,15 @@ def apply_ranks(model: nn.Module, ranks: dict[str, list[int]]) -> nn.Module:
     return model
 
 
+def check_decomposed_path(path: Path) -> None:
+    """The model file and its report (``<path>.json`` with the suffix replaced) must differ."""
+    if path.suffix == ".json":
+        raise InputError(
+            f"{path}: the decomposed model cannot be saved as .json (its report is written "
+            "beside it as .json); use e.g. .pt"
+        )
+
+
 def save_decomposed(
     path: str | Path,
     model: nn.Module,
@@ -485,6 +487,7 @@ def save_decomposed(
     """Save a decomposed zoo model as its spec, ranks and state_dict (no pickled code), plus the
     report as JSON beside it; :func:`load_decomposed` rebuilds it."""
     path = Path(path)
+    check_decomposed_path(path)
     payload = {"model": name, "num_classes": num_classes, "small_input": small_input,
                "ranks": decomposed_ranks(report), "state_dict": model.state_dict()}  # fmt: skip
     atomic_torch_save(path, payload)
@@ -495,7 +498,7 @@ def load_decomposed(path: str | Path) -> nn.Module:
     """Rebuild a model saved by ``headway compress tucker --out`` (weights only, no pickle)."""
     from headway.models.registry import create_model
 
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_torch_file(path, "decomposed model")
     model = create_model(
         payload["model"], num_classes=payload["num_classes"], small_input=payload["small_input"]
     )

@@ -14,7 +14,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from headway.errors import InputError
-from headway.io import atomic_torch_save
+from headway.io import atomic_torch_save, read_torch_file
+from headway.models.checkpoint import check_state_dict
 from headway.vision.data import ClassificationData
 
 
@@ -106,9 +107,10 @@ def train(
     first_epoch = 0
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("settings") != asdict(settings):
+        state = read_torch_file(path, "training checkpoint")
+        if not isinstance(state, dict) or state.get("settings") != asdict(settings):
             raise InputError(f"{path}: checkpoint was made with other settings; remove it first")
+        check_state_dict(model, state["model"], str(path))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,160 @@
+"""What every ``headway`` command shares: the typer apps, the consoles, the one-line error
+report, and the argument checks that run before any work starts."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from headway.errors import InputError
+
+app = typer.Typer(
+    help="headway: faster transformer and CNN inference with proof the answers did not change.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks that compare variants side by side.", no_args_is_help=True)
+compress_app = typer.Typer(help="Model compression.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the built-in models.", no_args_is_help=True)
+vit_app = typer.Typer(help="DeiT with sparse attention and token pruning.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(compress_app, name="compress")
+app.add_typer(train_app, name="train")
+app.add_typer(vit_app, name="vit")
+
+console = Console()
+errors = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def reports_errors(command: F) -> F:
+    """Turn bad input (:class:`InputError`) into one line on stderr and exit status 1; any
+    other exception is a bug in headway and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return command(*args, **kwargs)
+        except InputError as error:
+            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False,
+                         soft_wrap=True)  # fmt: skip
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def shown(value: object) -> str:
+    """A user-given value (a path, a name) made safe to print inside rich markup."""
+    return escape(str(value))
+
+
+def check_choice(value: str, choices: Sequence[str], what: str) -> str:
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}: choose from {', '.join(choices)}")
+    return value
+
+
+def names(text: str | None) -> list[str] | None:
+    """``a, b,c`` → ``["a", "b", "c"]``; None or empty text → None."""
+    if not text:
+        return None
+    return [n.strip() for n in text.split(",") if n.strip()] or None
+
+
+def at_least(value: float | None, minimum: float, option: str) -> None:
+    """``--option`` must be ≥ ``minimum`` (None means "not given" and passes)."""
+    if value is not None and value < minimum:
+        raise InputError(f"{option} must be at least {minimum}, got {value}")
+
+
+def positive(value: float | None, option: str) -> None:
+    """``--option`` must be > 0 (None means "not given" and passes)."""
+    if value is not None and not value > 0:
+        raise InputError(f"{option} must be greater than 0, got {value}")
+
+
+def fractions(text: str, option: str, low: float = 0.0, high: float = 1.0) -> tuple[float, ...]:
+    """Comma-separated numbers, each strictly between ``low`` and ``high``."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise InputError(f"{option} needs at least one value")
+    for value in values:
+        if not low < value < high:
+            raise InputError(f"{option}: {value} is not between {low} and {high}")
+    return values
+
+
+def share_pair(text: str, option: str) -> tuple[float, float]:
+    """``START:END`` (or one value for both), each a share in [0, 1)."""
+    start, _, end = text.partition(":")
+    try:
+        pair = float(start), float(end or start)
+    except ValueError:
+        raise InputError(f"{option} expects START:END, e.g. 0.1:0.5, got {text!r}") from None
+    if not all(0 <= v < 1 for v in pair):
+        raise InputError(f"{option}: shares must be in [0, 1), got {text!r}")
+    return pair
+
+
+def _first_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def _check_writable_under(path: Path, option: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a writable folder."""
+    ancestor = _first_existing(path.parent if path.exists() else path)
+    if not ancestor.is_dir():
+        raise InputError(f"{option} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: {ancestor} is not writable")
+
+
+def output_folder(path: Path, option: str) -> Path:
+    """A folder to write into: absent (it will be made) or an existing, writable folder."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path}: is a file, not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"{option} {path}: folder is not writable")
+        return path
+    _check_writable_under(path, option)
+    return path
+
+
+def output_file(path: Path | None, option: str) -> Path | None:
+    """A file to (over)write: not a folder, and its folder exists or can be made."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{option} {path}: file is not writable")
+    _check_writable_under(path, option)
+    return path
+
+
+def distinct_outputs(**paths: Path | None) -> None:
+    """No two output options may name the same file."""
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in seen:
+            raise InputError(f"{option} and {seen[key]} name the same file {path}")
+        seen[key] = option

@@ -1,0 +1,212 @@
+"""``headway compress tucker | compress accuracy | multirun``: paper B's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from headway.cli.base import (
+    app,
+    at_least,
+    check_choice,
+    compress_app,
+    console,
+    errors,
+    output_file,
+    output_folder,
+    positive,
+    reports_errors,
+    shown,
+)
+from headway.errors import InputError
+from headway.models import list_models, load_weights
+from headway.runtime.device import resolve_device
+
+
+@compress_app.command("tucker")
+@reports_errors
+def compress_tucker(
+    model: Annotated[str, typer.Argument(help=f"Model name: {', '.join(list_models())}.")],
+    rank: Annotated[
+        str, typer.Option(help="vbmf[:F] | energy:F | ratio:F | rank:R | macs:F")
+    ] = "vbmf",
+    checkpoint: Annotated[Path | None, typer.Option(help="Weights to decompose.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Save the decomposed model here (report: same name .json).")
+    ] = None,
+    num_classes: Annotated[int, typer.Option(help="Classifier outputs.")] = 1000,
+    small_input: Annotated[bool, typer.Option(help="CIFAR-style 32×32 variant.")] = False,
+    input_size: Annotated[int | None, typer.Option(help="Probe image side (pixels).")] = None,
+    min_rank: Annotated[int, typer.Option(help="Smallest rank kept.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of random weights and the probe batch.")] = 0,
+) -> None:
+    """Tucker-2-decompose a model's K×K convolutions; print the per-layer table and totals."""
+    from rich.progress import Progress
+
+    from headway.models import create_model
+    from headway.models.registry import default_input_size
+    from headway.transforms.tucker import (
+        RankRule,
+        check_decomposed_path,
+        decompose_model,
+        save_decomposed,
+    )
+
+    check_choice(model, list_models(), "model")
+    RankRule.parse(rank)
+    at_least(num_classes, 1, "--num-classes")
+    at_least(input_size, 1, "--input-size")
+    at_least(min_rank, 1, "--min-rank")
+    if out is not None:
+        output_file(out, "--out")
+        check_decomposed_path(out)
+        output_file(out.with_suffix(".json"), "--out (report)")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        network = create_model(model, num_classes=num_classes, small_input=small_input)
+    if checkpoint is not None:
+        load_weights(network, checkpoint)
+    size = input_size or default_input_size(model, small_input)
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("decomposing", total=None)
+        decomposed, report = decompose_model(
+            network, probe, rank, min_rank,
+            on_layer=lambda name: progress.update(task, description=f"decomposing {name}"),
+        )  # fmt: skip
+    table = Table(title=f"Tucker-2 of {model} ({shown(rank)}); MACs = conv + linear "
+                  f"multiply-adds per {size}×{size} image")  # fmt: skip
+    for column in ("layer", "status", "ranks", "MACs before", "MACs after", "params before",
+                   "params after", "weight err", "output err"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("layer", "status") else "right")
+    for row in report.layers:
+        decomposed_row = row.status == "decomposed"
+        table.add_row(
+            row.name,
+            row.status if decomposed_row else f"skipped: {row.reason}",
+            f"{row.rank_in}, {row.rank_out}" if decomposed_row else "",
+            f"{row.macs_before:,}", f"{row.macs_after:,}",
+            f"{row.params_before:,}", f"{row.params_after:,}",
+            f"{row.weight_error:.3f}" if decomposed_row else "",
+            f"{row.output_error:.3f}" if decomposed_row else "",
+        )  # fmt: skip
+    Console(width=max(console.width, 150)).print(table)
+    console.print(
+        f"model MACs {report.macs_before:,} → {report.macs_after:,} "
+        f"({100 * report.mac_reduction:.1f}% fewer); parameters {report.params_before:,} → "
+        f"{report.params_after:,}"
+    )
+    if out is not None:
+        save_decomposed(out, decomposed, report, model, num_classes, small_input)
+        console.print(f"saved {shown(out)} and its report {shown(out.with_suffix('.json'))} "
+                      "(load with headway.transforms.tucker.load_decomposed)")  # fmt: skip
+
+
+@compress_app.command("accuracy")
+@reports_errors
+def compress_accuracy(
+    out: Annotated[Path, typer.Argument(help="Folder for checkpoints and accuracy.json.")],
+    rank: Annotated[str, typer.Option(help="Rank rule for the decomposition.")] = "vbmf",
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 5,
+    quick: Annotated[bool, typer.Option(help="One third of the training epochs.")] = False,
+) -> None:
+    """Paper B's accuracy comparison on the built-in digits: train, decompose, fine-tune."""
+    from headway.experiments.tucker import accuracy
+    from headway.transforms.tucker import RankRule
+
+    output_folder(out, "OUT")
+    RankRule.parse(rank)
+    at_least(finetune_epochs, 0, "--finetune-epochs")
+    rows = accuracy(out, rank, finetune_epochs, 1 / 3 if quick else 1.0)
+    table = Table(title=f"Top-1 on digits (32×32 test split), Tucker-2 {shown(rank)}")
+    for column in ("model", "MACs", "trained", "decomposed", "fine-tuned", "MACs after"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+
+    def pct(value: float | None) -> str:
+        return "" if value is None else f"{value:.1f}%"
+
+    for r in rows:
+        table.add_row(r.model, f"{r.macs:,}", pct(r.trained), pct(r.decomposed),
+                      pct(r.finetuned), f"{r.macs_after:,}" if r.macs_after else "")  # fmt: skip
+    console.print(table)
+    console.print(f"wrote {shown(out / 'accuracy.json')}")
+
+
+@app.command()
+@reports_errors
+def multirun(
+    models: Annotated[str, typer.Option(help="e.g. vgg16:8 or vgg16:3,resnet152:1")],
+    mode: Annotated[str, typer.Option(help="mt | mp | seq | batched")] = "mt",
+    decomposed: Annotated[str | None, typer.Option(help="Tucker-2 rank rule, e.g. vbmf")] = None,
+    requests: Annotated[int, typer.Option(help="Requests per model instance.")] = 10,
+    rate: Annotated[float | None, typer.Option(help="Requests/s per instance (open loop).")] = None,
+    workers: Annotated[int, typer.Option(help="MT pool workers.")] = 2,
+    threads: Annotated[int, typer.Option(help="Intra-op threads per worker / process.")] = 1,
+    jobs: Annotated[str, typer.Option(help="Job policy: layers, jobs:N, macs:N.")] = "jobs:8",
+    coalesce: Annotated[
+        int,
+        typer.Option(help="MT, beyond the paper: batch up to N waiting requests for the same job."),
+    ] = 1,
+    input_size: Annotated[
+        int, typer.Option(help="Image side; 64 or less uses the small-input models.")
+    ] = 32,
+    device: Annotated[str, typer.Option(help="cpu or cuda (MT, seq, batched).")] = "cpu",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Run many models at once (paper B): MT framework, one process per model, or baselines."""
+    import json
+
+    from headway.io import atomic_write_text
+    from headway.transforms.tucker import RankRule
+    from headway.vision.serving import ModelSpec, instance_names, parse_models, run_mode
+
+    check_choice(mode, ("mt", "mp", "seq", "batched"), "mode")
+    at_least(requests, 1, "--requests")
+    positive(rate, "--rate")
+    at_least(workers, 1, "--workers")
+    at_least(threads, 1, "--threads")
+    at_least(input_size, 1, "--input-size")
+    if coalesce < 1 or (coalesce > 1 and mode != "mt"):
+        raise InputError("--coalesce takes N ≥ 1 and applies to --mode mt only")
+    if decomposed is not None:
+        RankRule.parse(decomposed)
+    output_file(json_out, "--json")
+    torch_device = resolve_device(device)
+    instances = instance_names(parse_models(models))
+    small = input_size <= 64
+    specs = {n: ModelSpec(m, 10 if small else 1000, small, input_size, decomposed)
+             for n, m in instances}  # fmt: skip
+    result = run_mode(mode, specs, requests, workers, threads, jobs, torch_device, rate, coalesce)
+    table = Table(title=f"{mode}: {shown(models)}, {requests} requests each"
+                  + (f", Tucker-2 {shown(decomposed)}" if decomposed else "")
+                  + (f", coalescing up to {coalesce}" if coalesce > 1 else ""))  # fmt: skip
+    for column in ("instance", "mean ms", "p95 ms", "requests"):
+        table.add_column(column, justify="left" if column == "instance" else "right")
+    summary = result.summary()
+    for name in specs:
+        row = summary.get(name)
+        if row is None:
+            table.add_row(name, "failed", "", "0")
+        else:
+            table.add_row(name, f"{row['mean_ms']:.2f}", f"{row['p95_ms']:.2f}",
+                          str(row["requests"]))  # fmt: skip
+    console.print(table)
+    console.print(f"throughput {result.throughput:.2f} requests/s over {result.wall_s:.2f} s")
+    if "mean_batch" in result.notes:
+        console.print(f"coalesced batches: {result.notes['mean_batch']:.2f} requests on average")
+    for name, message in result.errors.items():
+        errors.print(f"[bold red]failed:[/] {name}: {shown(message)}", highlight=False)
+    if json_out is not None:
+        payload = {"mode": mode, "models": models, "decomposed": decomposed,
+                   "requests": requests, "summary": summary,
+                   "throughput": result.throughput, "wall_s": result.wall_s,
+                   "errors": result.errors, "notes": result.notes,
+                   "latencies_ms": result.latencies_ms}  # fmt: skip
+        atomic_write_text(json_out, json.dumps(payload, indent=2))
+    if result.errors:
+        raise typer.Exit(1)

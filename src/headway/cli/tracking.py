@@ -1,0 +1,321 @@
+"""``headway synth | track | eval | bench tracker | train tracker``: the tracker's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.table import Table
+
+from headway.cli.base import (
+    app,
+    at_least,
+    bench_app,
+    check_choice,
+    console,
+    names,
+    output_file,
+    output_folder,
+    positive,
+    reports_errors,
+    shown,
+    train_app,
+)
+from headway.errors import InputError
+from headway.models import CONFIGS, build_cswintt, load_weights
+from headway.runtime.device import keep_freed_memory, resolve_device
+from headway.tracking.datasets import FORMATS, UPDATE_INTERVALS, load_dataset
+from headway.tracking.executors import EXECUTORS, check_executor
+from headway.tracking.metrics import CONVENTIONS
+
+
+@app.command()
+@reports_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the OTB-layout dataset into.")],
+    sequences: Annotated[int, typer.Option(help="Number of sequences.")] = 4,
+    frames: Annotated[int, typer.Option(help="Frames per sequence.")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    appearance_change: Annotated[
+        float, typer.Option(help="Share of the target texture replaced by the last frame.")
+    ] = 0.0,
+) -> None:
+    """Write synthetic tracking sequences (the built-in default data)."""
+    from rich.progress import track
+
+    from headway.tracking.synth import SynthSettings, synthesize
+
+    output_folder(out, "OUT")
+    at_least(sequences, 1, "--sequences")
+    at_least(frames, 2, "--frames")
+    settings = SynthSettings(frames=frames, appearance_change=appearance_change)
+    steps = iter(track(range(sequences), description="synthesising", console=console))
+    written = synthesize(out, sequences, seed, settings, on_sequence=lambda _: next(steps, None))
+    next(steps, None)
+    console.print(f"wrote {len(written)} sequences × {frames} frames to {shown(out)}")
+
+
+@app.command("track")
+@reports_errors
+def track_command(
+    dataset: Annotated[Path, typer.Argument(help="Dataset root folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for the result files.")],
+    format: Annotated[str, typer.Option(help=f"Dataset layout: {', '.join(FORMATS)}.")] = "otb",
+    config: Annotated[str, typer.Option(help="Network size: default or tiny.")] = "default",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Weights (.pth / .pth.tar); 'builtin': the trained tiny tracker."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    sequences: Annotated[str | None, typer.Option(help="Only these, comma-separated.")] = None,
+    split: Annotated[str | None, typer.Option(help="GOT-10k / TrackingNet split.")] = None,
+    update_interval: Annotated[
+        int | None, typer.Option(help="Template update interval (default: per format).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights (no checkpoint).")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    executor: Annotated[str, typer.Option(help=f"How it runs: {', '.join(EXECUTORS)}.")] = "eager",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Track every sequence of a dataset; reruns skip sequences already complete."""
+    from headway.models.pretrained import builtin_weights_path
+    from headway.tracking.runner import stage_breakdown, track_dataset
+    from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
+
+    check_choice(format, FORMATS, "dataset format")
+    check_choice(config, list(CONFIGS), "configuration")
+    output_folder(out, "--out")
+    at_least(update_interval, 1, "--update-interval")
+    at_least(threads, 1, "--threads")
+    torch_device = resolve_device(device)
+    check_executor(executor, torch_device)
+    if checkpoint is not None and str(checkpoint) == "builtin":
+        if config != "tiny":
+            raise InputError("the built-in trained weights are for --config tiny")
+        checkpoint = builtin_weights_path()
+    selected = load_dataset(dataset, format, split, names(sequences))
+    keep_freed_memory()
+    if threads:
+        torch.set_num_threads(threads)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        network = build_cswintt(config)
+    if checkpoint is not None:
+        load_weights(network, checkpoint)
+    weights = str(checkpoint) if checkpoint else f"random (seed {seed})"
+    interval = update_interval or UPDATE_INTERVALS[format]
+    tracker = CSWinTTTracker(
+        network, TrackerSettings(update_interval=interval), torch_device, executor
+    )
+    console.print(
+        f"tracking {len(selected)} sequences with CSWinTT ({config}), weights {shown(weights)}, "
+        f"executor {executor}, {torch_device}, {torch.get_num_threads()} threads, "
+        f"update interval {interval}"
+    )
+    info = {"config": config, "weights": weights, "update_interval": interval, "executor": executor}
+    try:
+        summary = track_dataset(tracker, selected, out, format, info, show_progress=progress)
+    finally:
+        tracker.executor.close()
+    if summary.skipped:
+        console.print(f"skipped {len(summary.skipped)} complete sequences already in {shown(out)}")
+    breakdown = stage_breakdown(out, [s.name for s in selected])
+    table = Table(title=f"Per-frame time by stage ({breakdown.frames} tracked frames)")
+    table.add_column("stage")
+    table.add_column("ms / frame", justify="right")
+    table.add_column("share", justify="right")
+    shares = breakdown.shares()
+    for stage, ms in breakdown.stage_ms.items():
+        table.add_row(stage, f"{ms:.2f}", f"{shares[stage]:.1f}%")
+    table.add_row("[bold]frame (wall)", f"{breakdown.frame_ms:.2f}", f"{breakdown.fps:.2f} FPS")
+    console.print(table)
+
+
+@app.command("eval")
+@reports_errors
+def eval_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run folder(s) written by `headway track`.")],
+    dataset: Annotated[Path, typer.Option(help="Dataset root folder (ground truth).")],
+    format: Annotated[str, typer.Option(help=f"Dataset layout: {', '.join(FORMATS)}.")] = "otb",
+    convention: Annotated[
+        str, typer.Option(help=f"Metric convention: {', '.join(CONVENTIONS)}.")
+    ] = "pytracking",
+    split: Annotated[str | None, typer.Option(help="GOT-10k / TrackingNet split.")] = None,
+    sequences: Annotated[str | None, typer.Option(help="Only these, comma-separated.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots.")] = None,
+) -> None:
+    """Score runs (AUC, precision, normalised precision), write metrics.json and plots."""
+    from headway.tracking.plots import plot_curves
+    from headway.tracking.runner import evaluate_run
+
+    check_choice(format, FORMATS, "dataset format")
+    check_choice(convention, CONVENTIONS, "convention")
+    for run in runs:
+        if not run.is_dir():
+            raise InputError(f"{run}: run folder does not exist")
+        output_folder(run, "RUN")
+    if plots is not None:
+        output_folder(plots, "--plots")
+    selected = load_dataset(dataset, format, split, names(sequences))
+    results = {str(run): evaluate_run(run, selected, convention) for run in runs}
+    score_names = list(next(iter(results.values())).scores)
+    table = Table(title=f"{len(selected)} sequences, {convention} convention")
+    table.add_column("run")
+    for name in score_names:
+        table.add_column(name, justify="right")
+    for label, result in results.items():
+        table.add_row(shown(label), *(f"{result.scores[n]:.2f}" for n in score_names))
+    console.print(table)
+    written = plot_curves(results, plots or runs[0])
+    console.print(
+        "metrics.json written to each run folder; plots: " + ", ".join(map(shown, written))
+    )
+
+
+@bench_app.command("tracker")
+@reports_errors
+def bench_tracker(
+    config: Annotated[str, typer.Option(help="Network size: default or tiny.")] = "default",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    executors: Annotated[
+        str, typer.Option(help=f"Comma-separated, from: {', '.join(EXECUTORS)}.")
+    ] = "eager,scripted,heads,fused,fused-bf16",
+    frames: Annotated[int, typer.Option(help="Timed frames per executor.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed frames first.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of weights and frames.")] = 0,
+    rounds: Annotated[int, typer.Option(help="Passes per executor, in alternating order.")] = 2,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Time every executor on the same frames: encoder, FPS, stages, GFLOP/s, differences."""
+    import json
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from headway.experiments.tracker_executors import TIMED_STAGES, benchmark_executors
+    from headway.io import atomic_write_text
+
+    check_choice(config, list(CONFIGS), "configuration")
+    at_least(frames, 1, "--frames")
+    at_least(warmup, 0, "--warmup")
+    at_least(rounds, 1, "--rounds")
+    output_file(json_out, "--json")
+    chosen = names(executors) or ["eager"]
+    torch_device = resolve_device(device)
+    for name in chosen:
+        check_executor(name, torch_device)
+    allocator_tuned = keep_freed_memory()  # same for every executor measured
+    wide = Console(width=max(console.width, 132))
+    with Progress(console=console, transient=True) as progress:
+        total = (frames + warmup) * rounds * len(set(chosen) | {"eager"})
+        task = progress.add_task("frames (all executors)", total=total)
+        bench = benchmark_executors(
+            config, device, chosen, frames, warmup, seed, lambda _: progress.advance(task), rounds
+        )
+    eager = bench.results[0]
+    table = Table(
+        title=f"CSWinTT {config} on {bench.device} ({bench.environment['threads']} threads), "
+        f"median of {frames} frames × {rounds} passes; encoder {bench.encoder_gflop:.2f} "
+        "GFLOP/frame"
+    )
+    columns = ("executor", "enc ms", "×enc", "frame ms", "FPS", "×FPS", "GFLOP/s", "%peak",
+               "max Δenc", "max Δbox px")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "executor" else "right")
+    for r in bench.results:
+        peak = bench.matmul_peak_gflops["bfloat16" if "bf16" in r.name else "float32"]
+        table.add_row(
+            r.name,
+            f"{r.encoder_ms:.2f}",
+            f"{eager.encoder_ms / r.encoder_ms:.2f}",
+            f"{r.frame_ms:.2f}",
+            f"{r.fps:.2f}",
+            f"{r.fps / eager.fps:.2f}",
+            f"{r.encoder_gflops:.1f}",
+            f"{100 * r.encoder_gflops / peak:.0f}%",
+            f"{r.max_encoder_diff:.2e}",
+            f"{r.max_box_diff_px:.3f}",
+        )
+    wide.print(table)
+    stages = Table(title="Stage breakdown, ms per frame (share of the stages' sum)")
+    stages.add_column("executor")
+    for stage in TIMED_STAGES:
+        stages.add_column(stage, justify="right")
+    for r in bench.results:
+        stage_sum = sum(r.stage_ms.values()) or 1.0
+        stages.add_row(
+            r.name,
+            *(f"{r.stage_ms[s]:.2f} ({100 * r.stage_ms[s] / stage_sum:.0f}%)"
+              for s in TIMED_STAGES),
+        )  # fmt: skip
+    wide.print(stages)
+    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in bench.matmul_peak_gflops.items())
+    console.print(f"measured matmul peak (tokens × FFN weight): {peaks}")
+    if json_out is not None:
+        data = bench.to_json()
+        data["environment"]["glibc_keep_freed_memory"] = allocator_tuned
+        atomic_write_text(json_out, json.dumps(data, indent=2))
+        console.print(f"wrote {shown(json_out)}")
+
+
+@train_app.command("tracker")
+@reports_errors
+def train_tracker_command(
+    out: Annotated[Path, typer.Argument(help="Run folder (checkpoint, weights, log).")],
+    config: Annotated[str, typer.Option(help="Network size: tiny or default.")] = "tiny",
+    box_steps: Annotated[int, typer.Option(help="Stage-1 (box) steps.")] = 3000,
+    confidence_steps: Annotated[int, typer.Option(help="Stage-2 (confidence) steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Stage-1 peak learning rate (AdamW).")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and of the sampling.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pth.")] = True,
+) -> None:
+    """Train a tracker on synthetic sequences: boxes (L1 + GIoU), then the confidence head."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from headway.tracking.train import TrackerTrainSettings, train_tracker
+
+    check_choice(config, list(CONFIGS), "configuration")
+    output_folder(out, "OUT")
+    at_least(threads, 1, "--threads")
+    positive(lr, "--lr")
+    settings = TrackerTrainSettings(
+        config=config,
+        box_steps=box_steps,
+        confidence_steps=confidence_steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+    )
+    settings.validate()
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("training", total=settings.total_steps, status="")
+
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            keys = ("loss", "iou") if metrics["stage"] == 1 else ("loss", "accuracy")
+            status = f"stage {int(metrics['stage'])} " + " ".join(
+                f"{k} {metrics[k]:.3f}" for k in keys
+            )
+            progress.update(task, completed=step + 1, status=status)
+
+        weights = train_tracker(out, settings, resume=resume, on_step=on_step)
+    console.print(f"weights: {shown(weights)}")

@@ -1,0 +1,175 @@
+"""``headway vit accuracy | vit breakdown | simulate``: paper C's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from headway.cli.base import (
+    app,
+    at_least,
+    check_choice,
+    console,
+    fractions,
+    names,
+    output_file,
+    output_folder,
+    reports_errors,
+    share_pair,
+    shown,
+    vit_app,
+)
+from headway.errors import InputError
+from headway.models import load_weights
+
+
+@vit_app.command("accuracy")
+@reports_errors
+def vit_accuracy(
+    out: Annotated[Path, typer.Argument(help="Folder for the checkpoint and vit_accuracy.json.")],
+    prune: Annotated[str, typer.Option(help="Pruning share START:END (layers 4..12).")] = "0.1:0.5",
+    sparsities: Annotated[str, typer.Option(help="Comma-separated.")] = "0.5,0.6,0.7,0.8",
+    images: Annotated[
+        Path | None, typer.Option(help="Your labelled folder ROOT/<class>/<image> instead.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="With --images: deit_tiny|small|base.")] = "deit_tiny",
+    checkpoint: Annotated[Path | None, typer.Option(help="With --images: DeiT weights.")] = None,
+    class_map: Annotated[
+        Path | None, typer.Option(help="Folder names in output order, one per line.")
+    ] = None,
+    calibration: Annotated[
+        float, typer.Option(help="With --images: share of images that build the masks.")
+    ] = 0.5,
+    finetune_epochs: Annotated[
+        int, typer.Option(help="Fine-tune with each sparsity's masks first (0: post hoc).")
+    ] = 0,
+) -> None:
+    """Paper C's Table 1 shape: sparse only vs sparse + pruning, on the built-in digits (a
+    small DeiT trained here) or on your image folder with real DeiT weights."""
+    import json
+    from dataclasses import replace
+
+    from headway.experiments.vit import MASK_FINETUNING, accuracy_table, trained_digits_deit
+    from headway.io import atomic_write_text, locked_folder
+    from headway.models.deit import DEIT_CONFIGS, build_deit
+    from headway.transforms.token_pruning import keep_counts, pruning_ratios
+    from headway.vision.data import load_imagenet_folder
+
+    output_folder(out, "OUT")
+    targets = fractions(sparsities, "--sparsities")
+    prune_pair = share_pair(prune, "--prune")
+    at_least(finetune_epochs, 0, "--finetune-epochs")
+    if images is None:
+        if checkpoint is not None:
+            raise InputError("--checkpoint needs --images (the built-in run trains its own)")
+        name = "deit_digits"
+    else:
+        check_choice(model, [m for m in DEIT_CONFIGS if m != "deit_digits"], "DeiT model")
+        if checkpoint is None:
+            raise InputError("--images needs --checkpoint (random weights score nothing)")
+        if not 0 < calibration < 1:
+            raise InputError(f"--calibration must be between 0 and 1, got {calibration}")
+        name = model
+    config = DEIT_CONFIGS[name]
+    keep_counts(config.num_patches, pruning_ratios(config.depth, *prune_pair))  # checked now
+    finetune = replace(MASK_FINETUNING, epochs=finetune_epochs) if finetune_epochs else None
+    with locked_folder(out):
+        if images is None:
+            network, data = trained_digits_deit(out)
+        else:
+            network = load_weights(build_deit(model), checkpoint).eval()
+            data = load_imagenet_folder(images, class_map, config.img_size,
+                                        calibration_fraction=calibration)  # fmt: skip
+            console.print(f"{len(data.train_labels)} calibration and {len(data.test_labels)} "
+                          f"scored images from {shown(images)}")  # fmt: skip
+        table_data = accuracy_table(network, data, targets, prune_pair, finetune)
+        table_data["model"] = name
+        atomic_write_text(out / "vit_accuracy.json", json.dumps(table_data, indent=2))
+    table = Table(title=f"{name} top-1 (dense {table_data['dense']:.1f}%), pruning {prune}")
+    columns = ["sparsity", "achieved", "sparse only", "sparse + pruning"]
+    if finetune:
+        columns.insert(2, "post hoc (no fine-tuning)")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in table_data["rows"]:
+        cells = [f"{row['sparsity']:.0%}", f"{row['achieved']:.1%}",
+                 f"{row['sparse_only']:.1f}%", f"{row['sparse_pruned']:.1f}%"]  # fmt: skip
+        if finetune:
+            cells.insert(2, f"{row['sparse_only_post_hoc']:.1f}%")
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"mean drop from pruning: {table_data['mean_drop_from_pruning']:.2f} points")
+
+
+@vit_app.command("breakdown")
+@reports_errors
+def vit_breakdown(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated DeiT names.")
+    ] = "deit_tiny,deit_small",
+    plot: Annotated[Path, typer.Option(help="PNG to write.")] = Path("vit_breakdown.png"),
+) -> None:
+    """FLOPs vs CPU time by layer type (paper C, Fig. 1) as a table and a stacked bar plot."""
+    from headway.experiments.vit import flop_latency_breakdown, plot_breakdown
+    from headway.models.deit import DEIT_CONFIGS
+
+    chosen = names(models)
+    if not chosen:
+        raise InputError("--models needs at least one DeiT name")
+    for name in chosen:
+        check_choice(name, list(DEIT_CONFIGS), "DeiT model")
+    output_file(plot, "--plot")
+    rows = [flop_latency_breakdown(name) for name in chosen]
+    table = Table(title="share of FLOPs / share of CPU time (batch 1)")
+    for column in ("model", "linear", "attention", "other"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in rows:
+        total_f, total_t = sum(r["flops"].values()), sum(r["ms"].values())
+        table.add_row(r["model"], *(f"{100 * r['flops'][k] / total_f:.1f}% / "
+                                    f"{100 * r['ms'][k] / total_t:.1f}%"
+                                    for k in ("linear", "attention", "other")))  # fmt: skip
+    console.print(table)
+    console.print(f"plot: {shown(plot_breakdown(rows, plot))}")
+
+
+@app.command()
+@reports_errors
+def simulate(
+    model: Annotated[str, typer.Option(help="deit_tiny | deit_small | deit_base")] = "deit_tiny",
+    sparsity: Annotated[
+        str, typer.Option(help="One value or comma-separated.")
+    ] = "0.5,0.6,0.7,0.8",
+    prune: Annotated[str, typer.Option(help="Pruning share START:END.")] = "0.1:0.9",
+) -> None:
+    """Cycle-level ViTCoD-like accelerator: cycles by layer type, sparse only vs + pruning."""
+    from headway.models.deit import DEIT_CONFIGS
+    from headway.sim.vitcod import simulate_deit
+    from headway.transforms.token_pruning import keep_counts, pruning_ratios
+
+    check_choice(model, list(DEIT_CONFIGS), "DeiT model")
+    config = DEIT_CONFIGS[model]
+    targets = fractions(sparsity, "--sparsity")
+    counts = keep_counts(config.num_patches,
+                         pruning_ratios(config.depth, *share_pair(prune, "--prune")))  # fmt: skip
+    table = Table(title=f"{model}: cycles (500 MHz, 64×8 MACs, 76.8 GiB/s, 8-bit), pruning {prune}")
+    for column in ("sparsity", "case", "linear", "attention", "softmax", "ffn", "top-k", "total",
+                   "speedup"):  # fmt: skip
+        table.add_column(column, justify="right")
+    speedups = []
+    for target in targets:
+        sparse = simulate_deit(model, target)
+        pruned = simulate_deit(model, target, counts)
+        speedups.append(sparse.total / pruned.total)
+        for label, result in (("sparse", sparse), ("+ pruning", pruned)):
+            kinds = result.by_type()
+            table.add_row(f"{target:.0%}", label, *(f"{kinds[k]:,}" for k in
+                          ("linear", "attention", "softmax", "ffn", "topk")),
+                          f"{result.total:,}",
+                          f"{sparse.total / result.total:.2f}×")  # fmt: skip
+    Console(width=max(console.width, 130)).print(table)
+    console.print(f"mean speedup of sparse + pruning over sparse only: "
+                  f"{sum(speedups) / len(speedups):.2f}× (paper C: 1.31×)")  # fmt: skip

@@ -1,0 +1,111 @@
+"""Cutting a model into *jobs*: runs of consecutive layers (a Tucker-decomposed convolution
+counts as its three convolutions) that a worker pool executes one after another. Generic: the
+model gives its layer order (``layer_sequence()``), the runtime knows no model family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from headway.errors import InputError
+
+
+@dataclass
+class ModelInstance:
+    """One model to serve: a name (for reports), its jobs and a request input."""
+
+    name: str
+    jobs: list[nn.Module]
+    example: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _expand(modules: list[nn.Module]) -> list[nn.Module]:
+    """Flatten Tucker-2 triples (a Sequential of three convolutions) into their layers."""
+    layers: list[nn.Module] = []
+    for module in modules:
+        if isinstance(module, nn.Sequential) and all(isinstance(m, nn.Conv2d) for m in module):
+            layers.extend(module)
+        else:
+            layers.append(module)
+    return layers
+
+
+def layer_sequence(model: nn.Module) -> list[nn.Module]:
+    """The model's forward pass as a list of layers whose composition equals ``model(x)``
+    (inference mode: no auxiliary heads), with Tucker-2 triples flattened. The model says its
+    own order through a ``layer_sequence()`` method (every zoo model has one); an
+    ``nn.Sequential`` is its own order."""
+    if callable(getattr(model, "layer_sequence", None)):
+        return _expand(list(model.layer_sequence()))
+    if isinstance(model, nn.Sequential):
+        return _expand(list(model))
+    raise InputError(
+        f"cannot split {type(model).__module__}.{type(model).__name__} into jobs: no layer "
+        "order is known (it is no nn.Sequential and has no layer_sequence() method)"
+    )
+
+
+def _layer_macs(layers: list[nn.Module], example: torch.Tensor) -> list[int]:
+    macs, x = [], example
+    with torch.no_grad():
+        for layer in layers:
+            with FlopCounterMode(display=False) as counter:
+                x = layer(x)
+            macs.append(counter.get_total_flops() // 2)
+    return macs
+
+
+def split_jobs(
+    model: nn.Module, policy: str = "jobs:8", example: torch.Tensor | None = None
+) -> list[nn.Sequential]:
+    """Cut ``model`` into jobs by ``policy``: ``layers`` (one job per layer or block),
+    ``jobs:N`` (N jobs of about equal layer count) or ``macs:N`` (N jobs of about equal MACs,
+    needs ``example``). Running the jobs in order computes exactly ``model(x)``."""
+    layers = layer_sequence(model)
+    kind, _, value = policy.partition(":")
+    if kind == "layers":
+        groups = [[layer] for layer in layers]
+    elif kind in ("jobs", "macs"):
+        try:
+            count = int(value)
+        except ValueError:
+            raise InputError(f"job policy {policy!r}: {value!r} is not a job count") from None
+        if not 1 <= count <= len(layers):
+            raise InputError(
+                f"job policy {policy!r} cannot split a model of {len(layers)} layers into "
+                f"{count} jobs"
+            )
+        if kind == "jobs":
+            weights = [1] * len(layers)
+        else:
+            if example is None:
+                raise InputError("job policy macs:N needs an example input")
+            weights = [max(m, 1) for m in _layer_macs(layers, example)]
+        groups = _balanced_groups(layers, weights, count)
+    else:
+        raise InputError(f"unknown job policy {policy!r}: use layers, jobs:N or macs:N")
+    return [nn.Sequential(*group) for group in groups]
+
+
+def _balanced_groups(
+    layers: list[nn.Module], weights: list[int], count: int
+) -> list[list[nn.Module]]:
+    """Contiguous groups whose weight sums are close to total / count (greedy by prefix)."""
+    total = sum(weights)
+    groups: list[list[nn.Module]] = [[]]
+    running = 0
+    for index, (layer, weight) in enumerate(zip(layers, weights, strict=True)):
+        groups_left = count - len(groups)
+        past_share = running + weight / 2 > total * len(groups) / count
+        must_open = len(layers) - index <= groups_left
+        if groups[-1] and groups_left > 0 and (past_share or must_open):
+            groups.append([])
+        groups[-1].append(layer)
+        running += weight
+    return groups

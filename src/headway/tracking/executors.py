@@ -1,0 +1,340 @@
+"""Executors: how the tracker's network stages run, selectable by name.
+
+| name | what runs |
+|---|---|
+| ``eager`` | Case A: the plain modules, heads one after another in Python |
+| ``scripted`` | Case B: every stage traced to TorchScript once per input shape, then called |
+| ``compiled`` | torch.compile of every stage (falls back to ``scripted``, with a warning) |
+| ``heads`` | Case C: split heads dispatched to a pool of workers, one CUDA stream each |
+| ``fused`` | fused window attention (one gather per Q/K′/V′, heads batched per window size), |
+|  | batch norms folded into the convolutions, channels-last convolutions |
+| ``fused-bf16`` | ``fused`` with bfloat16 weights under autocast (AVX-512 BF16, tensor cores) |
+| ``compiled-bf16`` | ``fused-bf16`` with every stage compiled by torch.compile |
+| ``cudagraph`` | ``fused`` with each stage captured once as a CUDA graph, then replayed |
+| ``cudagraph-bf16`` | ``cudagraph`` under bfloat16 autocast (CUDA only) |
+
+Every executor exposes the same stage calls (``backbone``, ``merge``, ``encoder``, ``decoder``,
+``box_head``, ``confidence``), so the tracker and the benchmark treat them alike. Executors that
+rewrite the network work on a copy; all of them move the network to their device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from headway.errors import InputError
+from headway.models.cswintt import CSWinTT, Features
+from headway.runtime.pool import StreamWorkerPool
+from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
+from headway.transforms.heads import fuse_window_attention, set_head_dispatch, split_heads
+
+log = logging.getLogger(__name__)
+
+STAGE_METHODS = {
+    "backbone": "forward_backbone",
+    "encoder": "forward_encoder",
+    "decoder": "forward_decoder",
+    "box_head": "forward_box_head",
+    "confidence": "forward_confidence",
+}
+
+
+class Executor:
+    """Case A: calls the network's stage methods as they are."""
+
+    name: ClassVar[str] = "eager"
+    requires_cuda: ClassVar[bool] = False
+    dtype: ClassVar[torch.dtype] = torch.float32
+    memory_format: ClassVar[torch.memory_format] = torch.contiguous_format
+
+    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.config = network.config
+        self.network = self.prepare(network).to(self.device).eval()
+        self.stages: dict[str, Callable[..., Any]] = {
+            stage: getattr(self.network, method) for stage, method in STAGE_METHODS.items()
+        }
+
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        """The network this executor runs (a transformed copy, or the network itself)."""
+        return network
+
+    @contextlib.contextmanager
+    def precision(self) -> Iterator[None]:
+        """Context every stage runs in (autocast for the bf16 executors)."""
+        if self.dtype == torch.float32:
+            yield
+        else:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                yield
+
+    def _run(self, stage: str, *args: torch.Tensor) -> Any:
+        with self.precision():
+            return self.stages[stage](*args)
+
+    # -- the stage API the tracker uses -------------------------------------------------------
+    def backbone(self, images: torch.Tensor, padding_mask: torch.Tensor) -> Features:
+        images = images.contiguous(memory_format=self.memory_format)
+        return Features(*self._run("backbone", images, padding_mask))
+
+    def merge(self, features: list[Features]) -> Features:
+        return self.network.merge(features)
+
+    def encoder(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        return self._run("encoder", tokens, padding_mask)
+
+    def decoder(self, memory: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        return self._run("decoder", memory, padding_mask)
+
+    def box_head(self, memory: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+        return self._run("box_head", memory, decoded).float()
+
+    def confidence(self, decoded: torch.Tensor) -> torch.Tensor:
+        return self._run("confidence", decoded).float()
+
+    def close(self) -> None:
+        """Release threads or graphs the executor holds."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _StageModule(nn.Module):
+    """One stage method as a module, so TorchScript can trace it."""
+
+    def __init__(self, network: CSWinTT, method: str) -> None:
+        super().__init__()
+        self.network = network
+        self.method = method
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        out = getattr(self.network, self.method)(*args)
+        return tuple(out) if isinstance(out, Features) else out
+
+
+class ScriptedExecutor(Executor):
+    """Case B: each stage traced to a TorchScript module on its first call for an input shape
+    (templates and search region give the backbone two shapes), then the graph is executed."""
+
+    name = "scripted"
+
+    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
+        super().__init__(network, device)
+        self._traced: dict[tuple[str, tuple[tuple[int, ...], ...]], Callable[..., Any]] = {}
+        self.stages = {stage: self._traced_stage(stage) for stage in STAGE_METHODS}
+
+    def _traced_stage(self, stage: str) -> Callable[..., Any]:
+        module = _StageModule(self.network, STAGE_METHODS[stage])
+
+        def run(*args: torch.Tensor) -> Any:
+            key = (stage, tuple(tuple(a.shape) for a in args))
+            traced = self._traced.get(key)
+            if traced is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript
+                    traced = torch.jit.trace(
+                        module, tuple(a.clone() for a in args), check_trace=False
+                    )
+                self._traced[key] = traced
+            return traced(*args)
+
+        return run
+
+
+def _warn_compile_failed(error: Exception, consequence: str) -> None:
+    """One printed line saying that torch.compile failed, why, and what runs instead."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    warnings.warn(f"torch.compile failed ({message}); {consequence}", RuntimeWarning, stacklevel=4)
+
+
+class CompiledExecutor(Executor):
+    """torch.compile of every stage; if compilation fails, falls back to tracing (printed)."""
+
+    name = "compiled"
+
+    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
+        super().__init__(network, device)
+        self.fallback: ScriptedExecutor | None = None
+        self.stages = {
+            stage: torch.compile(getattr(self.network, method), dynamic=False)
+            for stage, method in STAGE_METHODS.items()
+        }
+
+    def _run(self, stage: str, *args: torch.Tensor) -> Any:
+        if self.fallback is not None:
+            return self.fallback._run(stage, *args)
+        try:
+            return super()._run(stage, *args)
+        except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
+            _warn_compile_failed(error, "executor 'compiled' falls back to 'scripted'")
+            self.fallback = ScriptedExecutor(self.network, self.device)
+            return self.fallback._run(stage, *args)
+
+
+class HeadParallelExecutor(Executor):
+    """Case C: split heads; each layer's head jobs go through the pool's FIFO queue to workers
+    that own one CUDA stream each (no streams on CPU)."""
+
+    name = "heads"
+
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        split, _ = split_heads(network)
+        self.pool = StreamWorkerPool(network.config.num_heads, self.device)
+        set_head_dispatch(split, self.pool.run_all)
+        return split
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+class FusedExecutor(Executor):
+    """Fused window attention (:func:`~headway.transforms.heads.fuse_window_attention`),
+    batch norms folded into convolutions and channels-last convolutions."""
+
+    name = "fused"
+    memory_format = torch.channels_last
+
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        fused, _ = fuse_window_attention(network)
+        folded, _ = fold_batchnorm(fused)
+        return folded.to(memory_format=torch.channels_last)
+
+
+class FusedBF16Executor(FusedExecutor):
+    """``fused`` with matmul/conv weights stored in bfloat16, run under autocast."""
+
+    name = "fused-bf16"
+    dtype = torch.bfloat16
+
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        return cast_matmul_weights(super().prepare(network), self.dtype)[0]
+
+
+class CompiledBF16Executor(FusedBF16Executor):
+    """``fused-bf16`` with every stage compiled by torch.compile: inductor fuses the elementwise
+    work, casts and gathers around the matrix products. If compilation fails it runs the same
+    stages uncompiled (printed warning)."""
+
+    name = "compiled-bf16"
+
+    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
+        super().__init__(network, device)
+        self.uncompiled = dict(self.stages)
+        self.compile_failed = False
+        self.stages = {
+            stage: torch.compile(run, dynamic=False) for stage, run in self.uncompiled.items()
+        }
+
+    def _run(self, stage: str, *args: torch.Tensor) -> Any:
+        if not self.compile_failed:
+            try:
+                return super()._run(stage, *args)
+            except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
+                _warn_compile_failed(
+                    error, "executor 'compiled-bf16' runs the 'fused-bf16' stages uncompiled"
+                )
+                self.compile_failed = True
+                self.stages = self.uncompiled
+        return super()._run(stage, *args)
+
+
+class _GraphedStage:
+    """A stage captured as a CUDA graph per input shape: inputs are copied into static
+    buffers, the graph is replayed, and the static outputs are cloned out."""
+
+    def __init__(self, fn: Callable[..., Any], precision: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.precision = precision
+        self.graphs: dict[
+            tuple[Any, ...], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]
+        ] = {}
+
+    def __call__(self, *args: torch.Tensor) -> Any:
+        key = tuple((tuple(a.shape), a.dtype) for a in args)
+        if key not in self.graphs:
+            static = [a.clone() for a in args]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), self.precision():
+                for _ in range(2):  # warm-up outside the capture, as CUDA graphs require
+                    self.fn(*static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), self.precision():
+                output = self.fn(*static)
+            self.graphs[key] = (graph, static, output)
+        graph, static, output = self.graphs[key]
+        for buffer, arg in zip(static, args, strict=True):
+            buffer.copy_(arg)
+        graph.replay()
+        if isinstance(output, tuple):
+            return type(output)(*(o.clone() for o in output))
+        return output.clone()
+
+
+class CudaGraphExecutor(FusedExecutor):
+    """``fused`` with every stage captured as a CUDA graph (CUDA only)."""
+
+    name = "cudagraph"
+    requires_cuda = True
+
+    def __init__(self, network: CSWinTT, device: torch.device | str = "cuda") -> None:
+        super().__init__(network, device)
+        self.stages = {
+            stage: _GraphedStage(fn, self.precision) for stage, fn in self.stages.items()
+        }
+
+    def _run(self, stage: str, *args: torch.Tensor) -> Any:
+        return self.stages[stage](*args)  # the graph already ran under the right precision
+
+
+class CudaGraphBF16Executor(CudaGraphExecutor):
+    name = "cudagraph-bf16"
+    dtype = torch.bfloat16
+
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        return cast_matmul_weights(super().prepare(network), self.dtype)[0]
+
+
+EXECUTORS: dict[str, type[Executor]] = {
+    cls.name: cls
+    for cls in (
+        Executor,
+        ScriptedExecutor,
+        CompiledExecutor,
+        HeadParallelExecutor,
+        FusedExecutor,
+        FusedBF16Executor,
+        CompiledBF16Executor,
+        CudaGraphExecutor,
+        CudaGraphBF16Executor,
+    )
+}
+
+
+def check_executor(name: str, device: torch.device | str) -> type[Executor]:
+    """The executor class for ``name``, or a clear error (unknown name, CUDA-only on CPU)."""
+    if name not in EXECUTORS:
+        raise InputError(f"unknown executor {name!r}: choose from {', '.join(EXECUTORS)}")
+    cls = EXECUTORS[name]
+    if cls.requires_cuda and torch.device(device).type != "cuda":
+        raise InputError(
+            f"executor {name!r} needs CUDA (device is {device}); on CPU use 'fused' or 'fused-bf16'"
+        )
+    return cls
+
+
+def build_executor(name: str, network: CSWinTT, device: torch.device | str = "cpu") -> Executor:
+    """Instantiate the executor ``name`` for ``network`` on ``device``."""
+    return check_executor(name, device)(network, device)

@@ -1,0 +1,116 @@
+"""The CNN serving workload of paper B: which zoo models to serve (``ModelSpec``), building and
+optionally Tucker-decomposing them, cutting them into jobs, and running them one way through
+the generic runtime (:mod:`headway.runtime.multi_model`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from headway.errors import InputError
+from headway.measure import torch_threads
+from headway.models.registry import create_model, list_models
+from headway.runtime.jobs import ModelInstance, split_jobs
+from headway.runtime.multi_model import (
+    RunResult,
+    run_batched,
+    run_multiprocess,
+    run_multithread,
+    run_sequential,
+)
+from headway.transforms.tucker import decompose_model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a process builds its model: zoo name, classes, input, optional Tucker rank rule."""
+
+    model: str
+    num_classes: int = 10
+    small_input: bool = True
+    input_size: int = 32
+    decomposed: str | None = None
+    seed: int = 0
+
+
+def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelInstance:
+    """Deterministically build (and optionally decompose) a model and cut it into jobs."""
+    with torch.random.fork_rng():  # the weights depend on the seed alone; global state kept
+        torch.manual_seed(spec.seed)
+        model = create_model(spec.model, num_classes=spec.num_classes,
+                             small_input=spec.small_input).eval()  # fmt: skip
+    example = torch.randn(1, 3, spec.input_size, spec.input_size,
+                          generator=torch.Generator().manual_seed(spec.seed))  # fmt: skip
+    try:
+        with torch.inference_mode():
+            model(example)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise InputError(f"{spec.model} cannot run on a {spec.input_size}×{spec.input_size} "
+                         f"input: {first}") from None  # fmt: skip
+    if spec.decomposed:
+        model, _ = decompose_model(model, example, spec.decomposed)
+    return ModelInstance(name, split_jobs(model, policy, example), example)
+
+
+def run_mode(
+    mode: str,
+    specs: dict[str, ModelSpec],
+    requests: int,
+    workers: int = 2,
+    threads: int = 1,
+    policy: str = "jobs:8",
+    device: torch.device | str = "cpu",
+    rate: float | None = None,
+    coalesce: int = 1,
+) -> RunResult:
+    """Run the instances in ``specs`` (name → spec) one way: ``mt``, ``mp``, ``seq`` or
+    ``batched`` (``coalesce`` applies to ``mt``). In-process modes build each distinct spec
+    once and let its copies share the weights (inference only reads them); ``mp`` builds one
+    model per process."""
+    if mode not in ("mt", "mp", "seq", "batched"):
+        raise InputError(f"unknown mode {mode!r}: use mt, mp, seq or batched")
+    if mode == "mp":
+        builders = {name: partial(build_instance, spec, name, "layers")
+                    for name, spec in specs.items()}  # fmt: skip
+        return run_multiprocess(builders, requests, threads)
+    device = torch.device(device)
+    built: dict[ModelSpec, ModelInstance] = {}
+    instances = []
+    for name, spec in specs.items():
+        if spec not in built:
+            built[spec] = build_instance(spec, spec.model, policy)
+        shared = built[spec]
+        instances.append(ModelInstance(name, [job.to(device) for job in shared.jobs],
+                                       shared.example.to(device)))  # fmt: skip
+    # seq and batched get the cores of MT's workers; every mode restores the caller's count
+    with torch_threads(threads if mode == "mt" else threads * workers):
+        if mode == "mt":
+            return run_multithread(instances, requests, workers, device, rate, threads, coalesce)
+        return (run_sequential if mode == "seq" else run_batched)(instances, requests)
+
+
+def parse_models(text: str) -> list[tuple[str, int]]:
+    """``vgg16:3,resnet152:1`` → [("vgg16", 3), ("resnet152", 1)]."""
+    pairs = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, count = item.partition(":")
+        if name not in list_models():
+            raise InputError(f"unknown model {name!r}: choose from {', '.join(list_models())}")
+        try:
+            copies = int(count or 1)
+        except ValueError:
+            raise InputError(f"{item!r}: the count must be an integer") from None
+        if copies < 1:
+            raise InputError(f"{item!r}: the count must be at least 1")
+        pairs.append((name, copies))
+    if not pairs:
+        raise InputError("no models given")
+    return pairs
+
+
+def instance_names(pairs: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    """(instance name, model) for every copy: vgg16#0, vgg16#1, ..."""
+    return [(f"{name}#{i}", name) for name, copies in pairs for i in range(copies)]
