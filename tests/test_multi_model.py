@@ -82,9 +82,16 @@ def tiny_instances() -> list[ModelInstance]:
 
 def test_multithread_sequential_and_batched_runs() -> None:
     instances = tiny_instances()
-    expected = run_jobs(instances[0].jobs, instances[0].example)
+    # the model's own answer: the same spec built whole (same seed), not through the jobs
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model("alexnet", num_classes=10, small_input=True).eval()
+    with torch.inference_mode():
+        expected = model(instances[0].example)
+    assert expected.shape == (1, 10) and expected.abs().sum() > 0
     for result in (
         run_multithread(instances, requests=4, workers=2),
+        run_multithread(instances, requests=4, workers=2, coalesce=3),
         run_sequential(instances, requests=4),
         run_batched(instances, requests=4),
     ):
@@ -92,7 +99,9 @@ def test_multithread_sequential_and_batched_runs() -> None:
         assert all(len(v) == 4 for v in result.latencies_ms.values())
         assert result.throughput > 0
         assert set(result.summary()) == {i.name for i in instances}
-    assert expected.shape == (1, 10)
+        assert set(result.last_outputs) == {i.name for i in instances}
+        for output in result.last_outputs.values():  # batching may reorder the sums slightly
+            torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_coalesced_requests_get_their_own_rows_in_fifo_order() -> None:

@@ -12,6 +12,7 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from headway.errors import InputError
 
@@ -50,6 +51,19 @@ def reports_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def print_table(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[object]], width: int | None = None
+) -> None:
+    """Render an experiment's (header, rows) table with rich: the same cells the report's
+    Markdown shows, so the two cannot drift. The first column is left-aligned."""
+    table = Table(title=title)
+    for index, column in enumerate(header):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    (Console(width=max(console.width, width)) if width else console).print(table)
 
 
 def shown(value: object) -> str:

@@ -17,9 +17,11 @@ from headway.cli.base import (
     compress_app,
     console,
     errors,
+    names,
     output_file,
     output_folder,
     positive,
+    print_table,
     reports_errors,
     shown,
 )
@@ -114,26 +116,23 @@ def compress_accuracy(
     rank: Annotated[str, typer.Option(help="Rank rule for the decomposition.")] = "vbmf",
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 5,
     quick: Annotated[bool, typer.Option(help="One third of the training epochs.")] = False,
+    models: Annotated[
+        str | None, typer.Option(help="Only these, comma-separated (default: all four).")
+    ] = None,
 ) -> None:
     """Paper B's accuracy comparison on the built-in digits: train, decompose, fine-tune."""
-    from headway.experiments.tucker import accuracy
+    from headway.experiments.tucker import ACCURACY_MODELS, accuracy, accuracy_table
     from headway.transforms.tucker import RankRule
 
     output_folder(out, "OUT")
+    chosen = names(models)
+    for name in chosen or []:
+        check_choice(name, list(ACCURACY_MODELS), "model")
     RankRule.parse(rank)
     at_least(finetune_epochs, 0, "--finetune-epochs")
-    rows = accuracy(out, rank, finetune_epochs, 1 / 3 if quick else 1.0)
-    table = Table(title=f"Top-1 on digits (32×32 test split), Tucker-2 {shown(rank)}")
-    for column in ("model", "MACs", "trained", "decomposed", "fine-tuned", "MACs after"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-
-    def pct(value: float | None) -> str:
-        return "" if value is None else f"{value:.1f}%"
-
-    for r in rows:
-        table.add_row(r.model, f"{r.macs:,}", pct(r.trained), pct(r.decomposed),
-                      pct(r.finetuned), f"{r.macs_after:,}" if r.macs_after else "")  # fmt: skip
-    console.print(table)
+    rows = accuracy(out, rank, finetune_epochs, 1 / 3 if quick else 1.0, chosen)
+    print_table(f"Top-1 % on digits (32×32 test split), Tucker-2 {shown(rank)}",
+                *accuracy_table(rows))  # fmt: skip
     console.print(f"wrote {shown(out / 'accuracy.json')}")
 
 

@@ -18,6 +18,7 @@ from headway.cli.base import (
     names,
     output_file,
     output_folder,
+    print_table,
     reports_errors,
     share_pair,
     shown,
@@ -53,7 +54,12 @@ def vit_accuracy(
     import json
     from dataclasses import replace
 
-    from headway.experiments.vit import MASK_FINETUNING, accuracy_table, trained_digits_deit
+    from headway.experiments.vit import (
+        MASK_FINETUNING,
+        accuracy_cells,
+        accuracy_table,
+        trained_digits_deit,
+    )
     from headway.io import atomic_write_text, locked_folder
     from headway.models.deit import DEIT_CONFIGS, build_deit
     from headway.transforms.token_pruning import keep_counts, pruning_ratios
@@ -89,19 +95,8 @@ def vit_accuracy(
         table_data = accuracy_table(network, data, targets, prune_pair, finetune)
         table_data["model"] = name
         atomic_write_text(out / "vit_accuracy.json", json.dumps(table_data, indent=2))
-    table = Table(title=f"{name} top-1 (dense {table_data['dense']:.1f}%), pruning {prune}")
-    columns = ["sparsity", "achieved", "sparse only", "sparse + pruning"]
-    if finetune:
-        columns.insert(2, "post hoc (no fine-tuning)")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for row in table_data["rows"]:
-        cells = [f"{row['sparsity']:.0%}", f"{row['achieved']:.1%}",
-                 f"{row['sparse_only']:.1f}%", f"{row['sparse_pruned']:.1f}%"]  # fmt: skip
-        if finetune:
-            cells.insert(2, f"{row['sparse_only_post_hoc']:.1f}%")
-        table.add_row(*cells)
-    console.print(table)
+    print_table(f"{name} top-1 % (dense {table_data['dense']:.1f}%), pruning {shown(prune)}",
+                *accuracy_cells(table_data))  # fmt: skip
     console.print(f"mean drop from pruning: {table_data['mean_drop_from_pruning']:.2f} points")
 
 
@@ -114,7 +109,7 @@ def vit_breakdown(
     plot: Annotated[Path, typer.Option(help="PNG to write.")] = Path("vit_breakdown.png"),
 ) -> None:
     """FLOPs vs CPU time by layer type (paper C, Fig. 1) as a table and a stacked bar plot."""
-    from headway.experiments.vit import flop_latency_breakdown, plot_breakdown
+    from headway.experiments.vit import breakdown_table, flop_latency_breakdown, plot_breakdown
     from headway.models.deit import DEIT_CONFIGS
 
     chosen = names(models)
@@ -124,15 +119,7 @@ def vit_breakdown(
         check_choice(name, list(DEIT_CONFIGS), "DeiT model")
     output_file(plot, "--plot")
     rows = [flop_latency_breakdown(name) for name in chosen]
-    table = Table(title="share of FLOPs / share of CPU time (batch 1)")
-    for column in ("model", "linear", "attention", "other"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for r in rows:
-        total_f, total_t = sum(r["flops"].values()), sum(r["ms"].values())
-        table.add_row(r["model"], *(f"{100 * r['flops'][k] / total_f:.1f}% / "
-                                    f"{100 * r['ms'][k] / total_t:.1f}%"
-                                    for k in ("linear", "attention", "other")))  # fmt: skip
-    console.print(table)
+    print_table("share of FLOPs / share of CPU time (batch 1)", *breakdown_table(rows))
     console.print(f"plot: {shown(plot_breakdown(rows, plot))}")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from headway.errors import InputError
+from headway.experiments.report import Section, markdown_table
 from headway.io import save_figure
 from headway.runtime.multi_model import RunResult
 from headway.vision.serving import ModelSpec, instance_names, parse_models, run_mode
@@ -122,3 +123,59 @@ def plot_cases(title: str, experiment: dict[str, Any], path: str | Path) -> Path
     axes.set_title(f"{title} ({experiment['models']})")
     axes.legend(fontsize=8)
     return save_figure(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The section of `headway reproduce`'s report
+# ---------------------------------------------------------------------------------------------
+
+
+def section(folder: Path, quick: bool) -> Section:
+
+    requests = 8 if quick else 60
+    rounds = 1 if quick else 3
+    experiments = {
+        "homogeneous": run_cases(
+            HOMOGENEOUS,
+            HOMOGENEOUS_CASES[:4] if quick else HOMOGENEOUS_CASES,
+            requests,
+            rounds=rounds,
+        )
+    }
+    if not quick:
+        experiments["heterogeneous"] = run_cases(HETEROGENEOUS, HETEROGENEOUS_CASES, 5)
+    parts, plots = [], []
+    for title, experiment in experiments.items():
+        cases = experiment["cases"]
+        names = list(next(iter(cases.values()))["per_model_ms"])
+        base = next(iter(cases.values()))["per_model_ms"]
+
+        def cell(values: dict[str, float], name: str, base: dict[str, float] = base) -> str:
+            return f"{values[name]:.1f} ({100 * (values[name] / base[name] - 1):+.0f}%)"
+
+        rows = [
+            [label, *(cell(c["per_model_ms"], n) for n in names), f"{c['throughput']:.1f}"]
+            for label, c in cases.items()
+        ]
+        parts.append(
+            f"**{title}** ({experiment['models']}, {experiment['requests']} requests "
+            "per instance; mean latency ms, change vs Ori.(MP))\n\n"
+            + markdown_table(["case", *names, "throughput req/s"], rows)
+        )
+        plot = plot_cases(title, experiment, folder / f"{title}.png")
+        plots.append(str(plot.relative_to(folder.parent)))
+    note = (
+        "Small-input models (32×32), random weights; MP: one process per instance, 1 thread; "
+        "MT: 2 pool workers × 1 thread; MT+coalesce (beyond the paper): MT whose workers batch "
+        "waiting requests for the same job of the shared VGG-16, at most 4. "
+        f"Medians over {rounds} round(s) in which the cases take turns. Paper B (Jetson, "
+        "8 × VGG-16): −34.4% (Dcomp.MP) and −62.9% (Dcomp.MT) vs Ori.(MP)."
+    )
+    return {
+        "markdown": "\n\n".join(parts) + "\n\n" + note,
+        "data": experiments,
+        "plots": plots,
+        "commands": [
+            f"python benchmarks/bench_multidnn.py --requests {requests} --rounds {rounds}"
+        ],
+    }

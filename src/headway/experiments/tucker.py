@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.benchmark import Timer
 
+from headway.experiments.report import Section, bar_plot, markdown_table, pct
 from headway.io import atomic_write_text, locked_folder
 from headway.measure import keeps_global_rng
 from headway.models.registry import create_model, default_input_size
@@ -170,3 +171,80 @@ def _accuracy(
             out_dir / "accuracy.json", json.dumps([asdict(r) for r in rows], indent=2)
         )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The section of `headway reproduce`'s report
+# ---------------------------------------------------------------------------------------------
+
+
+def macs_section(folder: Path, quick: bool) -> Section:
+
+    models = ["vgg16", "resnet152"] if quick else None
+    rows = mac_reduction(models)
+    table = markdown_table(
+        ["model", "input", "MACs before", "MACs after", "reduction", "paper"],
+        [
+            [
+                r["model"],
+                r["input"],
+                f"{r['macs_before']:,}",
+                f"{r['macs_after']:,}",
+                f"{r['mac_reduction_pct']:.1f}%",
+                f"{r['paper_mac_reduction_pct']}%",
+            ]
+            for r in rows
+        ],
+    )
+    plot = bar_plot(
+        folder / "mac_reduction.png",
+        "Tucker-2 (vbmf): MAC reduction",
+        [r["model"] for r in rows],
+        {
+            "headway": [r["mac_reduction_pct"] for r in rows],
+            "paper B": [r["paper_mac_reduction_pct"] for r in rows],
+        },
+        "% fewer MACs",
+    )
+    return {
+        "markdown": table,
+        "data": rows,
+        "plots": [str(plot.relative_to(folder.parent))],
+        "commands": ["python benchmarks/bench_tucker.py --only macs"],
+    }
+
+
+def accuracy_table(rows: list[AccuracyRow]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells (accuracy in %) of the before / after Tucker-2 table; the report and
+    ``headway compress accuracy`` both show this."""
+    header = ["model", "MACs", "trained", "right after Tucker-2", "fine-tuned", "MACs after"]
+    cells = [
+        [r.model, f"{r.macs:,}", pct(r.trained), pct(r.decomposed), pct(r.finetuned),
+         f"{r.macs_after:,}" if r.macs_after else ""]
+        for r in rows
+    ]  # fmt: skip
+    return header, cells
+
+
+def accuracy_section(folder: Path, quick: bool) -> Section:
+    from dataclasses import asdict
+
+    models = ["vgg16_bn", "alexnet"] if quick else None
+    rows = accuracy(
+        folder,
+        epochs_scale=0.5 if quick else 1.0,
+        finetune_epochs=2 if quick else 5,
+        models=models,
+        show_progress=False,
+    )
+    table = markdown_table(*accuracy_table(rows))
+    note = (
+        "Built-in digits (32×32), accuracy in %. Paper B (CIFAR-10): the decomposed and "
+        "retrained large models stay more accurate than the small ones."
+    )
+    return {
+        "markdown": table + "\n\n" + note,
+        "data": [asdict(r) for r in rows],
+        "plots": [],
+        "commands": ["headway compress accuracy OUT"],
+    }

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from headway.experiments.report import Section, markdown_table, pct
 from headway.experiments.timing import interleaved_medians
 from headway.io import save_figure
 from headway.measure import keeps_global_rng
@@ -229,3 +230,151 @@ def pruning_speedup(
                      "token_rows": sum(counts),
                      "token_rows_sparse_only": model.num_tokens * model.config.depth})  # fmt: skip
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The section of `headway reproduce`'s report
+# ---------------------------------------------------------------------------------------------
+
+
+def accuracy_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells (top-1 in %) of paper C's Table 1 shape from :func:`accuracy_table`'s
+    result, with a post-hoc column when the masks were fine-tuned; the report and
+    ``headway vit accuracy`` both show this."""
+    finetuned = any("sparse_only_post_hoc" in r for r in result["rows"])
+    header = ["sparsity (achieved)", "sparse only", "sparse + pruning", "drop"]
+    cells = []
+    for r in result["rows"]:
+        drop = r["sparse_only"] - r["sparse_pruned"]
+        row = [f"{r['sparsity']:.0%} ({r['achieved']:.1%})", pct(r["sparse_only"]),
+               pct(r["sparse_pruned"]), f"{drop:+.1f}"]  # fmt: skip
+        if finetuned:
+            row.insert(1, pct(r["sparse_only_post_hoc"]))
+        cells.append(row)
+    if finetuned:
+        header.insert(1, "post hoc")
+    return header, cells
+
+
+def accuracy_section(folder: Path, quick: bool) -> Section:
+    """Table 1: post hoc in the quick run; the full run also fine-tunes with each mask."""
+
+    model, data = trained_digits_deit(folder, show_progress=False)
+    sparsities = (0.5, 0.8) if quick else (0.5, 0.6, 0.7, 0.8)
+    finetune = None if quick else MASK_FINETUNING
+    result = accuracy_table(model, data, sparsities, finetune=finetune)
+    how = (
+        "Masks are applied post hoc, without fine-tuning."
+        if finetune is None
+        else f"Each sparsity's model is fine-tuned with its masks for {finetune.epochs} epochs "
+        "(AdamW, lr 5e-4; pruning stays inference-only); `post hoc` is the same masks without "
+        "it. The fine-tuned models get extra training epochs, which is why they can beat dense."
+    )
+    note = (
+        f"`deit_digits` trained on the built-in digits: {result['dense']:.1f}% dense. Mean "
+        f"drop from pruning {result['mean_drop_from_pruning']:.2f} points (paper C, "
+        f"ImageNet: 0.9 / 0.5 / 0.2 for Tiny / Small / Base). {how}"
+    )
+    command = "headway vit accuracy OUT" + ("" if quick else " --finetune-epochs 5")
+    return {
+        "markdown": markdown_table(*accuracy_cells(result)) + "\n\n" + note,
+        "data": result,
+        "plots": [],
+        "commands": [command],
+    }
+
+
+def breakdown_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Share of FLOPs / share of CPU time per layer type and model (the report and
+    ``headway vit breakdown`` both show this)."""
+
+    def share(values: dict[str, float], kind: str) -> str:
+        return f"{100 * values[kind] / sum(values.values()):.1f}%"
+
+    kinds = ("linear", "attention", "other")
+    header = ["model", *(f"{kind}: FLOPs / time" for kind in kinds)]
+    cells = [
+        [r["model"], *(f"{share(r['flops'], k)} / {share(r['ms'], k)}" for k in kinds)]
+        for r in rows
+    ]
+    return header, cells
+
+
+def breakdown_section(folder: Path, quick: bool) -> Section:
+    rows = [
+        flop_latency_breakdown(name, runs=3 if quick else 10)
+        for name in ("deit_tiny", "deit_small")
+    ]
+
+    table = markdown_table(*breakdown_table(rows))
+    plot = plot_breakdown(rows, folder / "vit_breakdown.png")
+    return {
+        "markdown": table,
+        "data": rows,
+        "plots": [str(plot.relative_to(folder.parent))],
+        "commands": ["headway vit breakdown --plot vit_breakdown.png"],
+    }
+
+
+def speed_section(folder: Path, quick: bool) -> Section:
+    from headway.models.deit import DEIT_CONFIGS
+    from headway.sim.vitcod import simulate_deit
+    from headway.transforms.token_pruning import keep_counts, pruning_ratios
+
+    sim_rows = []
+    for name in ("deit_tiny", "deit_small", "deit_base"):
+        config = DEIT_CONFIGS[name]
+        counts = keep_counts(config.num_patches, pruning_ratios(config.depth, 0.1, 0.9))
+        for target in (0.5, 0.6, 0.7, 0.8):
+            sparse, pruned = simulate_deit(name, target), simulate_deit(name, target, counts)
+            sim_rows.append(
+                {
+                    "model": name,
+                    "sparsity": target,
+                    "sparse_cycles": sparse.total,
+                    "pruned_cycles": pruned.total,
+                    "speedup": sparse.total / pruned.total,
+                }
+            )
+    mean = sum(r["speedup"] for r in sim_rows) / len(sim_rows)
+    wall = {
+        name: pruning_speedup(name, (1,) if quick else (1, 32))
+        for name in (("deit_tiny",) if quick else ("deit_tiny", "deit_small"))
+    }
+    sim_table = markdown_table(
+        ["model", "sparsity", "sparse only (cycles)", "+ pruning", "speedup"],
+        [
+            [
+                r["model"],
+                f"{r['sparsity']:.0%}",
+                f"{r['sparse_cycles']:,}",
+                f"{r['pruned_cycles']:,}",
+                f"{r['speedup']:.2f}×",
+            ]
+            for r in sim_rows
+        ],
+    )
+    wall_table = markdown_table(
+        ["model", "batch", "sparse only ms", "sparse + pruning ms", "speedup"],
+        [
+            [
+                name,
+                r["batch"],
+                f"{r['sparse_only_ms']:.2f}",
+                f"{r['sparse_pruned_ms']:.2f}",
+                f"{r['speedup']:.2f}×",
+            ]
+            for name, rows in wall.items()
+            for r in rows
+        ],
+    )
+    markdown = (
+        f"Cycle-level simulator, mean speedup {mean:.2f}× (paper C: 1.31×):\n\n{sim_table}"
+        f"\n\nCPU wall clock (70% sparsity, pruning 0.1 → 0.9), medians:\n\n{wall_table}"
+    )
+    return {
+        "markdown": markdown,
+        "data": {"simulator": sim_rows, "wall_clock": wall},
+        "plots": [],
+        "commands": ["headway simulate --model deit_tiny", "python benchmarks/bench_vit.py"],
+    }

@@ -37,13 +37,15 @@ from headway.runtime.pool import StreamWorkerPool
 
 @dataclass
 class RunResult:
-    """Per instance: request latencies (ms); errors by instance; the wall time of the run."""
+    """Per instance: request latencies (ms), the answer of its last request (so a caller can
+    check it against the model's own), errors by instance; the wall time of the run."""
 
     mode: str
     latencies_ms: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
+    last_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, float]]:
         rows = {}
@@ -166,6 +168,7 @@ def run_multithread(
                         result.latencies_ms[instance.name].append(
                             (time.perf_counter() - arrived) * 1e3
                         )
+                    result.last_outputs[instance.name] = x
             except Exception as error:  # reported with the model's name; others carry on
                 with lock:
                     result.errors[instance.name] = f"{type(error).__name__}: {error}"
@@ -207,6 +210,7 @@ def run_sequential(instances: list[ModelInstance], requests: int) -> RunResult:
                     result.errors[instance.name] = f"{type(error).__name__}: {error}"
                     continue
                 result.latencies_ms[instance.name].append((time.perf_counter() - arrived) * 1e3)
+                result.last_outputs[instance.name] = x
     result.wall_s = time.perf_counter() - began
     return result
 
@@ -231,8 +235,10 @@ def run_batched(instances: list[ModelInstance], requests: int) -> RunResult:
                         result.errors[m.name] = f"{type(error).__name__}: {error}"
                     continue
                 elapsed = (time.perf_counter() - arrived) * 1e3
-                for m in members:
+                for m, rows in zip(members, x.split([m.example.shape[0] for m in members]),
+                                   strict=True):  # fmt: skip
                     result.latencies_ms[m.name].append(elapsed)
+                    result.last_outputs[m.name] = rows
     result.wall_s = time.perf_counter() - began
     return result
 
