@@ -61,6 +61,9 @@ def test_output_paths_are_checked_before_work(places: dict[str, Path], synth_dat
         (["vit", "accuracy", under], "not a folder"),
         (["vit", "breakdown", "--plot", folder], "is a folder"),
         (["reproduce", file], "is a file"),
+        (["bench", "vit", "--json", folder], "is a folder"),
+        (["bench", "tucker", "--json", folder], "is a folder"),
+        (["bench", "multidnn", "--out", file], "is a file"),
     ]  # fmt: skip
     for args, expected in cases:
         assert_one_line_error(args, expected)
@@ -122,6 +125,11 @@ def test_numbers_out_of_range(tmp_path: Path, synth_dataset: Path) -> None:
         (["vit", "accuracy", out, "--finetune-epochs", "-1"], "--finetune-epochs"),
         (["simulate", "--sparsity", "0"], "between"),
         (["simulate", "--prune", "x"], "--prune"),
+        (["bench", "vit", "--sparsity", "1"], "between"),
+        (["bench", "vit", "--batches", "0"], "--batches"),
+        (["bench", "vit", "--batches", "x"], "integers"),
+        (["bench", "multidnn", "--out", out, "--requests", "0"], "--requests"),
+        (["bench", "multidnn", "--out", out, "--rounds", "0"], "--rounds"),
     ]  # fmt: skip
     for args, expected in cases:
         assert_one_line_error(args, expected)
@@ -145,6 +153,10 @@ def test_unknown_names(tmp_path: Path, synth_dataset: Path) -> None:
         (["eval", str(tmp_path), "--dataset", str(synth_dataset), "--convention", "x"],
          "convention"),
         (["reproduce", out, "--only", "everything"], "unknown experiments"),
+        (["bench", "vit", "--models", "deit_huge"], "DeiT model"),
+        (["bench", "tucker", "--models", "vgg17"], "unknown model"),
+        (["bench", "tucker", "--only", "speed"], "--only part"),
+        (["bench", "multidnn", "--out", out, "--only", "all"], "--only part"),
     ]  # fmt: skip
     for args, expected in cases:
         assert_one_line_error(args, expected)

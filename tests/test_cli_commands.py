@@ -46,3 +46,16 @@ def test_train_tracker_two_steps_and_resume(tmp_path: Path) -> None:
     assert "weights:" in output and (tmp_path / "weights.pth").is_file()
     again = invoke(args)  # everything done: a rerun resumes at the end and rewrites nothing new
     assert "weights:" in again
+
+
+def test_bench_tucker_macs_and_bench_vit(tmp_path: Path) -> None:
+    out = tmp_path / "tucker.json"
+    output = invoke(["bench", "tucker", "--only", "macs", "--models", "alexnet", "--json",
+                     str(out)])  # fmt: skip
+    assert "alexnet" in output
+    (row,) = json.loads(out.read_text())["mac_reduction"]
+    assert 0 < row["macs_after"] < row["macs_before"]
+    out = tmp_path / "vit.json"
+    invoke(["bench", "vit", "--models", "deit_tiny", "--batches", "1", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["deit_tiny"]
+    assert row["batch"] == 1 and row["sparse_only_ms"] > 0 and row["sparse_pruned_ms"] > 0

@@ -13,6 +13,7 @@ from rich.table import Table
 from headway.cli.base import (
     app,
     at_least,
+    bench_app,
     check_choice,
     compress_app,
     console,
@@ -209,3 +210,119 @@ def multirun(
         atomic_write_text(json_out, json.dumps(payload, indent=2))
     if result.errors:
         raise typer.Exit(1)
+
+
+@bench_app.command("tucker")
+@reports_errors
+def bench_tucker(
+    models: Annotated[
+        str, typer.Option(help="Models for the MAC table.")
+    ] = "vgg16,resnet152,inception_v3,regnet_y_32gf",
+    rank: Annotated[str, typer.Option(help="Rank rule for the MAC table.")] = "vbmf",
+    latency_model: Annotated[str, typer.Option(help="Model timed before / after.")] = "vgg16",
+    latency_rank: Annotated[str, typer.Option(help="Rank rule of the timed model.")] = "macs:0.19",
+    only: Annotated[str | None, typer.Option(help="macs or latency.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Paper B's compression numbers: MAC reduction per model (ImageNet sizes) and CPU latency
+    before / after decomposition at batch 1 and 8, side by side in one process."""
+    import json
+    import platform
+
+    from headway.experiments.tucker import latency, latency_table, mac_reduction, macs_table
+    from headway.io import atomic_write_text
+    from headway.transforms.tucker import RankRule
+
+    if only is not None:
+        check_choice(only, ("macs", "latency"), "--only part")
+    chosen = names(models) or []
+    for name in [*chosen, latency_model]:
+        check_choice(name, list_models(), "model")
+    RankRule.parse(rank)
+    RankRule.parse(latency_rank)
+    output_file(json_out, "--json")
+    rows: list[dict[str, object]] = []
+    timing: dict[str, object] = {}
+    if only != "latency":
+        rows = mac_reduction(chosen, rank, on_model=lambda n: console.print(f"decomposing {n} …"))
+        print_table(f"Tucker-2 MAC reduction ({shown(rank)}); conv + linear MACs per image",
+                    *macs_table(rows), width=140)  # fmt: skip
+    if only != "macs":
+        timing = latency(latency_model, latency_rank)
+        layout = "channels-last" if timing["channels_last"] else "NCHW"
+        print_table(f"{latency_model} ({timing['input']}×{timing['input']}, "
+                    f"{shown(latency_rank)}, {timing['mac_reduction_pct']:.1f}% fewer MACs), CPU "
+                    f"latency, {timing['threads']} threads, {layout}, median",
+                    *latency_table(timing))  # fmt: skip
+    if json_out is not None:
+        environment = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "machine": platform.machine()}  # fmt: skip
+        payload = {"mac_reduction": rows, "latency": timing, "environment": environment}
+        atomic_write_text(json_out, json.dumps(payload, indent=2))
+
+
+@bench_app.command("multidnn")
+@reports_errors
+def bench_multidnn(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for multidnn.json and the plots.")
+    ] = Path("runs/multidnn"),
+    requests: Annotated[int, typer.Option(help="Requests per instance.")] = 60,
+    rounds: Annotated[int, typer.Option(help="Rounds in which the cases take turns.")] = 3,
+    only: Annotated[str | None, typer.Option(help="solo, homogeneous or heterogeneous.")] = None,
+) -> None:
+    """Paper B's multi-DNN experiments (32×32 models): solo vs 6 at once; 8 × VGG-16 as
+    Ori.(MP), Dcomp.(MP), Dcomp.(MT) and beyond-paper variants; a heterogeneous mix."""
+    import json
+
+    from headway.experiments.multidnn import (
+        HETEROGENEOUS,
+        HETEROGENEOUS_CASES,
+        HOMOGENEOUS,
+        HOMOGENEOUS_CASES,
+        MIX_RANK,
+        RANK,
+        cases_table,
+        plot_cases,
+        run_cases,
+        solo_vs_crowd,
+    )
+    from headway.io import atomic_write_text
+
+    parts = ("solo", "homogeneous", "heterogeneous")
+    if only is not None:
+        check_choice(only, parts, "--only part")
+    output_folder(out, "OUT")
+    at_least(requests, 1, "--requests")
+    at_least(rounds, 1, "--rounds")
+    report: dict[str, object] = {"rank": RANK, "mix_rank": MIX_RANK, "mp_threads": 1,
+                                 "mt_workers": 2, "mt_threads": 1}  # fmt: skip
+    if only in (None, "solo"):
+        solo = solo_vs_crowd(requests=max(2, requests // 3))
+        print_table("solo vs 6 at once (one process each, 1 thread), mean ms",
+                    ["model", "solo", "6 at once"],
+                    [[m, f"{r['solo_ms']:.1f}", f"{r['crowd_ms']:.1f}"]
+                     for m, r in solo.items()])  # fmt: skip
+        report["solo"] = solo
+    settings = {"homogeneous": (HOMOGENEOUS, HOMOGENEOUS_CASES, requests, rounds),
+                "heterogeneous": (HETEROGENEOUS, HETEROGENEOUS_CASES,
+                                  max(2, requests // 12), 1)}  # fmt: skip
+    for title, (models, cases, count, turns) in settings.items():
+        if only not in (None, title):
+            continue
+        result = run_cases(models, cases, count,
+                           lambda label, t=title: console.print(f"{t}: {label} …"),
+                           turns)  # fmt: skip
+        print_table(f"{title}: {models}, {count} requests per instance, mean ms",
+                    *cases_table(result), width=140)  # fmt: skip
+        rows = result["cases"]
+        if "Dcomp.(MP)" in rows:
+            base = rows["Dcomp.(MP)"]["throughputs"]
+            for label in [k for k in rows if k.startswith("Dcomp.(MT")]:
+                ratios = [t / b for t, b in zip(rows[label]["throughputs"], base, strict=True)]
+                console.print(f"{label} / Dcomp.(MP) throughput per round: "
+                              + ", ".join(f"{r:.2f}×" for r in ratios))  # fmt: skip
+        plot_cases(title, result, out / f"{title}.png")
+        report[title] = result
+    atomic_write_text(out / "multidnn.json", json.dumps(report, indent=2))
+    console.print(f"wrote {shown(out / 'multidnn.json')} and the plots")

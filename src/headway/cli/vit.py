@@ -12,6 +12,7 @@ from rich.table import Table
 from headway.cli.base import (
     app,
     at_least,
+    bench_app,
     check_choice,
     console,
     fractions,
@@ -160,3 +161,46 @@ def simulate(
     Console(width=max(console.width, 130)).print(table)
     console.print(f"mean speedup of sparse + pruning over sparse only: "
                   f"{sum(speedups) / len(speedups):.2f}× (paper C: 1.31×)")  # fmt: skip
+
+
+@bench_app.command("vit")
+@reports_errors
+def bench_vit(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated DeiT names.")
+    ] = "deit_tiny,deit_small",
+    sparsity: Annotated[float, typer.Option(help="Attention-mask sparsity.")] = 0.7,
+    prune: Annotated[str, typer.Option(help="Pruning share START:END.")] = "0.1:0.9",
+    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Paper C's speed on this CPU: sparse attention + token pruning vs sparse attention alone,
+    timed side by side in one process (medians)."""
+    import json
+
+    import torch
+
+    from headway.experiments.vit import pruning_speedup, speedup_table
+    from headway.io import atomic_write_text
+    from headway.models.deit import DEIT_CONFIGS
+
+    chosen = names(models)
+    if not chosen:
+        raise InputError("--models needs at least one DeiT name")
+    for name in chosen:
+        check_choice(name, list(DEIT_CONFIGS), "DeiT model")
+    (target,) = fractions(str(sparsity), "--sparsity")
+    pair = share_pair(prune, "--prune")
+    try:
+        sizes = tuple(int(b) for b in batches.split(","))
+    except ValueError:
+        raise InputError(f"--batches takes comma-separated integers, got {batches!r}") from None
+    for size in sizes:
+        at_least(size, 1, "--batches")
+    output_file(json_out, "--json")
+    results = {name: pruning_speedup(name, sizes, target, pair) for name in chosen}
+    print_table(f"sparse ({target:.0%}) + pruning {shown(prune)} vs sparse only, "
+                f"{torch.get_num_threads()} threads, median ms", *speedup_table(results),
+                width=120)  # fmt: skip
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(results, indent=2))

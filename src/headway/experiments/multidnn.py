@@ -130,6 +130,22 @@ def plot_cases(title: str, experiment: dict[str, Any], path: str | Path) -> Path
 # ---------------------------------------------------------------------------------------------
 
 
+def cases_table(experiment: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Mean latency per model (change vs the first case) and throughput per case, from
+    :func:`run_cases` (the report and ``headway bench multidnn``)."""
+    cases = experiment["cases"]
+    base = next(iter(cases.values()))["per_model_ms"]
+    names = list(base)
+
+    def cell(values: dict[str, float], name: str) -> str:
+        value = values.get(name, float("nan"))
+        return f"{value:.1f} ({100 * (value / base[name] - 1):+.0f}%)"
+
+    cells = [[label, *(cell(c["per_model_ms"], n) for n in names), f"{c['throughput']:.1f}"]
+             for label, c in cases.items()]  # fmt: skip
+    return ["case", *names, "throughput req/s"], cells
+
+
 def section(folder: Path, quick: bool) -> Section:
 
     requests = 8 if quick else 60
@@ -146,21 +162,10 @@ def section(folder: Path, quick: bool) -> Section:
         experiments["heterogeneous"] = run_cases(HETEROGENEOUS, HETEROGENEOUS_CASES, 5)
     parts, plots = [], []
     for title, experiment in experiments.items():
-        cases = experiment["cases"]
-        names = list(next(iter(cases.values()))["per_model_ms"])
-        base = next(iter(cases.values()))["per_model_ms"]
-
-        def cell(values: dict[str, float], name: str, base: dict[str, float] = base) -> str:
-            return f"{values[name]:.1f} ({100 * (values[name] / base[name] - 1):+.0f}%)"
-
-        rows = [
-            [label, *(cell(c["per_model_ms"], n) for n in names), f"{c['throughput']:.1f}"]
-            for label, c in cases.items()
-        ]
         parts.append(
             f"**{title}** ({experiment['models']}, {experiment['requests']} requests "
             "per instance; mean latency ms, change vs Ori.(MP))\n\n"
-            + markdown_table(["case", *names, "throughput req/s"], rows)
+            + markdown_table(*cases_table(experiment))
         )
         plot = plot_cases(title, experiment, folder / f"{title}.png")
         plots.append(str(plot.relative_to(folder.parent)))
@@ -175,7 +180,5 @@ def section(folder: Path, quick: bool) -> Section:
         "markdown": "\n\n".join(parts) + "\n\n" + note,
         "data": experiments,
         "plots": plots,
-        "commands": [
-            f"python benchmarks/bench_multidnn.py --requests {requests} --rounds {rounds}"
-        ],
+        "commands": [f"headway bench multidnn --requests {requests} --rounds {rounds}"],
     }

@@ -178,24 +178,38 @@ def _accuracy(
 # ---------------------------------------------------------------------------------------------
 
 
+def _paper_pct(value: float | None) -> str:
+    return "—" if value is None else f"{value}%"
+
+
+def macs_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """MACs and parameters before / after per model, from :func:`mac_reduction` (the report and
+    ``headway bench tucker``)."""
+    header = ["model", "input", "MACs before", "MACs after", "reduction", "paper",
+              "params before", "params after", "decomposed / skipped"]  # fmt: skip
+    cells = [
+        [r["model"], str(r["input"]), f"{r['macs_before']:,}", f"{r['macs_after']:,}",
+         f"{r['mac_reduction_pct']:.1f}%", _paper_pct(r["paper_mac_reduction_pct"]),
+         f"{r['params_before']:,}", f"{r['params_after']:,}",
+         f"{r['layers_decomposed']} / {r['layers_skipped']}"]
+        for r in rows
+    ]  # fmt: skip
+    return header, cells
+
+
+def latency_table(timing: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Original vs decomposed latency per batch, from :func:`latency`."""
+    header = ["batch", "original ms", "decomposed ms", "speedup"]
+    cells = [[str(r["batch"]), f"{r['original_ms']:.2f}", f"{r['decomposed_ms']:.2f}",
+              f"{r['speedup']:.2f}×"] for r in timing["rows"]]  # fmt: skip
+    return header, cells
+
+
 def macs_section(folder: Path, quick: bool) -> Section:
 
     models = ["vgg16", "resnet152"] if quick else None
     rows = mac_reduction(models)
-    table = markdown_table(
-        ["model", "input", "MACs before", "MACs after", "reduction", "paper"],
-        [
-            [
-                r["model"],
-                r["input"],
-                f"{r['macs_before']:,}",
-                f"{r['macs_after']:,}",
-                f"{r['mac_reduction_pct']:.1f}%",
-                f"{r['paper_mac_reduction_pct']}%",
-            ]
-            for r in rows
-        ],
-    )
+    table = markdown_table(*macs_table(rows))
     plot = bar_plot(
         folder / "mac_reduction.png",
         "Tucker-2 (vbmf): MAC reduction",
@@ -210,7 +224,7 @@ def macs_section(folder: Path, quick: bool) -> Section:
         "markdown": table,
         "data": rows,
         "plots": [str(plot.relative_to(folder.parent))],
-        "commands": ["python benchmarks/bench_tucker.py --only macs"],
+        "commands": ["headway bench tucker --only macs"],
     }
 
 

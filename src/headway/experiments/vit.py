@@ -316,6 +316,21 @@ def breakdown_section(folder: Path, quick: bool) -> Section:
     }
 
 
+def speedup_table(
+    results: dict[str, list[dict[str, float]]],
+) -> tuple[list[str], list[list[str]]]:
+    """Sparse only vs sparse + pruning wall clock per model and batch, from
+    :func:`pruning_speedup` results by model (the report and ``headway bench vit``)."""
+    header = ["model", "batch", "sparse only ms", "sparse + pruning ms", "speedup"]
+    cells = [
+        [name, str(r["batch"]), f"{r['sparse_only_ms']:.2f}", f"{r['sparse_pruned_ms']:.2f}",
+         f"{r['speedup']:.2f}×"]
+        for name, rows in results.items()
+        for r in rows
+    ]  # fmt: skip
+    return header, cells
+
+
 def speed_section(folder: Path, quick: bool) -> Section:
     from headway.models.deit import DEIT_CONFIGS
     from headway.sim.vitcod import simulate_deit
@@ -354,20 +369,7 @@ def speed_section(folder: Path, quick: bool) -> Section:
             for r in sim_rows
         ],
     )
-    wall_table = markdown_table(
-        ["model", "batch", "sparse only ms", "sparse + pruning ms", "speedup"],
-        [
-            [
-                name,
-                r["batch"],
-                f"{r['sparse_only_ms']:.2f}",
-                f"{r['sparse_pruned_ms']:.2f}",
-                f"{r['speedup']:.2f}×",
-            ]
-            for name, rows in wall.items()
-            for r in rows
-        ],
-    )
+    wall_table = markdown_table(*speedup_table(wall))
     markdown = (
         f"Cycle-level simulator, mean speedup {mean:.2f}× (paper C: 1.31×):\n\n{sim_table}"
         f"\n\nCPU wall clock (70% sparsity, pruning 0.1 → 0.9), medians:\n\n{wall_table}"
@@ -376,5 +378,5 @@ def speed_section(folder: Path, quick: bool) -> Section:
         "markdown": markdown,
         "data": {"simulator": sim_rows, "wall_clock": wall},
         "plots": [],
-        "commands": ["headway simulate --model deit_tiny", "python benchmarks/bench_vit.py"],
+        "commands": ["headway simulate --model deit_tiny", "headway bench vit"],
     }
