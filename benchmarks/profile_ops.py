@@ -43,8 +43,10 @@ def report(label: str, run: Callable[[], object], runs: int) -> None:
     self_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / runs
     print(f"\n{label}: {wall_ms:.1f} ms per call (wall), {self_ms:.1f} ms operator self-time")
     for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]:
-        print(f"  {event.key:28s} {event.self_cpu_time_total / 1e3 / runs:7.2f} ms"
-              f"  ({event.count // runs} calls)")  # fmt: skip
+        print(
+            f"  {event.key:28s} {event.self_cpu_time_total / 1e3 / runs:7.2f} ms"
+            f"  ({event.count // runs} calls)"
+        )
 
 
 def block_split(model: torch.nn.Module, run: Callable[[], object], runs: int) -> None:
@@ -53,10 +55,12 @@ def block_split(model: torch.nn.Module, run: Callable[[], object], runs: int) ->
     entered: list[float] = []
     handles = []
     for block in model.blocks:
-        handles.append(block.register_forward_pre_hook(
-            lambda *_: entered.append(time.perf_counter())))  # fmt: skip
-        handles.append(block.register_forward_hook(
-            lambda *_: inside.append(time.perf_counter() - entered[-1])))  # fmt: skip
+        handles.append(
+            block.register_forward_pre_hook(lambda *_: entered.append(time.perf_counter()))
+        )
+        handles.append(
+            block.register_forward_hook(lambda *_: inside.append(time.perf_counter() - entered[-1]))
+        )
     totals, blocks = [], []
     for _ in range(3):
         run()
@@ -69,8 +73,10 @@ def block_split(model: torch.nn.Module, run: Callable[[], object], runs: int) ->
     for handle in handles:
         handle.remove()
     total, in_blocks = statistics.median(totals) * 1e3, statistics.median(blocks) * 1e3
-    print(f"  blocks {in_blocks:.2f} ms, outside the blocks {total - in_blocks:.2f} ms "
-          f"(total {total:.2f} ms, medians of {runs})")  # fmt: skip
+    print(
+        f"  blocks {in_blocks:.2f} ms, outside the blocks {total - in_blocks:.2f} ms "
+        f"(total {total:.2f} ms, medians of {runs})"
+    )
 
 
 def main() -> None:
@@ -91,16 +97,24 @@ def main() -> None:
     image = torch.randn(1, 3, 224, 224)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; keep counts {counts}")
     with torch.inference_mode():
-        report("CSWinTT default encoder, fused-bf16", lambda: executor.encoder(tokens, mask),
-               args.runs)  # fmt: skip
-        report("DeiT-Tiny batch 1, 70% sparse only", lambda: deit.forward_tokens(image, masks),
-               args.runs * 2)  # fmt: skip
-        report("DeiT-Tiny batch 1, 70% sparse + pruning 0.1:0.9",
-               lambda: deit.forward_tokens(image, masks, counts), args.runs * 2)  # fmt: skip
+        report(
+            "CSWinTT default encoder, fused-bf16", lambda: executor.encoder(tokens, mask), args.runs
+        )
+        report(
+            "DeiT-Tiny batch 1, 70% sparse only",
+            lambda: deit.forward_tokens(image, masks),
+            args.runs * 2,
+        )
+        report(
+            "DeiT-Tiny batch 1, 70% sparse + pruning 0.1:0.9",
+            lambda: deit.forward_tokens(image, masks, counts),
+            args.runs * 2,
+        )
         for label, keep in (("sparse only", None), ("sparse + pruning", counts)):
             print(f"\nDeiT-Tiny batch 1, {label}, additive masks:")
-            block_split(deit, lambda keep=keep: deit.forward_tokens(image, additive, keep),
-                        args.runs * 10)  # fmt: skip
+            block_split(
+                deit, lambda keep=keep: deit.forward_tokens(image, additive, keep), args.runs * 10
+            )
 
 
 if __name__ == "__main__":

@@ -78,8 +78,15 @@ def test_checkpoint_mismatch_is_reported(tmp_path: Path, synth_dataset: Path) ->
 def test_builtin_weights_track_and_need_the_tiny_config(
     tmp_path: Path, synth_dataset: Path
 ) -> None:
-    base = ["track", str(synth_dataset), "--out", str(tmp_path / "r"), "--checkpoint", "builtin",
-            "--no-progress"]  # fmt: skip
+    base = [
+        "track",
+        str(synth_dataset),
+        "--out",
+        str(tmp_path / "r"),
+        "--checkpoint",
+        "builtin",
+        "--no-progress",
+    ]
     result = runner.invoke(app, [*base, "--config", "tiny"])
     assert result.exit_code == 0, result.output
     assert "tiny_tracker.pth" in json.loads((tmp_path / "r" / "run.json").read_text())["weights"]
@@ -130,17 +137,31 @@ def test_track_with_executor_and_bench(tmp_path: Path, synth_dataset: Path) -> N
 
 def test_multirun_and_compress(tmp_path: Path) -> None:
     out = tmp_path / "multi.json"
-    args = ["multirun", "--models", "alexnet:2", "--mode", "mt", "--requests", "2",
-            "--jobs", "jobs:3", "--json", str(out)]  # fmt: skip
+    args = [
+        "multirun",
+        "--models",
+        "alexnet:2",
+        "--mode",
+        "mt",
+        "--requests",
+        "2",
+        "--jobs",
+        "jobs:3",
+        "--json",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert set(data["summary"]) == {"alexnet#0", "alexnet#1"} and not data["errors"]
     result = runner.invoke(app, [*args[:-2], "--coalesce", "2"])
     assert result.exit_code == 0 and "coalesced batches" in result.output, result.output
-    for bad in (["multirun", "--models", "vgg19:2"], ["multirun", "--models", "alexnet:0"],
-                ["multirun", "--models", "alexnet:1", "--mode", "gpu"],
-                ["multirun", "--models", "alexnet:2", "--mode", "seq", "--coalesce", "2"],
-                ["multirun", "--models", "alexnet:2", "--coalesce", "0"]):  # fmt: skip
+    for bad in (
+        ["multirun", "--models", "vgg19:2"],
+        ["multirun", "--models", "alexnet:0"],
+        ["multirun", "--models", "alexnet:1", "--mode", "gpu"],
+        ["multirun", "--models", "alexnet:2", "--mode", "seq", "--coalesce", "2"],
+        ["multirun", "--models", "alexnet:2", "--coalesce", "0"],
+    ):
         result = runner.invoke(app, bad)
         assert result.exit_code == 1 and result.output.strip().startswith("error:"), bad

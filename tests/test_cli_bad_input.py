@@ -38,8 +38,12 @@ def places(tmp_path: Path) -> dict[str, Path]:
     a_file.write_text("not a folder\n")
     folder = tmp_path / "a_folder"
     folder.mkdir()
-    return {"file": a_file, "folder": folder, "under_file": a_file / "inside",
-            "free": tmp_path / "new"}  # fmt: skip
+    return {
+        "file": a_file,
+        "folder": folder,
+        "under_file": a_file / "inside",
+        "free": tmp_path / "new",
+    }
 
 
 def test_output_paths_are_checked_before_work(places: dict[str, Path], synth_dataset: Path) -> None:
@@ -49,8 +53,10 @@ def test_output_paths_are_checked_before_work(places: dict[str, Path], synth_dat
         (["synth", under], "is a file, not a folder"),
         (["track", str(synth_dataset), "--out", file, "--config", "tiny"], "is a file"),
         (["track", str(synth_dataset), "--out", under, "--config", "tiny"], "not a folder"),
-        (["eval", str(places["folder"]), "--dataset", str(synth_dataset), "--plots", file],
-         "is a file"),
+        (
+            ["eval", str(places["folder"]), "--dataset", str(synth_dataset), "--plots", file],
+            "is a file",
+        ),
         (["bench", "tracker", "--config", "tiny", "--json", folder], "is a folder"),
         (["bench", "tracker", "--config", "tiny", "--json", under + "/b.json"], "not a folder"),
         (["compress", "tucker", "alexnet", "--out", folder], "is a folder"),
@@ -64,7 +70,7 @@ def test_output_paths_are_checked_before_work(places: dict[str, Path], synth_dat
         (["bench", "vit", "--json", folder], "is a folder"),
         (["bench", "tucker", "--json", folder], "is a folder"),
         (["bench", "multidnn", "--out", file], "is a file"),
-    ]  # fmt: skip
+    ]
     for args, expected in cases:
         assert_one_line_error(args, expected)
     assert places["file"].read_text() == "not a folder\n"
@@ -79,8 +85,7 @@ def test_read_only_folder_is_refused(tmp_path: Path) -> None:
     locked.chmod(0o555)
     try:
         assert_one_line_error(["synth", str(locked / "data")], "not writable")
-        assert_one_line_error(["vit", "breakdown", "--plot", str(locked / "x.png")],
-                              "not writable")  # fmt: skip
+        assert_one_line_error(["vit", "breakdown", "--plot", str(locked / "x.png")], "not writable")
     finally:
         locked.chmod(0o755)
 
@@ -110,8 +115,10 @@ def test_numbers_out_of_range(tmp_path: Path, synth_dataset: Path) -> None:
         (["multirun", "--models", "vgg16:1", "--workers", "0"], "--workers"),
         (["multirun", "--models", "vgg16:1", "--requests", "0"], "--requests"),
         (["multirun", "--models", "vgg16:1", "--input-size", "0"], "--input-size"),
-        (["multirun", "--models", "vgg16:1", "--input-size", "2", "--mode", "seq"],
-         "cannot run on a 2×2 input"),
+        (
+            ["multirun", "--models", "vgg16:1", "--input-size", "2", "--mode", "seq"],
+            "cannot run on a 2×2 input",
+        ),
         (["multirun", "--models", "vgg16:0"], "at least 1"),
         (["train", "tracker", out, "--threads", "0"], "--threads"),
         (["train", "tracker", out, "--batch-size", "1"], "batch size"),
@@ -130,7 +137,7 @@ def test_numbers_out_of_range(tmp_path: Path, synth_dataset: Path) -> None:
         (["bench", "vit", "--batches", "x"], "integers"),
         (["bench", "multidnn", "--out", out, "--requests", "0"], "--requests"),
         (["bench", "multidnn", "--out", out, "--rounds", "0"], "--rounds"),
-    ]  # fmt: skip
+    ]
     for args, expected in cases:
         assert_one_line_error(args, expected)
     assert not Path(out).exists()  # nothing was started
@@ -150,14 +157,16 @@ def test_unknown_names(tmp_path: Path, synth_dataset: Path) -> None:
         (["vit", "accuracy", out, "--images", out, "--model", "deit_huge"], "DeiT model"),
         (["vit", "breakdown", "--models", "deit_huge"], "DeiT model"),
         (["simulate", "--model", "deit_huge"], "DeiT model"),
-        (["eval", str(tmp_path), "--dataset", str(synth_dataset), "--convention", "x"],
-         "convention"),
+        (
+            ["eval", str(tmp_path), "--dataset", str(synth_dataset), "--convention", "x"],
+            "convention",
+        ),
         (["reproduce", out, "--only", "everything"], "unknown experiments"),
         (["bench", "vit", "--models", "deit_huge"], "DeiT model"),
         (["bench", "tucker", "--models", "vgg17"], "unknown model"),
         (["bench", "tucker", "--only", "speed"], "--only part"),
         (["bench", "multidnn", "--out", out, "--only", "all"], "--only part"),
-    ]  # fmt: skip
+    ]
     for args, expected in cases:
         assert_one_line_error(args, expected)
 
@@ -174,16 +183,27 @@ def test_corrupt_files_are_one_line(tmp_path: Path, synth_dataset: Path) -> None
     truncated = tmp_path / "weights.pth"
     torch.save({"a": torch.zeros(1000)}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:300])
-    args = ["track", str(synth_dataset), "--out", str(tmp_path / "r"), "--config", "tiny",
-            "--checkpoint", str(truncated)]  # fmt: skip
+    args = [
+        "track",
+        str(synth_dataset),
+        "--out",
+        str(tmp_path / "r"),
+        "--config",
+        "tiny",
+        "--checkpoint",
+        str(truncated),
+    ]
     assert_one_line_error(args, "cannot be read")
-    assert_one_line_error(["compress", "tucker", "alexnet", "--checkpoint", str(truncated)],
-                          "cannot be read")  # fmt: skip
+    assert_one_line_error(
+        ["compress", "tucker", "alexnet", "--checkpoint", str(truncated)], "cannot be read"
+    )
     training = tmp_path / "train"
     training.mkdir()
     (training / "checkpoint.pth").write_bytes(b"PK\x03\x04 broken zip")
-    assert_one_line_error(["train", "tracker", str(training), "--box-steps", "1",
-                           "--confidence-steps", "0"], "cannot be read")  # fmt: skip
+    assert_one_line_error(
+        ["train", "tracker", str(training), "--box-steps", "1", "--confidence-steps", "0"],
+        "cannot be read",
+    )
 
 
 def test_truncated_frame_and_absurd_first_box(tmp_path: Path, synth_dataset: Path) -> None:
@@ -194,8 +214,17 @@ def test_truncated_frame_and_absurd_first_box(tmp_path: Path, synth_dataset: Pat
     frame.write_bytes(frame.read_bytes()[: frame.stat().st_size // 2])
 
     def track(out: str) -> list[str]:
-        return ["track", str(data), "--out", str(tmp_path / out), "--config", "tiny",
-                "--no-progress", "--sequences", sequence.name]  # fmt: skip
+        return [
+            "track",
+            str(data),
+            "--out",
+            str(tmp_path / out),
+            "--config",
+            "tiny",
+            "--no-progress",
+            "--sequences",
+            sequence.name,
+        ]
 
     assert_one_line_error(track("r"), "truncated", frame.name)
     truth = sequence / "groundtruth_rect.txt"
@@ -206,8 +235,17 @@ def test_truncated_frame_and_absurd_first_box(tmp_path: Path, synth_dataset: Pat
 
 def test_a_run_folder_is_one_run(tmp_path: Path, synth_dataset: Path) -> None:
     run = tmp_path / "run"
-    base = ["track", str(synth_dataset), "--out", str(run), "--config", "tiny", "--no-progress",
-            "--threads", "1"]  # fmt: skip
+    base = [
+        "track",
+        str(synth_dataset),
+        "--out",
+        str(run),
+        "--config",
+        "tiny",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     result = runner.invoke(app, [*base, "--checkpoint", "builtin"])
     assert result.exit_code == 0, result.output
     before = (run / "run.json").read_text()
@@ -226,15 +264,27 @@ def test_eval_refuses_results_of_another_dataset(tmp_path: Path, synth_dataset: 
     sequences = sorted(p.name for p in synth_dataset.iterdir() if p.is_dir())
     for name in sequences:  # 10-frame sequences, results of 5 frames
         (run / f"{name}.txt").write_text("10\t10\t20\t20\n" * 5)
-    assert_one_line_error(["eval", str(run), "--dataset", str(synth_dataset)],
-                          "5 boxes for a sequence of 10 frames")  # fmt: skip
+    assert_one_line_error(
+        ["eval", str(run), "--dataset", str(synth_dataset)], "5 boxes for a sequence of 10 frames"
+    )
     assert not (run / "metrics.json").exists()
 
 
 def test_multiprocess_mode_reports_a_failing_model(tmp_path: Path) -> None:
     out = tmp_path / "mp.json"
-    args = ["multirun", "--models", "alexnet:1,vgg16:1", "--mode", "mp", "--requests", "1",
-            "--input-size", "8", "--json", str(out)]  # fmt: skip
+    args = [
+        "multirun",
+        "--models",
+        "alexnet:1,vgg16:1",
+        "--mode",
+        "mp",
+        "--requests",
+        "1",
+        "--input-size",
+        "8",
+        "--json",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "failed" in result.output and "vgg16#0" in result.output

@@ -32,16 +32,37 @@ def test_vit_breakdown_writes_its_plot(tmp_path: Path) -> None:
 
 
 def test_compress_accuracy_on_one_small_model(tmp_path: Path) -> None:
-    output = invoke(["compress", "accuracy", str(tmp_path), "--models", "alexnet", "--quick",
-                     "--finetune-epochs", "0"])  # fmt: skip
+    output = invoke(
+        [
+            "compress",
+            "accuracy",
+            str(tmp_path),
+            "--models",
+            "alexnet",
+            "--quick",
+            "--finetune-epochs",
+            "0",
+        ]
+    )
     assert "alexnet" in output
     (row,) = json.loads((tmp_path / "accuracy.json").read_text())
     assert row["model"] == "alexnet" and row["trained"] > 10  # better than chance
 
 
 def test_train_tracker_two_steps_and_resume(tmp_path: Path) -> None:
-    args = ["train", "tracker", str(tmp_path), "--box-steps", "2", "--confidence-steps", "1",
-            "--batch-size", "2", "--threads", "1"]  # fmt: skip
+    args = [
+        "train",
+        "tracker",
+        str(tmp_path),
+        "--box-steps",
+        "2",
+        "--confidence-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+    ]
     output = invoke(args)
     assert "weights:" in output and (tmp_path / "weights.pth").is_file()
     again = invoke(args)  # everything done: a rerun resumes at the end and rewrites nothing new
@@ -50,8 +71,9 @@ def test_train_tracker_two_steps_and_resume(tmp_path: Path) -> None:
 
 def test_bench_tucker_macs_and_bench_vit(tmp_path: Path) -> None:
     out = tmp_path / "tucker.json"
-    output = invoke(["bench", "tucker", "--only", "macs", "--models", "alexnet", "--json",
-                     str(out)])  # fmt: skip
+    output = invoke(
+        ["bench", "tucker", "--only", "macs", "--models", "alexnet", "--json", str(out)]
+    )
     assert "alexnet" in output
     (row,) = json.loads(out.read_text())["mac_reduction"]
     assert 0 < row["macs_after"] < row["macs_before"]

@@ -16,8 +16,14 @@ def test_mac_reduction_rows() -> None:
 
 
 def test_accuracy_experiment_writes_and_resumes(tmp_path: Path) -> None:
-    rows = accuracy(tmp_path, "ratio:0.5", finetune_epochs=1, epochs_scale=0.2,
-                    models=["vgg16_bn"], show_progress=False)  # fmt: skip
+    rows = accuracy(
+        tmp_path,
+        "ratio:0.5",
+        finetune_epochs=1,
+        epochs_scale=0.2,
+        models=["vgg16_bn"],
+        show_progress=False,
+    )
     (row,) = rows
     # the digits are easy for VGG-16-BN: well above chance (10%) after one epoch; the exact
     # figure depends on the CPU's kernels (47.4% on an AVX2 machine, above 50% with AVX-512)
@@ -27,8 +33,14 @@ def test_accuracy_experiment_writes_and_resumes(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "accuracy.json").read_text())
     assert saved[0]["model"] == "vgg16_bn"
     stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")}
-    again = accuracy(tmp_path, "ratio:0.5", finetune_epochs=1, epochs_scale=0.2,
-                     models=["vgg16_bn"], show_progress=False)  # fmt: skip
+    again = accuracy(
+        tmp_path,
+        "ratio:0.5",
+        finetune_epochs=1,
+        epochs_scale=0.2,
+        models=["vgg16_bn"],
+        show_progress=False,
+    )
     assert again[0].trained == row.trained and again[0].finetuned == row.finetuned
     # nothing was retrained: the checkpoints were not rewritten
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")} == stamps

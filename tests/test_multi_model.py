@@ -23,8 +23,13 @@ from headway.runtime.pool import StreamWorkerPool
 from headway.transforms.tucker import decompose_model
 from headway.vision.serving import ModelSpec, build_instance, parse_models
 
-SMALL = {"vgg16": {"width": 0.125}, "resnet50": {"width": 8}, "alexnet": {},
-         "squeezenet1_1": {}, "inception_v3": {}}  # fmt: skip
+SMALL = {
+    "vgg16": {"width": 0.125},
+    "resnet50": {"width": 8},
+    "alexnet": {},
+    "squeezenet1_1": {},
+    "inception_v3": {},
+}
 
 
 def run_jobs(jobs: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
@@ -68,8 +73,11 @@ def test_policy_errors() -> None:
     with pytest.raises(InputError, match="no layer order"):
         layer_sequence(nn.Linear(2, 2))
     assert parse_models("vgg16:3,alexnet") == [("vgg16", 3), ("alexnet", 1)]
-    for bad, message in [("vgg19:1", "unknown model"), ("vgg16:0", "at least 1"),
-                         ("vgg16:x", "integer")]:  # fmt: skip
+    for bad, message in [
+        ("vgg19:1", "unknown model"),
+        ("vgg16:0", "at least 1"),
+        ("vgg16:x", "integer"),
+    ]:
         with pytest.raises(InputError, match=message):
             parse_models(bad)
 
@@ -146,8 +154,9 @@ class Broken(nn.Module):
 
 def test_a_failing_model_is_named_and_does_not_stop_the_others() -> None:
     instances = tiny_instances()
-    instances.append(ModelInstance("broken#0", [instances[0].jobs[0], Broken()],
-                                   instances[0].example))  # fmt: skip
+    instances.append(
+        ModelInstance("broken#0", [instances[0].jobs[0], Broken()], instances[0].example)
+    )
     result = run_multithread(instances, requests=3, workers=2)
     assert result.errors == {"broken#0": "RuntimeError: layer exploded"}
     assert all(len(result.latencies_ms[i.name]) == 3 for i in instances[:3])
@@ -167,8 +176,9 @@ def test_experiment_cases_take_turns_over_rounds() -> None:
 
     assert coalesce_limit("vgg16:8") == 4 and coalesce_limit("vgg16:3,resnet152:1") == 2
     seen: list[str] = []
-    result = run_cases("alexnet:2", [("MT", "mt", None), ("MT+c", "mt+coalesce", None)], 2,
-                       seen.append, rounds=2)  # fmt: skip
+    result = run_cases(
+        "alexnet:2", [("MT", "mt", None), ("MT+c", "mt+coalesce", None)], 2, seen.append, rounds=2
+    )
     assert seen == ["MT, round 1/2", "MT+c, round 1/2", "MT, round 2/2", "MT+c, round 2/2"]
     for row in result["cases"].values():
         assert len(row["throughputs"]) == 2 and row["throughput"] > 0 and not row["errors"]
@@ -192,6 +202,9 @@ def test_coalesced_mt_on_cuda_matches_the_cpu_model() -> None:
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     result = run_multithread(
         [ModelInstance(f"m#{i}", [cuda_model], example.cuda()) for i in range(4)],
-        requests=3, workers=2, device="cuda", coalesce=2,
-    )  # fmt: skip
+        requests=3,
+        workers=2,
+        device="cuda",
+        coalesce=2,
+    )
     assert not result.errors and all(len(v) == 3 for v in result.latencies_ms.values())

@@ -116,8 +116,18 @@ def test_skips_and_errors() -> None:
 
 def test_cli_saves_a_model_that_loads_back(tmp_path: Path) -> None:
     out = tmp_path / "vgg_tucker.pt"
-    args = ["compress", "tucker", "vgg16", "--small-input", "--num-classes", "10",
-            "--rank", "ratio:0.25", "--out", str(out)]  # fmt: skip
+    args = [
+        "compress",
+        "tucker",
+        "vgg16",
+        "--small-input",
+        "--num-classes",
+        "10",
+        "--rank",
+        "ratio:0.25",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "fewer" in result.output and out.with_suffix(".json").is_file()

@@ -47,8 +47,10 @@ def test_image_folder(tmp_path: Path) -> None:
 def test_cifar10_batches(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for name, count in (("data_batch_1", 6), ("data_batch_2", 4), ("test_batch", 5)):
-        batch = {b"data": rng.integers(0, 255, (count, 3072), dtype=np.uint8),
-                 b"labels": list(rng.integers(0, 10, count))}  # fmt: skip
+        batch = {
+            b"data": rng.integers(0, 255, (count, 3072), dtype=np.uint8),
+            b"labels": list(rng.integers(0, 10, count)),
+        }
         with (tmp_path / name).open("wb") as file:
             pickle.dump(batch, file)
     data = load_cifar10(tmp_path)
@@ -70,8 +72,13 @@ def separable_data() -> ClassificationData:
 
 def small_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 2))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
 
 
 def test_training_learns_and_resumes(tmp_path: Path) -> None:

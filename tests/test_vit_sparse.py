@@ -33,8 +33,15 @@ def test_deit_matches_timm_layout(name: str, parameters: int) -> None:
     state = model.state_dict()
     assert sum(p.numel() for p in model.parameters()) == parameters
     assert len(state) == 152
-    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.11.attn.qkv.bias",
-                "blocks.0.mlp.fc2.weight", "norm.bias", "head.weight"):  # fmt: skip
+    for key in (
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "blocks.11.attn.qkv.bias",
+        "blocks.0.mlp.fc2.weight",
+        "norm.bias",
+        "head.weight",
+    ):
         assert key in state
     if name == "deit_tiny":  # the original checkpoints keep the weights under "model"
         load_weights(build_deit(name), {"model": state})
@@ -50,8 +57,9 @@ def test_keep_all_mask_equals_dense_attention() -> None:
     x = torch.randn(2, 3, 32, 32)
     full = torch.ones(6, 3, model.num_tokens, model.num_tokens, dtype=torch.bool)
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_tokens(x, full), model.forward_tokens(x),
-                                   rtol=0, atol=0)  # fmt: skip
+        torch.testing.assert_close(
+            model.forward_tokens(x, full), model.forward_tokens(x), rtol=0, atol=0
+        )
 
 
 def test_threshold_masks_by_hand() -> None:
@@ -102,13 +110,16 @@ def test_pruning_really_removes_tokens_and_composes_with_masks() -> None:
     counts = keep_counts(64, pruning_ratios(6, 0.2, 0.6))
     seen: list[int] = []
     with torch.no_grad():
-        model.forward_tokens(x, keep_counts=counts,
-                             on_attention=lambda layer, p: seen.append(p.shape[-1]))  # fmt: skip
+        model.forward_tokens(
+            x, keep_counts=counts, on_attention=lambda layer, p: seen.append(p.shape[-1])
+        )
         masks = torch.ones(6, 3, 65, 65, dtype=torch.bool)
         torch.testing.assert_close(
-            model.forward_tokens(x, masks, counts), model.forward_tokens(x, None, counts),
-            rtol=0, atol=0,
-        )  # fmt: skip
+            model.forward_tokens(x, masks, counts),
+            model.forward_tokens(x, None, counts),
+            rtol=0,
+            atol=0,
+        )
     assert seen == counts and counts[3] < 65  # every block runs on its scheduled count
     with pytest.raises(InputError, match="first block"):
         model.forward_tokens(x, keep_counts=[60] * 6)
@@ -150,8 +161,9 @@ def test_batched_pruning_with_masks_matches_one_image_at_a_time() -> None:
             got = model.forward_tokens(images, form, counts)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         unpruned = model.forward_tokens(images, masks)
-        torch.testing.assert_close(model.forward_tokens(images, additive_masks(masks)), unpruned,
-                                   rtol=1e-6, atol=1e-6)  # fmt: skip
+        torch.testing.assert_close(
+            model.forward_tokens(images, additive_masks(masks)), unpruned, rtol=1e-6, atol=1e-6
+        )
     with pytest.raises(InputError, match="boolean"):
         additive_masks(masks.float())
 
@@ -169,8 +181,9 @@ def test_experiment_drivers_on_the_digits_configuration() -> None:
     generator = torch.Generator().manual_seed(3)
     images = torch.randn(40, 3, 32, 32, generator=generator)
     labels = torch.randint(0, 10, (40,), generator=generator)
-    data = ClassificationData(images[:24], labels[:24], images[24:], labels[24:],
-                              [str(i) for i in range(10)])  # fmt: skip
+    data = ClassificationData(
+        images[:24], labels[:24], images[24:], labels[24:], [str(i) for i in range(10)]
+    )
     table = accuracy_table(model, data, sparsities=(0.5,), prune=(0.2, 0.6))
     assert abs(table["rows"][0]["achieved"] - 0.5) < 0.02
     assert 0 <= table["rows"][0]["sparse_pruned"] <= 100
@@ -213,8 +226,19 @@ def test_vit_accuracy_on_a_user_folder_with_a_real_checkpoint_layout(tmp_path: P
     torch.manual_seed(0)
     checkpoint = tmp_path / "deit_tiny.pth"
     torch.save({"model": build_deit("deit_tiny").state_dict()}, checkpoint)
-    args = ["vit", "accuracy", str(tmp_path / "out"), "--images", str(root), "--model",
-            "deit_tiny", "--checkpoint", str(checkpoint), "--sparsities", "0.5"]  # fmt: skip
+    args = [
+        "vit",
+        "accuracy",
+        str(tmp_path / "out"),
+        "--images",
+        str(root),
+        "--model",
+        "deit_tiny",
+        "--checkpoint",
+        str(checkpoint),
+        "--sparsities",
+        "0.5",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "out" / "vit_accuracy.json").read_text())

@@ -61,8 +61,9 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for unreadable files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{what} {path} cannot be read (truncated or not a torch file): "
-                         f"{reason}") from None  # fmt: skip
+        raise InputError(
+            f"{what} {path} cannot be read (truncated or not a torch file): {reason}"
+        ) from None
 
 
 def save_figure(figure: Any, path: str | Path) -> Path:

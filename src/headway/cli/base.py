@@ -46,8 +46,9 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except InputError as error:
-            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False,
-                         soft_wrap=True)  # fmt: skip
+            errors.print(
+                f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

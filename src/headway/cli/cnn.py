@@ -79,13 +79,27 @@ def compress_tucker(
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("decomposing", total=None)
         decomposed, report = decompose_model(
-            network, probe, rank, min_rank,
+            network,
+            probe,
+            rank,
+            min_rank,
             on_layer=lambda name: progress.update(task, description=f"decomposing {name}"),
-        )  # fmt: skip
-    table = Table(title=f"Tucker-2 of {model} ({shown(rank)}); MACs = conv + linear "
-                  f"multiply-adds per {size}×{size} image")  # fmt: skip
-    for column in ("layer", "status", "ranks", "MACs before", "MACs after", "params before",
-                   "params after", "weight err", "output err"):  # fmt: skip
+        )
+    table = Table(
+        title=f"Tucker-2 of {model} ({shown(rank)}); MACs = conv + linear "
+        f"multiply-adds per {size}×{size} image"
+    )
+    for column in (
+        "layer",
+        "status",
+        "ranks",
+        "MACs before",
+        "MACs after",
+        "params before",
+        "params after",
+        "weight err",
+        "output err",
+    ):
         table.add_column(column, justify="left" if column in ("layer", "status") else "right")
     for row in report.layers:
         decomposed_row = row.status == "decomposed"
@@ -93,11 +107,13 @@ def compress_tucker(
             row.name,
             row.status if decomposed_row else f"skipped: {row.reason}",
             f"{row.rank_in}, {row.rank_out}" if decomposed_row else "",
-            f"{row.macs_before:,}", f"{row.macs_after:,}",
-            f"{row.params_before:,}", f"{row.params_after:,}",
+            f"{row.macs_before:,}",
+            f"{row.macs_after:,}",
+            f"{row.params_before:,}",
+            f"{row.params_after:,}",
             f"{row.weight_error:.3f}" if decomposed_row else "",
             f"{row.output_error:.3f}" if decomposed_row else "",
-        )  # fmt: skip
+        )
     Console(width=max(console.width, 150)).print(table)
     console.print(
         f"model MACs {report.macs_before:,} → {report.macs_after:,} "
@@ -106,8 +122,10 @@ def compress_tucker(
     )
     if out is not None:
         save_decomposed(out, decomposed, report, model, num_classes, small_input)
-        console.print(f"saved {shown(out)} and its report {shown(out.with_suffix('.json'))} "
-                      "(load with headway.transforms.tucker.load_decomposed)")  # fmt: skip
+        console.print(
+            f"saved {shown(out)} and its report {shown(out.with_suffix('.json'))} "
+            "(load with headway.transforms.tucker.load_decomposed)"
+        )
 
 
 @compress_app.command("accuracy")
@@ -132,8 +150,9 @@ def compress_accuracy(
     RankRule.parse(rank)
     at_least(finetune_epochs, 0, "--finetune-epochs")
     rows = accuracy(out, rank, finetune_epochs, 1 / 3 if quick else 1.0, chosen)
-    print_table(f"Top-1 % on digits (32×32 test split), Tucker-2 {shown(rank)}",
-                *accuracy_table(rows))  # fmt: skip
+    print_table(
+        f"Top-1 % on digits (32×32 test split), Tucker-2 {shown(rank)}", *accuracy_table(rows)
+    )
     console.print(f"wrote {shown(out / 'accuracy.json')}")
 
 
@@ -179,12 +198,15 @@ def multirun(
     torch_device = resolve_device(device)
     instances = instance_names(parse_models(models))
     small = input_size <= 64
-    specs = {n: ModelSpec(m, 10 if small else 1000, small, input_size, decomposed)
-             for n, m in instances}  # fmt: skip
+    specs = {
+        n: ModelSpec(m, 10 if small else 1000, small, input_size, decomposed) for n, m in instances
+    }
     result = run_mode(mode, specs, requests, workers, threads, jobs, torch_device, rate, coalesce)
-    table = Table(title=f"{mode}: {shown(models)}, {requests} requests each"
-                  + (f", Tucker-2 {shown(decomposed)}" if decomposed else "")
-                  + (f", coalescing up to {coalesce}" if coalesce > 1 else ""))  # fmt: skip
+    table = Table(
+        title=f"{mode}: {shown(models)}, {requests} requests each"
+        + (f", Tucker-2 {shown(decomposed)}" if decomposed else "")
+        + (f", coalescing up to {coalesce}" if coalesce > 1 else "")
+    )
     for column in ("instance", "mean ms", "p95 ms", "requests"):
         table.add_column(column, justify="left" if column == "instance" else "right")
     summary = result.summary()
@@ -193,8 +215,9 @@ def multirun(
         if row is None:
             table.add_row(name, "failed", "", "0")
         else:
-            table.add_row(name, f"{row['mean_ms']:.2f}", f"{row['p95_ms']:.2f}",
-                          str(row["requests"]))  # fmt: skip
+            table.add_row(
+                name, f"{row['mean_ms']:.2f}", f"{row['p95_ms']:.2f}", str(row["requests"])
+            )
     console.print(table)
     console.print(f"throughput {result.throughput:.2f} requests/s over {result.wall_s:.2f} s")
     if "mean_batch" in result.notes:
@@ -202,11 +225,18 @@ def multirun(
     for name, message in result.errors.items():
         errors.print(f"[bold red]failed:[/] {name}: {shown(message)}", highlight=False)
     if json_out is not None:
-        payload = {"mode": mode, "models": models, "decomposed": decomposed,
-                   "requests": requests, "summary": summary,
-                   "throughput": result.throughput, "wall_s": result.wall_s,
-                   "errors": result.errors, "notes": result.notes,
-                   "latencies_ms": result.latencies_ms}  # fmt: skip
+        payload = {
+            "mode": mode,
+            "models": models,
+            "decomposed": decomposed,
+            "requests": requests,
+            "summary": summary,
+            "throughput": result.throughput,
+            "wall_s": result.wall_s,
+            "errors": result.errors,
+            "notes": result.notes,
+            "latencies_ms": result.latencies_ms,
+        }
         atomic_write_text(json_out, json.dumps(payload, indent=2))
     if result.errors:
         raise typer.Exit(1)
@@ -245,18 +275,26 @@ def bench_tucker(
     timing: dict[str, object] = {}
     if only != "latency":
         rows = mac_reduction(chosen, rank, on_model=lambda n: console.print(f"decomposing {n} …"))
-        print_table(f"Tucker-2 MAC reduction ({shown(rank)}); conv + linear MACs per image",
-                    *macs_table(rows), width=140)  # fmt: skip
+        print_table(
+            f"Tucker-2 MAC reduction ({shown(rank)}); conv + linear MACs per image",
+            *macs_table(rows),
+            width=140,
+        )
     if only != "macs":
         timing = latency(latency_model, latency_rank)
         layout = "channels-last" if timing["channels_last"] else "NCHW"
-        print_table(f"{latency_model} ({timing['input']}×{timing['input']}, "
-                    f"{shown(latency_rank)}, {timing['mac_reduction_pct']:.1f}% fewer MACs), CPU "
-                    f"latency, {timing['threads']} threads, {layout}, median",
-                    *latency_table(timing))  # fmt: skip
+        print_table(
+            f"{latency_model} ({timing['input']}×{timing['input']}, "
+            f"{shown(latency_rank)}, {timing['mac_reduction_pct']:.1f}% fewer MACs), CPU "
+            f"latency, {timing['threads']} threads, {layout}, median",
+            *latency_table(timing),
+        )
     if json_out is not None:
-        environment = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "machine": platform.machine()}  # fmt: skip
+        environment = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        }
         payload = {"mac_reduction": rows, "latency": timing, "environment": environment}
         atomic_write_text(json_out, json.dumps(payload, indent=2))
 
@@ -295,33 +333,45 @@ def bench_multidnn(
     output_folder(out, "OUT")
     at_least(requests, 1, "--requests")
     at_least(rounds, 1, "--rounds")
-    report: dict[str, object] = {"rank": RANK, "mix_rank": MIX_RANK, "mp_threads": 1,
-                                 "mt_workers": 2, "mt_threads": 1}  # fmt: skip
+    report: dict[str, object] = {
+        "rank": RANK,
+        "mix_rank": MIX_RANK,
+        "mp_threads": 1,
+        "mt_workers": 2,
+        "mt_threads": 1,
+    }
     if only in (None, "solo"):
         solo = solo_vs_crowd(requests=max(2, requests // 3))
-        print_table("solo vs 6 at once (one process each, 1 thread), mean ms",
-                    ["model", "solo", "6 at once"],
-                    [[m, f"{r['solo_ms']:.1f}", f"{r['crowd_ms']:.1f}"]
-                     for m, r in solo.items()])  # fmt: skip
+        print_table(
+            "solo vs 6 at once (one process each, 1 thread), mean ms",
+            ["model", "solo", "6 at once"],
+            [[m, f"{r['solo_ms']:.1f}", f"{r['crowd_ms']:.1f}"] for m, r in solo.items()],
+        )
         report["solo"] = solo
-    settings = {"homogeneous": (HOMOGENEOUS, HOMOGENEOUS_CASES, requests, rounds),
-                "heterogeneous": (HETEROGENEOUS, HETEROGENEOUS_CASES,
-                                  max(2, requests // 12), 1)}  # fmt: skip
+    settings = {
+        "homogeneous": (HOMOGENEOUS, HOMOGENEOUS_CASES, requests, rounds),
+        "heterogeneous": (HETEROGENEOUS, HETEROGENEOUS_CASES, max(2, requests // 12), 1),
+    }
     for title, (models, cases, count, turns) in settings.items():
         if only not in (None, title):
             continue
-        result = run_cases(models, cases, count,
-                           lambda label, t=title: console.print(f"{t}: {label} …"),
-                           turns)  # fmt: skip
-        print_table(f"{title}: {models}, {count} requests per instance, mean ms",
-                    *cases_table(result), width=140)  # fmt: skip
+        result = run_cases(
+            models, cases, count, lambda label, t=title: console.print(f"{t}: {label} …"), turns
+        )
+        print_table(
+            f"{title}: {models}, {count} requests per instance, mean ms",
+            *cases_table(result),
+            width=140,
+        )
         rows = result["cases"]
         if "Dcomp.(MP)" in rows:
             base = rows["Dcomp.(MP)"]["throughputs"]
             for label in [k for k in rows if k.startswith("Dcomp.(MT")]:
                 ratios = [t / b for t, b in zip(rows[label]["throughputs"], base, strict=True)]
-                console.print(f"{label} / Dcomp.(MP) throughput per round: "
-                              + ", ".join(f"{r:.2f}×" for r in ratios))  # fmt: skip
+                console.print(
+                    f"{label} / Dcomp.(MP) throughput per round: "
+                    + ", ".join(f"{r:.2f}×" for r in ratios)
+                )
         plot_cases(title, result, out / f"{title}.png")
         report[title] = result
     atomic_write_text(out / "multidnn.json", json.dumps(report, indent=2))

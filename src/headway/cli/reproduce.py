@@ -24,8 +24,9 @@ def reproduce(
     output_folder(out, "OUT")
 
     def started(experiment: Experiment, index: int, total: int) -> None:
-        console.print(f"[{index + 1}/{total}] paper {experiment.paper}: {experiment.title} …",
-                      markup=False)  # fmt: skip
+        console.print(
+            f"[{index + 1}/{total}] paper {experiment.paper}: {experiment.title} …", markup=False
+        )
 
     def ended(outcome: Outcome) -> None:
         if outcome.status == "failed":

@@ -220,8 +220,18 @@ def bench_tracker(
         f"median of {frames} frames × {rounds} passes; encoder {bench.encoder_gflop:.2f} "
         "GFLOP/frame"
     )
-    columns = ("executor", "enc ms", "×enc", "frame ms", "FPS", "×FPS", "GFLOP/s", "%peak",
-               "max Δenc", "max Δbox px")  # fmt: skip
+    columns = (
+        "executor",
+        "enc ms",
+        "×enc",
+        "frame ms",
+        "FPS",
+        "×FPS",
+        "GFLOP/s",
+        "%peak",
+        "max Δenc",
+        "max Δbox px",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "executor" else "right")
     for r in bench.results:
@@ -247,9 +257,11 @@ def bench_tracker(
         stage_sum = sum(r.stage_ms.values()) or 1.0
         stages.add_row(
             r.name,
-            *(f"{r.stage_ms[s]:.2f} ({100 * r.stage_ms[s] / stage_sum:.0f}%)"
-              for s in TIMED_STAGES),
-        )  # fmt: skip
+            *(
+                f"{r.stage_ms[s]:.2f} ({100 * r.stage_ms[s] / stage_sum:.0f}%)"
+                for s in TIMED_STAGES
+            ),
+        )
     wide.print(stages)
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in bench.matmul_peak_gflops.items())
     console.print(f"measured matmul peak (tokens × FFN weight): {peaks}")

@@ -89,15 +89,20 @@ def vit_accuracy(
             network, data = trained_digits_deit(out)
         else:
             network = load_weights(build_deit(model), checkpoint).eval()
-            data = load_imagenet_folder(images, class_map, config.img_size,
-                                        calibration_fraction=calibration)  # fmt: skip
-            console.print(f"{len(data.train_labels)} calibration and {len(data.test_labels)} "
-                          f"scored images from {shown(images)}")  # fmt: skip
+            data = load_imagenet_folder(
+                images, class_map, config.img_size, calibration_fraction=calibration
+            )
+            console.print(
+                f"{len(data.train_labels)} calibration and {len(data.test_labels)} "
+                f"scored images from {shown(images)}"
+            )
         table_data = accuracy_table(network, data, targets, prune_pair, finetune)
         table_data["model"] = name
         atomic_write_text(out / "vit_accuracy.json", json.dumps(table_data, indent=2))
-    print_table(f"{name} top-1 % (dense {table_data['dense']:.1f}%), pruning {shown(prune)}",
-                *accuracy_cells(table_data))  # fmt: skip
+    print_table(
+        f"{name} top-1 % (dense {table_data['dense']:.1f}%), pruning {shown(prune)}",
+        *accuracy_cells(table_data),
+    )
     console.print(f"mean drop from pruning: {table_data['mean_drop_from_pruning']:.2f} points")
 
 
@@ -141,11 +146,21 @@ def simulate(
     check_choice(model, list(DEIT_CONFIGS), "DeiT model")
     config = DEIT_CONFIGS[model]
     targets = fractions(sparsity, "--sparsity")
-    counts = keep_counts(config.num_patches,
-                         pruning_ratios(config.depth, *share_pair(prune, "--prune")))  # fmt: skip
+    counts = keep_counts(
+        config.num_patches, pruning_ratios(config.depth, *share_pair(prune, "--prune"))
+    )
     table = Table(title=f"{model}: cycles (500 MHz, 64×8 MACs, 76.8 GiB/s, 8-bit), pruning {prune}")
-    for column in ("sparsity", "case", "linear", "attention", "softmax", "ffn", "top-k", "total",
-                   "speedup"):  # fmt: skip
+    for column in (
+        "sparsity",
+        "case",
+        "linear",
+        "attention",
+        "softmax",
+        "ffn",
+        "top-k",
+        "total",
+        "speedup",
+    ):
         table.add_column(column, justify="right")
     speedups = []
     for target in targets:
@@ -154,13 +169,18 @@ def simulate(
         speedups.append(sparse.total / pruned.total)
         for label, result in (("sparse", sparse), ("+ pruning", pruned)):
             kinds = result.by_type()
-            table.add_row(f"{target:.0%}", label, *(f"{kinds[k]:,}" for k in
-                          ("linear", "attention", "softmax", "ffn", "topk")),
-                          f"{result.total:,}",
-                          f"{sparse.total / result.total:.2f}×")  # fmt: skip
+            table.add_row(
+                f"{target:.0%}",
+                label,
+                *(f"{kinds[k]:,}" for k in ("linear", "attention", "softmax", "ffn", "topk")),
+                f"{result.total:,}",
+                f"{sparse.total / result.total:.2f}×",
+            )
     Console(width=max(console.width, 130)).print(table)
-    console.print(f"mean speedup of sparse + pruning over sparse only: "
-                  f"{sum(speedups) / len(speedups):.2f}× (paper C: 1.31×)")  # fmt: skip
+    console.print(
+        f"mean speedup of sparse + pruning over sparse only: "
+        f"{sum(speedups) / len(speedups):.2f}× (paper C: 1.31×)"
+    )
 
 
 @bench_app.command("vit")
@@ -199,8 +219,11 @@ def bench_vit(
         at_least(size, 1, "--batches")
     output_file(json_out, "--json")
     results = {name: pruning_speedup(name, sizes, target, pair) for name in chosen}
-    print_table(f"sparse ({target:.0%}) + pruning {shown(prune)} vs sparse only, "
-                f"{torch.get_num_threads()} threads, median ms", *speedup_table(results),
-                width=120)  # fmt: skip
+    print_table(
+        f"sparse ({target:.0%}) + pruning {shown(prune)} vs sparse only, "
+        f"{torch.get_num_threads()} threads, median ms",
+        *speedup_table(results),
+        width=120,
+    )
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(results, indent=2))

@@ -21,13 +21,19 @@ MIX_RANK = "vbmf"  # per layer; a whole-model MAC budget is out of reach for Res
 HOMOGENEOUS = "vgg16:8"
 HETEROGENEOUS = "vgg16:3,resnet152:1,inception_v3:2,regnet_y_32gf:2"
 HOMOGENEOUS_CASES = [
-    ("Ori.(MP)", "mp", None), ("Dcomp.(MP)", "mp", RANK), ("Dcomp.(MT)", "mt", RANK),
+    ("Ori.(MP)", "mp", None),
+    ("Dcomp.(MP)", "mp", RANK),
+    ("Dcomp.(MT)", "mt", RANK),
     ("Dcomp.(MT+coalesce)", "mt+coalesce", RANK),
-    ("Dcomp.(seq)", "seq", RANK), ("Dcomp.(batched)", "batched", RANK),
-]  # fmt: skip
+    ("Dcomp.(seq)", "seq", RANK),
+    ("Dcomp.(batched)", "batched", RANK),
+]
 WORKERS = 2  # MT pool workers (1 intra-op thread each): one per core of the 2-core VM
-HETEROGENEOUS_CASES = [("Ori.(MP)", "mp", None), ("Dcomp.(MP)", "mp", MIX_RANK),
-                       ("Dcomp.(MT)", "mt", MIX_RANK)]  # fmt: skip
+HETEROGENEOUS_CASES = [
+    ("Ori.(MP)", "mp", None),
+    ("Dcomp.(MP)", "mp", MIX_RANK),
+    ("Dcomp.(MT)", "mt", MIX_RANK),
+]
 SOLO_MODELS = ("alexnet", "squeezenet1_1", "vgg16", "regnet_y_32gf")
 
 
@@ -51,8 +57,11 @@ def solo_vs_crowd(
     for model in models:
         alone = run_mode("mp", specs_for(f"{model}:1", None), requests, threads=1)
         crowded = run_mode("mp", specs_for(f"{model}:{crowd}", None), requests, threads=1)
-        rows[model] = {"solo_ms": per_model_mean(alone)[model],
-                       "crowd_ms": per_model_mean(crowded)[model], "crowd": crowd}  # fmt: skip
+        rows[model] = {
+            "solo_ms": per_model_mean(alone)[model],
+            "crowd_ms": per_model_mean(crowded)[model],
+            "crowd": crowd,
+        }
     return rows
 
 
@@ -83,20 +92,29 @@ def run_cases(
             if on_case is not None:
                 on_case(label if rounds == 1 else f"{label}, round {round_index + 1}/{rounds}")
             coalesce = coalesce_limit(models) if mode == "mt+coalesce" else 1
-            runs[label].append(run_mode(mode.split("+")[0], specs_for(models, rank), requests,
-                                        workers=WORKERS, threads=1, coalesce=coalesce))  # fmt: skip
+            runs[label].append(
+                run_mode(
+                    mode.split("+")[0],
+                    specs_for(models, rank),
+                    requests,
+                    workers=WORKERS,
+                    threads=1,
+                    coalesce=coalesce,
+                )
+            )
     rows = {}
     for label, results in runs.items():
         means = [per_model_mean(r) for r in results]
         rows[label] = {
-            "per_model_ms": {m: float(np.median([x[m] for x in means if m in x]))
-                             for m in means[-1]},
+            "per_model_ms": {
+                m: float(np.median([x[m] for x in means if m in x])) for m in means[-1]
+            },
             "throughput": float(np.median([r.throughput for r in results])),
             "throughputs": [r.throughput for r in results],
             "errors": {k: v for r in results for k, v in r.errors.items()},
             "summary": results[-1].summary(),
             "notes": results[-1].notes,
-        }  # fmt: skip
+        }
     return {"models": models, "requests": requests, "rounds": rounds, "cases": rows}
 
 
@@ -141,8 +159,10 @@ def cases_table(experiment: dict[str, Any]) -> tuple[list[str], list[list[str]]]
         value = values.get(name, float("nan"))
         return f"{value:.1f} ({100 * (value / base[name] - 1):+.0f}%)"
 
-    cells = [[label, *(cell(c["per_model_ms"], n) for n in names), f"{c['throughput']:.1f}"]
-             for label, c in cases.items()]  # fmt: skip
+    cells = [
+        [label, *(cell(c["per_model_ms"], n) for n in names), f"{c['throughput']:.1f}"]
+        for label, c in cases.items()
+    ]
     return ["case", *names, "throughput req/s"], cells
 
 

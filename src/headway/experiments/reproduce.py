@@ -41,25 +41,44 @@ class Experiment:
 
 
 EXPERIMENTS = (
-    Experiment("tracker_accuracy", "A",
-               "Tracking accuracy per executor (Table 3) and the trained tiny tracker",
-               tracker_accuracy.section),
-    Experiment("tracker_speed", "A",
-               "Executors: encoder time, FPS, stage breakdown (Table 1, Fig. 10–12)",
-               tracker_executors.section),
+    Experiment(
+        "tracker_accuracy",
+        "A",
+        "Tracking accuracy per executor (Table 3) and the trained tiny tracker",
+        tracker_accuracy.section,
+    ),
+    Experiment(
+        "tracker_speed",
+        "A",
+        "Executors: encoder time, FPS, stage breakdown (Table 1, Fig. 10–12)",
+        tracker_executors.section,
+    ),
     Experiment("tucker_macs", "B", "Tucker-2 MAC reduction", tucker.macs_section),
-    Experiment("tucker_accuracy", "B", "Accuracy before / after Tucker-2 and fine-tuning",
-               tucker.accuracy_section),
-    Experiment("multidnn", "B",
-               "Many models at once: Ori.(MP), Dcomp.(MP), Dcomp.(MT) (Fig. 5–6)",
-               multidnn.section),
-    Experiment("vit_accuracy", "C", "Sparse only vs sparse + pruning accuracy (Table 1)",
-               vit.accuracy_section),
-    Experiment("vit_breakdown", "C", "FLOPs vs CPU time by layer type (Fig. 1)",
-               vit.breakdown_section),
-    Experiment("vit_speed", "C", "Speedup of pruning: simulator and CPU wall clock",
-               vit.speed_section),
-)  # fmt: skip
+    Experiment(
+        "tucker_accuracy",
+        "B",
+        "Accuracy before / after Tucker-2 and fine-tuning",
+        tucker.accuracy_section,
+    ),
+    Experiment(
+        "multidnn",
+        "B",
+        "Many models at once: Ori.(MP), Dcomp.(MP), Dcomp.(MT) (Fig. 5–6)",
+        multidnn.section,
+    ),
+    Experiment(
+        "vit_accuracy",
+        "C",
+        "Sparse only vs sparse + pruning accuracy (Table 1)",
+        vit.accuracy_section,
+    ),
+    Experiment(
+        "vit_breakdown", "C", "FLOPs vs CPU time by layer type (Fig. 1)", vit.breakdown_section
+    ),
+    Experiment(
+        "vit_speed", "C", "Speedup of pruning: simulator and CPU wall clock", vit.speed_section
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ def interleaved_medians(
     ``block_seconds`` until every variant has had ``min_run_time`` seconds (and
     ``min_rounds`` blocks)."""
     threads = torch.get_num_threads()
-    timers = {name: Timer("run()", globals={"run": run}, num_threads=threads)
-              for name, run in variants.items()}  # fmt: skip
+    timers = {
+        name: Timer("run()", globals={"run": run}, num_threads=threads)
+        for name, run in variants.items()
+    }
     numbers = {}
     for name, timer in timers.items():
         timer.timeit(number=1)  # warm-up: first-call allocations, lazy initialisation

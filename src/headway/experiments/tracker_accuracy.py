@@ -61,10 +61,12 @@ def _template_updates(run_dir: Path, sequences: list[Sequence]) -> int:
 
 def _max_box_diff(run_dir: Path, reference_dir: Path, sequences: list[Sequence]) -> float:
     diffs = [
-        np.abs(read_boxes_file(run_dir / f"{s.name}.txt") - read_boxes_file(
-            reference_dir / f"{s.name}.txt")).max()
+        np.abs(
+            read_boxes_file(run_dir / f"{s.name}.txt")
+            - read_boxes_file(reference_dir / f"{s.name}.txt")
+        ).max()
         for s in sequences
-    ]  # fmt: skip
+    ]
     return float(max(diffs))
 
 
@@ -93,8 +95,9 @@ def tracking_accuracy(
             ("trained, ungated update", dataset, trained, "eager", update_interval, 0.0),
             ("random weights", dataset, random_weights, "eager", update_interval, 0.5),
         ]
-    runs += [(f"trained, {name}", "standard", trained, name, update_interval, 0.5)
-             for name in executors]  # fmt: skip
+    runs += [
+        (f"trained, {name}", "standard", trained, name, update_interval, 0.5) for name in executors
+    ]
     rows = []
     runs_root = out / f"runs_{sequences}x{frames}"
     for label, dataset, network, executor, interval, threshold in runs:
@@ -103,25 +106,36 @@ def tracking_accuracy(
         run_dir = runs_root / dataset / label.replace(", ", "_").replace(" ", "-")
         settings = TrackerSettings(update_interval=interval, confidence_threshold=threshold)
         tracker = CSWinTTTracker(network, settings, executor=executor)
-        summary = track_dataset(tracker, datasets[dataset], run_dir, "otb",
-                                {"label": label}, show_progress)  # fmt: skip
+        summary = track_dataset(
+            tracker, datasets[dataset], run_dir, "otb", {"label": label}, show_progress
+        )
         scores = evaluate_run(run_dir, datasets[dataset]).scores
-        row = {"run": label, "dataset": dataset, "executor": executor,
-               "update_interval": None if interval == NO_UPDATE else interval,
-               "confidence_threshold": threshold,
-               "template_updates": _template_updates(run_dir, datasets[dataset]),
-               "AUC": scores["AUC"], "P": scores["P"], "Pnorm": scores["Pnorm"],
-               "run_dir": str(run_dir.relative_to(out)), "seconds": summary.seconds}  # fmt: skip
+        row = {
+            "run": label,
+            "dataset": dataset,
+            "executor": executor,
+            "update_interval": None if interval == NO_UPDATE else interval,
+            "confidence_threshold": threshold,
+            "template_updates": _template_updates(run_dir, datasets[dataset]),
+            "AUC": scores["AUC"],
+            "P": scores["P"],
+            "Pnorm": scores["Pnorm"],
+            "run_dir": str(run_dir.relative_to(out)),
+            "seconds": summary.seconds,
+        }
         reference = runs_root / dataset / "trained"
         if executor != "eager":
             row["max_box_diff_px"] = _max_box_diff(run_dir, reference, datasets[dataset])
         rows.append(row)
     result = {
-        "sequences": sequences, "frames": frames, "update_interval": update_interval,
+        "sequences": sequences,
+        "frames": frames,
+        "update_interval": update_interval,
         "held_out_seeds": {k: v[0] for k, v in HELD_OUT.items()},
         "appearance_change": {k: v[1] for k, v in HELD_OUT.items()},
-        "weights": str(checkpoint or builtin_weights_path()), "rows": rows,
-    }  # fmt: skip
+        "weights": str(checkpoint or builtin_weights_path()),
+        "rows": rows,
+    }
     atomic_write_text(out / "result.json", json.dumps(result, indent=2))
     return result
 
@@ -141,13 +155,16 @@ def draw_track(
 
     def annotated(index: int) -> np.ndarray:
         image = read_frame(sequence.frames[index]).copy()
-        for box, colour in ((sequence.ground_truth[index], (0, 200, 0)),
-                            (boxes[index], (230, 30, 30))):  # fmt: skip
+        for box, colour in (
+            (sequence.ground_truth[index], (0, 200, 0)),
+            (boxes[index], (230, 30, 30)),
+        ):
             if np.isfinite(box).all():
                 x, y, w, h = (round(float(v)) for v in box)
                 cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
-        cv2.putText(image, f"#{index + 1}", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
-                    (255, 255, 255), 2)  # fmt: skip
+        cv2.putText(
+            image, f"#{index + 1}", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2
+        )
         return image
 
     chosen = np.linspace(0, len(sequence) - 1, panels).round().astype(int)

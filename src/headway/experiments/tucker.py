@@ -28,8 +28,12 @@ from headway.transforms.tucker import count_macs, decompose_model
 from headway.vision.data import digits
 from headway.vision.train import TrainSettings, evaluate, train
 
-PAPER_MAC_REDUCTION = {"vgg16": 81.0, "resnet152": 38.6, "inception_v3": 62.8,
-                       "regnet_y_32gf": 35.8}  # fmt: skip
+PAPER_MAC_REDUCTION = {
+    "vgg16": 81.0,
+    "resnet152": 38.6,
+    "inception_v3": 62.8,
+    "regnet_y_32gf": 35.8,
+}
 
 
 @keeps_global_rng
@@ -50,14 +54,21 @@ def mac_reduction(
         counts = {"decomposed": 0, "skipped": 0}
         for layer in report.layers:
             counts[layer.status] += 1
-        rows.append({
-            "model": name, "input": size, "rank": rank,
-            "macs_before": report.macs_before, "macs_after": report.macs_after,
-            "mac_reduction_pct": 100 * report.mac_reduction,
-            "params_before": report.params_before, "params_after": report.params_after,
-            "layers_decomposed": counts["decomposed"], "layers_skipped": counts["skipped"],
-            "paper_mac_reduction_pct": PAPER_MAC_REDUCTION.get(name),
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "input": size,
+                "rank": rank,
+                "macs_before": report.macs_before,
+                "macs_after": report.macs_after,
+                "mac_reduction_pct": 100 * report.mac_reduction,
+                "params_before": report.params_before,
+                "params_after": report.params_after,
+                "layers_decomposed": counts["decomposed"],
+                "layers_skipped": counts["skipped"],
+                "paper_mac_reduction_pct": PAPER_MAC_REDUCTION.get(name),
+            }
+        )
     return rows
 
 
@@ -91,11 +102,23 @@ def latency(
         x = torch.randn(batch, 3, size, size).contiguous(memory_format=layout)
         original_ms = _median_ms(model, x, threads)
         decomposed_ms = _median_ms(decomposed, x, threads)
-        rows.append({"batch": batch, "original_ms": original_ms, "decomposed_ms": decomposed_ms,
-                     "speedup": original_ms / decomposed_ms})  # fmt: skip
-    return {"model": name, "input": size, "rank": rank, "threads": threads,
-            "channels_last": channels_last, "mac_reduction_pct": 100 * report.mac_reduction,
-            "rows": rows}  # fmt: skip
+        rows.append(
+            {
+                "batch": batch,
+                "original_ms": original_ms,
+                "decomposed_ms": decomposed_ms,
+                "speedup": original_ms / decomposed_ms,
+            }
+        )
+    return {
+        "model": name,
+        "input": size,
+        "rank": rank,
+        "threads": threads,
+        "channels_last": channels_last,
+        "mac_reduction_pct": 100 * report.mac_reduction,
+        "rows": rows,
+    }
 
 
 @dataclass
@@ -151,20 +174,22 @@ def _accuracy(
         )
         torch.manual_seed(settings.seed)
         model = create_model(name, num_classes=10, small_input=True, **overrides)
-        result = train(model, data, settings, out_dir / f"{name}.pt", show_progress,
-                       f"training {name}")  # fmt: skip
-        row = AccuracyRow(name, count_macs(model, probe[:1]), result.test_accuracy,
-                          train_seconds=result.seconds)  # fmt: skip
+        result = train(
+            model, data, settings, out_dir / f"{name}.pt", show_progress, f"training {name}"
+        )
+        row = AccuracyRow(
+            name, count_macs(model, probe[:1]), result.test_accuracy, train_seconds=result.seconds
+        )
         if decompose:
             decomposed, report = decompose_model(model, probe, rank)
             row.decomposed = evaluate(decomposed, data.test_images, data.test_labels)
             row.macs_after = report.macs_after
-            tune = TrainSettings(**{**asdict(settings), "epochs": finetune_epochs,
-                                    "lr": settings.lr / 5})  # fmt: skip
+            tune = TrainSettings(
+                **{**asdict(settings), "epochs": finetune_epochs, "lr": settings.lr / 5}
+            )
             rank_tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in rank)
             tuned_path = out_dir / f"{name}_tucker_{rank_tag}.pt"  # one per rank rule
-            tuned = train(decomposed, data, tune, tuned_path, show_progress,
-                          f"fine-tuning {name}")  # fmt: skip
+            tuned = train(decomposed, data, tune, tuned_path, show_progress, f"fine-tuning {name}")
             row.finetuned = tuned.test_accuracy
         rows.append(row)
         atomic_write_text(
@@ -185,23 +210,46 @@ def _paper_pct(value: float | None) -> str:
 def macs_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """MACs and parameters before / after per model, from :func:`mac_reduction` (the report and
     ``headway bench tucker``)."""
-    header = ["model", "input", "MACs before", "MACs after", "reduction", "paper",
-              "params before", "params after", "decomposed / skipped"]  # fmt: skip
+    header = [
+        "model",
+        "input",
+        "MACs before",
+        "MACs after",
+        "reduction",
+        "paper",
+        "params before",
+        "params after",
+        "decomposed / skipped",
+    ]
     cells = [
-        [r["model"], str(r["input"]), f"{r['macs_before']:,}", f"{r['macs_after']:,}",
-         f"{r['mac_reduction_pct']:.1f}%", _paper_pct(r["paper_mac_reduction_pct"]),
-         f"{r['params_before']:,}", f"{r['params_after']:,}",
-         f"{r['layers_decomposed']} / {r['layers_skipped']}"]
+        [
+            r["model"],
+            str(r["input"]),
+            f"{r['macs_before']:,}",
+            f"{r['macs_after']:,}",
+            f"{r['mac_reduction_pct']:.1f}%",
+            _paper_pct(r["paper_mac_reduction_pct"]),
+            f"{r['params_before']:,}",
+            f"{r['params_after']:,}",
+            f"{r['layers_decomposed']} / {r['layers_skipped']}",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return header, cells
 
 
 def latency_table(timing: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Original vs decomposed latency per batch, from :func:`latency`."""
     header = ["batch", "original ms", "decomposed ms", "speedup"]
-    cells = [[str(r["batch"]), f"{r['original_ms']:.2f}", f"{r['decomposed_ms']:.2f}",
-              f"{r['speedup']:.2f}×"] for r in timing["rows"]]  # fmt: skip
+    cells = [
+        [
+            str(r["batch"]),
+            f"{r['original_ms']:.2f}",
+            f"{r['decomposed_ms']:.2f}",
+            f"{r['speedup']:.2f}×",
+        ]
+        for r in timing["rows"]
+    ]
     return header, cells
 
 
@@ -233,10 +281,16 @@ def accuracy_table(rows: list[AccuracyRow]) -> tuple[list[str], list[list[str]]]
     ``headway compress accuracy`` both show this."""
     header = ["model", "MACs", "trained", "right after Tucker-2", "fine-tuned", "MACs after"]
     cells = [
-        [r.model, f"{r.macs:,}", pct(r.trained), pct(r.decomposed), pct(r.finetuned),
-         f"{r.macs_after:,}" if r.macs_after else ""]
+        [
+            r.model,
+            f"{r.macs:,}",
+            pct(r.trained),
+            pct(r.decomposed),
+            pct(r.finetuned),
+            f"{r.macs_after:,}" if r.macs_after else "",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return header, cells
 
 

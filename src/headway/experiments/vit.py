@@ -43,14 +43,21 @@ def trained_digits_deit(
     data = digits()
     torch.manual_seed(DIGITS_TRAINING.seed)
     model = build_deit("deit_digits")
-    train(model, data, DIGITS_TRAINING, Path(out_dir) / "deit_digits.pt", show_progress,
-          "training deit_digits")  # fmt: skip
+    train(
+        model,
+        data,
+        DIGITS_TRAINING,
+        Path(out_dir) / "deit_digits.pt",
+        show_progress,
+        "training deit_digits",
+    )
     return model.eval(), data
 
 
 @torch.no_grad()
-def _accuracy(model: DeiT, data: ClassificationData, masks: torch.Tensor | None,
-              counts: list[int] | None) -> float:  # fmt: skip
+def _accuracy(
+    model: DeiT, data: ClassificationData, masks: torch.Tensor | None, counts: list[int] | None
+) -> float:
     correct = 0
     for start in range(0, len(data.test_labels), 256):
         images = data.test_images[start : start + 256]
@@ -84,8 +91,7 @@ def accuracy_table(
     sparse-only accuracy is kept beside it."""
     batches = [data.train_images[i : i + 256] for i in range(0, len(data.train_labels), 256)]
     maps = average_attention(model, batches)
-    counts = keep_counts(model.config.num_patches,
-                         pruning_ratios(model.config.depth, *prune))  # fmt: skip
+    counts = keep_counts(model.config.num_patches, pruning_ratios(model.config.depth, *prune))
     rows = []
     for target in sparsities:
         masks, _ = masks_for_sparsity(maps, target)
@@ -101,9 +107,14 @@ def accuracy_table(
         rows.append(row)
     dense = _accuracy(model, data, None, None)
     drop = sum(r["sparse_only"] - r["sparse_pruned"] for r in rows) / len(rows)
-    return {"dense": dense, "prune": list(prune), "keep_counts": counts, "rows": rows,
-            "mean_drop_from_pruning": drop,
-            "finetune": asdict(finetune) if finetune is not None else None}  # fmt: skip
+    return {
+        "dense": dense,
+        "prune": list(prune),
+        "keep_counts": counts,
+        "rows": rows,
+        "mean_drop_from_pruning": drop,
+        "finetune": asdict(finetune) if finetune is not None else None,
+    }
 
 
 LINEAR_PARTS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -120,8 +131,11 @@ def flop_latency_breakdown(
     model = build_deit(name).eval()
     x = torch.randn(batch, 3, model.config.img_size, model.config.img_size)
     blocks = [f"blocks.{i}" for i in range(model.config.depth)]
-    timed = {f"{b}.{part}": model.get_submodule(f"{b}.{part}") for b in blocks
-             for part in (*LINEAR_PARTS, "attn")}  # fmt: skip
+    timed = {
+        f"{b}.{part}": model.get_submodule(f"{b}.{part}")
+        for b in blocks
+        for part in (*LINEAR_PARTS, "attn")
+    }
     seconds: dict[str, float] = defaultdict(float)
     starts: dict[str, float] = {}
     handles = []
@@ -159,20 +173,29 @@ def flop_latency_breakdown(
 
     def split(measure: Any) -> tuple[float, float]:
         linear = sum(measure(f"{b}.{p}") for b in blocks for p in LINEAR_PARTS)
-        inner = sum(measure(f"{b}.attn") - measure(f"{b}.attn.qkv") - measure(f"{b}.attn.proj")
-                    for b in blocks)  # fmt: skip
+        inner = sum(
+            measure(f"{b}.attn") - measure(f"{b}.attn.qkv") - measure(f"{b}.attn.proj")
+            for b in blocks
+        )
         return linear, inner
 
     linear_flops, attention_flops = split(flops)
     linear_s, attention_s = split(lambda key: seconds[key] / runs)
     total_flops = float(counter.get_total_flops())
     return {
-        "model": name, "batch": batch,
-        "flops": {"linear": linear_flops, "attention": attention_flops,
-                  "other": total_flops - linear_flops - attention_flops},
-        "ms": {"linear": 1e3 * linear_s, "attention": 1e3 * attention_s,
-               "other": 1e3 * (total_s - linear_s - attention_s)},
-    }  # fmt: skip
+        "model": name,
+        "batch": batch,
+        "flops": {
+            "linear": linear_flops,
+            "attention": attention_flops,
+            "other": total_flops - linear_flops - attention_flops,
+        },
+        "ms": {
+            "linear": 1e3 * linear_s,
+            "attention": 1e3 * attention_s,
+            "other": 1e3 * (total_s - linear_s - attention_s),
+        },
+    }
 
 
 def plot_breakdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
@@ -184,8 +207,9 @@ def plot_breakdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
     labels, bottoms = [], []
     figure, axes = plt.subplots(figsize=(6, 3.5), dpi=120)
-    bars = [(f"{r['model']}\nFLOPs", r["flops"]) for r in rows] + \
-        [(f"{r['model']}\ntime", r["ms"]) for r in rows]  # fmt: skip
+    bars = [(f"{r['model']}\nFLOPs", r["flops"]) for r in rows] + [
+        (f"{r['model']}\ntime", r["ms"]) for r in rows
+    ]
     labels = [label for label, _ in bars]
     bottoms = [0.0] * len(bars)
     for kind, colour in (("linear", "#4c72b0"), ("attention", "#dd8452"), ("other", "#8c8c8c")):
@@ -220,15 +244,22 @@ def pruning_speedup(
         x = torch.randn(batch, 3, size, size)
         with torch.inference_mode():
             timings = interleaved_medians(
-                {"sparse_only": lambda x=x: model.forward_tokens(x, additive),
-                 "sparse_pruned": lambda x=x: model.forward_tokens(x, additive, counts)},
+                {
+                    "sparse_only": lambda x=x: model.forward_tokens(x, additive),
+                    "sparse_pruned": lambda x=x: model.forward_tokens(x, additive, counts),
+                },
                 min_run_time=min_run_time,
-            )  # fmt: skip
-        rows.append({"batch": batch, "sparse_only_ms": timings["sparse_only"] * 1e3,
-                     "sparse_pruned_ms": timings["sparse_pruned"] * 1e3,
-                     "speedup": timings["sparse_only"] / timings["sparse_pruned"],
-                     "token_rows": sum(counts),
-                     "token_rows_sparse_only": model.num_tokens * model.config.depth})  # fmt: skip
+            )
+        rows.append(
+            {
+                "batch": batch,
+                "sparse_only_ms": timings["sparse_only"] * 1e3,
+                "sparse_pruned_ms": timings["sparse_pruned"] * 1e3,
+                "speedup": timings["sparse_only"] / timings["sparse_pruned"],
+                "token_rows": sum(counts),
+                "token_rows_sparse_only": model.num_tokens * model.config.depth,
+            }
+        )
     return rows
 
 
@@ -246,8 +277,12 @@ def accuracy_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cells = []
     for r in result["rows"]:
         drop = r["sparse_only"] - r["sparse_pruned"]
-        row = [f"{r['sparsity']:.0%} ({r['achieved']:.1%})", pct(r["sparse_only"]),
-               pct(r["sparse_pruned"]), f"{drop:+.1f}"]  # fmt: skip
+        row = [
+            f"{r['sparsity']:.0%} ({r['achieved']:.1%})",
+            pct(r["sparse_only"]),
+            pct(r["sparse_pruned"]),
+            f"{drop:+.1f}",
+        ]
         if finetuned:
             row.insert(1, pct(r["sparse_only_post_hoc"]))
         cells.append(row)
@@ -323,11 +358,16 @@ def speedup_table(
     :func:`pruning_speedup` results by model (the report and ``headway bench vit``)."""
     header = ["model", "batch", "sparse only ms", "sparse + pruning ms", "speedup"]
     cells = [
-        [name, str(r["batch"]), f"{r['sparse_only_ms']:.2f}", f"{r['sparse_pruned_ms']:.2f}",
-         f"{r['speedup']:.2f}×"]
+        [
+            name,
+            str(r["batch"]),
+            f"{r['sparse_only_ms']:.2f}",
+            f"{r['sparse_pruned_ms']:.2f}",
+            f"{r['speedup']:.2f}×",
+        ]
         for name, rows in results.items()
         for r in rows
-    ]  # fmt: skip
+    ]
     return header, cells
 
 

@@ -50,8 +50,9 @@ AttentionHook = Callable[[int, torch.Tensor], None]
 class PatchEmbed(nn.Module):
     def __init__(self, config: DeiTConfig) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(config.in_chans, config.embed_dim, config.patch_size,
-                              stride=config.patch_size)  # fmt: skip
+        self.proj = nn.Conv2d(
+            config.in_chans, config.embed_dim, config.patch_size, stride=config.patch_size
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)

@@ -51,9 +51,11 @@ class RunResult:
         rows = {}
         for name, values in self.latencies_ms.items():
             if values:
-                rows[name] = {"mean_ms": float(np.mean(values)),
-                              "p95_ms": float(np.percentile(values, 95)),
-                              "requests": len(values)}  # fmt: skip
+                rows[name] = {
+                    "mean_ms": float(np.mean(values)),
+                    "p95_ms": float(np.percentile(values, 95)),
+                    "requests": len(values),
+                }
         return rows
 
     @property
@@ -112,8 +114,9 @@ class JobCoalescer:
             for _, _, future in taken:
                 future.set_exception(error)
             return
-        for (_, _, future), rows in zip(taken, out.split([x.shape[0] for x in inputs]),
-                                        strict=True):  # fmt: skip
+        for (_, _, future), rows in zip(
+            taken, out.split([x.shape[0] for x in inputs]), strict=True
+        ):
             future.set_result(rows)
 
 
@@ -131,8 +134,11 @@ def run_multithread(
     for the same job of a shared model (:class:`JobCoalescer`)."""
     device = torch.device(device)
     result = RunResult("mt", {inst.name: [] for inst in instances})
-    result.notes = {"workers": workers, "threads_per_worker": threads_per_worker,
-                    "coalesce": coalesce}  # fmt: skip
+    result.notes = {
+        "workers": workers,
+        "threads_per_worker": threads_per_worker,
+        "coalesce": coalesce,
+    }
 
     def set_threads(_: int) -> None:
         torch.set_num_threads(threads_per_worker)
@@ -173,8 +179,10 @@ def run_multithread(
                 with lock:
                     result.errors[instance.name] = f"{type(error).__name__}: {error}"
 
-        drivers = [threading.Thread(target=drive, args=(inst,), name=f"driver-{inst.name}")
-                   for inst in instances]  # fmt: skip
+        drivers = [
+            threading.Thread(target=drive, args=(inst,), name=f"driver-{inst.name}")
+            for inst in instances
+        ]
         for thread in drivers:
             thread.start()
         start_gate.wait()
@@ -235,8 +243,9 @@ def run_batched(instances: list[ModelInstance], requests: int) -> RunResult:
                         result.errors[m.name] = f"{type(error).__name__}: {error}"
                     continue
                 elapsed = (time.perf_counter() - arrived) * 1e3
-                for m, rows in zip(members, x.split([m.example.shape[0] for m in members]),
-                                   strict=True):  # fmt: skip
+                for m, rows in zip(
+                    members, x.split([m.example.shape[0] for m in members]), strict=True
+                ):
                     result.latencies_ms[m.name].append(elapsed)
                     result.last_outputs[m.name] = rows
     result.wall_s = time.perf_counter() - began
@@ -248,8 +257,14 @@ def run_batched(instances: list[ModelInstance], requests: int) -> RunResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _process_main(build: Callable[[], ModelInstance], name: str, requests: int, threads: int,
-                  start: Any, queue: Any) -> None:  # fmt: skip
+def _process_main(
+    build: Callable[[], ModelInstance],
+    name: str,
+    requests: int,
+    threads: int,
+    start: Any,
+    queue: Any,
+) -> None:
     """Body of one MP process: build, wait for everyone, serve ``requests`` back to back."""
     try:
         torch.set_num_threads(threads)  # this process's own setting, gone when it exits
@@ -268,9 +283,11 @@ def _process_main(build: Callable[[], ModelInstance], name: str, requests: int, 
 
 
 def run_multiprocess(
-    builders: dict[str, Callable[[], ModelInstance]], requests: int,
-    threads_per_process: int = 1, timeout_s: float = 600.0,
-) -> RunResult:  # fmt: skip
+    builders: dict[str, Callable[[], ModelInstance]],
+    requests: int,
+    threads_per_process: int = 1,
+    timeout_s: float = 600.0,
+) -> RunResult:
     """One spawned OS process per instance (name → a picklable function that builds it, e.g.
     a ``functools.partial``), each running its model plainly; a process that fails or dies is
     reported and the others' results are kept."""
@@ -280,10 +297,11 @@ def run_multiprocess(
     start = context.Barrier(len(builders) + 1)
     queue = context.Queue()
     processes = {
-        name: context.Process(target=_process_main,
-                              args=(build, name, requests, threads_per_process, start, queue))
+        name: context.Process(
+            target=_process_main, args=(build, name, requests, threads_per_process, start, queue)
+        )
         for name, build in builders.items()
-    }  # fmt: skip
+    }
     for process in processes.values():
         process.start()
     result = RunResult("mp", {name: [] for name in builders})

@@ -113,8 +113,14 @@ def simulate_layer(
     topk = 0
     if prune_to is not None and prune_to < tokens:
         topk = (math.ceil(tokens / acc.topk_width) + 4) * math.ceil(math.log2(tokens))
-    return LayerCycles(tokens, max(qkv_proj, linear_memory), max(attention, attention_memory),
-                       softmax, max(ffn, ffn_memory), topk)  # fmt: skip
+    return LayerCycles(
+        tokens,
+        max(qkv_proj, linear_memory),
+        max(attention, attention_memory),
+        softmax,
+        max(ffn, ffn_memory),
+        topk,
+    )
 
 
 def synthetic_masks(

@@ -281,8 +281,10 @@ def _optimizer(
     if stage == 1:
         params = [p for p in network.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    groups = [{"params": list(network.cls_head.parameters()), "scale": 1.0},
-              {"params": _stage2_decoder_parameters(network), "scale": 0.1}]  # fmt: skip
+    groups = [
+        {"params": list(network.cls_head.parameters()), "scale": 1.0},
+        {"params": _stage2_decoder_parameters(network), "scale": 0.1},
+    ]
     return torch.optim.AdamW(groups, lr=settings.confidence_lr, weight_decay=settings.weight_decay)
 
 

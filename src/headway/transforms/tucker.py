@@ -350,9 +350,15 @@ def decompose_model(
     for name, conv in convs:
         in_hw, out_hw = sizes(name)
         row = LayerReport(
-            name, "skipped", "", conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
-            macs_before=conv_macs(conv, out_hw), params_before=conv.weight.numel(),
-        )  # fmt: skip
+            name,
+            "skipped",
+            "",
+            conv.in_channels,
+            conv.out_channels,
+            tuple(conv.kernel_size),
+            macs_before=conv_macs(conv, out_hw),
+            params_before=conv.weight.numel(),
+        )
         row.reason = _skip_reason(conv) or ""
         if not row.reason:
             rank_in, rank_out = ranks[name]
@@ -443,11 +449,17 @@ def tucker2_shell(conv: nn.Conv2d, rank_in: int, rank_out: int) -> nn.Sequential
     return nn.Sequential(
         nn.Conv2d(conv.in_channels, rank_in, 1, bias=False),
         nn.Conv2d(
-            rank_in, rank_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-            dilation=conv.dilation, padding_mode=conv.padding_mode, bias=False,
+            rank_in,
+            rank_out,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            padding_mode=conv.padding_mode,
+            bias=False,
         ),
         nn.Conv2d(rank_out, conv.out_channels, 1, bias=conv.bias is not None),
-    )  # fmt: skip
+    )
 
 
 def decomposed_ranks(report: TuckerReport) -> dict[str, list[int]]:
@@ -488,8 +500,13 @@ def save_decomposed(
     report as JSON beside it; :func:`load_decomposed` rebuilds it."""
     path = Path(path)
     check_decomposed_path(path)
-    payload = {"model": name, "num_classes": num_classes, "small_input": small_input,
-               "ranks": decomposed_ranks(report), "state_dict": model.state_dict()}  # fmt: skip
+    payload = {
+        "model": name,
+        "num_classes": num_classes,
+        "small_input": small_input,
+        "ranks": decomposed_ranks(report),
+        "state_dict": model.state_dict(),
+    }
     atomic_torch_save(path, payload)
     atomic_write_text(path.with_suffix(".json"), json.dumps(report.to_json(), indent=2))
 

@@ -201,7 +201,10 @@ def load_cifar10(root: str | Path) -> ClassificationData:
         with meta.open("rb") as file:
             names = [n.decode() for n in pickle.load(file, encoding="bytes")[b"label_names"]]
     data = ClassificationData(
-        torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-        test_images, test_labels, names,
-    )  # fmt: skip
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        test_images,
+        test_labels,
+        names,
+    )
     return _normalise(data)

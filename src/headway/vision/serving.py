@@ -39,17 +39,20 @@ def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelI
     """Deterministically build (and optionally decompose) a model and cut it into jobs."""
     with torch.random.fork_rng():  # the weights depend on the seed alone; global state kept
         torch.manual_seed(spec.seed)
-        model = create_model(spec.model, num_classes=spec.num_classes,
-                             small_input=spec.small_input).eval()  # fmt: skip
-    example = torch.randn(1, 3, spec.input_size, spec.input_size,
-                          generator=torch.Generator().manual_seed(spec.seed))  # fmt: skip
+        model = create_model(
+            spec.model, num_classes=spec.num_classes, small_input=spec.small_input
+        ).eval()
+    example = torch.randn(
+        1, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(spec.seed)
+    )
     try:
         with torch.inference_mode():
             model(example)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
-        raise InputError(f"{spec.model} cannot run on a {spec.input_size}×{spec.input_size} "
-                         f"input: {first}") from None  # fmt: skip
+        raise InputError(
+            f"{spec.model} cannot run on a {spec.input_size}×{spec.input_size} input: {first}"
+        ) from None
     if spec.decomposed:
         model, _ = decompose_model(model, example, spec.decomposed)
     return ModelInstance(name, split_jobs(model, policy, example), example)
@@ -73,8 +76,9 @@ def run_mode(
     if mode not in ("mt", "mp", "seq", "batched"):
         raise InputError(f"unknown mode {mode!r}: use mt, mp, seq or batched")
     if mode == "mp":
-        builders = {name: partial(build_instance, spec, name, "layers")
-                    for name, spec in specs.items()}  # fmt: skip
+        builders = {
+            name: partial(build_instance, spec, name, "layers") for name, spec in specs.items()
+        }
         return run_multiprocess(builders, requests, threads)
     device = torch.device(device)
     built: dict[ModelSpec, ModelInstance] = {}
@@ -83,8 +87,9 @@ def run_mode(
         if spec not in built:
             built[spec] = build_instance(spec, spec.model, policy)
         shared = built[spec]
-        instances.append(ModelInstance(name, [job.to(device) for job in shared.jobs],
-                                       shared.example.to(device)))  # fmt: skip
+        instances.append(
+            ModelInstance(name, [job.to(device) for job in shared.jobs], shared.example.to(device))
+        )
     # seq and batched get the cores of MT's workers; every mode restores the caller's count
     with torch_threads(threads if mode == "mt" else threads * workers):
         if mode == "mt":

@@ -118,8 +118,12 @@ def train(
         first_epoch = int(state["epoch"]) + 1
     generator = torch.Generator().manual_seed(settings.seed + first_epoch)
     began = time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
         task = progress.add_task(
             description, total=(settings.epochs - first_epoch) * steps_per_epoch, info=""
@@ -152,11 +156,17 @@ def train(
                 {"epoch": epoch + 1, "loss": total_loss / len(order), "test_accuracy": accuracy}
             )
             if path is not None:
-                atomic_torch_save(path, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "history": result.history, "settings": asdict(settings),
-                })  # fmt: skip
+                atomic_torch_save(
+                    path,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "history": result.history,
+                        "settings": asdict(settings),
+                    },
+                )
     result.seconds = time.perf_counter() - began
     model.eval()
     return result
