@@ -184,6 +184,7 @@ def _accuracy(
             decomposed, report = decompose_model(model, probe, rank)
             row.decomposed = evaluate(decomposed, data.test_images, data.test_labels)
             row.macs_after = report.macs_after
+        if decompose and finetune_epochs > 0:  # 0 epochs: no fine-tuning, no column value
             tune = TrainSettings(
                 **{**asdict(settings), "epochs": finetune_epochs, "lr": settings.lr / 5}
             )
