@@ -66,3 +66,49 @@ def test_registry_errors() -> None:
         create_model("vgg19")
     with pytest.raises(InputError, match="does not accept"):
         create_model("alexnet", depth=3)
+
+
+SMALL_OVERRIDES = {
+    "vgg16": {"width": 0.25},
+    "vgg16_bn": {"width": 0.25},
+    "resnet50": {"width": 16},
+    "resnet152": {"width": 16},
+}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_zoo_model_states_its_layer_order(name: str) -> None:
+    """The registry sweep: every CNN builds from its card, and its layer_sequence() composes
+    to exactly the model's own output (the multi-DNN runtime relies on it)."""
+    from headway.models.registry import default_input_size, model_card
+    from headway.runtime.jobs import layer_sequence
+
+    assert model_card(name).family == "cnn" and default_input_size(name, True) == 32
+    torch.manual_seed(1)
+    model = create_model(name, num_classes=10, small_input=True, **SMALL_OVERRIDES.get(name, {}))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected, y = model(x), x
+        for layer in layer_sequence(model):
+            y = layer(y)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
+def test_one_registry_for_every_family() -> None:
+    from headway.models.pretrained import builtin_weights_path
+    from headway.models.registry import default_input_size, model_card
+
+    assert set(list_models("vit")) == {"deit_tiny", "deit_small", "deit_base", "deit_digits"}
+    assert set(list_models("tracker")) == {"cswintt_default", "cswintt_tiny"}
+    assert default_input_size("inception_v3") == 299 and default_input_size("deit_tiny") == 224
+    assert model_card("cswintt_tiny").weights and builtin_weights_path().is_file()
+    assert create_model("deit_digits").config.num_classes == 10
+    assert create_model("deit_tiny", num_classes=7, depth=2).config.depth == 2
+    with pytest.raises(InputError, match="no small-input variant"):
+        create_model("deit_tiny", small_input=True)
+    with pytest.raises(InputError, match="not a classifier"):
+        create_model("cswintt_tiny", num_classes=3)
+    with pytest.raises(InputError, match="no weights ship"):
+        builtin_weights_path("cswintt_default")

@@ -26,7 +26,7 @@ from headway.cli.base import (
     vit_app,
 )
 from headway.errors import InputError
-from headway.models import load_weights
+from headway.models import list_models, load_weights
 
 
 @vit_app.command("accuracy")
@@ -75,7 +75,7 @@ def vit_accuracy(
             raise InputError("--checkpoint needs --images (the built-in run trains its own)")
         name = "deit_digits"
     else:
-        check_choice(model, [m for m in DEIT_CONFIGS if m != "deit_digits"], "DeiT model")
+        check_choice(model, [m for m in list_models("vit") if m != "deit_digits"], "DeiT model")
         if checkpoint is None:
             raise InputError("--images needs --checkpoint (random weights score nothing)")
         if not 0 < calibration < 1:
@@ -116,13 +116,12 @@ def vit_breakdown(
 ) -> None:
     """FLOPs vs CPU time by layer type (paper C, Fig. 1) as a table and a stacked bar plot."""
     from headway.experiments.vit import breakdown_table, flop_latency_breakdown, plot_breakdown
-    from headway.models.deit import DEIT_CONFIGS
 
     chosen = names(models)
     if not chosen:
         raise InputError("--models needs at least one DeiT name")
     for name in chosen:
-        check_choice(name, list(DEIT_CONFIGS), "DeiT model")
+        check_choice(name, list_models("vit"), "DeiT model")
     output_file(plot, "--plot")
     rows = [flop_latency_breakdown(name) for name in chosen]
     print_table("share of FLOPs / share of CPU time (batch 1)", *breakdown_table(rows))
@@ -143,7 +142,7 @@ def simulate(
     from headway.sim.vitcod import simulate_deit
     from headway.transforms.token_pruning import keep_counts, pruning_ratios
 
-    check_choice(model, list(DEIT_CONFIGS), "DeiT model")
+    check_choice(model, list_models("vit"), "DeiT model")
     config = DEIT_CONFIGS[model]
     targets = fractions(sparsity, "--sparsity")
     counts = keep_counts(
@@ -202,13 +201,12 @@ def bench_vit(
 
     from headway.experiments.vit import pruning_speedup, speedup_table
     from headway.io import atomic_write_text
-    from headway.models.deit import DEIT_CONFIGS
 
     chosen = names(models)
     if not chosen:
         raise InputError("--models needs at least one DeiT name")
     for name in chosen:
-        check_choice(name, list(DEIT_CONFIGS), "DeiT model")
+        check_choice(name, list_models("vit"), "DeiT model")
     (target,) = fractions(str(sparsity), "--sparsity")
     pair = share_pair(prune, "--prune")
     try:

@@ -10,13 +10,16 @@ import torch
 from headway.errors import InputError
 from headway.models.checkpoint import load_weights
 from headway.models.cswintt import CSWinTT, build_cswintt
+from headway.models.registry import model_card
 
-WEIGHTS_FILE = "tiny_tracker.pth"
 
-
-def builtin_weights_path() -> Path:
-    """Path of the shipped tiny-tracker weights; a clear error if the file is missing."""
-    path = Path(str(resources.files("headway") / "weights" / WEIGHTS_FILE))
+def builtin_weights_path(name: str = "cswintt_tiny") -> Path:
+    """Path of the weights shipped for the registry model ``name`` (today: the trained tiny
+    tracker); a clear error if none ship or the file is missing."""
+    card = model_card(name)
+    if card.weights is None:
+        raise InputError(f"no weights ship with headway for {name}")
+    path = Path(str(resources.files("headway") / "weights" / card.weights))
     if not path.is_file():
         raise InputError(
             f"{path}: the trained tiny-tracker weights are missing (reinstall headway, or train "

@@ -1,8 +1,10 @@
-"""Named model constructors: ``create_model(name, num_classes=..., small_input=..., **overrides)``.
+"""One registry of the models headway knows: ``create_model(name, ...)`` builds any of them and
+:func:`model_card` says what input it takes, how many classes it has and which weights ship
+with headway.
 
-Names follow torchvision (``vgg16_bn``, ``resnet152``, ``regnet_y_32gf``...), and so do the
-parameter names of every model, so torchvision checkpoints load with
-:func:`headway.models.load_weights`.
+Families: ``cnn`` (the zoo of paper B; names and parameter names follow torchvision, so
+torchvision checkpoints load with :func:`headway.models.load_weights`), ``vit`` (DeiT, timm
+names) and ``tracker`` (CSWinTT, the official checkpoint's names).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from torch import nn
 
 from headway.errors import InputError
 from headway.models.classic import VGG, AlexNet, SqueezeNet
+from headway.models.cswintt import CONFIGS, build_cswintt
+from headway.models.deit import DEIT_CONFIGS, build_deit
 from headway.models.inception import Inception3
 from headway.models.regnet import REGNET_Y_32GF, RegNet
 from headway.models.resnet import ResNet
@@ -23,12 +27,25 @@ from headway.models.resnet import ResNet
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What headway knows about a zoo model: how to build it and what input it expects."""
+    """What headway knows about a model: how to build it, what input it expects, its classes,
+    and the file of weights shipped in ``headway/weights/`` (None: none ship)."""
 
     builder: Callable[..., nn.Module]
-    input_size: int = 224  # ImageNet side
-    small_input_size: int = 32  # the CIFAR-style variant (``small_input=True``)
-    num_classes: int = 1000
+    input_size: int = 224  # ImageNet side (DeiT: its image size; CSWinTT: its search crop)
+    small_input_size: int | None = 32  # the CIFAR-style variant (``small_input=True``), if any
+    num_classes: int | None = 1000  # None: not a classifier
+    family: str = "cnn"
+    weights: str | None = None
+
+
+def _deit_card(name: str) -> ModelCard:
+    config = DEIT_CONFIGS[name]
+    return ModelCard(partial(build_deit, name), config.img_size, None, config.num_classes, "vit")
+
+
+def _cswintt_card(name: str, weights: str | None = None) -> ModelCard:
+    builder = partial(build_cswintt, name)
+    return ModelCard(builder, CONFIGS[name].search_size, None, None, "tracker", weights)
 
 
 MODELS: dict[str, ModelCard] = {
@@ -40,38 +57,59 @@ MODELS: dict[str, ModelCard] = {
     "resnet152": ModelCard(partial(ResNet, (3, 8, 36, 3))),
     "inception_v3": ModelCard(Inception3, input_size=299),
     "regnet_y_32gf": ModelCard(partial(RegNet, REGNET_Y_32GF)),
+    **{name: _deit_card(name) for name in DEIT_CONFIGS},
+    "cswintt_default": _cswintt_card("default"),
+    "cswintt_tiny": _cswintt_card("tiny", weights="tiny_tracker.pth"),
 }
 
 
-def list_models() -> list[str]:
-    return sorted(MODELS)
+def list_models(family: str | None = "cnn") -> list[str]:
+    """Names of one family (``cnn``, ``vit``, ``tracker``), or of every model with None."""
+    return sorted(n for n, card in MODELS.items() if family is None or card.family == family)
 
 
 def model_card(name: str) -> ModelCard:
     """The registry entry of ``name``; a one-line error naming the choices if unknown."""
     if name not in MODELS:
-        raise InputError(f"unknown model {name!r}: choose from {', '.join(list_models())}")
+        raise InputError(f"unknown model {name!r}: choose from {', '.join(list_models(None))}")
     return MODELS[name]
 
 
 def default_input_size(name: str, small_input: bool = False) -> int:
-    """The image side ``name`` is meant for (ImageNet size, or the small-input variant's)."""
+    """The image side ``name`` is meant for (its input size, or the small-input variant's)."""
     card = model_card(name)
-    return card.small_input_size if small_input else card.input_size
+    if small_input:
+        if card.small_input_size is None:
+            raise InputError(f"{name} has no small-input variant")
+        return card.small_input_size
+    return card.input_size
 
 
 def create_model(
     name: str, num_classes: int | None = None, small_input: bool = False, **overrides: Any
 ) -> nn.Module:
-    """Build ``name`` with ``num_classes`` outputs (default: the card's); ``small_input`` for
-    32×32 images. ``overrides`` go to the constructor (e.g. ``width=0.25`` for VGG,
-    ``width=16`` for ResNet).
+    """Build ``name`` with random weights.
+
+    Args:
+        name: a registry name (see :func:`list_models`).
+        num_classes: classifier outputs (default: the card's); not for trackers.
+        small_input: the CIFAR-style 32×32 variant (CNN zoo only).
+        overrides: constructor / configuration fields, e.g. ``width=0.25`` for VGG,
+            ``width=16`` for ResNet, ``depth=6`` for DeiT.
     """
     card = model_card(name)
-    classes = card.num_classes if num_classes is None else num_classes
-    if classes < 1:
-        raise InputError(f"a classifier needs at least one class, got {classes}")
+    if num_classes is not None and num_classes < 1:
+        raise InputError(f"a classifier needs at least one class, got {num_classes}")
+    if card.family == "cnn":
+        classes = card.num_classes if num_classes is None else num_classes
+        arguments = {"num_classes": classes, "small_input": small_input, **overrides}
+    else:
+        if small_input:
+            raise InputError(f"{name} has no small-input variant")
+        if num_classes is not None and card.num_classes is None:
+            raise InputError(f"{name} is not a classifier: it takes no number of classes")
+        arguments = {**({"num_classes": num_classes} if num_classes else {}), **overrides}
     try:
-        return card.builder(num_classes=classes, small_input=small_input, **overrides)
+        return card.builder(**arguments)
     except TypeError as error:
         raise InputError(f"model {name!r} does not accept {sorted(overrides)}: {error}") from None
