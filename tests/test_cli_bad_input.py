@@ -124,6 +124,11 @@ def test_numbers_out_of_range(tmp_path: Path, synth_dataset: Path) -> None:
         (["train", "tracker", out, "--batch-size", "1"], "batch size"),
         (["train", "tracker", out, "--lr", "0"], "--lr"),
         (["train", "tracker", out, "--box-steps", "-1"], "step counts"),
+        (
+            ["train", "tracker", out, "--box-steps", "0", "--confidence-steps", "0"],
+            "nothing to train",
+        ),
+        ([*track, "--split", "val"], "a split applies to got10k and trackingnet only"),
         (["vit", "accuracy", out, "--sparsities", "1.5"], "1.5"),
         (["vit", "accuracy", out, "--sparsities", "0"], "between"),
         (["vit", "accuracy", out, "--sparsities", "a,b"], "numbers"),
@@ -196,6 +201,11 @@ def test_corrupt_files_are_one_line(tmp_path: Path, synth_dataset: Path) -> None
     assert_one_line_error(args, "cannot be read")
     assert_one_line_error(
         ["compress", "tucker", "alexnet", "--checkpoint", str(truncated)], "cannot be read"
+    )
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"weights": torch.zeros(2), "callback": Path("x")}, pickled)  # not plain data
+    assert_one_line_error(
+        ["compress", "tucker", "alexnet", "--checkpoint", str(pickled)], "does not unpickle"
     )
     training = tmp_path / "train"
     training.mkdir()

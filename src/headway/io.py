@@ -61,6 +61,9 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for unreadable files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if reason.startswith("Weights only load failed"):
+            reason = "it holds objects other than tensors and plain data, which headway does not "
+            reason += "unpickle (that could run code)"
         raise InputError(
             f"{what} {path} cannot be read (truncated or not a torch file): {reason}"
         ) from None

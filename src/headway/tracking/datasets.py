@@ -211,6 +211,8 @@ def load_dataset(
     root = Path(root)
     if format not in FORMATS:
         raise InputError(f"unknown dataset format {format!r}: choose from {', '.join(FORMATS)}")
+    if split is not None and format not in ("got10k", "trackingnet"):
+        raise InputError(f"a split applies to got10k and trackingnet only, not to {format}")
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder does not exist")
     if format == "otb":

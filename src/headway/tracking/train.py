@@ -72,6 +72,8 @@ class TrackerTrainSettings:
         """Raise InputError for settings that cannot train."""
         if self.box_steps < 0 or self.confidence_steps < 0:
             raise InputError("step counts must be ≥ 0")
+        if self.box_steps + self.confidence_steps < 1:
+            raise InputError("nothing to train: --box-steps and --confidence-steps are both 0")
         if self.batch_size < 2:
             raise InputError(f"batch size must be ≥ 2, got {self.batch_size}")
         if self.pool_size < 2 or self.refresh_every < 1:
