@@ -85,6 +85,15 @@ def names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()] or None
 
 
+def some_names(text: str | None, option: str) -> list[str] | None:
+    """Like :func:`names`, but a given option that names nothing (``--only ,``) is an error
+    rather than meaning "all"."""
+    chosen = names(text)
+    if text is not None and not chosen:
+        raise InputError(f"{option} needs at least one name")
+    return chosen
+
+
 def at_least(value: float | None, minimum: float, option: str) -> None:
     """``--option`` must be ≥ ``minimum`` (None means "not given" and passes)."""
     if value is not None and value < minimum:

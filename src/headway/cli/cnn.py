@@ -18,13 +18,13 @@ from headway.cli.base import (
     compress_app,
     console,
     errors,
-    names,
     output_file,
     output_folder,
     positive,
     print_table,
     reports_errors,
     shown,
+    some_names,
 )
 from headway.errors import InputError
 from headway.models import list_models, load_weights
@@ -144,7 +144,7 @@ def compress_accuracy(
     from headway.transforms.tucker import RankRule
 
     output_folder(out, "OUT")
-    chosen = names(models)
+    chosen = some_names(models, "--models")
     for name in chosen or []:
         check_choice(name, list(ACCURACY_MODELS), "model")
     RankRule.parse(rank)
@@ -265,7 +265,7 @@ def bench_tucker(
 
     if only is not None:
         check_choice(only, ("macs", "latency"), "--only part")
-    chosen = names(models) or []
+    chosen = some_names(models, "--models") or []
     for name in [*chosen, latency_model]:
         check_choice(name, list_models(), "model")
     RankRule.parse(rank)

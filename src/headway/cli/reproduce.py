@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from headway.cli.base import app, console, errors, names, output_folder, reports_errors, shown
+from headway.cli.base import app, console, errors, output_folder, reports_errors, shown, some_names
 
 
 @app.command()
@@ -22,6 +22,7 @@ def reproduce(
     from headway.experiments.reproduce import reproduce as run_all
 
     output_folder(out, "OUT")
+    chosen = some_names(only, "--only")
 
     def started(experiment: Experiment, index: int, total: int) -> None:
         console.print(
@@ -37,7 +38,7 @@ def reproduce(
             console.print(f"  done in {outcome.seconds:.0f} s")
 
     with console.status("running experiments (see the lines above for progress)"):
-        report, outcomes = run_all(out, quick, names(only), started, ended)
+        report, outcomes = run_all(out, quick, chosen, started, ended)
     failed = [o.key for o in outcomes if o.status == "failed"]
     console.print(f"report: {shown(report)}")
     if failed:

@@ -15,12 +15,12 @@ from headway.cli.base import (
     bench_app,
     check_choice,
     console,
-    names,
     output_file,
     output_folder,
     positive,
     reports_errors,
     shown,
+    some_names,
     train_app,
 )
 from headway.errors import InputError
@@ -95,7 +95,7 @@ def track_command(
         if config != "tiny":
             raise InputError("the built-in trained weights are for --config tiny")
         checkpoint = builtin_weights_path()
-    selected = load_dataset(dataset, format, split, names(sequences))
+    selected = load_dataset(dataset, format, split, some_names(sequences, "--sequences"))
     keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
@@ -158,7 +158,7 @@ def eval_command(
         output_folder(run, "RUN")
     if plots is not None:
         output_folder(plots, "--plots")
-    selected = load_dataset(dataset, format, split, names(sequences))
+    selected = load_dataset(dataset, format, split, some_names(sequences, "--sequences"))
     results = {str(run): evaluate_run(run, selected, convention) for run in runs}
     score_names = list(next(iter(results.values())).scores)
     table = Table(title=f"{len(selected)} sequences, {convention} convention")
@@ -202,7 +202,7 @@ def bench_tracker(
     at_least(warmup, 0, "--warmup")
     at_least(rounds, 1, "--rounds")
     output_file(json_out, "--json")
-    chosen = names(executors) or ["eager"]
+    chosen = some_names(executors, "--executors") or ["eager"]
     torch_device = resolve_device(device)
     for name in chosen:
         check_executor(name, torch_device)

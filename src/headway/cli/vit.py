@@ -16,13 +16,13 @@ from headway.cli.base import (
     check_choice,
     console,
     fractions,
-    names,
     output_file,
     output_folder,
     print_table,
     reports_errors,
     share_pair,
     shown,
+    some_names,
     vit_app,
 )
 from headway.errors import InputError
@@ -117,9 +117,7 @@ def vit_breakdown(
     """FLOPs vs CPU time by layer type (paper C, Fig. 1) as a table and a stacked bar plot."""
     from headway.experiments.vit import breakdown_table, flop_latency_breakdown, plot_breakdown
 
-    chosen = names(models)
-    if not chosen:
-        raise InputError("--models needs at least one DeiT name")
+    chosen = some_names(models, "--models") or []
     for name in chosen:
         check_choice(name, list_models("vit"), "DeiT model")
     output_file(plot, "--plot")
@@ -202,9 +200,7 @@ def bench_vit(
     from headway.experiments.vit import pruning_speedup, speedup_table
     from headway.io import atomic_write_text
 
-    chosen = names(models)
-    if not chosen:
-        raise InputError("--models needs at least one DeiT name")
+    chosen = some_names(models, "--models") or []
     for name in chosen:
         check_choice(name, list_models("vit"), "DeiT model")
     (target,) = fractions(str(sparsity), "--sparsity")
