@@ -175,12 +175,17 @@ def multirun(
         int, typer.Option(help="Image side; 64 or less uses the small-input models.")
     ] = 32,
     device: Annotated[str, typer.Option(help="cpu or cuda (MT, seq, batched).")] = "cpu",
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Run the jobs with onnxruntime, openvino or openvino-bf16 (CPU)."),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """Run many models at once (paper B): MT framework, one process per model, or baselines."""
     import json
 
     from headway.io import atomic_write_text
+    from headway.runtime.engines import check_engine_name, require_engine
     from headway.transforms.tucker import RankRule
     from headway.vision.serving import ModelSpec, instance_names, parse_models, run_mode
 
@@ -196,16 +201,23 @@ def multirun(
         RankRule.parse(decomposed)
     output_file(json_out, "--json")
     torch_device = resolve_device(device)
+    if engine is not None:
+        check_engine_name(engine)
+        require_engine(engine)
+        if torch_device.type != "cpu":
+            raise InputError(f"--engine {engine} runs on the CPU only (device is {device})")
     instances = instance_names(parse_models(models))
     small = input_size <= 64
     specs = {
-        n: ModelSpec(m, 10 if small else 1000, small, input_size, decomposed) for n, m in instances
+        n: ModelSpec(m, 10 if small else 1000, small, input_size, decomposed, engine=engine)
+        for n, m in instances
     }
     result = run_mode(mode, specs, requests, workers, threads, jobs, torch_device, rate, coalesce)
     table = Table(
         title=f"{mode}: {shown(models)}, {requests} requests each"
         + (f", Tucker-2 {shown(decomposed)}" if decomposed else "")
         + (f", coalescing up to {coalesce}" if coalesce > 1 else "")
+        + (f", jobs run by {engine}" if engine else "")
     )
     for column in ("instance", "mean ms", "p95 ms", "requests"):
         table.add_column(column, justify="left" if column == "instance" else "right")
@@ -229,6 +241,7 @@ def multirun(
             "mode": mode,
             "models": models,
             "decomposed": decomposed,
+            "engine": engine,
             "requests": requests,
             "summary": summary,
             "throughput": result.throughput,

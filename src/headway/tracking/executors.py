@@ -12,6 +12,9 @@
 | ``compiled-bf16`` | ``fused-bf16`` with every stage compiled by torch.compile |
 | ``cudagraph`` | ``fused`` with each stage captured once as a CUDA graph, then replayed |
 | ``cudagraph-bf16`` | ``cudagraph`` under bfloat16 autocast (CUDA only) |
+| ``onnxruntime`` | the ``fused`` network exported to ONNX per stage and run by ONNX Runtime |
+| ``openvino`` | the same graphs run by OpenVINO (fp32) |
+| ``openvino-bf16`` | the same graphs run by OpenVINO with its bf16 precision hint |
 
 Every executor exposes the same stage calls (``backbone``, ``merge``, ``encoder``, ``decoder``,
 ``box_head``, ``confidence``), so the tracker and the benchmark treat them alike. Executors that
@@ -31,6 +34,7 @@ from torch import nn
 
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT, Features
+from headway.runtime.engines import EngineModule, require_engine
 from headway.runtime.pool import StreamWorkerPool
 from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
 from headway.transforms.heads import fuse_window_attention, set_head_dispatch, split_heads
@@ -46,6 +50,14 @@ STAGE_METHODS = {
 }
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (otherwise bf16 is emulated)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class Executor:
     """Case A: calls the network's stage methods as they are."""
 
@@ -56,6 +68,13 @@ class Executor:
 
     def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and not _cpu_has_bf16():
+            warnings.warn(
+                f"executor {self.name!r}: this CPU has no bf16 instructions (AVX-512 BF16 or "
+                "AMX), so bf16 runs emulated and slower than fp32; use 'fused' or 'openvino'",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self.config = network.config
         self.network = self.prepare(network).to(self.device).eval()
         self.stages: dict[str, Callable[..., Any]] = {
@@ -116,6 +135,9 @@ class _StageModule(nn.Module):
         super().__init__()
         self.network = network
         self.method = method
+
+    def extra_repr(self) -> str:  # part of the exported graph's cache key
+        return f"method={self.method}"
 
     def forward(self, *args: torch.Tensor) -> Any:
         out = getattr(self.network, self.method)(*args)
@@ -307,6 +329,41 @@ class CudaGraphBF16Executor(CudaGraphExecutor):
         return cast_matmul_weights(super().prepare(network), self.dtype)[0]
 
 
+class EngineExecutor(Executor):
+    """The ``fused`` network (fused window attention, folded batch norms) exported to ONNX
+    stage by stage, once per input shape (cached on disk), and run by an inference engine
+    (:mod:`headway.runtime.engines`)."""
+
+    name = "onnxruntime"
+    engine: ClassVar[str] = "onnxruntime"
+
+    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
+        require_engine(self.engine)
+        super().__init__(network, device)
+        self.stages = {
+            stage: EngineModule(self.engine, _StageModule(self.network, method))
+            for stage, method in STAGE_METHODS.items()
+        }
+
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        fused, _ = fuse_window_attention(network)
+        return fold_batchnorm(fused)[0]
+
+
+class OpenVINOExecutor(EngineExecutor):
+    """``onnxruntime``'s exported graphs run by OpenVINO in fp32."""
+
+    name = "openvino"
+    engine = "openvino"
+
+
+class OpenVINOBF16Executor(EngineExecutor):
+    """The same graphs run by OpenVINO with its bf16 inference-precision hint."""
+
+    name = "openvino-bf16"
+    engine = "openvino-bf16"
+
+
 EXECUTORS: dict[str, type[Executor]] = {
     cls.name: cls
     for cls in (
@@ -319,6 +376,9 @@ EXECUTORS: dict[str, type[Executor]] = {
         CompiledBF16Executor,
         CudaGraphExecutor,
         CudaGraphBF16Executor,
+        EngineExecutor,
+        OpenVINOExecutor,
+        OpenVINOBF16Executor,
     )
 }
 
@@ -328,6 +388,10 @@ def check_executor(name: str, device: torch.device | str) -> type[Executor]:
     if name not in EXECUTORS:
         raise InputError(f"unknown executor {name!r}: choose from {', '.join(EXECUTORS)}")
     cls = EXECUTORS[name]
+    if issubclass(cls, EngineExecutor):
+        if torch.device(device).type != "cpu":
+            raise InputError(f"executor {name!r} runs on the CPU only (device is {device})")
+        require_engine(cls.engine)
     if cls.requires_cuda and torch.device(device).type != "cuda":
         raise InputError(
             f"executor {name!r} needs CUDA (device is {device}); on CPU use 'fused' or 'fused-bf16'"

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch import nn
 
 from headway.errors import InputError
 from headway.measure import torch_threads
 from headway.models.registry import create_model, list_models
+from headway.runtime.engines import compile_module
 from headway.runtime.jobs import ModelInstance, split_jobs
 from headway.runtime.multi_model import (
     RunResult,
@@ -25,7 +27,8 @@ from headway.transforms.tucker import decompose_model
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How a process builds its model: zoo name, classes, input, optional Tucker rank rule."""
+    """How a process builds its model: zoo name, classes, input, optional Tucker rank rule,
+    optional inference engine that runs its jobs (:mod:`headway.runtime.engines`)."""
 
     model: str
     num_classes: int = 10
@@ -33,6 +36,7 @@ class ModelSpec:
     input_size: int = 32
     decomposed: str | None = None
     seed: int = 0
+    engine: str | None = None
 
 
 def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelInstance:
@@ -55,7 +59,21 @@ def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelI
         ) from None
     if spec.decomposed:
         model, _ = decompose_model(model, example, spec.decomposed)
-    return ModelInstance(name, split_jobs(model, policy, example), example)
+    jobs = split_jobs(model, policy, example)
+    if spec.engine:
+        jobs = _engine_jobs(spec.engine, jobs, example)
+    return ModelInstance(name, jobs, example)
+
+
+def _engine_jobs(engine: str, jobs: list[nn.Module], example: torch.Tensor) -> list[nn.Module]:
+    """Each job exported and opened by ``engine`` for the input it receives (other batch sizes,
+    as coalescing makes, are exported on first use)."""
+    compiled, x = [], example
+    for job in jobs:
+        compiled.append(compile_module(engine, job, x))
+        with torch.no_grad():
+            x = job(x)
+    return compiled
 
 
 def run_mode(

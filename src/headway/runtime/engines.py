@@ -1,0 +1,193 @@
+"""Running a model with the inference engines users already have, ONNX Runtime and OpenVINO,
+through one path for every workload: export the (possibly transformed) module to ONNX once per
+input shape, cache the file on disk, open an engine session, and call it like the module
+(torch tensors in, torch tensors out).
+
+Engines: ``onnxruntime`` (CPU execution provider), ``openvino`` (CPU, fp32 inference
+precision) and ``openvino-bf16`` (CPU, bf16 inference-precision hint: OpenVINO runs matrix
+products in bf16 where the processor has bf16 instructions, and in fp32 where it has not).
+Both engines are optional: ``pip install 'headway[engines]'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from headway.errors import InputError
+from headway.io import locked_folder
+
+ENGINES = ("onnxruntime", "openvino", "openvino-bf16")
+INSTALL_HINT = "pip install 'headway[engines]'"
+_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
+EXPORT_FORMAT = 1  # bump when the export recipe changes, so cached files are not reused
+
+
+def engine_available(engine: str) -> bool:
+    """Whether the package of ``engine`` (and the ONNX exporter's) can be imported."""
+    check_engine_name(engine)
+    return all(importlib.util.find_spec(p) is not None for p in (_PACKAGES[engine], "onnx"))
+
+
+def check_engine_name(engine: str) -> None:
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
+
+
+def require_engine(engine: str) -> None:
+    """A one-line error saying how to install ``engine`` when it is missing."""
+    if not engine_available(engine):
+        raise InputError(
+            f"engine {engine!r} is not installed: {INSTALL_HINT} (installs ONNX Runtime, "
+            "OpenVINO and the ONNX exporter's packages)"
+        )
+
+
+def default_cache_dir() -> Path:
+    """Where exported graphs are kept: ``$HEADWAY_CACHE`` or ``~/.cache/headway``."""
+    root = os.environ.get("HEADWAY_CACHE") or Path.home() / ".cache" / "headway"
+    return Path(root) / "exports"
+
+
+def _fingerprint(module: nn.Module, args: Sequence[torch.Tensor]) -> str:
+    """Hash of what the exported graph depends on: the module's structure and every parameter
+    and buffer value, the input shapes and dtypes, the torch version and the export recipe."""
+    digest = hashlib.sha256()
+    digest.update(f"{EXPORT_FORMAT}|{torch.__version__}|{module!r}".encode())
+    for name, tensor in [*module.state_dict().items(), *module.named_buffers()]:
+        value = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{value.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    for arg in args:
+        digest.update(f"{arg.dtype}|{tuple(arg.shape)}".encode())
+    return digest.hexdigest()[:24]
+
+
+def export_onnx(
+    module: nn.Module, args: Sequence[torch.Tensor], cache_dir: Path | None = None
+) -> Path:
+    """The ONNX file of ``module`` for inputs shaped like ``args``: exported once, then reused
+    from the cache (a rerun with the same weights and shapes exports nothing)."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = folder / f"{type(module).__name__}-{_fingerprint(module, args)}.onnx"
+    if path.is_file():
+        return path
+    with locked_folder(folder):
+        if path.is_file():  # another caller exported it while we waited
+            return path
+        temporary = path.with_suffix(".onnx.tmp")
+        inputs = tuple(a.detach().contiguous() for a in args)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer and deprecation notices of the exporter
+            torch.onnx.export(module.eval(), inputs, str(temporary), dynamo=False,
+                              opset_version=18, do_constant_folding=True)  # fmt: skip
+        os.replace(temporary, path)
+    return path
+
+
+class EngineSession:
+    """One exported graph opened by an engine; called with torch tensors, returns a list of
+    torch tensors (CPU). Safe to call from several threads at once (the multi-model runtime's
+    workers): ONNX Runtime sessions are, and each thread gets its own OpenVINO infer request."""
+
+    def __init__(self, engine: str, onnx_path: Path, threads: int | None = None) -> None:
+        require_engine(engine)
+        self.engine = engine
+        threads = threads or torch.get_num_threads()
+        if engine == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            # no spin-waiting after a run: torch's own operators run between engine calls and
+            # a spinning pool would take their cores (measured: +14 ms per frame in the tracker)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = ort.InferenceSession(
+                str(onnx_path), options, providers=["CPUExecutionProvider"]
+            )
+            self._inputs = [i.name for i in self._session.get_inputs()]
+            self._run: Callable[[list[Any]], list[Any]] = self._run_onnxruntime
+        else:
+            import openvino as ov
+
+            precision = "bf16" if engine == "openvino-bf16" else "f32"
+            config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
+            self._compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+            self._outputs = list(self._compiled.outputs)
+            self._requests = threading.local()  # an infer request serves one thread at a time
+            self._run = self._run_openvino
+
+    def _run_onnxruntime(self, arrays: list[Any]) -> list[Any]:
+        return self._session.run(None, dict(zip(self._inputs, arrays, strict=True)))
+
+    def _run_openvino(self, arrays: list[Any]) -> list[Any]:
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self._compiled.create_infer_request()
+        results = request.infer(arrays)
+        return [results[output] for output in self._outputs]
+
+    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        arrays = [a.detach().cpu().contiguous().numpy() for a in args]
+        return [torch.from_numpy(out.copy()) for out in self._run(arrays)]
+
+
+class EngineModule(nn.Module):
+    """A module run by an engine: the same call as ``module`` (for the input shapes it was
+    compiled for; other shapes are exported on first use and cached), single outputs
+    unwrapped. Usable wherever the module was, e.g. as a job of the multi-model runtime."""
+
+    def __init__(
+        self, engine: str, module: nn.Module, cache_dir: Path | None = None,
+        threads: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        check_engine_name(engine)
+        require_engine(engine)
+        self.engine, self.cache_dir, self.threads = engine, cache_dir, threads
+        self.source = module.eval()
+        self._sessions: dict[tuple[tuple[int, ...], ...], EngineSession] = {}
+        self._lock = threading.Lock()
+
+    def session_for(self, *args: torch.Tensor) -> EngineSession:
+        key = tuple(tuple(a.shape) for a in args)
+        with self._lock:  # two workers meeting a new shape export it once
+            if key not in self._sessions:
+                path = export_onnx(self.source, args, self.cache_dir)
+                self._sessions[key] = EngineSession(self.engine, path, self.threads)
+            return self._sessions[key]
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        outputs = self.session_for(*args)(*args)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def compile_module(
+    engine: str, module: nn.Module, example: Sequence[torch.Tensor] | torch.Tensor,
+    cache_dir: Path | None = None, threads: int | None = None,
+) -> EngineModule:  # fmt: skip
+    """``module`` run by ``engine``, exported and opened now for inputs shaped like
+    ``example`` (so the first real call is not the slow one).
+
+    Args:
+        engine: ``onnxruntime``, ``openvino`` or ``openvino-bf16``.
+        module: any ``nn.Module`` the ONNX exporter can trace (a zoo CNN, a Tucker-decomposed
+            CNN, DeiT with fixed masks, a CSWinTT stage).
+        example: one input tensor or a sequence of them.
+        cache_dir: where exported graphs are kept (default :func:`default_cache_dir`).
+        threads: the engine's intra-op threads (default: torch's).
+    """
+    args = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    engine_module = EngineModule(engine, module, cache_dir, threads)
+    engine_module.session_for(*args)
+    return engine_module
