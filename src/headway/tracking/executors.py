@@ -50,6 +50,16 @@ STAGE_METHODS = {
 }
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning line on stderr (through logging: no source line), once per process."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
 def _cpu_has_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels on this CPU (otherwise bf16 is emulated)."""
     try:
@@ -69,11 +79,9 @@ class Executor:
     def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         if self.dtype == torch.bfloat16 and self.device.type == "cpu" and not _cpu_has_bf16():
-            warnings.warn(
+            _warn_once(
                 f"executor {self.name!r}: this CPU has no bf16 instructions (AVX-512 BF16 or "
-                "AMX), so bf16 runs emulated and slower than fp32; use 'fused' or 'openvino'",
-                RuntimeWarning,
-                stacklevel=3,
+                "AMX), so bf16 runs emulated and slower than fp32; use 'fused' or 'openvino'"
             )
         self.config = network.config
         self.network = self.prepare(network).to(self.device).eval()
