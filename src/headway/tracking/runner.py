@@ -50,7 +50,12 @@ def track_dataset(
     show_progress: bool = True,
 ) -> TrackRunSummary:
     """Track every sequence not yet complete in ``run_dir``; each finished sequence is written
-    at once, so an interrupted run loses at most the sequence in progress."""
+    at once, so an interrupted run loses at most the sequence in progress.
+
+    The folder is one run: it is locked while this runs (a second process is refused), and
+    ``run.json`` records the settings (``info``, format, threads, device) before any work; a
+    rerun with other settings raises :class:`InputError` instead of mixing results.
+    """
     run_dir = Path(run_dir)
     settings = {
         **(info or {}),
