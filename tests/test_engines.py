@@ -144,3 +144,13 @@ def test_multirun_jobs_run_by_an_engine(engine: str) -> None:
         assert not result.errors and set(result.last_outputs) == {"a#0", "a#1", "a#2"}
         for output in result.last_outputs.values():
             torch.testing.assert_close(output, expected, rtol=0, atol=TOLERANCES[engine][0])
+
+
+def test_an_unusable_export_cache_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    monkeypatch.setenv("HEADWAY_CACHE", str(a_file))
+    with pytest.raises(InputError, match="HEADWAY_CACHE"):
+        export_onnx(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))

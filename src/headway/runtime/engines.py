@@ -81,6 +81,13 @@ def export_onnx(
     path = folder / f"{type(module).__name__}-{_fingerprint(module, args)}.onnx"
     if path.is_file():
         return path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"export cache {folder} cannot be made ({error.strerror}); point HEADWAY_CACHE "
+            "at a writable folder"
+        ) from None
     with locked_folder(folder):
         if path.is_file():  # another caller exported it while we waited
             return path
