@@ -140,6 +140,10 @@ def test_numbers_out_of_range(tmp_path: Path, synth_dataset: Path) -> None:
         (["bench", "vit", "--sparsity", "1"], "between"),
         (["bench", "vit", "--batches", "0"], "--batches"),
         (["bench", "vit", "--batches", "x"], "integers"),
+        (["bench", "engines", "--batches", "0"], "--batches"),
+        (["bench", "engines", "--seconds", "0"], "--seconds"),
+        (["bench", "engines", "--cases", "resnet"], "unknown case"),
+        (["bench", "engines", "--cases", ","], "--cases needs at least one name"),
         (["bench", "multidnn", "--out", out, "--requests", "0"], "--requests"),
         (["bench", "multidnn", "--out", out, "--rounds", "0"], "--rounds"),
     ]

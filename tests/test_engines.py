@@ -6,6 +6,7 @@ one-line error when an engine is missing. Each test skips cleanly where its engi
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,30 @@ def test_an_unusable_export_cache_is_one_line(
     monkeypatch.setenv("HEADWAY_CACHE", str(a_file))
     with pytest.raises(InputError, match="HEADWAY_CACHE"):
         export_onnx(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))
+
+
+@needs("onnxruntime")
+def test_bench_engines_rows_agree_with_eager(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from headway.cli import app
+
+    out = tmp_path / "engines.json"
+    args = [
+        "bench",
+        "engines",
+        "--cases",
+        "vgg16_tucker",
+        "--batches",
+        "1",
+        "--seconds",
+        "0.05",
+        "--json",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    variants = {r["variant"] for r in rows}
+    assert {"eager", "eager channels-last", "onnxruntime"} <= variants
+    assert all(r["ms"] > 0 and r["max_diff"] < 1e-4 for r in rows)

@@ -389,3 +389,43 @@ def bench_multidnn(
         report[title] = result
     atomic_write_text(out / "multidnn.json", json.dumps(report, indent=2))
     console.print(f"wrote {shown(out / 'multidnn.json')} and the plots")
+
+
+@bench_app.command("engines")
+@reports_errors
+def bench_engines(
+    cases: Annotated[
+        str, typer.Option(help="Comma-separated: deit_tiny, vgg16, vgg16_tucker.")
+    ] = "deit_tiny,vgg16,vgg16_tucker",
+    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+    seconds: Annotated[float, typer.Option(help="Timed seconds per variant.")] = 1.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """headway's models beside ONNX Runtime and OpenVINO on the same inputs, interleaved in one
+    process: DeiT-Tiny, VGG-16 (32×32) dense and Tucker-2; ms, × eager, max difference."""
+    import json
+
+    from headway.experiments.engines import CASES, compare_engines, engines_table
+    from headway.io import atomic_write_text
+
+    chosen = some_names(cases, "--cases") or []
+    for name in chosen:
+        check_choice(name, CASES, "case")
+    try:
+        sizes = tuple(int(b) for b in batches.split(","))
+    except ValueError:
+        raise InputError(f"--batches takes comma-separated integers, got {batches!r}") from None
+    for size in sizes:
+        at_least(size, 1, "--batches")
+    positive(seconds, "--seconds")
+    output_file(json_out, "--json")
+    rows = compare_engines(
+        tuple(chosen), sizes, min_run_time=seconds, on_case=lambda c: console.print(f"{c} …")
+    )
+    print_table(
+        f"engines beside eager PyTorch, {torch.get_num_threads()} threads, median ms",
+        *engines_table(rows),
+        width=120,
+    )
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(rows, indent=2))
