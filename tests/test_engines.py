@@ -182,3 +182,16 @@ def test_bench_engines_rows_agree_with_eager(tmp_path: Path) -> None:
     variants = {r["variant"] for r in rows}
     assert {"eager", "eager channels-last", "onnxruntime"} <= variants
     assert all(r["ms"] > 0 and r["max_diff"] < 1e-4 for r in rows)
+
+
+@needs("onnxruntime")
+def test_exports_from_several_threads_share_the_cache(tmp_path: Path) -> None:
+    """Workers that meet new shapes at once (coalesced batches) export one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(36)
+    models = [torch.nn.Linear(4, 3).eval() for _ in range(4)]
+    inputs = [torch.randn(1 + i, 4) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda i: export_onnx(models[i], (inputs[i],), tmp_path), range(4)))
+    assert len(set(paths)) == 4 and all(p.is_file() for p in paths)

@@ -85,16 +85,18 @@ LOCK_NAME = ".headway.lock"
 
 
 @contextlib.contextmanager
-def locked_folder(folder: str | Path) -> Iterator[Path]:
+def locked_folder(folder: str | Path, wait: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (created if needed) while the block runs, so a
     second headway process writing into the same folder stops with a clear error instead of
-    mixing its files with ours. The lock dies with the process: nothing stale is left."""
+    mixing its files with ours (``wait``: it waits its turn instead, as for a shared cache).
+    The lock dies with the process: nothing stale is left. Within one process, callers on
+    several threads must serialise themselves (the lock is per open file)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_NAME
     with open(lock_path, "a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InputError(
                 f"{folder} is in use by another headway process; wait for it or choose "

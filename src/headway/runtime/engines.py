@@ -30,6 +30,9 @@ ENGINES = ("onnxruntime", "openvino", "openvino-bf16")
 INSTALL_HINT = "pip install 'headway[engines]'"
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
 EXPORT_FORMAT = 1  # bump when the export recipe changes, so cached files are not reused
+# one export at a time in this process (workers may meet new shapes together); other processes
+# sharing the cache wait on its folder lock
+_export_lock = threading.Lock()
 
 
 def engine_available(engine: str) -> bool:
@@ -88,7 +91,7 @@ def export_onnx(
             f"export cache {folder} cannot be made ({error.strerror}); point HEADWAY_CACHE "
             "at a writable folder"
         ) from None
-    with locked_folder(folder):
+    with _export_lock, locked_folder(folder, wait=True):
         if path.is_file():  # another caller exported it while we waited
             return path
         temporary = path.with_suffix(".onnx.tmp")
