@@ -78,20 +78,33 @@ def check_choice(value: str, choices: Sequence[str], what: str) -> str:
     return value
 
 
-def names(text: str | None) -> list[str] | None:
-    """``a, b,c`` → ``["a", "b", "c"]``; None or empty text → None."""
-    if not text:
+def some_names(
+    text: str | None, option: str, choices: Sequence[str] | None = None, what: str = "name"
+) -> list[str] | None:
+    """``a, b,c`` → ``["a", "b", "c"]`` (None when the option was not given), each checked
+    against ``choices`` when given. A given option that names nothing (``--only ,``) is an
+    error rather than meaning "all"."""
+    if text is None:
         return None
-    return [n.strip() for n in text.split(",") if n.strip()] or None
-
-
-def some_names(text: str | None, option: str) -> list[str] | None:
-    """Like :func:`names`, but a given option that names nothing (``--only ,``) is an error
-    rather than meaning "all"."""
-    chosen = names(text)
-    if text is not None and not chosen:
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    if not chosen:
         raise InputError(f"{option} needs at least one name")
+    for name in chosen if choices is not None else []:
+        check_choice(name, choices, what)
     return chosen
+
+
+def positive_ints(text: str, option: str) -> tuple[int, ...]:
+    """Comma-separated whole numbers, each at least 1 (batch sizes, counts)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise InputError(f"{option} needs at least one value")
+    for value in values:
+        at_least(value, 1, option)
+    return values
 
 
 def at_least(value: float | None, minimum: float, option: str) -> None:
@@ -170,15 +183,3 @@ def output_file(path: Path | None, option: str) -> Path | None:
         raise InputError(f"{option} {path}: file is not writable")
     _check_writable_under(path, option)
     return path
-
-
-def distinct_outputs(**paths: Path | None) -> None:
-    """No two output options may name the same file."""
-    seen: dict[Path, str] = {}
-    for option, path in paths.items():
-        if path is None:
-            continue
-        key = path.resolve()
-        if key in seen:
-            raise InputError(f"{option} and {seen[key]} name the same file {path}")
-        seen[key] = option

@@ -21,6 +21,7 @@ from headway.cli.base import (
     output_file,
     output_folder,
     positive,
+    positive_ints,
     print_table,
     reports_errors,
     shown,
@@ -144,9 +145,7 @@ def compress_accuracy(
     from headway.transforms.tucker import RankRule
 
     output_folder(out, "OUT")
-    chosen = some_names(models, "--models")
-    for name in chosen or []:
-        check_choice(name, list(ACCURACY_MODELS), "model")
+    chosen = some_names(models, "--models", list(ACCURACY_MODELS), "model")
     RankRule.parse(rank)
     at_least(finetune_epochs, 0, "--finetune-epochs")
     rows = accuracy(out, rank, finetune_epochs, 1 / 3 if quick else 1.0, chosen)
@@ -185,7 +184,7 @@ def multirun(
     import json
 
     from headway.io import atomic_write_text
-    from headway.runtime.engines import check_engine_name, require_engine
+    from headway.runtime.engines import require_engine
     from headway.transforms.tucker import RankRule
     from headway.vision.serving import ModelSpec, instance_names, parse_models, run_mode
 
@@ -202,7 +201,6 @@ def multirun(
     output_file(json_out, "--json")
     torch_device = resolve_device(device)
     if engine is not None:
-        check_engine_name(engine)
         require_engine(engine)
         if torch_device.type != "cpu":
             raise InputError(f"--engine {engine} runs on the CPU only (device is {device})")
@@ -278,9 +276,8 @@ def bench_tucker(
 
     if only is not None:
         check_choice(only, ("macs", "latency"), "--only part")
-    chosen = some_names(models, "--models") or []
-    for name in [*chosen, latency_model]:
-        check_choice(name, list_models(), "model")
+    chosen = some_names(models, "--models", list_models(), "model") or []
+    check_choice(latency_model, list_models(), "model")
     RankRule.parse(rank)
     RankRule.parse(latency_rank)
     output_file(json_out, "--json")
@@ -408,15 +405,8 @@ def bench_engines(
     from headway.experiments.engines import CASES, compare_engines, engines_table
     from headway.io import atomic_write_text
 
-    chosen = some_names(cases, "--cases") or []
-    for name in chosen:
-        check_choice(name, CASES, "case")
-    try:
-        sizes = tuple(int(b) for b in batches.split(","))
-    except ValueError:
-        raise InputError(f"--batches takes comma-separated integers, got {batches!r}") from None
-    for size in sizes:
-        at_least(size, 1, "--batches")
+    chosen = some_names(cases, "--cases", CASES, "case") or []
+    sizes = positive_ints(batches, "--batches")
     positive(seconds, "--seconds")
     output_file(json_out, "--json")
     rows = compare_engines(

@@ -18,6 +18,7 @@ from headway.cli.base import (
     fractions,
     output_file,
     output_folder,
+    positive_ints,
     print_table,
     reports_errors,
     share_pair,
@@ -117,9 +118,7 @@ def vit_breakdown(
     """FLOPs vs CPU time by layer type (paper C, Fig. 1) as a table and a stacked bar plot."""
     from headway.experiments.vit import breakdown_table, flop_latency_breakdown, plot_breakdown
 
-    chosen = some_names(models, "--models") or []
-    for name in chosen:
-        check_choice(name, list_models("vit"), "DeiT model")
+    chosen = some_names(models, "--models", list_models("vit"), "DeiT model") or []
     output_file(plot, "--plot")
     rows = [flop_latency_breakdown(name) for name in chosen]
     print_table("share of FLOPs / share of CPU time (batch 1)", *breakdown_table(rows))
@@ -200,17 +199,10 @@ def bench_vit(
     from headway.experiments.vit import pruning_speedup, speedup_table
     from headway.io import atomic_write_text
 
-    chosen = some_names(models, "--models") or []
-    for name in chosen:
-        check_choice(name, list_models("vit"), "DeiT model")
+    chosen = some_names(models, "--models", list_models("vit"), "DeiT model") or []
     (target,) = fractions(str(sparsity), "--sparsity")
     pair = share_pair(prune, "--prune")
-    try:
-        sizes = tuple(int(b) for b in batches.split(","))
-    except ValueError:
-        raise InputError(f"--batches takes comma-separated integers, got {batches!r}") from None
-    for size in sizes:
-        at_least(size, 1, "--batches")
+    sizes = positive_ints(batches, "--batches")
     output_file(json_out, "--json")
     results = {name: pruning_speedup(name, sizes, target, pair) for name in chosen}
     print_table(

@@ -162,7 +162,6 @@ class EngineModule(nn.Module):
         threads: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
-        check_engine_name(engine)
         require_engine(engine)
         self.engine, self.cache_dir, self.threads = engine, cache_dir, threads
         self.source = module.eval()

@@ -346,9 +346,8 @@ class EngineExecutor(Executor):
     engine: ClassVar[str] = "onnxruntime"
 
     def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
-        require_engine(self.engine)
         super().__init__(network, device)
-        self.stages = {
+        self.stages = {  # EngineModule says how to install a missing engine
             stage: EngineModule(self.engine, _StageModule(self.network, method))
             for stage, method in STAGE_METHODS.items()
         }
