@@ -97,6 +97,8 @@ def test_head_dispatch_sees_every_head() -> None:
         ("heads", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
         ("fused", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
         ("fused-bf16", BF16_ENCODER_TOL, BF16_BOX_TOL_PX),
+        ("spectral", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
+        ("spectral-bf16", BF16_ENCODER_TOL, BF16_BOX_TOL_PX),
     ],
 )
 def test_executor_matches_eager(
@@ -148,7 +150,7 @@ def test_compiled_bf16_runs_uncompiled_with_a_warning(monkeypatch: pytest.Monkey
     tokens, mask = encoder_inputs(network, 1, seed=19)
     with (
         build_executor("compiled-bf16", network) as compiled,
-        build_executor("fused-bf16", network) as plain,
+        build_executor("spectral-bf16", network) as plain,
         torch.inference_mode(),
     ):
         with pytest.warns(RuntimeWarning, match="uncompiled"):

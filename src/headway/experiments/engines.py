@@ -1,12 +1,15 @@
 """headway's models beside the inference engines users already have (ONNX Runtime, OpenVINO) on
 the same inputs, timed in alternating blocks in one process: DeiT-Tiny (dense), and VGG-16 at
 32×32, dense and Tucker-2-decomposed. Each row gives the median ms per call, the ratio to
-eager PyTorch and the largest difference from eager's output."""
+eager PyTorch and the largest difference from eager's output. The CSWinTT encoder (default
+configuration) is there too: headway's ``fused`` and ``spectral`` encoders beside the engines
+running the exported eager graph and the exported spectral graph."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -15,26 +18,83 @@ from torch import nn
 
 from headway.experiments.timing import interleaved_medians
 from headway.measure import keeps_global_rng
+from headway.models.cswintt import build_cswintt, get_config
 from headway.models.registry import create_model
 from headway.runtime.engines import ENGINES, compile_module, engine_available
+from headway.transforms.heads import fuse_window_attention
+from headway.transforms.spectral import spectral_window_attention
 from headway.transforms.tucker import decompose_model
 
-CASES = ("deit_tiny", "vgg16", "vgg16_tucker")
+CASES = ("deit_tiny", "vgg16", "vgg16_tucker", "cswintt_encoder")
 
 
-def _case(name: str, batch: int) -> tuple[nn.Module, torch.Tensor, bool]:
-    """(model, input, is a CNN) with random weights of a fixed seed."""
+class _Encoder(nn.Module):
+    """CSWinTT's encoder stage as a module of (tokens, padding mask), for export and timing."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        return self.network.forward_encoder(tokens, padding_mask)
+
+
+@dataclass
+class EngineCase:
+    """One comparison: the plain model and its inputs, headway's own faster versions of it
+    (label → module, run by PyTorch) and the graphs given to the engines (label → module)."""
+
+    model: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    headway: dict[str, nn.Module] = field(default_factory=dict)
+    graphs: dict[str, nn.Module] = field(default_factory=dict)
+
+
+def _case(name: str, batch: int) -> EngineCase:
+    """The case ``name`` with random weights of a fixed seed (the encoder: default CSWinTT,
+    ``batch`` frames, the last 37 tokens of the first frame padded)."""
     torch.manual_seed(0)
+    if name == "cswintt_encoder":
+        network = build_cswintt(get_config("default")).eval()
+        tokens = torch.randn(network.config.num_tokens, batch, network.config.d_model)
+        padding = torch.zeros(batch, network.config.num_tokens, dtype=torch.bool)
+        padding[0, -37:] = True
+        eager = _Encoder(network)
+        fused = _Encoder(fuse_window_attention(network)[0])
+        spectral = _Encoder(spectral_window_attention(network)[0])
+        return EngineCase(
+            eager,
+            (tokens, padding),
+            headway={"fused": fused, "spectral": spectral},
+            graphs={"eager graph": eager, "spectral graph": spectral},
+        )
     if name == "deit_tiny":
         model = create_model("deit_tiny").eval()
         size = model.config.img_size
-        return model, torch.randn(batch, 3, size, size), False
+        return EngineCase(model, (torch.randn(batch, 3, size, size),), graphs={"": model})
     model = create_model("vgg16", num_classes=10, small_input=True).eval()
     x = torch.randn(batch, 3, 32, 32)
     if name == "vgg16_tucker":
         model, _ = decompose_model(model, x[:2], "macs:0.19")
         model.eval()
-    return model, x, True
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    return EngineCase(
+        model,
+        (x,),
+        headway={"eager channels-last": _ChannelsLast(last)},
+        graphs={"": model},
+    )
+
+
+class _ChannelsLast(nn.Module):
+    """Runs a channels-last copy of a CNN on a channels-last copy of its input."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
 @keeps_global_rng
@@ -45,24 +105,29 @@ def compare_engines(
     min_run_time: float = 1.0,
     on_case: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (case, batch, variant). Variants: ``eager``, for CNNs ``eager
-    channels-last`` (headway's CNN latency path), and every installed engine."""
+    """One row per (case, batch, variant). Variants: ``eager``, headway's own fast paths of
+    the case (CNNs: channels-last; the CSWinTT encoder: ``fused`` and ``spectral``), and every
+    installed engine on each of the case's exported graphs."""
     engines = tuple(e for e in (engines or ENGINES) if engine_available(e))
     rows = []
     for name in cases:
         for batch in batches:
             if on_case is not None:
                 on_case(f"{name}, batch {batch}")
-            model, x, is_cnn = _case(name, batch)
+            case = _case(name, batch)
             with torch.inference_mode():
-                expected = model(x)
-            variants: dict[str, Callable[[], torch.Tensor]] = {"eager": partial(model, x)}
-            if is_cnn:
-                last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-                x_last = x.contiguous(memory_format=torch.channels_last)
-                variants["eager channels-last"] = partial(last, x_last)
+                expected = case.model(*case.inputs)
+            variants: dict[str, Callable[[], torch.Tensor]] = {
+                "eager": partial(case.model, *case.inputs)
+            }
+            for label, module in case.headway.items():
+                variants[label] = partial(module, *case.inputs)
             for engine in engines:
-                variants[engine] = partial(compile_module(engine, model, x), x)
+                for graph, module in case.graphs.items():
+                    label = f"{engine} ({graph})" if graph else engine
+                    variants[label] = partial(
+                        compile_module(engine, module, case.inputs), *case.inputs
+                    )
             with torch.inference_mode():
                 differences = {
                     label: float((run().float() - expected).abs().max())

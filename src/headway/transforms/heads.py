@@ -226,26 +226,43 @@ class FusedWindowEncoderLayer(CyclicWindowEncoderLayer):
         q, k, v = qkv.permute(2, 1, 3, 0, 4).reshape(3, batch, heads * num_tokens, c)
         attended = torch.empty_like(q)  # (B, H·L, C), head-major like q
         for group in self.groups:
-            area = group.window * group.window
-            rows = batch * group.num_heads
-            q_win = q.index_select(1, group.query_index).view(rows, -1, area * c)
-            k_all = k.index_select(1, group.key_index).view(rows, num_tokens, area * c)
-            v_all = v.index_select(1, group.key_index).view(rows, num_tokens, area * c)
             additive = context.additive[group.window]
             if additive.shape[0] > 1:
                 additive = additive.repeat_interleave(group.num_heads, dim=0)
-            scores = torch.baddbmm(
-                additive.to(q_win.dtype), q_win, k_all.transpose(1, 2), alpha=c**-0.5 / area
-            )
-            weights = self.attention_dropout(scores.softmax(dim=-1))
-            out = torch.bmm(weights, v_all).view(batch, -1, c)
+            out = self.attend_group(group, q, k, v, additive.to(q.dtype))
             attended.index_copy_(1, group.query_index, out.to(attended.dtype))
         attended = attended.view(batch, heads, num_tokens, c).permute(2, 0, 1, 3)
         return self.finish(tokens, attended.reshape(num_tokens, batch, d))
 
+    def attend_group(
+        self,
+        group: WindowGroup,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        additive: torch.Tensor,
+    ) -> torch.Tensor:
+        """One window size's heads: q, k, v (B, H·L, C) head-major, ``additive`` (B·G or 1,
+        L/w², L) → (B, G·L, C) in the order of ``group.query_index``."""
+        batch, c = q.shape[0], q.shape[-1]
+        area = group.window * group.window
+        rows = batch * group.num_heads
+        num_tokens = q.shape[1] // self.num_heads
+        q_win = q.index_select(1, group.query_index).view(rows, -1, area * c)
+        k_all = k.index_select(1, group.key_index).view(rows, num_tokens, area * c)
+        v_all = v.index_select(1, group.key_index).view(rows, num_tokens, area * c)
+        scores = torch.baddbmm(additive, q_win, k_all.transpose(1, 2), alpha=c**-0.5 / area)
+        weights = self.attention_dropout(scores.softmax(dim=-1))
+        return torch.bmm(weights, v_all).view(batch, -1, c)
 
-def fuse_window_attention(network: CSWinTT) -> tuple[CSWinTT, TransformReport]:
-    """A copy of ``network`` whose encoder runs the fused window attention."""
+
+def fuse_window_attention(
+    network: CSWinTT,
+    group_type: type[WindowGroup] = WindowGroup,
+    layer_type: type[FusedWindowEncoderLayer] = FusedWindowEncoderLayer,
+) -> tuple[CSWinTT, TransformReport]:
+    """A copy of ``network`` whose encoder runs the fused window attention (``group_type`` and
+    ``layer_type`` let a variant such as the spectral one reuse the rewrite)."""
     network = copy.deepcopy(network)
     transformer = network.transformer
     geometry = transformer.geometry
@@ -253,12 +270,12 @@ def fuse_window_attention(network: CSWinTT) -> tuple[CSWinTT, TransformReport]:
     groups = nn.ModuleList()
     for w in sorted(set(config.window_sizes)):
         heads = [h for h, hw in enumerate(config.window_sizes) if hw == w]
-        groups.append(WindowGroup(geometry, w, heads, [config.shifts[h] for h in heads]))
+        groups.append(group_type(geometry, w, heads, [config.shifts[h] for h in heads]))
     device = next(network.parameters()).device
     groups.to(device)
     layers = transformer.transformer
     for index, layer in enumerate(layers):
-        layers[index] = FusedWindowEncoderLayer(layer, groups)
+        layers[index] = layer_type(layer, groups)
     transformer.context_builder = FusedContextBuilder(geometry, groups)
     notes = [f"window {g.window}: {g.num_heads} heads batched" for g in groups]
     return network, TransformReport("fuse_window_attention", len(layers), notes)
