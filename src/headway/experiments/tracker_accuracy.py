@@ -198,7 +198,7 @@ def section(folder: Path, quick: bool) -> Section:
 
     sequences, frames = (4, 40) if quick else (8, 60)
     size = f"{sequences}x{frames}"  # quick and full runs may share a folder
-    executors = ("scripted", "heads", "fused", "fused-bf16")
+    executors = ("scripted", "heads", "fused", "spectral", "fused-bf16")
     executors += () if quick else ("compiled", "compiled-bf16")
     result = tracking_accuracy(folder, sequences, frames, executors, show_progress=False)
     rows = result["rows"]

@@ -121,7 +121,11 @@ def benchmark_executors(
     torch_device = resolve_device(device)
     names = [
         "eager",
-        *[n for n in (executors or ["scripted", "heads", "fused", "fused-bf16"]) if n != "eager"],
+        *[
+            n
+            for n in (executors or ["scripted", "heads", "fused", "spectral", "fused-bf16"])
+            if n != "eager"
+        ],
     ]
     for name in names:
         check_executor(name, torch_device)
@@ -218,7 +222,7 @@ def benchmark_executors(
 def section(folder: Path, quick: bool) -> Section:
     """Table 1 and Fig. 10–12: executors side by side on the default-size network."""
 
-    executors = ["scripted", "heads", "fused", "fused-bf16", "compiled-bf16"]
+    executors = ["scripted", "heads", "fused", "spectral", "fused-bf16", "compiled-bf16"]
     executors += [] if quick else ["compiled"]
     frames, warmup, rounds = (4, 1, 2) if quick else (15, 3, 2)
     bench = benchmark_executors("default", "cpu", executors, frames, warmup, rounds=rounds)
