@@ -22,6 +22,7 @@ from headway.models.cswintt import build_cswintt, get_config
 from headway.models.registry import create_model
 from headway.runtime.engines import ENGINES, compile_module, engine_available
 from headway.transforms.heads import fuse_window_attention
+from headway.transforms.packing import pack_linear_weights
 from headway.transforms.spectral import spectral_window_attention
 from headway.transforms.tucker import decompose_model
 
@@ -62,16 +63,23 @@ def _case(name: str, batch: int) -> EngineCase:
         eager = _Encoder(network)
         fused = _Encoder(fuse_window_attention(network)[0])
         spectral = _Encoder(spectral_window_attention(network)[0])
+        packed = pack_linear_weights(spectral)[0]
         return EngineCase(
             eager,
             (tokens, padding),
-            headway={"fused": fused, "spectral": spectral},
+            headway={"fused": fused, "spectral": spectral, "spectral + oneDNN linears": packed},
             graphs={"eager graph": eager, "spectral graph": spectral},
         )
     if name == "deit_tiny":
         model = create_model("deit_tiny").eval()
         size = model.config.img_size
-        return EngineCase(model, (torch.randn(batch, 3, size, size),), graphs={"": model})
+        packed = pack_linear_weights(model)[0]
+        return EngineCase(
+            model,
+            (torch.randn(batch, 3, size, size),),
+            headway={"oneDNN linears": packed},
+            graphs={"": model},
+        )
     model = create_model("vgg16", num_classes=10, small_input=True).eval()
     x = torch.randn(batch, 3, 32, 32)
     if name == "vgg16_tucker":
@@ -106,8 +114,9 @@ def compare_engines(
     on_case: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (case, batch, variant). Variants: ``eager``, headway's own fast paths of
-    the case (CNNs: channels-last; the CSWinTT encoder: ``fused`` and ``spectral``), and every
-    installed engine on each of the case's exported graphs."""
+    the case (CNNs: channels-last; DeiT: oneDNN-packed linears; the CSWinTT encoder: ``fused``,
+    ``spectral`` and spectral with packed linears), and every installed engine on each of the
+    case's exported graphs."""
     engines = tuple(e for e in (engines or ENGINES) if engine_available(e))
     rows = []
     for name in cases:

@@ -10,8 +10,9 @@
 |  | batch norms folded into the convolutions, channels-last convolutions |
 | ``fused-bf16`` | ``fused`` with bfloat16 weights under autocast (AVX-512 BF16, tensor cores) |
 | ``spectral`` | ``fused`` with the w > 1 heads computed per DFT bin of their window (no rolled |
-|  | key/value copies; 4–33× fewer attention multiply-adds), the fastest fp32 path on CPU |
-| ``spectral-bf16`` | ``spectral`` with bfloat16 weights under autocast |
+|  | key/value copies; 4–33× fewer attention multiply-adds) and the linear layers run by |
+|  | oneDNN on packed weights: the fastest fp32 path on CPU |
+| ``spectral-bf16`` | spectral attention with bfloat16 weights under autocast |
 | ``compiled-bf16`` | ``spectral-bf16`` with every stage compiled by torch.compile |
 | ``cudagraph`` | ``fused`` with each stage captured once as a CUDA graph, then replayed |
 | ``cudagraph-bf16`` | ``cudagraph`` under bfloat16 autocast (CUDA only) |
@@ -41,6 +42,7 @@ from headway.runtime.engines import EngineModule, require_engine
 from headway.runtime.pool import StreamWorkerPool
 from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
 from headway.transforms.heads import fuse_window_attention, set_head_dispatch, split_heads
+from headway.transforms.packing import pack_linear_weights
 from headway.transforms.spectral import spectral_window_attention
 
 log = logging.getLogger(__name__)
@@ -250,11 +252,15 @@ class FusedExecutor(Executor):
 
 class SpectralExecutor(FusedExecutor):
     """``fused`` with the w > 1 heads computed per DFT bin of the window
-    (:func:`~headway.transforms.spectral.spectral_window_attention`): no rolled key/value
-    copies, 4–33× fewer attention multiply-adds."""
+    (:func:`~headway.transforms.spectral.spectral_window_attention`: no rolled key/value
+    copies, 4–33× fewer attention multiply-adds) and the linear layers run by oneDNN on packed
+    weights (:func:`~headway.transforms.packing.pack_linear_weights`)."""
 
     name = "spectral"
     attention = staticmethod(spectral_window_attention)
+
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        return pack_linear_weights(super().prepare(network))[0]
 
 
 class FusedBF16Executor(FusedExecutor):
@@ -268,7 +274,8 @@ class FusedBF16Executor(FusedExecutor):
 
 
 class SpectralBF16Executor(FusedBF16Executor):
-    """``spectral`` with matmul/conv weights stored in bfloat16, run under autocast."""
+    """``fused-bf16`` with the spectral window attention (bf16 weights, autocast; the linear
+    layers stay PyTorch's, whose bf16 path already runs on oneDNN)."""
 
     name = "spectral-bf16"
     attention = staticmethod(spectral_window_attention)

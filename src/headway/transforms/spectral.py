@@ -9,7 +9,8 @@ window, so the 2-D DFT of the window turns them into one product per frequency:
     out_n[f]       = Σ_m Â(n, m, f) · V̂_m[f]          (Â = DFT_s of the weights)
 
 The plain path materialises the w²-fold rolled keys and values (a gather of L·w² rows per head)
-and multiplies L × (w²·c) by (w²·c) × L·… — L²·c multiply-adds per product whatever w is. Here
+and scores L/w² query windows against L rolled key windows over w²·c values: L²·c
+multiply-adds per product whatever w is. Here
 keys and values are never copied, and the products cost (R + 4·P)·(L/w²)²·c, where R bins of
 the w×w spectrum are real (R = 4 for even w) and P = (w² − R)/2 are complex pairs: 4× fewer
 multiply-adds for w = 2, 9× for w = 4, 33× for w = 8. The spectrum is kept real (cosine and
