@@ -128,14 +128,18 @@ def test_compiled_encoder_matches_eager() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_bf16_encoder_matches_eager() -> None:
+@pytest.mark.parametrize(
+    ("name", "tolerance"),
+    [("compiled-spectral", FP32_ENCODER_TOL), ("compiled-bf16", BF16_ENCODER_TOL)],
+)
+def test_compiled_spectral_encoders_match_eager(name: str, tolerance: float) -> None:
     network = random_network(seed=16)
     tokens, mask = encoder_inputs(network, 1, seed=17)
-    with build_executor("compiled-bf16", network) as compiled, torch.inference_mode():
+    with build_executor(name, network) as compiled, torch.inference_mode():
         got = compiled.encoder(tokens, mask).float()
         expected = network.forward_encoder(tokens, mask)
     assert not compiled.compile_failed
-    torch.testing.assert_close(got, expected, rtol=0, atol=BF16_ENCODER_TOL)
+    torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
 
 
 def test_compiled_bf16_runs_uncompiled_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -392,14 +392,18 @@ def bench_multidnn(
 @reports_errors
 def bench_engines(
     cases: Annotated[
-        str, typer.Option(help="Comma-separated: deit_tiny, vgg16, vgg16_tucker.")
-    ] = "deit_tiny,vgg16,vgg16_tucker",
-    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+        str,
+        typer.Option(help="Comma-separated: deit_tiny, vgg16, vgg16_tucker, cswintt_encoder."),
+    ] = "deit_tiny,vgg16,vgg16_tucker,cswintt_encoder",
+    batches: Annotated[
+        str, typer.Option(help="Comma-separated batch sizes (cswintt_encoder: batch 1 only).")
+    ] = "1,32",
     seconds: Annotated[float, typer.Option(help="Timed seconds per variant.")] = 1.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """headway's models beside ONNX Runtime and OpenVINO on the same inputs, interleaved in one
-    process: DeiT-Tiny, VGG-16 (32×32) dense and Tucker-2; ms, × eager, max difference."""
+    process: DeiT-Tiny, VGG-16 (32×32) dense and Tucker-2, the CSWinTT encoder; ms, × eager,
+    max difference."""
     import json
 
     from headway.experiments.engines import CASES, compare_engines, engines_table

@@ -120,7 +120,8 @@ def compare_engines(
     engines = tuple(e for e in (engines or ENGINES) if engine_available(e))
     rows = []
     for name in cases:
-        for batch in batches:
+        # a tracker encodes one frame at a time: the encoder case runs at batch 1 only
+        for batch in (1,) if name == "cswintt_encoder" else batches:
             if on_case is not None:
                 on_case(f"{name}, batch {batch}")
             case = _case(name, batch)

@@ -13,7 +13,8 @@
 |  | key/value copies; 4–33× fewer attention multiply-adds) and the linear layers run by |
 |  | oneDNN on packed weights: the fastest fp32 path on CPU |
 | ``spectral-bf16`` | spectral attention with bfloat16 weights under autocast |
-| ``compiled-bf16`` | ``spectral-bf16`` with every stage compiled by torch.compile |
+| ``compiled-spectral`` | ``spectral`` with every stage compiled (torch.compile, freezing) |
+| ``compiled-bf16`` | ``spectral-bf16`` with every stage compiled the same way |
 | ``cudagraph`` | ``fused`` with each stage captured once as a CUDA graph, then replayed |
 | ``cudagraph-bf16`` | ``cudagraph`` under bfloat16 autocast (CUDA only) |
 | ``onnxruntime`` | the ``spectral`` network exported to ONNX per stage and run by ONNX Runtime |
@@ -281,32 +282,54 @@ class SpectralBF16Executor(FusedBF16Executor):
     attention = staticmethod(spectral_window_attention)
 
 
-class CompiledBF16Executor(SpectralBF16Executor):
-    """``spectral-bf16`` with every stage compiled by torch.compile: inductor fuses the
-    elementwise work, casts and gathers around the matrix products. If compilation fails it
-    runs the same stages uncompiled (printed warning)."""
+class _CompiledStages:
+    """Mixin: every stage compiled by torch.compile with inductor's freezing (weights become
+    constants, so convolutions and linears get oneDNN's packed weights and fused bias /
+    activation; the executor owns its copy of the network, so they cannot change). If
+    compilation fails, the same stages run uncompiled (printed warning)."""
 
-    name = "compiled-bf16"
+    name: ClassVar[str]
+    uncompiled_name: ClassVar[str]
 
     def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
-        super().__init__(network, device)
+        super().__init__(network, device)  # type: ignore[call-arg]
         self.uncompiled = dict(self.stages)
         self.compile_failed = False
         self.stages = {
-            stage: torch.compile(run, dynamic=False) for stage, run in self.uncompiled.items()
+            stage: torch.compile(run, dynamic=False, options={"freezing": True})
+            for stage, run in self.uncompiled.items()
         }
 
     def _run(self, stage: str, *args: torch.Tensor) -> Any:
         if not self.compile_failed:
             try:
-                return super()._run(stage, *args)
+                return super()._run(stage, *args)  # type: ignore[misc]
             except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
                 _warn_compile_failed(
-                    error, "executor 'compiled-bf16' runs the 'fused-bf16' stages uncompiled"
+                    error,
+                    f"executor {self.name!r} runs the {self.uncompiled_name!r} stages uncompiled",
                 )
                 self.compile_failed = True
                 self.stages = self.uncompiled
-        return super()._run(stage, *args)
+        return super()._run(stage, *args)  # type: ignore[misc]
+
+
+class CompiledSpectralExecutor(_CompiledStages, FusedExecutor):
+    """The ``spectral`` network (with PyTorch's linears: inductor packs them itself) with every
+    stage compiled: inductor fuses the elementwise work around the products and, with freezing,
+    gives the convolutions and linears packed weights and fused post-ops."""
+
+    name = "compiled-spectral"
+    uncompiled_name = "spectral"
+    attention = staticmethod(spectral_window_attention)
+
+
+class CompiledBF16Executor(_CompiledStages, SpectralBF16Executor):
+    """``spectral-bf16`` with every stage compiled as in ``compiled-spectral``: inductor fuses
+    the elementwise work, casts and gathers around the matrix products."""
+
+    name = "compiled-bf16"
+    uncompiled_name = "spectral-bf16"
 
 
 class _GraphedStage:
@@ -414,6 +437,7 @@ EXECUTORS: dict[str, type[Executor]] = {
         FusedBF16Executor,
         SpectralExecutor,
         SpectralBF16Executor,
+        CompiledSpectralExecutor,
         CompiledBF16Executor,
         CudaGraphExecutor,
         CudaGraphBF16Executor,
