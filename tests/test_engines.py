@@ -173,6 +173,7 @@ def test_bench_engines_rows_agree_with_eager(tmp_path: Path) -> None:
         "1",
         "--seconds",
         "0.05",
+        "--compiled",
         "--json",
         str(out),
     ]
@@ -180,7 +181,12 @@ def test_bench_engines_rows_agree_with_eager(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     variants = {r["variant"] for r in rows}
-    assert {"eager", "eager channels-last", "onnxruntime"} <= variants
+    assert {
+        "eager",
+        "eager channels-last",
+        "compiled (inductor, freezing)",
+        "onnxruntime",
+    } <= variants
     assert all(r["ms"] > 0 and r["max_diff"] < 1e-4 for r in rows)
 
 

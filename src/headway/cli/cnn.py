@@ -399,6 +399,9 @@ def bench_engines(
         str, typer.Option(help="Comma-separated batch sizes (cswintt_encoder: batch 1 only).")
     ] = "1,32",
     seconds: Annotated[float, typer.Option(help="Timed seconds per variant.")] = 1.0,
+    compiled: Annotated[
+        bool, typer.Option(help="Also torch.compile (inductor, freezing) each case's module.")
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """headway's models beside ONNX Runtime and OpenVINO on the same inputs, interleaved in one
@@ -414,7 +417,11 @@ def bench_engines(
     positive(seconds, "--seconds")
     output_file(json_out, "--json")
     rows = compare_engines(
-        tuple(chosen), sizes, min_run_time=seconds, on_case=lambda c: console.print(f"{c} …")
+        tuple(chosen),
+        sizes,
+        min_run_time=seconds,
+        on_case=lambda c: console.print(f"{c} …"),
+        compiled=compiled,
     )
     print_table(
         f"engines beside eager PyTorch, {torch.get_num_threads()} threads, median ms",

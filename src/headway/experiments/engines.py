@@ -49,6 +49,7 @@ class EngineCase:
     inputs: tuple[torch.Tensor, ...]
     headway: dict[str, nn.Module] = field(default_factory=dict)
     graphs: dict[str, nn.Module] = field(default_factory=dict)
+    compilable: nn.Module | None = None  # what ``compiled`` gives torch.compile
 
 
 def _case(name: str, batch: int) -> EngineCase:
@@ -69,6 +70,7 @@ def _case(name: str, batch: int) -> EngineCase:
             (tokens, padding),
             headway={"fused": fused, "spectral": spectral, "spectral + oneDNN linears": packed},
             graphs={"eager graph": eager, "spectral graph": spectral},
+            compilable=spectral,
         )
     if name == "deit_tiny":
         model = create_model("deit_tiny").eval()
@@ -79,6 +81,7 @@ def _case(name: str, batch: int) -> EngineCase:
             (torch.randn(batch, 3, size, size),),
             headway={"oneDNN linears": packed},
             graphs={"": model},
+            compilable=model,
         )
     model = create_model("vgg16", num_classes=10, small_input=True).eval()
     x = torch.randn(batch, 3, 32, 32)
@@ -91,6 +94,7 @@ def _case(name: str, batch: int) -> EngineCase:
         (x,),
         headway={"eager channels-last": _ChannelsLast(last)},
         graphs={"": model},
+        compilable=_ChannelsLast(last),
     )
 
 
@@ -112,11 +116,13 @@ def compare_engines(
     engines: tuple[str, ...] | None = None,
     min_run_time: float = 1.0,
     on_case: Callable[[str], None] | None = None,
+    compiled: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (case, batch, variant). Variants: ``eager``, headway's own fast paths of
     the case (CNNs: channels-last; DeiT: oneDNN-packed linears; the CSWinTT encoder: ``fused``,
-    ``spectral`` and spectral with packed linears), and every installed engine on each of the
-    case's exported graphs."""
+    ``spectral`` and spectral with packed linears), with ``compiled`` also the case's best
+    PyTorch module compiled by inductor with freezing (compilation not timed; seconds to a
+    minute per case), and every installed engine on each of the case's exported graphs."""
     engines = tuple(e for e in (engines or ENGINES) if engine_available(e))
     rows = []
     for name in cases:
@@ -132,6 +138,9 @@ def compare_engines(
             }
             for label, module in case.headway.items():
                 variants[label] = partial(module, *case.inputs)
+            if compiled and case.compilable is not None:
+                program = torch.compile(case.compilable, dynamic=False, options={"freezing": True})
+                variants["compiled (inductor, freezing)"] = partial(program, *case.inputs)
             for engine in engines:
                 for graph, module in case.graphs.items():
                     label = f"{engine} ({graph})" if graph else engine
