@@ -90,3 +90,42 @@ def test_without_onednn_the_model_is_returned_unchanged(monkeypatch: pytest.Monk
     copied, report = pack_linear_weights(model)
     assert report.layers == 0 and "oneDNN" in report.notes[0]
     assert type(copied[0]) is nn.Linear and copied is not model
+
+
+class _Shared(nn.Module):
+    """One activation called twice, and a linear output read twice: neither may be fused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc1(x)
+        return self.act(hidden) + hidden + self.act(self.fc2(x)) + self.fc3(x)
+
+
+class _Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(6, 12), nn.GELU(), nn.Linear(12, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+@needs_onednn
+def test_activations_are_fused_only_where_the_traced_graph_allows() -> None:
+    torch.manual_seed(33)
+    x = torch.randn(3, 6)
+    for module, fused in (
+        (_Shared(), 0),
+        (_Mlp(), 1),
+        (nn.Sequential(nn.Linear(6, 6), nn.ReLU()), 1),
+    ):
+        packed, report = pack_linear_weights(module)
+        assert report.notes[0].endswith(f"{fused} activations fused"), report.notes
+        with torch.inference_mode():
+            torch.testing.assert_close(packed(x), module(x), rtol=0, atol=LINEAR_TOL)
+    deit, report = pack_linear_weights(create_model("deit_tiny", num_classes=10))
+    assert f"{len(deit.blocks)} activations fused" in report.notes[0]

@@ -18,6 +18,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -94,11 +95,44 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}{fused}"
 
 
+def _fusable_activations(parent: nn.Module) -> dict[str, str]:
+    """Linear child → activation child of ``parent`` such that, in ``parent``'s traced forward
+    (torch.fx), the activation is called once, on the linear's output, and nothing else reads
+    that output. Empty when the forward cannot be traced."""
+    names = {name: type(child) for name, child in parent.named_children()}
+    if not any(t is nn.Linear for t in names.values()) or not any(
+        t in _ACTIVATIONS for t in names.values()
+    ):
+        return {}
+    try:
+        graph = torch.fx.symbolic_trace(parent).graph
+    except Exception:  # data-dependent control flow, unsupported calls: no fusion here
+        return {}
+    calls: dict[str, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(str(node.target), []).append(node)
+    pairs = {}
+    for name, kind in names.items():
+        if kind is not nn.Linear or len(calls.get(name, [])) != 1:
+            continue
+        users = list(calls[name][0].users)
+        if len(users) != 1 or users[0].op != "call_module":
+            continue
+        follower = str(users[0].target)
+        if names.get(follower) in _ACTIVATIONS and len(calls[follower]) == 1:
+            pairs[name] = follower
+    return pairs
+
+
 def pack_linear_weights(model: nn.Module) -> tuple[nn.Module, TransformReport]:
-    """A copy of ``model`` whose ``nn.Linear`` children run as :class:`PackedLinear`; a ReLU or
-    GELU right after a linear in an ``nn.Sequential`` is fused into it. Linears that a parent
-    reads by attribute instead of calling (``nn.MultiheadAttention.out_proj``) are left alone.
-    Without oneDNN the copy is returned unchanged and the report says so."""
+    """A copy of ``model`` whose called ``nn.Linear`` children run as :class:`PackedLinear`.
+
+    A ReLU or GELU child is fused into the linear before it when the parent's traced forward
+    (torch.fx) proves that it only ever takes that linear's output (an ``nn.Sequential``, a
+    transformer MLP). Linears that a parent reads by attribute instead of calling
+    (``nn.MultiheadAttention.out_proj``) are left alone. Without oneDNN the copy is returned
+    unchanged and the report says so."""
     model = copy.deepcopy(model)
     if not onednn_linear_available():
         return model, TransformReport("pack_linear_weights", 0, ["oneDNN not in this build"])
@@ -106,17 +140,15 @@ def pack_linear_weights(model: nn.Module) -> tuple[nn.Module, TransformReport]:
     for parent in list(model.modules()):
         if isinstance(parent, (nn.MultiheadAttention, PackedLinear)):
             continue
-        children = list(parent.named_children())
-        for index, (name, child) in enumerate(children):
+        pairs = _fusable_activations(parent)
+        for name, child in list(parent.named_children()):
             if type(child) is not nn.Linear:
                 continue
             activation = None
-            if isinstance(parent, nn.Sequential) and index + 1 < len(children):
-                follower_name, follower = children[index + 1]
-                if type(follower) in _ACTIVATIONS:
-                    activation = follower
-                    setattr(parent, follower_name, nn.Identity())
-                    fused += 1
+            if name in pairs:
+                activation = getattr(parent, pairs[name])
+                setattr(parent, pairs[name], nn.Identity())
+                fused += 1
             setattr(parent, name, PackedLinear(child, activation))
             packed += 1
     notes = [f"{packed} linears packed for oneDNN, {fused} activations fused"]
