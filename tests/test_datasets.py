@@ -44,6 +44,17 @@ def test_got10k_layout_with_absence_and_first_frame_only(tmp_path: Path) -> None
     np.testing.assert_array_equal(first.target_visible, [True, False, True])
     assert second.fully_annotated is False
     assert np.isnan(second.ground_truth[1]).all()
+    # cover.label, when present, decides visibility (as the official toolkit scores it)
+    (split / "GOT-10k_Val_000001" / "cover.label").write_text("8\n3\n0\n")
+    (split / "GOT-10k_Val_000001" / "meta_info.ini").write_text(
+        "[METAINFO]\nobject_class: cat\nresolution: (640, 360)\n"
+    )
+    first, _ = load_dataset(tmp_path, "got10k", split="val")
+    np.testing.assert_array_equal(first.target_visible, [True, True, False])
+    assert first.image_size == (640, 360)
+    (split / "GOT-10k_Val_000001" / "cover.label").write_text("8\n3\n")
+    with pytest.raises(InputError, match=r"cover\.label: 2 labels for 3 frames"):
+        load_dataset(tmp_path, "got10k", split="val")
 
 
 def test_trackingnet_layout_numeric_frame_order(tmp_path: Path) -> None:
@@ -65,6 +76,9 @@ def test_lasot_layout_visibility(tmp_path: Path) -> None:
     (sequence,) = load_dataset(tmp_path, "lasot")
     assert sequence.name == "cat-3"
     np.testing.assert_array_equal(sequence.target_visible, [True, False, False])
+    (folder / "out_of_view.txt").write_text("0,0,1,0")
+    with pytest.raises(InputError, match=r"out_of_view\.txt: 4 labels for 3 frames"):
+        load_dataset(tmp_path, "lasot")
 
 
 def test_malformed_ground_truth_names_file_and_line(tmp_path: Path) -> None:

@@ -84,10 +84,19 @@ def test_bad_predictions_are_rejected() -> None:
         score(np.array([[0.0, 0, 10, 10], [np.nan, 0, 1, 1]]), GT)
     with pytest.raises(InputError, match="negative"):
         score(np.array([[0.0, 0, 10, 10], [0, 0, -1, 1]]), GT)
-    with pytest.raises(InputError, match="not given for every frame"):
-        score(GT.copy(), np.array([[0.0, 0, 10, 10], [np.nan] * 4]))
     with pytest.raises(InputError, match="unknown convention"):
         score(GT.copy(), GT, convention="vot")
+
+
+@pytest.mark.parametrize("convention", ["pytracking", "otb", "lasot", "trackingnet", "got10k"])
+def test_a_test_split_is_refused_and_a_stray_nan_is_located(convention: str) -> None:
+    first_only = np.vstack([GT[:1], [[np.nan] * 4] * 3])
+    for dataset in ("otb", "lasot"):
+        with pytest.raises(InputError, match="only the first frame is annotated"):
+            score(np.tile(GT[:1], (4, 1)), first_only, convention=convention, dataset=dataset)
+    stray = np.vstack([GT, [[np.nan] * 4], GT[:1]])
+    with pytest.raises(InputError, match=r"NaN at frame\(s\) 3 of 4 \(not a test split"):
+        score(np.tile(GT[:1], (4, 1)), stray, convention=convention)
 
 
 def test_otb_convention_continuous_iou() -> None:
@@ -96,25 +105,27 @@ def test_otb_convention_continuous_iou() -> None:
     assert scores["P"] == pytest.approx(100)
 
 
-def test_lasot_normalised_precision_is_an_area() -> None:
+def test_lasot_counts_absent_frames_as_failures_and_reads_pnorm_at_020() -> None:
     gt = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10]])
     pred = np.array([[0.0, 0, 10, 10], [1, 0, 10, 10]])  # normalised error 0.1
     scores = score(pred, gt, convention="lasot")
-    # frame 1: all 51 thresholds; frame 2: thresholds ≥ 0.10 (41 of 51)
-    assert scores["Pnorm"] == pytest.approx(100 * (51 + 41) / 102)
-    # invisible frames are left out of the LaSOT toolkit's scores
-    gt3 = np.vstack([gt, [[0.0, 0, 10, 10]]])
+    assert scores["Pnorm"] == pytest.approx(100)  # the curve at 0.20, not its area
+    # an absent target (flagged, box 0,0,0,0 as LaSOT writes it) is a failure in the denominator
+    gt3 = np.vstack([gt, [[0.0, 0, 0, 0]]])
     pred3 = np.vstack([pred, [[90.0, 90, 10, 10]]])
-    kept = score(pred3, gt3, convention="lasot", visible=np.array([True, True, False]))
-    assert kept["Pnorm"] == pytest.approx(scores["Pnorm"])
+    for convention in ("lasot", "otb"):
+        absent = score(pred3, gt3, convention=convention, visible=np.array([True, True, False]))
+        assert absent["Pnorm"] == pytest.approx(100 * 2 / 3)
+        assert absent["P"] == pytest.approx(100 * 2 / 3)
+        assert absent["AUC"] == pytest.approx(scores["AUC"] * 2 / 3)
 
 
-def test_trackingnet_trapezoid() -> None:
-    assert score(GT.copy(), GT, convention="trackingnet")["AUC"] == pytest.approx(100)
+def test_trackingnet_trapezoid_with_strict_success() -> None:
+    # IoU 1 is not > 1: a perfect tracker scores 97.5, as the TrackingNet devkit prints
+    assert score(GT.copy(), GT, convention="trackingnet")["AUC"] == pytest.approx(97.5)
     scores = score(SHIFTED, GT, convention="trackingnet")
-    # success curve: frame 1 hits all 21 (≥), frame 2 (IoU 1/3) hits 0..0.30 → 7 of 21
-    curve = np.array([1.0] * 7 + [0.5] * 14)
-    curve[:7] = 1.0
+    # frame 1 (IoU 1) succeeds below 1.0, frame 2 (IoU 1/3) at 0..0.30: 7 of 21 thresholds
+    curve = np.array([1.0] * 7 + [0.5] * 13 + [0.0])
     expected = np.trapezoid(curve, x=np.linspace(0, 1, 21)) * 100
     assert scores["AUC"] == pytest.approx(expected)
 
@@ -123,3 +134,8 @@ def test_got10k_average_overlap() -> None:
     scores = score(SHIFTED, GT, convention="got10k")
     assert scores["AO"] == pytest.approx(100 / 3)  # frame 1 excluded
     assert scores["SR0.50"] == pytest.approx(0)
+    # boxes are clipped to the image first (the toolkit's bound): half of frame 2 is outside
+    clipped = evaluate(
+        {"s": SHIFTED}, {"s": GT}, convention="got10k", image_sizes={"s": (10, 10)}
+    ).scores
+    assert clipped["AO"] == pytest.approx(50)

@@ -26,7 +26,7 @@ from headway.cli.base import (
 from headway.errors import InputError
 from headway.models import CONFIGS, build_cswintt, load_weights
 from headway.runtime.device import keep_freed_memory, resolve_device
-from headway.tracking.datasets import FORMATS, UPDATE_INTERVALS, load_dataset
+from headway.tracking.datasets import FORMATS, load_dataset, update_interval
 from headway.tracking.executors import EXECUTORS, check_executor
 from headway.tracking.metrics import CONVENTIONS
 
@@ -71,8 +71,12 @@ def track_command(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     sequences: Annotated[str | None, typer.Option(help="Only these, comma-separated.")] = None,
     split: Annotated[str | None, typer.Option(help="GOT-10k / TrackingNet split.")] = None,
-    update_interval: Annotated[
-        int | None, typer.Option(help="Template update interval (default: per format).")
+    interval_option: Annotated[
+        int | None,
+        typer.Option(
+            "--update-interval",
+            help="Template update interval (default: the official one of the dataset and split).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights (no checkpoint).")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
@@ -87,7 +91,7 @@ def track_command(
     check_choice(format, FORMATS, "dataset format")
     check_choice(config, list(CONFIGS), "configuration")
     output_folder(out, "--out")
-    at_least(update_interval, 1, "--update-interval")
+    at_least(interval_option, 1, "--update-interval")
     at_least(threads, 1, "--threads")
     torch_device = resolve_device(device)
     check_executor(executor, torch_device)
@@ -105,7 +109,7 @@ def track_command(
     if checkpoint is not None:
         load_weights(network, checkpoint)
     weights = str(checkpoint) if checkpoint else f"random (seed {seed})"
-    interval = update_interval or UPDATE_INTERVALS[format]
+    interval = interval_option or update_interval(format, split)
     tracker = CSWinTTTracker(
         network, TrackerSettings(update_interval=interval), torch_device, executor
     )

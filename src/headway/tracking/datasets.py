@@ -17,9 +17,30 @@ from headway.errors import InputError
 FORMATS = ("otb", "got10k", "trackingnet", "lasot")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
-# Template-update interval per format (the cswintt_cls yaml's TEST.UPDATE_INTERVALS; formats it
-# does not list fall back to DATA.MAX_SAMPLE_INTERVAL = 200).
-UPDATE_INTERVALS = {"otb": 200, "got10k": 25, "trackingnet": 25, "lasot": 200}
+# Template-update intervals of the cswintt_cls yaml (TEST.UPDATE_INTERVALS, keyed by the
+# upper-cased dataset name); a name it does not list (OTB, NFS, GOT10K_VAL, ...) falls back to
+# DATA.MAX_SAMPLE_INTERVAL = 200.
+OFFICIAL_UPDATE_INTERVALS = {
+    "LASOT": 200,
+    "UAV": 200,
+    "VOT20LT": 200,
+    "GOT10K_TEST": 25,
+    "TRACKINGNET": 25,
+    "VOT": 25,
+    "VOT20": 25,
+}
+FALLBACK_UPDATE_INTERVAL = 200
+DEFAULT_SPLITS = {"got10k": "val", "trackingnet": "TEST"}
+
+
+def update_interval(format: str, split: str | None = None) -> int:
+    """The official template-update interval for a dataset layout and split (GOT-10k test 25,
+    GOT-10k val 200, TrackingNet 25, LaSOT 200, OTB 200)."""
+    name = format.upper()
+    if format == "got10k":
+        name = f"GOT10K_{(split or DEFAULT_SPLITS['got10k']).upper()}"
+    return OFFICIAL_UPDATE_INTERVALS.get(name, FALLBACK_UPDATE_INTERVAL)
+
 
 # OTB sequences whose annotations cover only part of the image folder (1-based, inclusive).
 OTB_FRAME_RANGES = {"David": (300, 770), "BlurCar1": (247, 988)}
@@ -31,7 +52,7 @@ class Sequence:
 
     ``ground_truth`` rows are NaN where no annotation is given (test splits annotate only the
     first frame). ``target_visible`` is set where the dataset says when the target is absent
-    (LaSOT occlusion/out-of-view, GOT-10k absence).
+    (LaSOT occlusion/out-of-view, GOT-10k ``cover.label`` > 0 as its toolkit reads it).
     """
 
     name: str
@@ -39,6 +60,7 @@ class Sequence:
     ground_truth: np.ndarray
     dataset: str
     target_visible: np.ndarray | None = None
+    image_size: tuple[int, int] | None = None  # (width, height) where the dataset states it
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -79,13 +101,31 @@ def read_boxes(path: Path) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def read_flags(path: Path) -> np.ndarray:
-    """Read 0/1 flags separated by commas or whitespace/newlines (LaSOT, GOT-10k labels)."""
+def read_labels(path: Path, frames: int) -> np.ndarray:
+    """Per-frame integer labels separated by commas or whitespace (LaSOT flags, GOT-10k cover
+    and absence); exactly one per frame."""
     text = path.read_text()
     try:
-        return np.asarray([int(float(f)) for f in re.split(r"[,\s]+", text) if f], dtype=bool)
+        values = np.asarray([int(float(f)) for f in re.split(r"[,\s]+", text) if f], dtype=int)
     except ValueError:
-        raise InputError(f"{path}: expected 0/1 flags") from None
+        raise InputError(f"{path}: expected integer labels, one per frame") from None
+    if len(values) != frames:
+        raise InputError(f"{path}: {len(values)} labels for {frames} frames")
+    return values
+
+
+def read_resolution(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a GOT-10k ``meta_info.ini`` line ``resolution: (W, H)``."""
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "resolution":
+            numbers = re.findall(r"\d+", value)
+            if len(numbers) == 2:
+                return int(numbers[0]), int(numbers[1])
+            raise InputError(f"{path}: resolution {value.strip()!r} is not (width, height)")
+    return None
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -142,8 +182,10 @@ def load_otb(root: Path) -> list[Sequence]:
 
 
 def load_got10k(root: Path, split: str = "val") -> list[Sequence]:
-    """``<root>/<split>/<seq>/{00000001.jpg, groundtruth.txt, absence.label}``; ``root`` may also
-    be the split folder itself."""
+    """``<root>/<split>/<seq>/{00000001.jpg, groundtruth.txt, cover.label, absence.label,
+    meta_info.ini}``; ``root`` may also be the split folder itself. The target counts as visible
+    where ``cover.label`` > 0 (what the official toolkit scores), else where ``absence.label``
+    is 0; the image size comes from ``meta_info.ini`` (the toolkit clips boxes to it)."""
     split_dir = root / split if (root / split).is_dir() else root
     list_file = split_dir / "list.txt"
     if list_file.is_file():
@@ -157,10 +199,13 @@ def load_got10k(root: Path, split: str = "val") -> list[Sequence]:
         gt_path = folder / "groundtruth.txt"
         boxes = _align(name, frames, read_boxes(gt_path), gt_path)
         visible = None
-        absence = folder / "absence.label"
-        if absence.is_file():
-            visible = ~read_flags(absence)
-        sequences.append(Sequence(name, frames, boxes, "got10k", visible))
+        cover, absence = folder / "cover.label", folder / "absence.label"
+        if cover.is_file():
+            visible = read_labels(cover, len(frames)) > 0
+        elif absence.is_file():
+            visible = read_labels(absence, len(frames)) == 0
+        size = read_resolution(folder / "meta_info.ini")
+        sequences.append(Sequence(name, frames, boxes, "got10k", visible, size))
     return sequences
 
 
@@ -196,7 +241,8 @@ def load_lasot(root: Path) -> list[Sequence]:
         visible = None
         occlusion, out_of_view = folder / "full_occlusion.txt", folder / "out_of_view.txt"
         if occlusion.is_file() and out_of_view.is_file():
-            visible = ~(read_flags(occlusion) | read_flags(out_of_view))
+            hidden = read_labels(occlusion, len(frames)) | read_labels(out_of_view, len(frames))
+            visible = hidden == 0
         sequences.append(Sequence(folder.name, frames, boxes, "lasot", visible))
     return sequences
 

@@ -9,13 +9,23 @@ its toolkit states it; ``pytracking`` is the default because CSWinTT ships that 
   denominator: IoU −1 (never a success), centre error +∞ (never), normalised error −1 (always),
   except LaSOT frames with an invisible target, which are +∞.
 - ``otb``: continuous IoU (got10k-toolkit), centre (xy + (wh − 1)/2), same curves as pytracking.
-- ``lasot``: as ``otb`` for success and precision; normalised precision is the AUC of the
-  51-point curve over 0..0.5, errors normalised by max(1, gt_wh); frames without a valid,
-  visible target are left out.
-- ``trackingnet``: integer boxes, inclusive IoU with IoU ≥ t, 21 thresholds per curve, and every
-  number is the trapezoidal area under its curve (×100).
+  Frames without a valid, visible target stay in the denominator as failures (IoU 0, errors
+  +∞), as the OTB and LaSOT toolkits, pytracking and got10k count them.
+- ``lasot``: as ``otb`` (the LaSOT toolkit's rules); normalised precision is the curve's value
+  at 0.20, errors normalised by max(1, gt_wh).
+- ``trackingnet``: integer boxes, inclusive IoU, success IoU > t (strictly, as the devkit: a
+  perfect tracker scores 97.5), 21 thresholds per curve, and every number is the trapezoidal
+  area under its curve (×100).
 - ``got10k``: AO (mean IoU), SR0.50 and SR0.75 pooled over all frames after the first in which
-  the target is visible; continuous IoU.
+  the target is visible (``cover.label`` > 0, as the official toolkit); continuous IoU with both
+  boxes clipped to the image when its size is known (the toolkit's ``bound``).
+
+Ground truth given for the first frame only (a test split) is refused by every convention with
+a message saying so; a NaN line elsewhere is reported by frame number.
+
+Border rule: a ground-truth box touching x = 0 or y = 0 is valid in every convention (only a
+non-positive width or height makes a frame invalid); pytracking and TrackingNet count pixels
+inclusively, the others use continuous coordinates; only ``got10k`` clips to the image.
 """
 
 from __future__ import annotations
@@ -86,6 +96,18 @@ def iou_continuous(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.clip(inter / (union + np.finfo(float).eps), 0.0, 1.0)
 
 
+def clip_to_image(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Boxes cut to a (width, height) image, as the got10k toolkit's ``bound``: x in [0, W],
+    then w in [0, W − x] (likewise y, h)."""
+    width, height = size
+    out = boxes.astype(np.float64, copy=True)
+    out[:, 0] = np.clip(out[:, 0], 0, width)
+    out[:, 1] = np.clip(out[:, 1], 0, height)
+    out[:, 2] = np.clip(out[:, 2], 0, width - out[:, 0])
+    out[:, 3] = np.clip(out[:, 3], 0, height - out[:, 1])
+    return out
+
+
 def centers(boxes: np.ndarray) -> np.ndarray:
     """Pixel centre xy + (wh − 1)/2 used by pytracking, OTB and LaSOT."""
     return boxes[:, :2] + 0.5 * (boxes[:, 2:] - 1.0)
@@ -120,11 +142,21 @@ def prepare_prediction(
 
 
 def _check_ground_truth(gt: np.ndarray, name: str) -> None:
-    if np.isnan(gt).any():
+    """Refuse a test split (only frame 1 annotated) and name the frames of stray NaN lines."""
+    missing = np.isnan(gt).any(axis=1)
+    if not missing.any():
+        return
+    if missing[1:].all():
         raise InputError(
-            f"sequence {name}: ground truth is not given for every frame "
-            "(a test split is scored by its server)"
+            f"sequence {name}: only the first frame is annotated (a test split); its scores "
+            "come from the benchmark's own server: submit the result files there"
         )
+    frames = (np.flatnonzero(missing) + 1).tolist()
+    shown = ", ".join(map(str, frames[:8])) + (", …" if len(frames) > 8 else "")
+    raise InputError(
+        f"sequence {name}: ground truth is NaN at frame(s) {shown} of {len(gt)} (not a test "
+        "split: the other frames are annotated); fix or remove those lines"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,27 +198,27 @@ def pytracking_curves(
 
 
 def continuous_curves(
-    pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None, lasot: bool, name: str
+    pred: np.ndarray,
+    gt: np.ndarray,
+    visible: np.ndarray | None,
+    name: str,
+    strict_length: bool = False,
 ) -> Curves:
-    """OTB / LaSOT toolkit curves (continuous IoU)."""
-    valid = np.isfinite(gt).all(axis=1) & (np.nan_to_num(gt[:, 2:]) > 0).all(axis=1)
-    pred = prepare_prediction(pred, np.where(np.isfinite(gt), gt, 0.0), name, lasot)
+    """OTB / LaSOT toolkit curves (continuous IoU); frames without a valid, visible target are
+    failures in the denominator."""
+    _check_ground_truth(gt, name)
+    valid = (gt[:, 2:] > 0).all(axis=1)
+    pred = prepare_prediction(pred, gt, name, strict_length=strict_length)
     if visible is not None:
         valid &= visible
     iou = iou_continuous(pred, gt)
     delta = centers(pred) - centers(gt)
     center_error = np.linalg.norm(delta, axis=1)
     norm_error = np.linalg.norm(delta / np.maximum(1.0, gt[:, 2:]), axis=1)
-    if lasot:
-        iou, center_error, norm_error = iou[valid], center_error[valid], norm_error[valid]
-        length = max(int(valid.sum()), 1)
-    else:
-        _check_ground_truth(gt, name)
-        iou[~valid] = -1.0
-        center_error[~valid] = np.inf
-        norm_error[~valid] = np.inf
-        length = len(gt)
-    return _ope_curves(iou, center_error, norm_error, length)
+    iou[~valid] = -1.0
+    center_error[~valid] = np.inf
+    norm_error[~valid] = np.inf
+    return _ope_curves(iou, center_error, norm_error, len(gt))
 
 
 TRACKINGNET_IOU = np.linspace(0, 1, 21)
@@ -206,7 +238,7 @@ def trackingnet_curves(pred: np.ndarray, gt: np.ndarray, name: str) -> Curves:
     with np.errstate(divide="ignore", invalid="ignore"):
         norm_error = np.linalg.norm(delta / gt[:, 2:], axis=1)
     return Curves(
-        (iou[:, None] >= TRACKINGNET_IOU).mean(0),
+        (iou[:, None] > TRACKINGNET_IOU).mean(0),
         (center_error[:, None] <= TRACKINGNET_PRECISION).mean(0),
         (norm_error[:, None] <= TRACKINGNET_NORM).mean(0),
     )
@@ -228,7 +260,7 @@ def _curve_scores(convention: str, success: np.ndarray, prec: np.ndarray, norm: 
     scores = {
         "AUC": float(success.mean() * 100),
         "P": float(prec[20] * 100),
-        "Pnorm": float((norm.mean() if convention == "lasot" else norm[20]) * 100),
+        "Pnorm": float(norm[20] * 100),
         "OP50": float(success[10] * 100),
         "OP75": float(success[15] * 100),
     }
@@ -241,10 +273,12 @@ def evaluate(
     visible: dict[str, np.ndarray | None] | None = None,
     convention: str = "pytracking",
     dataset: str = "otb",
+    image_sizes: dict[str, tuple[int, int]] | None = None,
 ) -> EvalResult:
     """Score predicted boxes against ground truth, sequences in ``ground_truth``'s order.
 
-    ``dataset`` matters for the pytracking convention (LaSOT treats invisible targets apart).
+    ``dataset`` matters for the pytracking convention (LaSOT treats invisible targets apart);
+    ``image_sizes`` (width, height per sequence) for ``got10k``, which clips boxes to them.
     """
     if convention not in CONVENTIONS:
         raise InputError(f"unknown convention {convention!r}: choose from {', '.join(CONVENTIONS)}")
@@ -253,7 +287,7 @@ def evaluate(
         raise InputError(f"no results for {len(missing)} sequence(s): {', '.join(missing[:8])}")
     visible = visible or {}
     if convention == "got10k":
-        return _evaluate_got10k(predictions, ground_truth, visible)
+        return _evaluate_got10k(predictions, ground_truth, visible, image_sizes or {})
     lasot = dataset == "lasot" or convention == "lasot"
     per_sequence: dict[str, dict[str, float]] = {}
     all_curves = []
@@ -264,7 +298,7 @@ def evaluate(
         elif convention == "trackingnet":
             curves = trackingnet_curves(pred, gt, name)
         else:
-            curves = continuous_curves(pred, gt, vis, lasot, name)
+            curves = continuous_curves(pred, gt, vis, name, strict_length=lasot)
         all_curves.append(curves)
         per_sequence[name] = _curve_scores(
             convention, curves.success, curves.precision, curves.norm_precision
@@ -297,6 +331,7 @@ def _evaluate_got10k(
     predictions: dict[str, np.ndarray],
     ground_truth: dict[str, np.ndarray],
     visible: dict[str, np.ndarray | None],
+    image_sizes: dict[str, tuple[int, int]],
 ) -> EvalResult:
     thresholds = np.linspace(0, 1, 101)
     pooled = []
@@ -309,6 +344,8 @@ def _evaluate_got10k(
         vis = visible.get(name)
         if vis is not None:
             keep &= vis
+        if name in image_sizes:
+            pred, gt = clip_to_image(pred, image_sizes[name]), clip_to_image(gt, image_sizes[name])
         iou = iou_continuous(pred, gt)[keep]
         pooled.append(iou)
         per_sequence[name] = {

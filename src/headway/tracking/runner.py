@@ -170,6 +170,7 @@ def evaluate_run(
             )
     ground_truth = {s.name: s.ground_truth for s in sequences}
     visible = {s.name: s.target_visible for s in sequences}
-    result = evaluate(predictions, ground_truth, visible, convention, dataset)
+    sizes = {s.name: s.image_size for s in sequences if s.image_size is not None}
+    result = evaluate(predictions, ground_truth, visible, convention, dataset, sizes)
     atomic_write_text(run_dir / "metrics.json", json.dumps(result.to_json(), indent=2))
     return result

@@ -1,0 +1,166 @@
+"""headway's metrics against the official toolkits on the same result files.
+
+- GOT-10k: the ``got10k`` toolkit itself (PyPI, the dev extra) reads a fake GOT-10k val split in
+  the exact layout (tiny JPEGs, ``groundtruth.txt``, ``cover.label``, ``absence.label``,
+  ``cut_by_image.label``, ``meta_info.ini``) and result files in its submission layout, and its
+  ``report()`` is compared with ``headway``'s reader + ``got10k`` convention.
+- OTB / LaSOT: the toolkit's ``rect_iou``, ``center_error`` and ``ExperimentOTB``'s curve rule.
+- TrackingNet: a port of the devkit's rule written here, frame by frame (integer boxes,
+  inclusive IoU, success strictly above each of 21 thresholds, trapezoidal areas).
+Every score must agree within 0.01 points."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headway.tracking.datasets import load_dataset, update_interval
+from headway.tracking.metrics import evaluate
+
+got10k_metrics = pytest.importorskip("got10k.utils.metrics", reason="got10k toolkit not installed")
+TOLERANCE = 0.01  # points
+
+
+def random_sequences(seed: int, count: int = 4, frames: int = 30, size=(64, 48)):
+    """Ground truth inside a (W, H) image, predictions near it (some leaving the image), and
+    per-frame cover levels (0 = target absent)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    out = []
+    for _ in range(count):
+        wh = rng.uniform(6, 20, (frames, 2))
+        xy = rng.uniform(0, 1, (frames, 2)) * (np.array([width, height]) - wh)
+        gt = np.round(np.hstack([xy, wh]), 1)
+        pred = gt + rng.normal(0, 4, gt.shape)
+        pred[:, 2:] = np.abs(pred[:, 2:]) + 1
+        pred[rng.random(frames) < 0.2, :2] += 25  # some far off, some out of the image
+        cover = rng.integers(0, 9, frames)
+        cover[0] = 8
+        out.append((np.round(gt, 3), np.round(pred, 3), cover))
+    return out
+
+
+def test_got10k_report_equals_headway(tmp_path: Path) -> None:
+    from got10k.experiments import ExperimentGOT10k
+
+    size = (64, 48)
+    split = tmp_path / "GOT-10k" / "val"
+    results = tmp_path / "results" / "GOT-10k" / "mine"
+    names = []
+    for index, (gt, pred, cover) in enumerate(random_sequences(1, size=size)):
+        name = f"GOT-10k_Val_{index + 1:06d}"
+        names.append(name)
+        folder = split / name
+        folder.mkdir(parents=True)
+        for frame in range(len(gt)):
+            Image.new("RGB", size).save(folder / f"{frame + 1:08d}.jpg")
+        np.savetxt(folder / "groundtruth.txt", gt, fmt="%.4f", delimiter=",")
+        np.savetxt(folder / "cover.label", cover, fmt="%d")
+        np.savetxt(folder / "absence.label", (cover == 0).astype(int), fmt="%d")
+        np.savetxt(folder / "cut_by_image.label", np.zeros(len(gt)), fmt="%d")
+        (folder / "meta_info.ini").write_text(f"[METAINFO]\nresolution: ({size[0]}, {size[1]})\n")
+        (results / name).mkdir(parents=True)
+        np.savetxt(results / name / f"{name}_001.txt", pred, fmt="%.4f", delimiter=",")
+        np.savetxt(results / name / f"{name}_time.txt", np.full(len(gt), 0.02), fmt="%.6f")
+    (split / "list.txt").write_text("\n".join(names) + "\n")
+
+    experiment = ExperimentGOT10k(
+        str(tmp_path / "GOT-10k"),
+        subset="val",
+        result_dir=str(tmp_path / "results"),
+        report_dir=str(tmp_path / "reports"),
+    )
+    official = experiment.report(["mine"])["mine"]["overall"]
+
+    sequences = load_dataset(tmp_path / "GOT-10k", "got10k", "val")
+    assert all(s.image_size == size for s in sequences)
+    predictions = {
+        s.name: np.loadtxt(results / s.name / f"{s.name}_001.txt", delimiter=",") for s in sequences
+    }
+    ours = evaluate(
+        predictions,
+        {s.name: s.ground_truth for s in sequences},
+        {s.name: s.target_visible for s in sequences},
+        convention="got10k",
+        image_sizes={s.name: s.image_size for s in sequences},
+    ).scores
+    assert abs(ours["AO"] - 100 * official["ao"]) < TOLERANCE
+    assert abs(ours["SR0.50"] - 100 * official["sr"]) < TOLERANCE
+
+
+@pytest.mark.parametrize("convention", ["otb", "lasot"])
+def test_otb_and_lasot_equal_the_toolkit_rule(convention: str) -> None:
+    from got10k.experiments.otb import ExperimentOTB
+
+    experiment = types.SimpleNamespace(nbins_iou=21, nbins_ce=51)
+    success, precision, ground_truth, predictions, visible = [], [], {}, {}, {}
+    for index, (gt, pred, cover) in enumerate(random_sequences(2)):
+        absent = cover == 0
+        gt = gt.copy()
+        gt[absent] = 0.0  # LaSOT writes 0,0,0,0 where the target is absent
+        boxes = pred.copy()
+        boxes[0] = gt[0]
+        ious = got10k_metrics.rect_iou(boxes.copy(), gt.copy())
+        errors = got10k_metrics.center_error(boxes, gt)
+        errors[absent] = np.inf  # absent: a failure at every threshold (IoU is 0 already)
+        curves = ExperimentOTB._calc_curves(experiment, ious, errors)
+        success.append(curves[0])
+        precision.append(curves[1])
+        name = f"seq{index}"
+        ground_truth[name], predictions[name], visible[name] = gt, pred, ~absent
+    ours = evaluate(predictions, ground_truth, visible, convention, dataset=convention).scores
+    assert abs(ours["AUC"] - 100 * np.mean(np.mean(success, axis=0))) < TOLERANCE
+    assert abs(ours["P"] - 100 * np.mean(precision, axis=0)[20]) < TOLERANCE
+
+
+def _devkit_trackingnet(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """TrackingNet's rule, frame by frame: rounded boxes, inclusive IoU, success IoU > t, centre
+    x + (w + 1)/2, normalised by the ground-truth size, trapezoidal areas over 21 thresholds."""
+    pred, gt = np.round(pred), np.round(gt)
+    pred[0] = gt[0]
+    iou_t, px_t, norm_t = np.linspace(0, 1, 21), np.linspace(0, 50, 21), np.linspace(0, 0.5, 21)
+    success, prec, norm = np.zeros(21), np.zeros(21), np.zeros(21)
+    for p, g in zip(pred, gt, strict=True):
+        left, top = max(p[0], g[0]), max(p[1], g[1])
+        right = min(p[0] + p[2] - 1, g[0] + g[2] - 1)
+        bottom = min(p[1] + p[3] - 1, g[1] + g[3] - 1)
+        inter = max(0.0, right - left + 1) * max(0.0, bottom - top + 1)
+        iou = inter / (p[2] * p[3] + g[2] * g[3] - inter)
+        dx = (p[0] + (p[2] + 1) / 2) - (g[0] + (g[2] + 1) / 2)
+        dy = (p[1] + (p[3] + 1) / 2) - (g[1] + (g[3] + 1) / 2)
+        success += iou > iou_t
+        prec += np.hypot(dx, dy) <= px_t
+        norm += np.hypot(dx / g[2], dy / g[3]) <= norm_t
+    x = np.linspace(0, 1, 21)
+    frames = len(gt)
+    return {
+        "AUC": np.trapezoid(success / frames, x=x) * 100,
+        "P": np.trapezoid(prec / frames, x=x) * 100,
+        "Pnorm": np.trapezoid(norm / frames, x=x) * 100,
+    }
+
+
+def test_trackingnet_equals_the_devkit_rule() -> None:
+    sequences = random_sequences(3)
+    expected = [_devkit_trackingnet(pred, gt) for gt, pred, _ in sequences]
+    ours = evaluate(
+        {f"s{i}": pred for i, (_, pred, _) in enumerate(sequences)},
+        {f"s{i}": gt for i, (gt, _, _) in enumerate(sequences)},
+        convention="trackingnet",
+        dataset="trackingnet",
+    ).scores
+    for key in ("AUC", "P", "Pnorm"):
+        assert abs(ours[key] - np.mean([e[key] for e in expected])) < TOLERANCE
+
+
+def test_update_intervals_follow_the_official_table() -> None:
+    assert update_interval("got10k", "test") == 25
+    assert update_interval("got10k", "val") == 200  # GOT10K_VAL is not in the table
+    assert update_interval("got10k") == 200
+    assert update_interval("trackingnet") == 25
+    assert update_interval("lasot") == 200
+    assert update_interval("otb") == 200
