@@ -105,3 +105,80 @@ def test_dataset_errors(tmp_path: Path) -> None:
     (tmp_path / "Car" / "groundtruth_rect.txt").write_text("1,1,5,5\n1,1,5,5\n1,1,5,5\n")
     with pytest.raises(InputError, match="no sequence named Bus"):
         load_dataset(tmp_path, "otb", names=["Bus"])
+
+
+def touch_frames(folder: Path, numbers: range, digits: int = 4) -> None:
+    """Empty image files (the readers list names; only tracking decodes them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in numbers:
+        (folder / f"{number:0{digits}d}.jpg").touch()
+
+
+def write_boxes(path: Path, count: int, first: int = 1) -> None:
+    """``count`` lines x,y,w,h whose x is the line's frame number (to check alignment)."""
+    path.write_text("".join(f"{first + i},2,5,5\n" for i in range(count)))
+
+
+def test_otb_as_downloaded_loads_with_the_toolkits_frame_ranges(tmp_path: Path) -> None:
+    touch_frames(tmp_path / "BlurCar1" / "img", range(247, 989))  # numbered 0247–0988
+    write_boxes(tmp_path / "BlurCar1" / "groundtruth_rect.txt", 742, first=247)
+    touch_frames(tmp_path / "David" / "img", range(1, 771))
+    write_boxes(tmp_path / "David" / "groundtruth_rect.txt", 471, first=300)
+    touch_frames(tmp_path / "Diving" / "img", range(1, 232))  # more images than annotations
+    write_boxes(tmp_path / "Diving" / "groundtruth_rect.txt", 215)
+    touch_frames(tmp_path / "Tiger1" / "img", range(1, 355))
+    write_boxes(tmp_path / "Tiger1" / "groundtruth_rect.txt", 354)
+    touch_frames(tmp_path / "Human4" / "img", range(1, 668))
+    (tmp_path / "Human4" / "groundtruth_rect.1.txt").write_text("")  # empty, as downloaded
+    write_boxes(tmp_path / "Human4" / "groundtruth_rect.2.txt", 667)
+    touch_frames(tmp_path / "Jogging" / "img", range(1, 308))
+    write_boxes(tmp_path / "Jogging" / "groundtruth_rect.1.txt", 307)
+    write_boxes(tmp_path / "Jogging" / "groundtruth_rect.2.txt", 307)
+    sequences = {s.name: s for s in load_dataset(tmp_path, "otb")}
+    assert sorted(sequences) == [
+        "BlurCar1", "David", "Diving", "Human4_2", "Jogging_1", "Jogging_2", "Tiger1",
+    ]  # fmt: skip
+    for name, length, first_frame in [
+        ("BlurCar1", 742, "0247.jpg"),
+        ("David", 471, "0300.jpg"),
+        ("Diving", 215, "0001.jpg"),
+        ("Tiger1", 349, "0006.jpg"),  # the protocol drops the first 5 frames
+        ("Human4_2", 667, "0001.jpg"),
+    ]:
+        sequence = sequences[name]
+        assert len(sequence) == len(sequence.ground_truth) == length, name
+        assert sequence.frames[0].name == first_frame, name
+        # each frame keeps its own annotation (x = frame number in these files)
+        assert sequence.ground_truth[0, 0] == int(first_frame[:4]), name
+
+
+def test_a_bad_sequence_is_reported_by_name_and_unrequested_ones_are_not_read(
+    tmp_path: Path,
+) -> None:
+    from headway.tracking.datasets import SkippedSequence
+
+    write_frames(tmp_path / "Good" / "img", ["0001.jpg", "0002.jpg"])
+    write_boxes(tmp_path / "Good" / "groundtruth_rect.txt", 2)
+    write_frames(tmp_path / "Bad" / "img", ["0001.jpg", "0002.jpg", "0003.jpg"])
+    write_boxes(tmp_path / "Bad" / "groundtruth_rect.txt", 2)
+    with pytest.raises(InputError, match="Bad"):
+        load_dataset(tmp_path, "otb")
+    skipped: list[SkippedSequence] = []
+    (good,) = load_dataset(tmp_path, "otb", skipped=skipped)
+    assert good.name == "Good"
+    assert [s.name for s in skipped] == ["Bad"] and "2 ground-truth lines" in skipped[0].reason
+    assert [s.name for s in load_dataset(tmp_path, "otb", names=["Good"])] == ["Good"]
+
+
+def test_trackingnet_train_chunks_load_together(tmp_path: Path) -> None:
+    for chunk, name in (("TRAIN_0", "a_1"), ("TRAIN_1", "b_2"), ("TRAIN_10", "c_3")):
+        write_frames(tmp_path / chunk / "frames" / name, ["0.jpg", "1.jpg"])
+        (tmp_path / chunk / "anno").mkdir(parents=True)
+        (tmp_path / chunk / "anno" / f"{name}.txt").write_text("1,1,5,5\n1,1,5,5\n")
+    names = lambda split: [s.name for s in load_dataset(tmp_path, "trackingnet", split)]  # noqa: E731
+    assert names("TRAIN") == ["a_1", "b_2", "c_3"]  # chunks in numeric order
+    assert names("TRAIN_1") == ["b_2"]
+    assert names("TRAIN_0,TRAIN_10") == ["a_1", "c_3"]
+    (tmp_path / "TRAIN_1" / "anno" / "a_1.txt").write_text("1,1,5,5\n")
+    with pytest.raises(InputError, match="a_1 is in two chunks"):
+        load_dataset(tmp_path, "trackingnet", "TRAIN")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -106,10 +107,15 @@ def test_bad_frame_keeps_finished_results(synth_dataset: Path, tmp_path: Path) -
     broken = sequences[1].frames[4]
     broken.write_bytes(b"not an image")
     run = tmp_path / "run"
-    with pytest.raises(InputError, match=r"0005\.jpg: frame cannot be decoded"):
-        track_dataset(tiny_tracker(), sequences, run, "otb", show_progress=False)
+    # the broken sequence first: it is reported, and the one after it is still tracked
+    summary = track_dataset(tiny_tracker(), sequences[::-1], run, "otb", show_progress=False)
+    assert summary.tracked == [sequences[0].name]
+    assert list(summary.failed) == [sequences[1].name]
+    assert "0005.jpg: frame cannot be decoded" in summary.failed[sequences[1].name]
     assert (run / f"{sequences[0].name}.txt").is_file()
     assert not (run / f"{sequences[1].name}.txt").exists()
+    problems = json.loads((run / "run.json").read_text())["problems"]
+    assert list(problems) == [sequences[1].name]
     broken.unlink()
     with pytest.raises(InputError, match=r"0005\.jpg: frame is missing"):
         tiny_tracker().run_sequence(sequences[1])
@@ -135,3 +141,17 @@ def test_tracker_on_cuda_matches_cpu(synth_dataset: Path) -> None:
     result = tracker.run_sequence(sequence)
     np.testing.assert_allclose(result.boxes, cpu, atol=0.5)
     assert result.stage_times["encoder"][1] > 0
+
+
+def test_an_otb_special_case_tracks_and_scores(synth_dataset: Path, tmp_path: Path) -> None:
+    """Tiger1's protocol starts at frame 6 (first 5 frames and annotations dropped)."""
+    source = sorted(p for p in synth_dataset.iterdir() if p.is_dir())[0]
+    shutil.copytree(source, tmp_path / "data" / "Tiger1")
+    (sequence,) = load_dataset(tmp_path / "data", "otb")
+    full = load_dataset(synth_dataset, "otb", names=[source.name])[0]
+    assert len(sequence) == len(full) - 5
+    np.testing.assert_array_equal(sequence.ground_truth, full.ground_truth[5:])
+    assert sequence.frames[0].name == full.frames[5].name
+    track_dataset(tiny_tracker(), [sequence], tmp_path / "run", "otb", show_progress=False)
+    scores = evaluate_run(tmp_path / "run", [sequence]).scores
+    assert 0 <= scores["AUC"] <= 100 and len(read_boxes_file(tmp_path / "run" / "Tiger1.txt")) == 5

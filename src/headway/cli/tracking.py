@@ -26,7 +26,7 @@ from headway.cli.base import (
 from headway.errors import InputError
 from headway.models import CONFIGS, build_cswintt, load_weights
 from headway.runtime.device import keep_freed_memory, resolve_device
-from headway.tracking.datasets import FORMATS, load_dataset, update_interval
+from headway.tracking.datasets import FORMATS, SkippedSequence, load_dataset, update_interval
 from headway.tracking.executors import EXECUTORS, check_executor
 from headway.tracking.metrics import CONVENTIONS
 
@@ -99,7 +99,15 @@ def track_command(
         if config != "tiny":
             raise InputError("the built-in trained weights are for --config tiny")
         checkpoint = builtin_weights_path()
-    selected = load_dataset(dataset, format, split, some_names(sequences, "--sequences"))
+    unloadable: list[SkippedSequence] = []
+    selected = load_dataset(
+        dataset, format, split, some_names(sequences, "--sequences"), skipped=unloadable
+    )
+    if not selected:
+        raise InputError(
+            f"no sequence of {dataset} could be loaded: "
+            + "; ".join(f"{s.name}: {s.reason}" for s in unloadable[:3])
+        )
     keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
@@ -120,21 +128,40 @@ def track_command(
     )
     info = {"config": config, "weights": weights, "update_interval": interval, "executor": executor}
     try:
-        summary = track_dataset(tracker, selected, out, format, info, show_progress=progress)
+        summary = track_dataset(
+            tracker,
+            selected,
+            out,
+            format,
+            info,
+            show_progress=progress,
+            unloadable={s.name: s.reason for s in unloadable},
+        )
     finally:
         tracker.executor.close()
     if summary.skipped:
         console.print(f"skipped {len(summary.skipped)} complete sequences already in {shown(out)}")
-    breakdown = stage_breakdown(out, [s.name for s in selected])
-    table = Table(title=f"Per-frame time by stage ({breakdown.frames} tracked frames)")
-    table.add_column("stage")
-    table.add_column("ms / frame", justify="right")
-    table.add_column("share", justify="right")
-    shares = breakdown.shares()
-    for stage, ms in breakdown.stage_ms.items():
-        table.add_row(stage, f"{ms:.2f}", f"{shares[stage]:.1f}%")
-    table.add_row("[bold]frame (wall)", f"{breakdown.frame_ms:.2f}", f"{breakdown.fps:.2f} FPS")
-    console.print(table)
+    done = [s.name for s in selected if s.name not in summary.failed]
+    if done:
+        breakdown = stage_breakdown(out, done)
+        table = Table(title=f"Per-frame time by stage ({breakdown.frames} tracked frames)")
+        table.add_column("stage")
+        table.add_column("ms / frame", justify="right")
+        table.add_column("share", justify="right")
+        shares = breakdown.shares()
+        for stage, ms in breakdown.stage_ms.items():
+            table.add_row(stage, f"{ms:.2f}", f"{shares[stage]:.1f}%")
+        table.add_row("[bold]frame (wall)", f"{breakdown.frame_ms:.2f}", f"{breakdown.fps:.2f} FPS")
+        console.print(table)
+    if summary.failed:
+        for name, reason in summary.failed.items():
+            console.print(f"  not tracked: {name}: {reason}", markup=False)
+        name, reason = next(iter(summary.failed.items()))
+        raise InputError(
+            f"{len(summary.failed)} of {len(selected) + len(unloadable)} sequence(s) could not "
+            f"be tracked (the others are in {out}; 'problems' in run.json lists these, and a "
+            f"rerun tries them again); first: {name}: {reason}"
+        )
 
 
 @app.command("eval")

@@ -6,8 +6,9 @@ runs on.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,6 @@ def update_interval(format: str, split: str | None = None) -> int:
     if format == "got10k":
         name = f"GOT10K_{(split or DEFAULT_SPLITS['got10k']).upper()}"
     return OFFICIAL_UPDATE_INTERVALS.get(name, FALLBACK_UPDATE_INTERVAL)
-
-
-# OTB sequences whose annotations cover only part of the image folder (1-based, inclusive).
-OTB_FRAME_RANGES = {"David": (300, 770), "BlurCar1": (247, 988)}
 
 
 @dataclass
@@ -161,27 +158,71 @@ def _align(name: str, frames: list[Path], boxes: np.ndarray, gt_path: Path) -> n
 # ---------------------------------------------------------------------------------------------
 
 
-def load_otb(root: Path) -> list[Sequence]:
+# OTB-2015 as its toolkit (and pytracking) runs it: frames by image *number* (BlurCar1's folder
+# starts at 0247.jpg), sequences whose folder holds more images than annotations, and Tiger1,
+# whose protocol drops its first 5 frames and their annotations.
+OTB_FRAME_RANGES = {
+    "BlurCar1": (247, 988),
+    "BlurCar3": (3, 359),
+    "BlurCar4": (18, 397),
+    "David": (300, 770),
+    "Diving": (1, 215),
+    "Football1": (1, 74),
+    "Freeman3": (1, 460),
+    "Freeman4": (1, 283),
+}
+OTB_SKIPPED_FIRST_FRAMES = {"Tiger1": 5}
+
+Loader = Callable[[], Sequence]
+
+
+def _image_number(path: Path) -> int:
+    digits = re.sub(r"\D", "", path.stem)
+    return int(digits) if digits else -1
+
+
+def _otb_sequence(folder: Path, gt_path: Path, name: str) -> Sequence:
+    frames = list_images(folder / "img")
+    if folder.name in OTB_FRAME_RANGES:
+        first, last = OTB_FRAME_RANGES[folder.name]
+        frames = [f for f in frames if first <= _image_number(f) <= last]
+    boxes = read_boxes(gt_path)
+    skip = OTB_SKIPPED_FIRST_FRAMES.get(folder.name, 0)
+    boxes = _align(name, frames, boxes, gt_path)[skip:]
+    return Sequence(name, frames[skip:], boxes, "otb")
+
+
+def catalog_otb(root: Path) -> dict[str, Loader]:
     """``<root>/<Seq>/img/*.jpg`` and ``groundtruth_rect.txt`` (or ``.1.txt``/``.2.txt``, which
-    become ``<Seq>_1``/``<Seq>_2``)."""
-    sequences = []
+    become ``<Seq>_1``/``<Seq>_2``, as pytracking names them); empty annotation files (Human4's
+    ``.1``) are not sequences, as in the OTB toolkit."""
+    catalog: dict[str, Loader] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        gt_files = sorted(folder.glob("groundtruth_rect*.txt"))
-        if not gt_files:
-            continue
-        frames = list_images(folder / "img")
-        if folder.name in OTB_FRAME_RANGES:
-            first, last = OTB_FRAME_RANGES[folder.name]
-            frames = frames[first - 1 : last]
-        for gt_path in gt_files:
+        for gt_path in sorted(folder.glob("groundtruth_rect*.txt")):
+            if not gt_path.read_text().strip():
+                continue
             match = re.fullmatch(r"groundtruth_rect\.(\d+)\.txt", gt_path.name)
             name = f"{folder.name}_{match.group(1)}" if match else folder.name
-            boxes = read_boxes(gt_path)
-            sequences.append(Sequence(name, frames, _align(name, frames, boxes, gt_path), "otb"))
-    return sequences
+            catalog[name] = partial(_otb_sequence, folder, gt_path, name)
+    return catalog
 
 
-def load_got10k(root: Path, split: str = "val") -> list[Sequence]:
+def _got10k_sequence(folder: Path) -> Sequence:
+    name = folder.name
+    frames = list_images(folder)
+    gt_path = folder / "groundtruth.txt"
+    boxes = _align(name, frames, read_boxes(gt_path), gt_path)
+    visible = None
+    cover, absence = folder / "cover.label", folder / "absence.label"
+    if cover.is_file():
+        visible = read_labels(cover, len(frames)) > 0
+    elif absence.is_file():
+        visible = read_labels(absence, len(frames)) == 0
+    size = read_resolution(folder / "meta_info.ini")
+    return Sequence(name, frames, boxes, "got10k", visible, size)
+
+
+def catalog_got10k(root: Path, split: str = "val") -> dict[str, Loader]:
     """``<root>/<split>/<seq>/{00000001.jpg, groundtruth.txt, cover.label, absence.label,
     meta_info.ini}``; ``root`` may also be the split folder itself. The target counts as visible
     where ``cover.label`` > 0 (what the official toolkit scores), else where ``absence.label``
@@ -192,39 +233,54 @@ def load_got10k(root: Path, split: str = "val") -> list[Sequence]:
         names = [n.strip() for n in list_file.read_text().splitlines() if n.strip()]
     else:
         names = sorted(p.name for p in split_dir.iterdir() if (p / "groundtruth.txt").is_file())
-    sequences = []
-    for name in names:
-        folder = split_dir / name
-        frames = list_images(folder)
-        gt_path = folder / "groundtruth.txt"
-        boxes = _align(name, frames, read_boxes(gt_path), gt_path)
-        visible = None
-        cover, absence = folder / "cover.label", folder / "absence.label"
-        if cover.is_file():
-            visible = read_labels(cover, len(frames)) > 0
-        elif absence.is_file():
-            visible = read_labels(absence, len(frames)) == 0
-        size = read_resolution(folder / "meta_info.ini")
-        sequences.append(Sequence(name, frames, boxes, "got10k", visible, size))
-    return sequences
+    return {name: partial(_got10k_sequence, split_dir / name) for name in names}
 
 
-def load_trackingnet(root: Path, split: str = "TEST") -> list[Sequence]:
-    """``<root>/<split>/anno/<seq>.txt`` and ``<root>/<split>/frames/<seq>/0.jpg, 1.jpg, …``."""
-    split_dir = root / split if (root / split).is_dir() else root
-    anno_dir = split_dir / "anno"
-    if not anno_dir.is_dir():
-        raise InputError(f"{anno_dir}: TrackingNet annotation folder is missing")
-    sequences = []
-    for gt_path in sorted(anno_dir.glob("*.txt")):
-        name = gt_path.stem
-        frames = list_images(split_dir / "frames" / name)
-        boxes = _align(name, frames, read_boxes(gt_path), gt_path)
-        sequences.append(Sequence(name, frames, boxes, "trackingnet"))
-    return sequences
+def _trackingnet_sequence(split_dir: Path, gt_path: Path) -> Sequence:
+    name = gt_path.stem
+    frames = list_images(split_dir / "frames" / name)
+    return Sequence(name, frames, _align(name, frames, read_boxes(gt_path), gt_path), "trackingnet")
 
 
-def load_lasot(root: Path) -> list[Sequence]:
+def catalog_trackingnet(root: Path, split: str = "TEST") -> dict[str, Loader]:
+    """``<root>/<split>/anno/<seq>.txt`` and ``<root>/<split>/frames/<seq>/0.jpg, 1.jpg, …``.
+    ``split`` may name several chunks, comma-separated (``TRAIN_0,TRAIN_1``), or ``TRAIN`` for
+    every ``TRAIN_<k>`` chunk present; names must be unique across them."""
+    if split == "TRAIN":
+        chunks = sorted(
+            (p.name for p in root.glob("TRAIN_*") if p.is_dir()),
+            key=lambda c: int(c.split("_")[1]) if c.split("_")[1].isdigit() else -1,
+        )
+        if not chunks:
+            raise InputError(f"{root}: no TRAIN_<k> chunk folders")
+    else:
+        chunks = [c.strip() for c in split.split(",") if c.strip()]
+    catalog: dict[str, Loader] = {}
+    for chunk in chunks:
+        split_dir = root / chunk if (root / chunk).is_dir() else root
+        anno_dir = split_dir / "anno"
+        if not anno_dir.is_dir():
+            raise InputError(f"{anno_dir}: TrackingNet annotation folder is missing")
+        for gt_path in sorted(anno_dir.glob("*.txt")):
+            if gt_path.stem in catalog:
+                raise InputError(f"{gt_path}: sequence {gt_path.stem} is in two chunks")
+            catalog[gt_path.stem] = partial(_trackingnet_sequence, split_dir, gt_path)
+    return catalog
+
+
+def _lasot_sequence(folder: Path) -> Sequence:
+    frames = list_images(folder / "img")
+    gt_path = folder / "groundtruth.txt"
+    boxes = _align(folder.name, frames, read_boxes(gt_path), gt_path)
+    visible = None
+    occlusion, out_of_view = folder / "full_occlusion.txt", folder / "out_of_view.txt"
+    if occlusion.is_file() and out_of_view.is_file():
+        hidden = read_labels(occlusion, len(frames)) | read_labels(out_of_view, len(frames))
+        visible = hidden == 0
+    return Sequence(folder.name, frames, boxes, "lasot", visible)
+
+
+def catalog_lasot(root: Path) -> dict[str, Loader]:
     """``<root>/<class>/<class>-<n>/{img/%08d.jpg, groundtruth.txt, full_occlusion.txt,
     out_of_view.txt}``; ``testing_set.txt`` in ``root``, if present, selects the sequences."""
     selection = root / "testing_set.txt"
@@ -233,18 +289,15 @@ def load_lasot(root: Path) -> list[Sequence]:
         folders = [root / n.rsplit("-", 1)[0] / n for n in names]
     else:
         folders = sorted(p for p in root.glob("*/*") if (p / "groundtruth.txt").is_file())
-    sequences = []
-    for folder in folders:
-        frames = list_images(folder / "img")
-        gt_path = folder / "groundtruth.txt"
-        boxes = _align(folder.name, frames, read_boxes(gt_path), gt_path)
-        visible = None
-        occlusion, out_of_view = folder / "full_occlusion.txt", folder / "out_of_view.txt"
-        if occlusion.is_file() and out_of_view.is_file():
-            hidden = read_labels(occlusion, len(frames)) | read_labels(out_of_view, len(frames))
-            visible = hidden == 0
-        sequences.append(Sequence(folder.name, frames, boxes, "lasot", visible))
-    return sequences
+    return {folder.name: partial(_lasot_sequence, folder) for folder in folders}
+
+
+@dataclass
+class SkippedSequence:
+    """A sequence that could not be loaded, and why (reported instead of aborting a run)."""
+
+    name: str
+    reason: str
 
 
 def load_dataset(
@@ -252,8 +305,13 @@ def load_dataset(
     format: str,
     split: str | None = None,
     names: Iterable[str] | None = None,
+    skipped: list[SkippedSequence] | None = None,
 ) -> list[Sequence]:
-    """Read the sequences of a dataset folder in the given layout, optionally only ``names``."""
+    """Read the sequences of a dataset folder in the given layout, optionally only ``names``
+    (the others are not read at all).
+
+    A sequence that cannot be loaded raises :class:`InputError`, unless ``skipped`` is given:
+    then it is appended there with the reason and the others are returned."""
     root = Path(root)
     if format not in FORMATS:
         raise InputError(f"unknown dataset format {format!r}: choose from {', '.join(FORMATS)}")
@@ -262,20 +320,25 @@ def load_dataset(
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder does not exist")
     if format == "otb":
-        sequences = load_otb(root)
+        catalog = catalog_otb(root)
     elif format == "got10k":
-        sequences = load_got10k(root, split or "val")
+        catalog = catalog_got10k(root, split or DEFAULT_SPLITS["got10k"])
     elif format == "trackingnet":
-        sequences = load_trackingnet(root, split or "TEST")
+        catalog = catalog_trackingnet(root, split or DEFAULT_SPLITS["trackingnet"])
     else:
-        sequences = load_lasot(root)
-    if not sequences:
+        catalog = catalog_lasot(root)
+    if not catalog:
         raise InputError(f"{root}: no {format} sequences found")
-    if names is not None:
-        wanted = list(names)
-        by_name = {s.name: s for s in sequences}
-        unknown = [n for n in wanted if n not in by_name]
-        if unknown:
-            raise InputError(f"{root}: no sequence named {', '.join(unknown)}")
-        sequences = [by_name[n] for n in wanted]
+    wanted = list(catalog) if names is None else list(names)
+    unknown = [n for n in wanted if n not in catalog]
+    if unknown:
+        raise InputError(f"{root}: no sequence named {', '.join(unknown)}")
+    sequences = []
+    for name in wanted:
+        try:
+            sequences.append(catalog[name]())
+        except InputError as error:
+            if skipped is None:
+                raise
+            skipped.append(SkippedSequence(name, str(error)))
     return sequences

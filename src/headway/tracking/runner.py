@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,13 @@ from headway.tracking.tracker import STAGES, CSWinTTTracker
 
 @dataclass
 class TrackRunSummary:
-    """What a call of :func:`track_dataset` did."""
+    """What a call of :func:`track_dataset` did: sequences tracked now, sequences already
+    complete (skipped), and sequences that could not be loaded or tracked, with the reason."""
 
     tracked: list[str]
     skipped: list[str]
     seconds: float
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def track_dataset(
@@ -48,9 +50,14 @@ def track_dataset(
     dataset_format: str,
     info: dict[str, object] | None = None,
     show_progress: bool = True,
+    unloadable: dict[str, str] | None = None,
 ) -> TrackRunSummary:
     """Track every sequence not yet complete in ``run_dir``; each finished sequence is written
     at once, so an interrupted run loses at most the sequence in progress.
+
+    A sequence whose frames cannot be read is reported, not fatal: the others are tracked, and
+    ``run.json`` lists it under ``problems`` with the reason, beside ``unloadable`` (sequences
+    the reader already refused, name → reason). A rerun tries them again.
 
     The folder is one run: it is locked while this runs (a second process is refused), and
     ``run.json`` records the settings (``info``, format, threads, device) before any work; a
@@ -70,7 +77,17 @@ def track_dataset(
     }
     with locked_folder(run_dir):
         record_settings(run_dir / "run.json", settings, "tracking run", environment)
-        return _track_missing(tracker, sequences, run_dir, dataset_format, show_progress)
+        summary = _track_missing(tracker, sequences, run_dir, dataset_format, show_progress)
+        summary.failed = {**(unloadable or {}), **summary.failed}
+        _record_problems(run_dir / "run.json", summary.failed)
+        return summary
+
+
+def _record_problems(path: Path, problems: dict[str, str]) -> None:
+    """Replace the ``problems`` entry of ``run.json`` (not a setting: never compared)."""
+    record = json.loads(path.read_text())
+    record["problems"] = problems
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
 
 
 def _track_missing(
@@ -84,6 +101,7 @@ def _track_missing(
     todo_names = {s.name for s in todo}
     skipped = [s.name for s in sequences if s.name not in todo_names]
     tracked: list[str] = []
+    failed: dict[str, str] = {}
     began = time.perf_counter()
     columns = (
         TextColumn("{task.description}"),
@@ -107,11 +125,15 @@ def _track_missing(
         for sequence in todo:
             progress.reset(frames_task, total=len(sequence), description=sequence.name, fps="")
             last_tick = time.perf_counter()
-            result = tracker.run_sequence(sequence, on_frame)
-            write_sequence_result(run_dir, sequence.name, result, dataset_format)
-            tracked.append(sequence.name)
+            try:
+                result = tracker.run_sequence(sequence, on_frame)
+            except InputError as error:  # an unreadable frame: report it, track the others
+                failed[sequence.name] = str(error)
+            else:
+                write_sequence_result(run_dir, sequence.name, result, dataset_format)
+                tracked.append(sequence.name)
             progress.advance(overall)
-    return TrackRunSummary(tracked, skipped, time.perf_counter() - began)
+    return TrackRunSummary(tracked, skipped, time.perf_counter() - began, failed)
 
 
 @dataclass
