@@ -312,3 +312,23 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_export_results_errors_and_a_working_export(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert_one_line_error(
+        ["export-results", str(run), "--to", "otb", "--out", str(tmp_path / "o")], "does not exist"
+    )
+    run.mkdir()
+    assert_one_line_error(
+        ["export-results", str(run), "--to", "vot", "--out", str(tmp_path / "o")], "layout"
+    )
+    assert_one_line_error(
+        ["export-results", str(run), "--to", "otb", "--out", str(tmp_path / "o")], "no result"
+    )
+    (run / "a.txt").write_text("1\t2\t3\t4\n5\t6\t7\t8\n")
+    result = runner.invoke(
+        app, ["export-results", str(run), "--to", "got10k", "--out", str(tmp_path / "g")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "g" / "a" / "a_001.txt").read_text().startswith("1.0000,2.0000")

@@ -2,8 +2,10 @@
 
 - GOT-10k: the ``got10k`` toolkit itself (PyPI, the dev extra) reads a fake GOT-10k val split in
   the exact layout (tiny JPEGs, ``groundtruth.txt``, ``cover.label``, ``absence.label``,
-  ``cut_by_image.label``, ``meta_info.ini``) and result files in its submission layout, and its
-  ``report()`` is compared with ``headway``'s reader + ``got10k`` convention.
+  ``cut_by_image.label``, ``meta_info.ini``) and a headway run exported by
+  ``headway export-results --to got10k``, and its ``report()`` is compared with headway's
+  reader + ``got10k`` convention on the run itself. The other export layouts are read back the
+  way the official tools read them.
 - OTB / LaSOT: the toolkit's ``rect_iou``, ``center_error`` and ``ExperimentOTB``'s curve rule.
 - TrackingNet: a port of the devkit's rule written here, frame by frame (integer boxes,
   inclusive IoU, success strictly above each of 21 thresholds, trapezoidal areas).
@@ -11,15 +13,21 @@ Every score must agree within 0.01 points."""
 
 from __future__ import annotations
 
+import io
 import types
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from headway.errors import InputError
 from headway.tracking.datasets import load_dataset, update_interval
+from headway.tracking.export import export_results
 from headway.tracking.metrics import evaluate
+from headway.tracking.results import SequenceResult, write_sequence_result
+from headway.tracking.runner import evaluate_run
 
 got10k_metrics = pytest.importorskip("got10k.utils.metrics", reason="got10k toolkit not installed")
 TOLERANCE = 0.01  # points
@@ -44,52 +52,84 @@ def random_sequences(seed: int, count: int = 4, frames: int = 30, size=(64, 48))
     return out
 
 
-def test_got10k_report_equals_headway(tmp_path: Path) -> None:
-    from got10k.experiments import ExperimentGOT10k
+SIZE = (64, 48)
 
-    size = (64, 48)
-    split = tmp_path / "GOT-10k" / "val"
-    results = tmp_path / "results" / "GOT-10k" / "mine"
-    names = []
-    for index, (gt, pred, cover) in enumerate(random_sequences(1, size=size)):
+
+def fake_got10k_val(root: Path, seed: int = 1) -> dict[str, np.ndarray]:
+    """A GOT-10k val split in the exact layout; returns the predictions per sequence."""
+    split = root / "GOT-10k" / "val"
+    predictions = {}
+    for index, (gt, pred, cover) in enumerate(random_sequences(seed, size=SIZE)):
         name = f"GOT-10k_Val_{index + 1:06d}"
-        names.append(name)
+        predictions[name] = pred
         folder = split / name
         folder.mkdir(parents=True)
         for frame in range(len(gt)):
-            Image.new("RGB", size).save(folder / f"{frame + 1:08d}.jpg")
+            Image.new("RGB", SIZE).save(folder / f"{frame + 1:08d}.jpg")
         np.savetxt(folder / "groundtruth.txt", gt, fmt="%.4f", delimiter=",")
         np.savetxt(folder / "cover.label", cover, fmt="%d")
         np.savetxt(folder / "absence.label", (cover == 0).astype(int), fmt="%d")
         np.savetxt(folder / "cut_by_image.label", np.zeros(len(gt)), fmt="%d")
-        (folder / "meta_info.ini").write_text(f"[METAINFO]\nresolution: ({size[0]}, {size[1]})\n")
-        (results / name).mkdir(parents=True)
-        np.savetxt(results / name / f"{name}_001.txt", pred, fmt="%.4f", delimiter=",")
-        np.savetxt(results / name / f"{name}_time.txt", np.full(len(gt), 0.02), fmt="%.6f")
-    (split / "list.txt").write_text("\n".join(names) + "\n")
+        (folder / "meta_info.ini").write_text(f"[METAINFO]\nresolution: ({SIZE[0]}, {SIZE[1]})\n")
+    (split / "list.txt").write_text("\n".join(predictions) + "\n")
+    return predictions
+
+
+def got10k_report(root: Path, results: Path, tracker: str) -> dict[str, float]:
+    from got10k.experiments import ExperimentGOT10k
 
     experiment = ExperimentGOT10k(
-        str(tmp_path / "GOT-10k"),
-        subset="val",
-        result_dir=str(tmp_path / "results"),
-        report_dir=str(tmp_path / "reports"),
+        str(root / "GOT-10k"), subset="val", result_dir=str(results), report_dir=str(root / "rep")
     )
-    official = experiment.report(["mine"])["mine"]["overall"]
+    return experiment.report([tracker])[tracker]["overall"]
+
+
+def write_run(run: Path, predictions: dict[str, np.ndarray], dataset_format: str) -> None:
+    """A headway run folder holding these boxes (as `headway track` writes them)."""
+    run.mkdir(parents=True, exist_ok=True)
+    for name, boxes in predictions.items():
+        result = SequenceResult(boxes, np.full(len(boxes), 0.02))
+        write_sequence_result(run, name, result, dataset_format)
+
+
+def test_got10k_report_equals_headway(tmp_path: Path) -> None:
+    predictions = fake_got10k_val(tmp_path)
+    write_run(tmp_path / "results" / "GOT-10k" / "mine_run", predictions, "got10k")
+    export_results(
+        tmp_path / "results" / "GOT-10k" / "mine_run", tmp_path / "results" / "GOT-10k" / "mine",
+        "got10k",
+    )  # fmt: skip
+    official = got10k_report(tmp_path, tmp_path / "results", "mine")
 
     sequences = load_dataset(tmp_path / "GOT-10k", "got10k", "val")
-    assert all(s.image_size == size for s in sequences)
-    predictions = {
-        s.name: np.loadtxt(results / s.name / f"{s.name}_001.txt", delimiter=",") for s in sequences
-    }
-    ours = evaluate(
-        predictions,
-        {s.name: s.ground_truth for s in sequences},
-        {s.name: s.target_visible for s in sequences},
-        convention="got10k",
-        image_sizes={s.name: s.image_size for s in sequences},
-    ).scores
+    assert all(s.image_size == SIZE for s in sequences)
+    ours = evaluate_run(tmp_path / "results" / "GOT-10k" / "mine_run", sequences, "got10k").scores
     assert abs(ours["AO"] - 100 * official["ao"]) < TOLERANCE
     assert abs(ours["SR0.50"] - 100 * official["sr"]) < TOLERANCE
+
+
+def test_exports_read_back_with_the_official_readers(tmp_path: Path) -> None:
+    predictions = {f"seq{i}": pred for i, (_, pred, _) in enumerate(random_sequences(4))}
+    run = tmp_path / "run"
+    write_run(run, predictions, "otb")  # tab-separated, three decimals
+    for layout in ("otb", "lasot"):
+        export_results(run, tmp_path / layout, layout)
+        for name, boxes in predictions.items():  # as ExperimentOTB.report() reads them
+            read = np.loadtxt(tmp_path / layout / f"{name}.txt", delimiter=",")
+            np.testing.assert_allclose(read, boxes, atol=1e-3)
+            times = np.loadtxt(tmp_path / layout / "times" / f"{name}_time.txt")
+            assert times.shape == (len(boxes),)
+    summary = export_results(run, tmp_path / "tn", "trackingnet")
+    assert summary.sequences == sorted(predictions)
+    with zipfile.ZipFile(tmp_path / "tn" / "submission.zip") as bundle:
+        assert sorted(bundle.namelist()) == sorted(f"{n}.txt" for n in predictions)
+        for name, boxes in predictions.items():
+            read = np.loadtxt(io.BytesIO(bundle.read(f"{name}.txt")), delimiter=",")
+            np.testing.assert_allclose(read, boxes, atol=1e-3)
+    with pytest.raises(InputError, match="another folder"):
+        export_results(run, run, "otb")
+    with pytest.raises(InputError, match="unknown layout"):
+        export_results(run, tmp_path / "x", "vot")
 
 
 @pytest.mark.parametrize("convention", ["otb", "lasot"])

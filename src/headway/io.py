@@ -46,6 +46,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda temporary: Path(temporary).write_text(text))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` through a temporary file in the same folder and a rename."""
+    _atomic(Path(path), lambda temporary: Path(temporary).write_bytes(data))
+
+
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save`` through a temporary file in the same folder and a rename."""
     _atomic(Path(path), lambda temporary: torch.save(obj, temporary))

@@ -205,6 +205,28 @@ def eval_command(
     )
 
 
+@app.command("export-results")
+@reports_errors
+def export_results_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `headway track`.")],
+    to: Annotated[str, typer.Option("--to", help="Layout: got10k, trackingnet, lasot, otb.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the exported files.")],
+) -> None:
+    """Write a run's boxes in a benchmark's submission layout (GOT-10k <seq>/<seq>_001.txt +
+    _time.txt; TrackingNet <seq>.txt + submission.zip; LaSOT / OTB comma-separated <seq>.txt)."""
+    from headway.tracking.export import LAYOUTS, export_results
+
+    check_choice(to, LAYOUTS, "layout")
+    if not run.is_dir():
+        raise InputError(f"{run}: run folder does not exist")
+    output_folder(out, "--out")
+    summary = export_results(run, out, to)
+    console.print(
+        f"exported {len(summary.sequences)} sequences in the {to} layout to {shown(out)}"
+        + (f" (upload {shown(out / 'submission.zip')})" if to == "trackingnet" else "")
+    )
+
+
 @bench_app.command("tracker")
 @reports_errors
 def bench_tracker(
