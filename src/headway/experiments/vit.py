@@ -82,16 +82,25 @@ def accuracy_table(
     model: DeiT,
     data: ClassificationData,
     sparsities: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8),
-    prune: tuple[float, float] = (0.1, 0.5),
+    prune: tuple[float, float] = (0.1, 0.9),
     finetune: TrainSettings | None = None,
+    other_prunes: tuple[tuple[float, float], ...] = ((0.1, 0.5),),
 ) -> dict[str, Any]:
     """Top-1 dense, sparse only and sparse + pruning at each sparsity (masks from the training
-    images' averaged attention). With ``finetune``, a copy of the model is first trained with
-    each sparsity's masks on the training images (pruning stays inference-only); the post-hoc
-    sparse-only accuracy is kept beside it."""
+    images' averaged attention). ``prune`` is the schedule of the speed claims (0.1 → 0.9);
+    each of ``other_prunes`` adds a column scored with the same masks. With ``finetune``, a copy
+    of the model is first trained with each sparsity's masks on the training images (pruning
+    stays inference-only); the post-hoc sparse-only accuracy is kept beside it."""
     batches = [data.train_images[i : i + 256] for i in range(0, len(data.train_labels), 256)]
     maps = average_attention(model, batches)
     counts = keep_counts(model.config.num_patches, pruning_ratios(model.config.depth, *prune))
+    other_counts = {
+        schedule_label(pair): keep_counts(
+            model.config.num_patches, pruning_ratios(model.config.depth, *pair)
+        )
+        for pair in other_prunes
+        if tuple(pair) != tuple(prune)
+    }
     rows = []
     for target in sparsities:
         masks, _ = masks_for_sparsity(maps, target)
@@ -104,6 +113,9 @@ def accuracy_table(
             scored.eval()
         row["sparse_only"] = _accuracy(scored, data, masks, None)
         row["sparse_pruned"] = _accuracy(scored, data, masks, counts)
+        row["sparse_pruned_other"] = {
+            label: _accuracy(scored, data, masks, other) for label, other in other_counts.items()
+        }
         rows.append(row)
     dense = _accuracy(model, data, None, None)
     drop = sum(r["sparse_only"] - r["sparse_pruned"] for r in rows) / len(rows)
@@ -111,6 +123,7 @@ def accuracy_table(
         "dense": dense,
         "prune": list(prune),
         "keep_counts": counts,
+        "other_prunes": {label: other for label, other in other_counts.items()},
         "rows": rows,
         "mean_drop_from_pruning": drop,
         "finetune": asdict(finetune) if finetune is not None else None,
@@ -268,12 +281,20 @@ def pruning_speedup(
 # ---------------------------------------------------------------------------------------------
 
 
+def schedule_label(pair: tuple[float, float] | list[float]) -> str:
+    """``0.1→0.9``: a pruning schedule's first and last share."""
+    return f"{pair[0]:g}→{pair[1]:g}"
+
+
 def accuracy_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and cells (top-1 in %) of paper C's Table 1 shape from :func:`accuracy_table`'s
     result, with a post-hoc column when the masks were fine-tuned; the report and
     ``headway vit accuracy`` both show this."""
     finetuned = any("sparse_only_post_hoc" in r for r in result["rows"])
-    header = ["sparsity (achieved)", "sparse only", "sparse + pruning", "drop"]
+    others = list(result.get("other_prunes", {}))
+    main = schedule_label(result["prune"])
+    header = ["sparsity (achieved)", "sparse only", f"sparse + pruning {main}", "drop"]
+    header += [f"sparse + pruning {label}" for label in others]
     cells = []
     for r in result["rows"]:
         drop = r["sparse_only"] - r["sparse_pruned"]
@@ -283,6 +304,7 @@ def accuracy_cells(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             pct(r["sparse_pruned"]),
             f"{drop:+.1f}",
         ]
+        row += [pct(r.get("sparse_pruned_other", {}).get(label, float("nan"))) for label in others]
         if finetuned:
             row.insert(1, pct(r["sparse_only_post_hoc"]))
         cells.append(row)

@@ -16,6 +16,21 @@ part of a layer costs max(compute cycles, memory cycles) (perfect double bufferi
 - token pruning: a quick-select top-k over the remaining tokens, ⌈n/``topk_width``⌉ + 4 cycles
   per pass and ⌈log₂ n⌉ passes (SpAtten's engine), then later layers run on fewer tokens.
 Each modelling choice is a field of :class:`Accelerator` or a line of this docstring.
+
+Where it departs from ViTCoD's own simulator (so its cycles are not ViTCoD's numbers):
+
+- every head is simulated and the slowest bounds the layer; ViTCoD simulated head 0 only;
+- attention runs at ``pe_width · pe_height / H`` = 512/H MACs per cycle per head (the whole
+  64 × 8 array shared by the H heads); ViTCoD's attention engine assumed 64·64/H;
+- there is no Q/K autoencoder: Q and K move at full width (ViTCoD compresses them on chip to
+  cut their traffic), so memory-bound attention costs more here;
+- the FFN weights are streamed every layer and softmax is costed (both left out by ViTCoD).
+
+Paper C's 1.31× (sparse + pruning over sparse only) against this model: with the pruning
+schedule read as "ratio r_l applies after layer l" (the last ratio prunes nothing) the model
+gives 1.27–1.30×; read as headway does now (r_l sets the tokens layer l runs on, so with
+0.1 → 0.9 the last layer runs on 10%) it gives 1.40–1.42×, which the spec's own MAC count for that schedule
+predicts. docs/vit.md and docs/benchmarks.md give the numbers.
 """
 
 from __future__ import annotations

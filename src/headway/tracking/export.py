@@ -38,11 +38,7 @@ class ExportSummary:
 
 def _run_sequences(run_dir: Path) -> list[str]:
     """Names of the sequences with a box file in ``run_dir``."""
-    names = sorted(
-        p.stem
-        for p in run_dir.glob("*.txt")
-        if not p.stem.endswith("_time")
-    )
+    names = sorted(p.stem for p in run_dir.glob("*.txt") if not p.stem.endswith("_time"))
     if not names:
         raise InputError(f"{run_dir}: no result files (<sequence>.txt) to export")
     return names
