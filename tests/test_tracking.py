@@ -155,3 +155,55 @@ def test_an_otb_special_case_tracks_and_scores(synth_dataset: Path, tmp_path: Pa
     track_dataset(tiny_tracker(), [sequence], tmp_path / "run", "otb", show_progress=False)
     scores = evaluate_run(tmp_path / "run", [sequence]).scores
     assert 0 <= scores["AUC"] <= 100 and len(read_boxes_file(tmp_path / "run" / "Tiger1.txt")) == 5
+
+
+def _layout_from_synth(source: Path, root: Path, layout: str) -> None:
+    """One synthetic sequence rewritten in a benchmark's exact folder layout."""
+    frames = sorted((source / "img").iterdir())
+    boxes = (source / "groundtruth_rect.txt").read_text().replace("\t", ",")
+    if layout == "got10k":
+        folder = root / "val" / "GOT-10k_Val_000001"
+        names = [f"{i + 1:08d}.jpg" for i in range(len(frames))]
+        extra = {
+            "cover.label": "8\n" * len(frames),
+            "absence.label": "0\n" * len(frames),
+            "meta_info.ini": "[METAINFO]\nresolution: (320, 240)\n",
+        }
+        (root / "val").mkdir(parents=True)
+        (root / "val" / "list.txt").write_text("GOT-10k_Val_000001\n")
+        gt_name = "groundtruth.txt"
+    elif layout == "trackingnet":
+        folder = root / "TEST" / "frames" / "seq_1"
+        names = [f"{i}.jpg" for i in range(len(frames))]
+        (root / "TEST" / "anno").mkdir(parents=True)
+        (root / "TEST" / "anno" / "seq_1.txt").write_text(boxes)
+        extra, gt_name = {}, None
+    else:  # lasot
+        folder = root / "cat" / "cat-1" / "img"
+        names = [f"{i + 1:08d}.jpg" for i in range(len(frames))]
+        flags = ",".join("0" * len(frames))
+        extra = {"../full_occlusion.txt": flags, "../out_of_view.txt": flags}
+        gt_name = "../groundtruth.txt"
+    folder.mkdir(parents=True)
+    for frame, name in zip(frames, names, strict=True):
+        shutil.copy(frame, folder / name)
+    for name, text in extra.items():
+        (folder / name).write_text(text)
+    if gt_name is not None:
+        (folder / gt_name).write_text(boxes)
+
+
+@pytest.mark.parametrize(
+    ("layout", "convention"),
+    [("got10k", "got10k"), ("trackingnet", "trackingnet"), ("lasot", "lasot")],
+)
+def test_real_layouts_track_and_score(
+    layout: str, convention: str, synth_dataset: Path, tmp_path: Path
+) -> None:
+    source = sorted(p for p in synth_dataset.iterdir() if p.is_dir())[0]
+    _layout_from_synth(source, tmp_path / "data", layout)
+    sequences = load_dataset(tmp_path / "data", layout)
+    assert len(sequences) == 1 and len(sequences[0]) == len(list((source / "img").iterdir()))
+    track_dataset(tiny_tracker(), sequences, tmp_path / "run", layout, show_progress=False)
+    scores = evaluate_run(tmp_path / "run", sequences, convention).scores
+    assert all(0 <= value <= 100 for value in scores.values())
