@@ -157,3 +157,19 @@ def test_unreadable_checkpoint_file(tmp_path: Path, default_model: torch.nn.Modu
         load_weights(default_model, path)
     with pytest.raises(InputError, match="does not exist"):
         load_weights(default_model, tmp_path / "absent.pth")
+
+
+def test_checkpoints_without_num_batches_tracked_load_as_torch_accepts_them() -> None:
+    from headway.models import create_model
+
+    torch.manual_seed(3)
+    model = create_model("resnet50", num_classes=10, small_input=True, width=16)
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    copy = create_model("resnet50", num_classes=10, small_input=True, width=16)
+    copy.load_state_dict(state, strict=True)  # torch's own strict loading accepts it
+    load_weights(copy, state)
+    for key, value in state.items():
+        torch.testing.assert_close(copy.state_dict()[key], value, rtol=0, atol=0)
+    del state["fc.weight"]  # a real mismatch is still listed
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing: fc\.weight"):
+        load_weights(copy, state)

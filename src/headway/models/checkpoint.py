@@ -73,9 +73,11 @@ def check_state_dict(
     model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "<state_dict>"
 ) -> None:
     """Raise :class:`CheckpointMismatchError` unless ``state`` has exactly the model's keys and
-    shapes (``num_batches_tracked`` of frozen batch norms is tolerated)."""
+    shapes. ``num_batches_tracked`` is tolerated both ways, as torch's strict loading does:
+    absent from the checkpoint (batch norms keep their counter) or present for a frozen batch
+    norm that has none."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
     wrong_shape = [
         (k, tuple(state[k].shape), tuple(expected[k].shape))
