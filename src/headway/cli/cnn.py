@@ -72,7 +72,14 @@ def compress_tucker(
         output_file(out.with_suffix(".json"), "--out (report)")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        network = create_model(model, num_classes=num_classes, small_input=small_input)
+        # torchvision's Inception-v3 ImageNet weights expect its input transform (it turns
+        # transform_input on when loading them): on for a 1000-class checkpoint, as there
+        extra = {}
+        if model == "inception_v3" and checkpoint is not None and not small_input:
+            extra = {"transform_input": num_classes == 1000}
+        network = create_model(model, num_classes=num_classes, small_input=small_input, **extra)
+    if extra.get("transform_input"):
+        console.print("inception_v3 with ImageNet weights: torchvision's transform_input is on")
     if checkpoint is not None:
         load_weights(network, checkpoint)
     size = input_size or default_input_size(model, small_input)

@@ -3,6 +3,10 @@
 ``small_input=True`` keeps every block but drops the stem's early downsampling (3×3 convs with
 padding, no max-pools) so 32×32 images reach the last block at 7×7; the auxiliary classifier is
 then left out (its 5×5 convolution needs a larger map).
+
+``transform_input=True`` is torchvision's step for its ImageNet weights (it turns it on when
+they are loaded): inputs normalised with the ImageNet mean/std are re-normalised to the
+[−1, 1] range those weights were trained on. Without it those weights compute another function.
 """
 
 from __future__ import annotations
@@ -136,6 +140,21 @@ class InceptionAux(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
 
 
+class InceptionInputTransform(nn.Module):
+    """ImageNet-normalised RGB → the (x − 0.5) / 0.5 scaling of the original Inception weights:
+    channel c becomes x · std_c / 0.5 + (mean_c − 0.5) / 0.5 (no parameters)."""
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = [
+            x[:, c : c + 1] * (std / 0.5) + (mean - 0.5) / 0.5
+            for c, (mean, std) in enumerate(zip(self.MEAN, self.STD, strict=True))
+        ]
+        return torch.cat(channels, dim=1)
+
+
 class Inception3(nn.Module):
     """torchvision's ``inception_v3``. In training mode with the auxiliary head it returns
     ``InceptionOutputs(logits, aux_logits)``; otherwise the logits."""
@@ -146,8 +165,13 @@ class Inception3(nn.Module):
         aux_logits: bool = True,
         dropout: float = 0.5,
         small_input: bool = False,
+        transform_input: bool = False,
     ) -> None:
         super().__init__()
+        self.transform_input = transform_input
+        self.input_transform: nn.Module = (
+            InceptionInputTransform() if transform_input else nn.Identity()
+        )
         aux_logits = aux_logits and not small_input
         pad = 1 if small_input else 0
         self.Conv2d_1a_3x3 = BasicConv2d(
@@ -205,9 +229,11 @@ class Inception3(nn.Module):
         a runtime cuts the model into jobs."""
         stem = [getattr(self, name) for name in self.STEM]
         tail = [self.Mixed_7a, self.Mixed_7b, self.Mixed_7c, self.avgpool, self.dropout]
-        return [*stem, *tail, nn.Flatten(1), self.fc]
+        head = [self.input_transform] if self.transform_input else []
+        return [*head, *stem, *tail, nn.Flatten(1), self.fc]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | InceptionOutputs:
+        x = self.input_transform(x)
         for name in self.STEM:
             x = getattr(self, name)(x)
         aux = self.AuxLogits(x) if self.AuxLogits is not None and self.training else None

@@ -29,8 +29,8 @@ Where it departs from ViTCoD's own simulator (so its cycles are not ViTCoD's num
 Paper C's 1.31× (sparse + pruning over sparse only) against this model: with the pruning
 schedule read as "ratio r_l applies after layer l" (the last ratio prunes nothing) the model
 gives 1.27–1.30×; read as headway does now (r_l sets the tokens layer l runs on, so with
-0.1 → 0.9 the last layer runs on 10%) it gives 1.40–1.42×, which the spec's own MAC count for that schedule
-predicts. docs/vit.md and docs/benchmarks.md give the numbers.
+0.1 → 0.9 the last layer runs on 10%) it gives 1.40–1.42×, which the spec's own MAC count for
+that schedule predicts. docs/vit.md and docs/benchmarks.md give the numbers.
 """
 
 from __future__ import annotations
