@@ -14,12 +14,13 @@ batch-norm tensors, so it no longer loads the original state_dict.
 from __future__ import annotations
 
 import copy
-import itertools
+from dataclasses import dataclass, field
 
 import torch
+import torch.fx
 from torch import nn
 
-from headway.models.resnet import Bottleneck, FrozenBatchNorm2d, ResNetTrunk
+from headway.models.resnet import FrozenBatchNorm2d
 from headway.transforms.heads import TransformReport
 
 BATCH_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
@@ -40,35 +41,85 @@ def _fold_pair(conv: nn.Conv2d, norm: nn.Module) -> None:
         conv.bias = nn.Parameter(shift.detach().clone(), requires_grad=False)
 
 
-def _conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
-    """Names of (conv, norm) children of ``module`` where the norm follows the conv."""
-    if isinstance(module, Bottleneck):
-        return [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
-    if isinstance(module, ResNetTrunk):
-        return [("conv1", "bn1")]
-    if isinstance(module, nn.Sequential):
-        names = [name for name, _ in module.named_children()]
-        return [
-            (a, b)
-            for a, b in itertools.pairwise(names)
-            if isinstance(module.get_submodule(a), nn.Conv2d)
-            and isinstance(module.get_submodule(b), BATCH_NORMS)
-        ]
-    return []
+class _NormLeafTracer(torch.fx.Tracer):
+    """torch.fx tracer that keeps batch norms (also headway's frozen one) as single calls."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, BATCH_NORMS) or super().is_leaf_module(module, qualified_name)
+
+
+@dataclass
+class _FoldPlan:
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (conv, norm) qualified names
+    unfolded: dict[str, str] = field(default_factory=dict)  # norm → why it stays
+    untraced: dict[str, str] = field(default_factory=dict)  # module → what blocked tracing
+
+
+def _plan(module: nn.Module, prefix: str, plan: _FoldPlan) -> None:
+    """Find, in ``module``'s traced graph, every batch norm whose only input is a convolution
+    that nothing else reads (each called once): those fold exactly. A module that cannot be
+    traced is searched child by child, and its own name is reported."""
+    has_forward = type(module).forward is not nn.Module.forward
+    try:
+        if not has_forward:  # a container (ModuleList, a module of methods): search inside
+            raise NotImplementedError
+        graph = _NormLeafTracer().trace(module)
+    except Exception as error:  # fx raises many kinds for untraceable Python
+        if has_forward and list(module.children()):
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            plan.untraced[prefix.rstrip(".") or "<model>"] = reason[:160]
+        for name, child in module.named_children():
+            _plan(child, f"{prefix}{name}.", plan)
+        return
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    for node in graph.nodes:
+        if node.op != "call_module":
+            continue
+        target = str(node.target)
+        if not isinstance(module.get_submodule(target), BATCH_NORMS):
+            continue
+        source = node.args[0] if node.args else None
+        name = prefix + target
+        if calls[target] > 1:
+            plan.unfolded[name] = "the norm is called more than once"
+        elif not (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and isinstance(module.get_submodule(str(source.target)), nn.Conv2d)
+        ):
+            what = source.target if isinstance(source, torch.fx.Node) else source
+            plan.unfolded[name] = f"its input is {what}, not a convolution"
+        elif calls[str(source.target)] > 1:
+            plan.unfolded[name] = "its convolution is called more than once"
+        elif len(source.users) > 1:
+            plan.unfolded[name] = "the convolution's output is also read elsewhere"
+        else:
+            plan.pairs.append((prefix + str(source.target), name))
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, TransformReport]:
-    """A copy of ``model`` with every batch norm that follows a convolution folded into it."""
+    """A copy of ``model`` with every batch norm folded into the convolution in front of it.
+
+    Pairs are proven on the model's torch.fx graph (any architecture: torchvision's, timm's,
+    your own), not by class names: a norm folds when its only input is a convolution whose
+    output nothing else reads. The report counts the folded norms and names each one left
+    as it was, and why (and any module fx could not trace, whose children were searched)."""
     model = copy.deepcopy(model).eval()
-    folded = 0
-    for module in list(model.modules()):
-        for conv_name, norm_name in _conv_norm_pairs(module):
-            conv, norm = module.get_submodule(conv_name), module.get_submodule(norm_name)
-            if isinstance(norm, BATCH_NORMS) and isinstance(conv, nn.Conv2d):
-                _fold_pair(conv, norm)
-                setattr(module, norm_name, nn.Identity())
-                folded += 1
-    return model, TransformReport("fold_batchnorm", folded, [f"{folded} batch norms folded"])
+    plan = _FoldPlan()
+    _plan(model, "", plan)
+    for conv_name, norm_name in plan.pairs:
+        _fold_pair(model.get_submodule(conv_name), model.get_submodule(norm_name))
+        parent_name, _, child = norm_name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, nn.Identity())
+    notes = [f"{len(plan.pairs)} batch norms folded"]
+    notes += [f"not folded: {name} ({why})" for name, why in plan.unfolded.items()]
+    notes += [
+        f"not traceable, searched by child: {name} ({why})" for name, why in plan.untraced.items()
+    ]
+    return model, TransformReport("fold_batchnorm", len(plan.pairs), notes, dict(plan.unfolded))
 
 
 def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, TransformReport]:

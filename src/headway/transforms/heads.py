@@ -36,11 +36,12 @@ HeadJob = Callable[[], torch.Tensor]
 
 @dataclass
 class TransformReport:
-    """What a transform changed."""
+    """What a transform changed (``layers``), and what it left as it was and why (``skipped``)."""
 
     transform: str
     layers: int
     notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def run_in_order(jobs: list[HeadJob]) -> list[torch.Tensor]:
