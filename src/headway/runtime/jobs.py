@@ -1,12 +1,14 @@
 """Cutting a model into *jobs*: runs of consecutive layers (a Tucker-decomposed convolution
 counts as its three convolutions) that a worker pool executes one after another. Generic: the
-model gives its layer order (``layer_sequence()``), the runtime knows no model family."""
+model gives its layer order (``layer_sequence()``), or torch.fx finds one; the runtime knows no
+model family."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -38,17 +40,81 @@ def _expand(modules: list[nn.Module]) -> list[nn.Module]:
 
 def layer_sequence(model: nn.Module) -> list[nn.Module]:
     """The model's forward pass as a list of layers whose composition equals ``model(x)``
-    (inference mode: no auxiliary heads), with Tucker-2 triples flattened. The model says its
+    (inference mode: no auxiliary heads), with Tucker-2 triples flattened. A model may say its
     own order through a ``layer_sequence()`` method (every zoo model has one); an
-    ``nn.Sequential`` is its own order."""
+    ``nn.Sequential`` is its own order; any other model (torchvision's, timm's, your own) is
+    traced with torch.fx and cut wherever one tensor alone carries the computation on
+    (:func:`traced_stages`)."""
     if callable(getattr(model, "layer_sequence", None)):
         return _expand(list(model.layer_sequence()))
     if isinstance(model, nn.Sequential):
         return _expand(list(model))
-    raise InputError(
-        f"cannot split {type(model).__module__}.{type(model).__name__} into jobs: no layer "
-        "order is known (it is no nn.Sequential and has no layer_sequence() method)"
-    )
+    return traced_stages(model)
+
+
+def traced_stages(model: nn.Module) -> list[nn.Module]:
+    """``model`` traced by torch.fx and cut into stages at every point where exactly one value
+    is live (a residual block stays whole: its input lives until the addition). Each stage is
+    a ``torch.fx.GraphModule`` sharing the model's parameters; running them in order computes
+    the traced graph, i.e. ``model(x)`` for the one tensor input. Raises :class:`InputError`
+    naming what blocks tracing (data-dependent control flow, several inputs or outputs)."""
+    name = f"{type(model).__module__}.{type(model).__name__}"
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception as error:  # fx raises many kinds for untraceable Python
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(
+            f"cannot split {name} into jobs: torch.fx cannot trace it ({reason}); give it a "
+            "layer_sequence() method or wrap its layers in an nn.Sequential"
+        ) from None
+    nodes = list(traced.graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise InputError(f"cannot split {name} into jobs: it takes {len(inputs)} inputs, not one")
+    (output,) = [n for n in nodes if n.op == "output"]
+    result = output.args[0]
+    if not isinstance(result, torch.fx.Node):
+        raise InputError(f"cannot split {name} into jobs: it returns a {type(result).__name__}")
+    position = {node: index for index, node in enumerate(nodes)}
+    last_use = {n: max((position[u] for u in n.users), default=position[n]) for n in nodes}
+    stages: list[nn.Module] = []
+    carried, body = inputs[0], []
+    for index, node in enumerate(nodes):
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        body.append(node)
+        live = [
+            n
+            for n in nodes[: index + 1]
+            if n.op not in ("get_attr", "output") and last_use[n] > index
+        ]
+        if len(live) == 1 and live[0] is not carried:
+            stages.append(_stage(traced, carried, body, live[0]))
+            carried, body = live[0], []
+    if body or not stages:
+        stages.append(_stage(traced, carried, body, result))
+    return stages
+
+
+def _stage(
+    traced: torch.fx.GraphModule,
+    source: torch.fx.Node,
+    body: list[torch.fx.Node],
+    result: torch.fx.Node,
+) -> torch.fx.GraphModule:
+    """The nodes ``body`` as a module of one input (``source``'s value) returning ``result``."""
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {source: graph.placeholder("x")}
+
+    def value(node: torch.fx.Node) -> torch.fx.Node:
+        if node not in env:  # a parameter or buffer read directly: read it here too
+            env[node] = graph.get_attr(str(node.target))
+        return env[node]
+
+    for node in body:
+        env[node] = graph.node_copy(node, value)
+    graph.output(value(result))
+    return torch.fx.GraphModule(traced, graph)
 
 
 def _layer_macs(layers: list[nn.Module], example: torch.Tensor) -> list[int]:
