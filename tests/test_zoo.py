@@ -112,3 +112,41 @@ def test_one_registry_for_every_family() -> None:
         create_model("cswintt_tiny", num_classes=3)
     with pytest.raises(InputError, match="no weights ship"):
         builtin_weights_path("cswintt_default")
+
+
+def test_external_models_come_from_their_library_or_say_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torchvision is not in `make test`'s set-up: a stand-in ``torchvision.models`` module with
+    ``get_model`` checks the plumbing (names, arguments, no downloads); without it, the error
+    says how to install it."""
+    import sys
+    import types
+
+    from headway.models.registry import check_model_name
+    from headway.vision.serving import parse_models
+    from test_fold import StandInResNet
+
+    calls = []
+
+    def get_model(name: str, weights: object = "default", **kwargs: object) -> torch.nn.Module:
+        calls.append((name, weights, kwargs))
+        return StandInResNet()
+
+    assert parse_models("torchvision:resnet50:2,vgg16") == [
+        ("torchvision:resnet50", 2),
+        ("vgg16", 1),
+    ]
+    assert parse_models("timm:deit_small_patch16_224") == [("timm:deit_small_patch16_224", 1)]
+    with pytest.raises(InputError, match="or torchvision:<name>"):
+        check_model_name("keras:resnet")
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # not installed
+    with pytest.raises(InputError, match=r"pip install torchvision"):
+        create_model("torchvision:resnet50")
+    fake = types.ModuleType("torchvision.models")
+    fake.get_model = get_model  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.models", fake)
+    model = create_model("torchvision:resnet50", num_classes=5)
+    assert isinstance(model, StandInResNet)
+    assert calls == [("resnet50", None, {"num_classes": 5})]  # weights=None: nothing downloaded

@@ -35,7 +35,13 @@ from headway.runtime.device import resolve_device
 @compress_app.command("tucker")
 @reports_errors
 def compress_tucker(
-    model: Annotated[str, typer.Argument(help=f"Model name: {', '.join(list_models())}.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help=f"Model: {', '.join(list_models())}, or torchvision:<name> / timm:<name> "
+            "(when installed)."
+        ),
+    ],
     rank: Annotated[
         str, typer.Option(help="vbmf[:F] | energy:F | ratio:F | rank:R | macs:F")
     ] = "vbmf",
@@ -53,7 +59,7 @@ def compress_tucker(
     from rich.progress import Progress
 
     from headway.models import create_model
-    from headway.models.registry import default_input_size
+    from headway.models.registry import check_model_name, default_input_size, is_external
     from headway.transforms.tucker import (
         RankRule,
         check_decomposed_path,
@@ -61,7 +67,7 @@ def compress_tucker(
         save_decomposed,
     )
 
-    check_choice(model, list_models(), "model")
+    check_model_name(model)
     RankRule.parse(rank)
     at_least(num_classes, 1, "--num-classes")
     at_least(input_size, 1, "--input-size")
@@ -77,6 +83,8 @@ def compress_tucker(
         extra = {}
         if model == "inception_v3" and checkpoint is not None and not small_input:
             extra = {"transform_input": num_classes == 1000}
+        if is_external(model) and small_input:
+            raise InputError(f"--small-input is for headway's zoo, not {model}")
         network = create_model(model, num_classes=num_classes, small_input=small_input, **extra)
     if extra.get("transform_input"):
         console.print("inception_v3 with ImageNet weights: torchvision's transform_input is on")

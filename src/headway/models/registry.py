@@ -9,6 +9,7 @@ names) and ``tracker`` (CSWinTT, the official checkpoint's names).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -75,8 +76,61 @@ def model_card(name: str) -> ModelCard:
     return MODELS[name]
 
 
+# Models from the libraries users already have, named ``source:name`` (random weights; load
+# real ones with a checkpoint): the packages stay optional.
+EXTERNAL_SOURCES = {
+    "torchvision": "pip install torchvision",
+    "timm": "pip install timm",
+}
+
+
+def is_external(name: str) -> bool:
+    """Whether ``name`` is ``torchvision:<model>`` or ``timm:<model>``."""
+    source, sep, model = name.partition(":")
+    return bool(sep and model) and source in EXTERNAL_SOURCES
+
+
+def check_model_name(name: str, family: str = "cnn") -> str:
+    """``name`` if it is a registry model of ``family`` or an external ``source:model``; a
+    one-line error naming the choices otherwise."""
+    if is_external(name) or name in list_models(family):
+        return name
+    sources = ", ".join(f"{s}:<name>" for s in EXTERNAL_SOURCES)
+    raise InputError(
+        f"unknown model {name!r}: choose from {', '.join(list_models(family))}, or {sources}"
+    )
+
+
+def create_external(name: str, num_classes: int | None = None) -> nn.Module:
+    """``torchvision:<model>`` or ``timm:<model>`` built by that library with random weights
+    (nothing is downloaded; pass real weights to :func:`~headway.models.load_weights`)."""
+    source, _, model_name = name.partition(":")
+    if source not in EXTERNAL_SOURCES or not model_name:
+        raise InputError(f"{name!r} is not source:model with source in {sorted(EXTERNAL_SOURCES)}")
+    try:
+        library = importlib.import_module(
+            "torchvision.models" if source == "torchvision" else "timm"
+        )
+    except ImportError:
+        raise InputError(
+            f"{name}: {source} is not installed ({EXTERNAL_SOURCES[source]}); headway's own "
+            f"models need nothing extra: {', '.join(list_models(None))}"
+        ) from None
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        if source == "torchvision":
+            return library.get_model(model_name, weights=None, **extra)
+        return library.create_model(model_name, pretrained=False, **extra)
+    except (ValueError, RuntimeError, KeyError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{name}: {source} cannot build it ({message})") from None
+
+
 def default_input_size(name: str, small_input: bool = False) -> int:
-    """The image side ``name`` is meant for (its input size, or the small-input variant's)."""
+    """The image side ``name`` is meant for (its input size, or the small-input variant's;
+    224 for an external model)."""
+    if is_external(name):
+        return 32 if small_input else 224
     card = model_card(name)
     if small_input:
         if card.small_input_size is None:
@@ -91,15 +145,21 @@ def create_model(
     """Build ``name`` with random weights.
 
     Args:
-        name: a registry name (see :func:`list_models`).
+        name: a registry name (see :func:`list_models`), or ``torchvision:<model>`` /
+            ``timm:<model>`` built by that library (optional packages; ``small_input`` and
+            ``overrides`` do not apply there).
         num_classes: classifier outputs (default: the card's); not for trackers.
         small_input: the CIFAR-style 32×32 variant (CNN zoo only).
         overrides: constructor / configuration fields, e.g. ``width=0.25`` for VGG,
             ``width=16`` for ResNet, ``depth=6`` for DeiT.
     """
-    card = model_card(name)
     if num_classes is not None and num_classes < 1:
         raise InputError(f"a classifier needs at least one class, got {num_classes}")
+    if is_external(name):
+        if overrides:
+            raise InputError(f"{name}: headway's overrides {sorted(overrides)} do not apply")
+        return create_external(name, num_classes)
+    card = model_card(name)
     if card.family == "cnn":
         classes = card.num_classes if num_classes is None else num_classes
         arguments = {"num_classes": classes, "small_input": small_input, **overrides}

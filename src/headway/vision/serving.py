@@ -12,7 +12,7 @@ from torch import nn
 
 from headway.errors import InputError
 from headway.measure import torch_threads
-from headway.models.registry import create_model, list_models
+from headway.models.registry import check_model_name, create_model, is_external, list_models
 from headway.runtime.engines import compile_module
 from headway.runtime.jobs import ModelInstance, split_jobs
 from headway.runtime.multi_model import (
@@ -43,9 +43,8 @@ def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelI
     """Deterministically build (and optionally decompose) a model and cut it into jobs."""
     with torch.random.fork_rng():  # the weights depend on the seed alone; global state kept
         torch.manual_seed(spec.seed)
-        model = create_model(
-            spec.model, num_classes=spec.num_classes, small_input=spec.small_input
-        ).eval()
+        small = spec.small_input and not is_external(spec.model)  # external: as the library builds
+        model = create_model(spec.model, num_classes=spec.num_classes, small_input=small).eval()
     example = torch.randn(
         1, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(spec.seed)
     )
@@ -116,12 +115,16 @@ def run_mode(
 
 
 def parse_models(text: str) -> list[tuple[str, int]]:
-    """``vgg16:3,resnet152:1`` → [("vgg16", 3), ("resnet152", 1)]."""
+    """``vgg16:3,resnet152:1`` → [("vgg16", 3), ("resnet152", 1)]; external models keep their
+    source: ``torchvision:resnet50:2`` → [("torchvision:resnet50", 2)]."""
     pairs = []
     for item in filter(None, (t.strip() for t in text.split(","))):
-        name, _, count = item.partition(":")
-        if name not in list_models():
-            raise InputError(f"unknown model {name!r}: choose from {', '.join(list_models())}")
+        head, sep, tail = item.rpartition(":")
+        if sep and (head in list_models() or is_external(head)):
+            name, count = head, tail  # vgg16:3, torchvision:resnet50:2
+        else:
+            name, count = item, ""  # vgg16, torchvision:resnet50
+        check_model_name(name)
         try:
             copies = int(count or 1)
         except ValueError:
