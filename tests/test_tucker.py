@@ -136,3 +136,29 @@ def test_cli_saves_a_model_that_loads_back(tmp_path: Path) -> None:
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     result = CliRunner().invoke(app, ["compress", "tucker", "vgg16", "--rank", "ratio:2"])
     assert result.exit_code == 1 and "error:" in result.output
+
+
+@pytest.mark.parametrize("rank", ["vbmf", "energy:0.9"])
+def test_gram_solver_gives_the_full_svds_ranks_and_errors(rank: str) -> None:
+    """The default solver (Gram eigendecomposition) against full SVDs (numpy for the rank
+    rules, TensorLy's truncated_svd in HOOI): same ranks, same factors up to rounding."""
+    from headway.transforms.tucker import gram_svd
+
+    torch.manual_seed(21)
+    model = create_model("vgg16", num_classes=10, small_input=True, width=0.25).eval()
+    example = torch.randn(2, 3, 32, 32)
+    _, full = decompose_model(model, example, rank, svd="full")
+    _, gram = decompose_model(model, example, rank, svd="gram")
+    for a, b in zip(full.layers, gram.layers, strict=True):
+        assert (a.status, a.rank_in, a.rank_out) == (b.status, b.rank_in, b.rank_out)
+        if a.status == "decomposed":
+            assert abs(a.weight_error - b.weight_error) < 1e-5
+    matrix = torch.randn(16, 80, generator=torch.Generator().manual_seed(22))
+    u, s, v = gram_svd(matrix, n_eigenvecs=5)
+    ref_u, ref_s, ref_v = torch.linalg.svd(matrix, full_matrices=False)
+    torch.testing.assert_close(s, ref_s[:5], rtol=1e-5, atol=1e-5)
+    low_rank = (ref_u[:, :5] * ref_s[:5]) @ ref_v[:5]  # the best rank-5 approximation
+    torch.testing.assert_close((u * s) @ v, low_rank, rtol=0, atol=1e-4)
+    torch.testing.assert_close(u.T @ u, torch.eye(5), rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match="unknown svd solver"):
+        decompose_model(model, example, rank, svd="lapack")

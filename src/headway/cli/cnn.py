@@ -277,7 +277,7 @@ def bench_tucker(
     rank: Annotated[str, typer.Option(help="Rank rule for the MAC table.")] = "vbmf",
     latency_model: Annotated[str, typer.Option(help="Model timed before / after.")] = "vgg16",
     latency_rank: Annotated[str, typer.Option(help="Rank rule of the timed model.")] = "macs:0.19",
-    only: Annotated[str | None, typer.Option(help="macs or latency.")] = None,
+    only: Annotated[str | None, typer.Option(help="macs, latency or svd.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """Paper B's compression numbers: MAC reduction per model (ImageNet sizes) and CPU latency
@@ -290,7 +290,7 @@ def bench_tucker(
     from headway.transforms.tucker import RankRule
 
     if only is not None:
-        check_choice(only, ("macs", "latency"), "--only part")
+        check_choice(only, ("macs", "latency", "svd"), "--only part")
     chosen = some_names(models, "--models", list_models(), "model") or []
     check_choice(latency_model, list_models(), "model")
     RankRule.parse(rank)
@@ -298,6 +298,30 @@ def bench_tucker(
     output_file(json_out, "--json")
     rows: list[dict[str, object]] = []
     timing: dict[str, object] = {}
+    if only == "svd":
+        from headway.experiments.tucker import decomposition_time
+
+        svd_rows = decomposition_time(
+            chosen, rank, on_model=lambda n: console.print(f"decomposing {n} twice each way …")
+        )
+        print_table(
+            f"Tucker-2 ({shown(rank)}) decomposition time: full SVD vs Gram eigendecomposition",
+            ["model", "full SVD s", "Gram s", "speedup", "same ranks", "max Δ weight error"],
+            [
+                [
+                    r["model"],
+                    f"{r['full_svd_s']:.1f}",
+                    f"{r['gram_s']:.1f}",
+                    f"{r['speedup']:.2f}×",
+                    "yes" if r["same_ranks"] else "NO",
+                    f"{r['max_weight_error_difference']:.1e}",
+                ]
+                for r in svd_rows
+            ],
+        )
+        if json_out is not None:
+            atomic_write_text(json_out, json.dumps(svd_rows, indent=2))
+        return
     if only != "latency":
         rows = mac_reduction(chosen, rank, on_model=lambda n: console.print(f"decomposing {n} …"))
         print_table(

@@ -12,6 +12,8 @@ Every long step checkpoints, so a rerun resumes.
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from headway.experiments.report import Section, bar_plot, markdown_table, pct
 from headway.io import atomic_write_text, locked_folder
 from headway.measure import keeps_global_rng
 from headway.models.registry import create_model, default_input_size
-from headway.transforms.tucker import count_macs, decompose_model
+from headway.transforms.tucker import SVD_SOLVERS, count_macs, decompose_model
 from headway.vision.data import digits
 from headway.vision.train import TrainSettings, evaluate, train
 
@@ -67,6 +69,52 @@ def mac_reduction(
                 "layers_decomposed": counts["decomposed"],
                 "layers_skipped": counts["skipped"],
                 "paper_mac_reduction_pct": PAPER_MAC_REDUCTION.get(name),
+            }
+        )
+    return rows
+
+
+@keeps_global_rng
+def decomposition_time(
+    models: list[str],
+    rank: str = "vbmf",
+    rounds: int = 2,
+    on_model: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Seconds to decompose each model (ImageNet size, random weights) with a full SVD and with
+    headway's Gram eigendecomposition, alternating, ``rounds`` times each (medians); the ranks
+    must be equal and the per-layer weight errors are compared."""
+    rows = []
+    for name in models:
+        if on_model is not None:
+            on_model(name)
+        torch.manual_seed(0)
+        model = create_model(name).eval()
+        size = default_input_size(name)
+        example = torch.randn(1, 3, size, size)
+        seconds: dict[str, list[float]] = {solver: [] for solver in SVD_SOLVERS}
+        reports = {}
+        for _ in range(rounds):
+            for solver in SVD_SOLVERS:
+                began = time.perf_counter()
+                _, reports[solver] = decompose_model(model, example, rank, svd=solver)
+                seconds[solver].append(time.perf_counter() - began)
+        pairs = list(zip(reports["full"].layers, reports["gram"].layers, strict=True))
+        same_ranks = all((a.rank_in, a.rank_out) == (b.rank_in, b.rank_out) for a, b in pairs)
+        decomposed = [(a, b) for a, b in pairs if a.status == b.status == "decomposed"]
+        full, gram = (statistics.median(seconds[s]) for s in ("full", "gram"))
+        rows.append(
+            {
+                "model": name,
+                "rank": rank,
+                "full_svd_s": full,
+                "gram_s": gram,
+                "speedup": full / gram,
+                "same_ranks": same_ranks,
+                "max_weight_error_difference": max(
+                    (abs(a.weight_error - b.weight_error) for a, b in decomposed), default=0.0
+                ),
+                "mac_reduction_pct": 100 * reports["gram"].mac_reduction,
             }
         )
     return rows
