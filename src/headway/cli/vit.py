@@ -45,7 +45,9 @@ def vit_accuracy(
     images: Annotated[
         Path | None, typer.Option(help="Your labelled folder ROOT/<class>/<image> instead.")
     ] = None,
-    model: Annotated[str, typer.Option(help="With --images: deit_tiny|small|base.")] = "deit_tiny",
+    model: Annotated[
+        str, typer.Option(help="With --images: deit_tiny|small|base, or timm:<vit name>.")
+    ] = "deit_tiny",
     checkpoint: Annotated[Path | None, typer.Option(help="With --images: DeiT weights.")] = None,
     class_map: Annotated[
         Path | None, typer.Option(help="Folder names in output order, one per line.")
@@ -69,7 +71,8 @@ def vit_accuracy(
         trained_digits_deit,
     )
     from headway.io import atomic_write_text, locked_folder
-    from headway.models.deit import DEIT_CONFIGS, build_deit
+    from headway.models.deit import DEIT_CONFIGS, adopt_vit, build_deit
+    from headway.models.registry import create_external, is_external
     from headway.transforms.token_pruning import keep_counts, pruning_ratios
     from headway.vision.data import load_imagenet_folder
 
@@ -85,13 +88,19 @@ def vit_accuracy(
             raise InputError("--checkpoint needs --images (the built-in run trains its own)")
         name = "deit_digits"
     else:
-        check_choice(model, [m for m in list_models("vit") if m != "deit_digits"], "DeiT model")
+        if not is_external(model):
+            check_choice(model, [m for m in list_models("vit") if m != "deit_digits"], "DeiT model")
         if checkpoint is None:
             raise InputError("--images needs --checkpoint (random weights score nothing)")
         if not 0 < calibration < 1:
             raise InputError(f"--calibration must be between 0 and 1, got {calibration}")
         name = model
-    config = DEIT_CONFIGS[name]
+    external = None
+    if is_external(name):  # timm:<name>: its weights, run as headway's DeiT (adopt_vit)
+        external = adopt_vit(load_weights(create_external(name), checkpoint))
+        config = external.config
+    else:
+        config = DEIT_CONFIGS[name]
     for pair in schedules:  # checked now, before any training
         keep_counts(config.num_patches, pruning_ratios(config.depth, *pair))
     finetune = replace(MASK_FINETUNING, epochs=finetune_epochs) if finetune_epochs else None
@@ -99,7 +108,10 @@ def vit_accuracy(
         if images is None:
             network, data = trained_digits_deit(out)
         else:
-            network = load_weights(build_deit(model), checkpoint).eval()
+            network = external if external is not None else build_deit(model)
+            if external is None:
+                load_weights(network, checkpoint)
+            network = network.eval()
             data = load_imagenet_folder(
                 images, class_map, config.img_size, calibration_fraction=calibration
             )

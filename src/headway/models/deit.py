@@ -227,6 +227,89 @@ class DeiT(nn.Module):
         return self.head(self.forward_tokens(images))
 
 
+def _pair_side(value: object, what: str) -> int:
+    """The side of a square size given as an int or an (h, w) pair."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1]:
+        return int(value[0])
+    raise InputError(f"a non-square {what} ({value!r}) is not supported")
+
+
+def _vit_features(model: nn.Module) -> list[str]:
+    """What a timm-style ViT has that headway's DeiT does not compute (empty: it adopts)."""
+    problems = []
+    if getattr(model, "cls_token", None) is None:
+        problems.append("no class token")
+    if getattr(model, "dist_token", None) is not None:
+        problems.append("a distillation token (DeiT distilled)")
+    if getattr(model, "reg_token", None) is not None:
+        problems.append("register tokens")
+    if getattr(model, "global_pool", "token") != "token":
+        problems.append(f"global_pool={model.global_pool!r} (headway reads the class token)")
+    if getattr(model, "no_embed_class", False):
+        problems.append("no_embed_class=True")
+    for name in ("norm_pre", "fc_norm", "patch_embed.norm"):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if not isinstance(module, nn.Identity):
+            problems.append(f"a {name} layer")
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear):
+        problems.append("no linear classifier head")
+    block = model.blocks[0]
+    for name in ("ls1", "ls2", "attn.q_norm", "attn.k_norm", "attn.norm", "mlp.norm"):
+        try:
+            module = block.get_submodule(name)
+        except AttributeError:
+            continue
+        if not isinstance(module, nn.Identity):
+            problems.append(f"blocks use {name} ({type(module).__name__})")
+    act = getattr(getattr(block, "mlp", None), "act", None)
+    if not isinstance(act, nn.GELU) or act.approximate != "none":
+        problems.append(f"MLP activation {type(act).__name__} (headway's DeiT uses exact GELU)")
+    return problems
+
+
+def adopt_vit(model: nn.Module) -> DeiT:
+    """headway's :class:`DeiT` computing what ``model`` computes, with its weights: ``model``
+    itself when it is one, else a timm-style ``VisionTransformer`` (DeiT, ViT with a class
+    token: ``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks[i].{norm1, attn.qkv,
+    attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``, ``head``), read by its blocks and loaded
+    strictly (timm's names are headway's). Sparse attention masks and token pruning then run on
+    it as on headway's DeiT. Anything the DeiT function lacks is refused by name."""
+    if isinstance(model, DeiT):
+        return model
+    name = f"{type(model).__module__}.{type(model).__name__}"
+    missing = [a for a in ("patch_embed", "pos_embed", "blocks", "norm") if not hasattr(model, a)]
+    if missing:
+        raise InputError(f"{name} is not a vision transformer: it has no {', '.join(missing)}")
+    problems = _vit_features(model)
+    if problems:
+        raise InputError(f"{name} cannot run as headway's DeiT: {'; '.join(problems)}")
+    proj = model.patch_embed.proj
+    block = model.blocks[0]
+    dim = proj.out_channels
+    config = DeiTConfig(
+        img_size=_pair_side(getattr(model.patch_embed, "img_size", None), "image size"),
+        patch_size=_pair_side(proj.kernel_size, "patch"),
+        embed_dim=dim,
+        depth=len(model.blocks),
+        num_heads=int(block.attn.num_heads),
+        mlp_ratio=block.mlp.fc1.out_features / dim,
+        num_classes=model.head.out_features,
+        in_chans=proj.in_channels,
+    )
+    adopted = DeiT(config)
+    state = {k: v for k, v in model.state_dict().items()}
+    from headway.models.checkpoint import load_weights  # a cycle at import time otherwise
+
+    load_weights(adopted, state, strict=True)
+    return adopted.train(model.training)
+
+
 def build_deit(name: str = "deit_tiny", **overrides: object) -> DeiT:
     if name not in DEIT_CONFIGS:
         raise InputError(f"unknown DeiT {name!r}: choose from {', '.join(DEIT_CONFIGS)}")

@@ -12,15 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 
 from headway.errors import InputError
-from headway.models.deit import DeiT
+from headway.models.deit import adopt_vit
 
 
 @torch.no_grad()
-def average_attention(model: DeiT, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+def average_attention(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
     """Mean post-softmax attention (L, H, N, N) over all images of ``batches``, accumulated in
-    float64 one batch at a time (memory bounded by one map per layer)."""
+    float64 one batch at a time (memory bounded by one map per layer). ``model`` is headway's
+    DeiT or a timm-style ViT (read through :func:`~headway.models.deit.adopt_vit`)."""
+    model = adopt_vit(model)
     config = model.config
     n = model.num_tokens
     total = torch.zeros(config.depth, config.num_heads, n, n, dtype=torch.float64)
