@@ -244,3 +244,54 @@ def test_coalesced_mt_on_cuda_matches_the_cpu_model() -> None:
         coalesce=2,
     )
     assert not result.errors and all(len(v) == 3 for v in result.latencies_ms.values())
+
+
+class StandInVGG(nn.Module):
+    """torchvision's VGG layout (features / avgpool / classifier, flatten in forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in (8, "M", 16, "M", 16, 16, "M"):
+            if width == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width)]
+                layers.append(nn.ReLU(inplace=True))
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Linear(64, 32), nn.ReLU(True), nn.Linear(32, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+@pytest.mark.parametrize("architecture", ["resnet", "vgg"])
+def test_your_model_folded_decomposed_split_and_served(architecture: str) -> None:
+    """The whole bring-your-own-model path on torchvision-structured stand-ins (torchvision is
+    not in `make test`'s set-up): BN folding (every pair), Tucker-2, MAC-balanced jobs, MT
+    serving — each step equal to the model it came from."""
+    from headway.transforms.fold import fold_batchnorm
+    from test_fold import StandInResNet, randomise_norms
+
+    torch.manual_seed(13)
+    model = randomise_norms(StandInResNet() if architecture == "resnet" else StandInVGG(), 14)
+    example = torch.randn(1, 3, 32, 32)
+    folded, fold_report = fold_batchnorm(model)
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert fold_report.layers == norms and not fold_report.skipped
+    decomposed, report = decompose_model(folded, example.repeat(2, 1, 1, 1), "ratio:0.5")
+    assert any(layer.status == "decomposed" for layer in report.layers)
+    jobs = split_jobs(decomposed, "macs:3", example)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(example), model(example), rtol=1e-4, atol=1e-5)
+        expected = decomposed(example)
+        out = example
+        for job in jobs:
+            out = job(out)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    result = run_multithread([ModelInstance("mine#0", jobs, example)], requests=2, workers=2)
+    assert not result.errors
+    torch.testing.assert_close(result.last_outputs["mine#0"], expected, rtol=1e-5, atol=1e-6)
