@@ -295,3 +295,16 @@ def test_your_model_folded_decomposed_split_and_served(architecture: str) -> Non
     result = run_multithread([ModelInstance("mine#0", jobs, example)], requests=2, workers=2)
     assert not result.errors
     torch.testing.assert_close(result.last_outputs["mine#0"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_instances_load_a_checkpoint(tmp_path) -> None:
+    torch.manual_seed(15)
+    trained = create_model("alexnet", num_classes=10, small_input=True).eval()
+    path = tmp_path / "alexnet.pth"
+    torch.save(trained.state_dict(), path)
+    instance = build_instance(ModelSpec("alexnet", checkpoint=str(path), seed=3), "a#0")
+    with torch.inference_mode():
+        out = instance.example
+        for job in instance.jobs:
+            out = job(out)
+        torch.testing.assert_close(out, trained(instance.example), rtol=0, atol=0)

@@ -193,6 +193,10 @@ def multirun(
         str | None,
         typer.Option(help="Run the jobs with onnxruntime, openvino or openvino-bf16 (CPU)."),
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Weights for every instance (all of one model; loaded strictly)."),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """Run many models at once (paper B): MT framework, one process per model, or baselines."""
@@ -220,9 +224,22 @@ def multirun(
         if torch_device.type != "cpu":
             raise InputError(f"--engine {engine} runs on the CPU only (device is {device})")
     instances = instance_names(parse_models(models))
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise InputError(f"--checkpoint {checkpoint}: file does not exist")
+        if len({m for _, m in instances}) > 1:
+            raise InputError("--checkpoint applies to one model: give one name in --models")
     small = input_size <= 64
     specs = {
-        n: ModelSpec(m, 10 if small else 1000, small, input_size, decomposed, engine=engine)
+        n: ModelSpec(
+            m,
+            10 if small else 1000,
+            small,
+            input_size,
+            decomposed,
+            engine=engine,
+            checkpoint=str(checkpoint) if checkpoint else None,
+        )
         for n, m in instances
     }
     result = run_mode(mode, specs, requests, workers, threads, jobs, torch_device, rate, coalesce)

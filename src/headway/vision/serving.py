@@ -12,6 +12,7 @@ from torch import nn
 
 from headway.errors import InputError
 from headway.measure import torch_threads
+from headway.models.checkpoint import load_weights
 from headway.models.registry import check_model_name, create_model, is_external, list_models
 from headway.runtime.engines import compile_module
 from headway.runtime.jobs import ModelInstance, split_jobs
@@ -27,8 +28,9 @@ from headway.transforms.tucker import decompose_model
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How a process builds its model: zoo name, classes, input, optional Tucker rank rule,
-    optional inference engine that runs its jobs (:mod:`headway.runtime.engines`)."""
+    """How a process builds its model: zoo name (or ``torchvision:``/``timm:`` name), classes,
+    input, optional checkpoint, optional Tucker rank rule, optional inference engine that runs
+    its jobs (:mod:`headway.runtime.engines`)."""
 
     model: str
     num_classes: int = 10
@@ -37,6 +39,7 @@ class ModelSpec:
     decomposed: str | None = None
     seed: int = 0
     engine: str | None = None
+    checkpoint: str | None = None  # weights loaded (strictly) before decomposing
 
 
 def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelInstance:
@@ -45,6 +48,8 @@ def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelI
         torch.manual_seed(spec.seed)
         small = spec.small_input and not is_external(spec.model)  # external: as the library builds
         model = create_model(spec.model, num_classes=spec.num_classes, small_input=small).eval()
+    if spec.checkpoint is not None:
+        load_weights(model, spec.checkpoint)
     example = torch.randn(
         1, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(spec.seed)
     )
