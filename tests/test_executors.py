@@ -95,6 +95,7 @@ def test_head_dispatch_sees_every_head() -> None:
         ("scripted", 0.0, 0.0),
         # worker threads may block the matmuls differently: equal up to summation order
         ("heads", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
+        ("scripted-fork", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
         ("fused", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
         ("fused-bf16", BF16_ENCODER_TOL, BF16_BOX_TOL_PX),
         ("spectral", FP32_ENCODER_TOL, FP32_BOX_TOL_PX),
@@ -246,3 +247,27 @@ def test_compiled_falls_back_to_scripted_with_a_warning(monkeypatch: pytest.Monk
         expected = network.forward_encoder(tokens, mask)
         assert compiled.fallback is not None
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_forked_heads_are_scripted_and_match_eager() -> None:
+    """Case C through torch.jit.fork: a scripted dispatcher per input shape, heads traced."""
+    from headway.transforms.fork import ForkedHeadsEncoderLayer, fork_heads
+
+    network = random_network(seed=23)
+    forked, report = fork_heads(network)
+    layers = forked.transformer.transformer
+    assert report.layers == len(layers) and all(
+        isinstance(layer, ForkedHeadsEncoderLayer) for layer in layers
+    )
+    for batch in (1, 2):
+        tokens, mask = encoder_inputs(network, batch, seed=24 + batch)
+        with torch.inference_mode():
+            torch.testing.assert_close(
+                forked.forward_encoder(tokens, mask),
+                network.forward_encoder(tokens, mask),
+                rtol=0,
+                atol=FP32_ENCODER_TOL,
+            )
+    forkers = layers[0]._forkers
+    assert len(forkers) == 2  # one per input shape
+    assert all(isinstance(f, torch.jit.ScriptModule) for f in forkers.values())

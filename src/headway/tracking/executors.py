@@ -6,6 +6,7 @@
 | ``scripted`` | Case B: every stage traced to TorchScript once per input shape, then called |
 | ``compiled`` | torch.compile of every stage (falls back to ``scripted``, with a warning) |
 | ``heads`` | Case C: split heads dispatched to a pool of workers, one CUDA stream each |
+| ``scripted-fork`` | Case C without the GIL: traced heads forked onto TorchScript's inter-op pool |
 | ``fused`` | fused window attention (one gather per Q/K′/V′, heads batched per window size), |
 |  | batch norms folded into the convolutions, channels-last convolutions |
 | ``fused-bf16`` | ``fused`` with bfloat16 weights under autocast (AVX-512 BF16, tensor cores) |
@@ -42,6 +43,7 @@ from headway.models.cswintt import CSWinTT, Features
 from headway.runtime.engines import EngineModule, require_engine
 from headway.runtime.pool import StreamWorkerPool
 from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
+from headway.transforms.fork import fork_heads
 from headway.transforms.heads import fuse_window_attention, set_head_dispatch, split_heads
 from headway.transforms.packing import pack_linear_weights
 from headway.transforms.spectral import spectral_window_attention
@@ -233,6 +235,16 @@ class HeadParallelExecutor(Executor):
 
     def close(self) -> None:
         self.pool.shutdown()
+
+
+class ForkedHeadsExecutor(Executor):
+    """Case C without the GIL: split heads traced once per shape and forked onto TorchScript's
+    C++ inter-op pool by a scripted dispatcher (:func:`~headway.transforms.fork.fork_heads`)."""
+
+    name = "scripted-fork"
+
+    def prepare(self, network: CSWinTT) -> CSWinTT:
+        return fork_heads(network)[0]
 
 
 class FusedExecutor(Executor):
@@ -433,6 +445,7 @@ EXECUTORS: dict[str, type[Executor]] = {
         ScriptedExecutor,
         CompiledExecutor,
         HeadParallelExecutor,
+        ForkedHeadsExecutor,
         FusedExecutor,
         FusedBF16Executor,
         SpectralExecutor,

@@ -1,0 +1,117 @@
+"""Paper A's Case C without the GIL: each encoder layer's heads run as ``torch.jit.fork`` tasks.
+
+Every head of :func:`~headway.transforms.heads.split_heads` is traced to TorchScript once per
+input shape; a scripted dispatcher forks the eight traced heads onto TorchScript's own C++
+inter-op thread pool and waits for them, so the heads run concurrently without any Python
+thread taking the GIL per kernel launch (``heads`` dispatches from Python threads). On CUDA each
+forked head would set its own stream; this module is exercised on the CPU here, where the
+inter-op pool shares the cores with the intra-op threads (see docs/benchmarks.md).
+
+The projection before the heads and the rest of the layer after them run as in ``heads``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from headway.models.cswintt import CSWinTT, EncoderContext
+from headway.transforms.heads import HeadSplitEncoderLayer, TransformReport, WindowHead
+
+
+class _TracedHead(nn.Module):
+    """One head as a module of tensors only (what tracing needs): q, k, v (L, B, d), the
+    padding mask (B, L) and the head's relative bias (an empty tensor when it has none)."""
+
+    def __init__(self, head: WindowHead, context: EncoderContext, dropout: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+        self.geometry = context.geometry
+        self.dropout = dropout
+        self.has_bias = head.window in context.biases
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        padding_mask: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        biases = {self.head.window: bias} if self.has_bias else {}
+        context = EncoderContext(padding_mask, biases, self.geometry)
+        return self.head(q, k, v, context, self.dropout)
+
+
+class HeadForker(nn.Module):
+    """Scripted: fork every traced head, wait for all, concatenate their channels."""
+
+    def __init__(self, heads: list[torch.jit.ScriptModule]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        padding_mask: torch.Tensor,
+        biases: list[torch.Tensor],
+    ) -> torch.Tensor:
+        futures = torch.jit.annotate(list[torch.jit.Future[torch.Tensor]], [])
+        for index, head in enumerate(self.heads):
+            futures.append(torch.jit.fork(head, q, k, v, padding_mask, biases[index]))
+        return torch.cat([torch.jit.wait(future) for future in futures], dim=-1)
+
+
+class ForkedHeadsEncoderLayer(HeadSplitEncoderLayer):
+    """A split-heads layer whose heads run through a scripted :class:`HeadForker`, traced on
+    the first call for each input shape."""
+
+    def __init__(self, layer: HeadSplitEncoderLayer) -> None:
+        nn.Module.__init__(self)
+        for name, child in layer.named_children():
+            self.add_module(name, child)
+        self.num_heads, self.head_dim = layer.num_heads, layer.head_dim
+        self.window_sizes, self.shifts = layer.window_sizes, layer.shifts
+        self.dispatch = layer.dispatch
+        self._forkers: dict[tuple[tuple[int, ...], ...], torch.jit.ScriptModule] = {}
+
+    def _forker(
+        self, inputs: tuple[torch.Tensor, ...], context: EncoderContext, biases: list[torch.Tensor]
+    ) -> torch.jit.ScriptModule:
+        key = tuple(tuple(t.shape) for t in inputs)
+        if key not in self._forkers:
+            traced = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer notices on shape arithmetic
+                for head, bias in zip(self.heads, biases, strict=True):
+                    module = _TracedHead(head, context, self.attention_dropout).eval()
+                    example = (*inputs, bias)
+                    traced.append(torch.jit.trace(module, example, check_trace=False))
+                self._forkers[key] = torch.jit.script(HeadForker(traced))
+        return self._forkers[key]
+
+    def forward(self, tokens: torch.Tensor, context: EncoderContext) -> torch.Tensor:
+        q, k, v = self.project(tokens)
+        empty = tokens.new_empty(0)
+        biases = [context.biases.get(head.window, empty) for head in self.heads]
+        forker = self._forker((q, k, v, context.padding_mask), context, biases)
+        attended = forker(q, k, v, context.padding_mask, biases)
+        return self.finish(tokens, attended)
+
+
+def fork_heads(network: CSWinTT) -> tuple[CSWinTT, TransformReport]:
+    """A copy of ``network`` whose encoder heads run as ``torch.jit.fork`` tasks."""
+    from headway.transforms.heads import split_heads
+
+    network = copy.deepcopy(network)
+    split, _ = split_heads(network)
+    layers = split.transformer.transformer
+    for index, layer in enumerate(layers):
+        layers[index] = ForkedHeadsEncoderLayer(layer)
+    notes = [f"{split.config.num_heads} heads forked per layer (TorchScript inter-op pool)"]
+    return split, TransformReport("fork_heads", len(layers), notes)
