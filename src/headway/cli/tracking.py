@@ -234,7 +234,7 @@ def bench_tracker(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     executors: Annotated[
         str, typer.Option(help=f"Comma-separated, from: {', '.join(EXECUTORS)}.")
-    ] = "eager,scripted,heads,fused,spectral,fused-bf16",
+    ] = "eager,scripted,heads,scripted-fork,fused,spectral,fused-bf16",
     frames: Annotated[int, typer.Option(help="Timed frames per executor.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed frames first.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of weights and frames.")] = 0,
