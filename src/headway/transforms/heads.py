@@ -224,27 +224,23 @@ class FusedWindowEncoderLayer(CyclicWindowEncoderLayer):
         num_tokens, batch, d = tokens.shape
         heads, c = self.num_heads, self.head_dim
         qkv = self.qkv_embedding(tokens).view(num_tokens, batch, 3, heads, c)
-        q, k, v = qkv.permute(2, 1, 3, 0, 4).reshape(3, batch, heads * num_tokens, c)
-        attended = torch.empty_like(q)  # (B, H·L, C), head-major like q
+        qkv = qkv.permute(2, 1, 3, 0, 4).reshape(3, batch, heads * num_tokens, c)
+        attended = torch.empty_like(qkv[0])  # (B, H·L, C), head-major like q
         for group in self.groups:
             additive = context.additive[group.window]
             if additive.shape[0] > 1:
                 additive = additive.repeat_interleave(group.num_heads, dim=0)
-            out = self.attend_group(group, q, k, v, additive.to(q.dtype))
+            out = self.attend_group(group, qkv, additive.to(qkv.dtype))
             attended.index_copy_(1, group.query_index, out.to(attended.dtype))
         attended = attended.view(batch, heads, num_tokens, c).permute(2, 0, 1, 3)
         return self.finish(tokens, attended.reshape(num_tokens, batch, d))
 
     def attend_group(
-        self,
-        group: WindowGroup,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        additive: torch.Tensor,
+        self, group: WindowGroup, qkv: torch.Tensor, additive: torch.Tensor
     ) -> torch.Tensor:
-        """One window size's heads: q, k, v (B, H·L, C) head-major, ``additive`` (B·G or 1,
+        """One window size's heads: ``qkv`` (3, B, H·L, C) head-major, ``additive`` (B·G or 1,
         L/w², L) → (B, G·L, C) in the order of ``group.query_index``."""
+        q, k, v = qkv.unbind(0)
         batch, c = q.shape[0], q.shape[-1]
         area = group.window * group.window
         rows = batch * group.num_heads

@@ -102,52 +102,47 @@ class SpectralWindowEncoderLayer(FusedWindowEncoderLayer):
     """The fused layer with every w > 1 group's attention computed per DFT bin."""
 
     def attend_group(
-        self,
-        group: WindowGroup,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        additive: torch.Tensor,
+        self, group: WindowGroup, qkv: torch.Tensor, additive: torch.Tensor
     ) -> torch.Tensor:
         if group.window == 1 or not isinstance(group, SpectralWindowGroup):
-            return super().attend_group(group, q, k, v, additive)
-        batch, c = q.shape[0], q.shape[-1]
+            return super().attend_group(group, qkv, additive)
+        batch, c = qkv.shape[1], qkv.shape[-1]
         area = group.window * group.window
         rows = batch * group.num_heads
-        count = q.shape[1] // (self.num_heads * area)  # windows per head: L / w²
+        count = qkv.shape[2] // (self.num_heads * area)  # windows per head: L / w²
         real, pairs = group.real_bins, group.pair_bins
-
-        def spectrum(x: torch.Tensor) -> torch.Tensor:
-            windows = x.index_select(1, group.query_index).view(rows, count, area, c)
-            return _to_spectrum(group.forward_basis.to(x.dtype), windows)
-
-        qf, kf, vf = spectrum(q), spectrum(k), spectrum(v)
+        forward_basis = group.forward_basis.to(qkv.dtype)
+        inverse_basis = group.inverse_basis.to(qkv.dtype)
+        # Q, K and V windows in one gather, their spectra in one product: (3, rows, w², N, c).
+        windows = qkv.index_select(2, group.query_index).view(3 * rows, count, area, c)
+        qf, kf, vf = _to_spectrum(forward_basis, windows).view(3, rows, area, count, c).unbind(0)
         # Scores per bin: P[f] = Σ_c Q̂[f] · conj(K̂[f]).
         cut = (real, pairs, pairs)
         q_re, q_pre, q_pim = qf.split(cut, dim=1)
         k_re, k_pre, k_pim = kf.split(cut, dim=1)
-        real_scores = torch.matmul(q_re, k_re.transpose(-1, -2))  # (rows, R, N, N)
-        pair_scores = torch.matmul(  # (rows, P, N, 2N): [Re | Im]
-            torch.cat((q_pre, q_pim), dim=-1), _pair_operand(k_pre, k_pim).transpose(-1, -2)
-        )
-        features = torch.cat((real_scores, *pair_scores.split(count, dim=-1)), dim=1)
+        features = torch.matmul(q_re, k_re.transpose(-1, -2))  # (rows, R, N, N)
+        if pairs:  # w = 2 has real bins only
+            pair_scores = torch.matmul(  # (rows, P, N, 2N): [Re | Im]
+                torch.cat((q_pre, q_pim), dim=-1), _pair_operand(k_pre, k_pim).transpose(-1, -2)
+            )
+            features = torch.cat((features, *pair_scores.split(count, dim=-1)), dim=1)
         # Back to the shifts: (rows, w², N·N) → (rows, N, N·w²), key columns m·w² + s.
-        scores = torch.matmul(group.inverse_basis.to(q.dtype), features.view(rows, area, -1))
+        scores = torch.matmul(inverse_basis, features.reshape(rows, area, -1))
         scores = scores.view(rows, area, count, count).permute(0, 2, 3, 1)
         scores = torch.add(additive, scores.reshape(rows, count, -1), alpha=c**-0.5 / area)
         weights = self.attention_dropout(scores.softmax(dim=-1))
         # Weights to the spectrum over s, then out[f] = Σ_m Â[f] · V̂_m[f].
-        weights = weights.view(rows, count * count, area)
-        wf = torch.matmul(weights, group.forward_basis.to(q.dtype).t())
+        wf = torch.matmul(weights.view(rows, count * count, area), forward_basis.t())
         wf = wf.view(rows, count, count, area).permute(0, 3, 1, 2)  # (rows, w², N, N)
         w_re, w_pre, w_pim = wf.split(cut, dim=1)
         v_re, v_pre, v_pim = vf.split(cut, dim=1)
-        real_out = torch.matmul(w_re, v_re)  # (rows, R, N, c)
-        pair_out = torch.matmul(  # (rows, P, N, 2c): [Re | Im]
-            torch.cat((w_pre, w_pim), dim=-1), _pair_operand(v_pre, v_pim)
-        )
-        features = torch.cat((real_out, *pair_out.split(c, dim=-1)), dim=1)
-        out = torch.matmul(group.inverse_basis.to(q.dtype), features.view(rows, area, -1))
+        features = torch.matmul(w_re, v_re)  # (rows, R, N, c)
+        if pairs:
+            pair_out = torch.matmul(  # (rows, P, N, 2c): [Re | Im]
+                torch.cat((w_pre, w_pim), dim=-1), _pair_operand(v_pre, v_pim)
+            )
+            features = torch.cat((features, *pair_out.split(c, dim=-1)), dim=1)
+        out = torch.matmul(inverse_basis, features.reshape(rows, area, -1))
         return out.view(rows, area, count, c).transpose(1, 2).reshape(batch, -1, c)
 
 
