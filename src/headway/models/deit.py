@@ -236,6 +236,20 @@ def _pair_side(value: object, what: str) -> int:
     raise InputError(f"a non-square {what} ({value!r}) is not supported")
 
 
+def _layers_present(model: nn.Module, names: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """The submodules among ``names`` that exist and are not ``nn.Identity`` (timm keeps unused
+    optional layers as identities)."""
+    present = []
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if not isinstance(module, nn.Identity):
+            present.append((name, module))
+    return present
+
+
 def _vit_features(model: nn.Module) -> list[str]:
     """What a timm-style ViT has that headway's DeiT does not compute (empty: it adopts)."""
     problems = []
@@ -249,24 +263,15 @@ def _vit_features(model: nn.Module) -> list[str]:
         problems.append(f"global_pool={model.global_pool!r} (headway reads the class token)")
     if getattr(model, "no_embed_class", False):
         problems.append("no_embed_class=True")
-    for name in ("norm_pre", "fc_norm", "patch_embed.norm"):
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            continue
-        if not isinstance(module, nn.Identity):
-            problems.append(f"a {name} layer")
+    for name, _ in _layers_present(model, ("norm_pre", "fc_norm", "patch_embed.norm")):
+        problems.append(f"a {name} layer")
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Linear):
         problems.append("no linear classifier head")
     block = model.blocks[0]
-    for name in ("ls1", "ls2", "attn.q_norm", "attn.k_norm", "attn.norm", "mlp.norm"):
-        try:
-            module = block.get_submodule(name)
-        except AttributeError:
-            continue
-        if not isinstance(module, nn.Identity):
-            problems.append(f"blocks use {name} ({type(module).__name__})")
+    optional = ("ls1", "ls2", "attn.q_norm", "attn.k_norm", "attn.norm", "mlp.norm")
+    for name, module in _layers_present(block, optional):
+        problems.append(f"blocks use {name} ({type(module).__name__})")
     act = getattr(getattr(block, "mlp", None), "act", None)
     if not isinstance(act, nn.GELU) or act.approximate != "none":
         problems.append(f"MLP activation {type(act).__name__} (headway's DeiT uses exact GELU)")
