@@ -332,3 +332,26 @@ def test_export_results_errors_and_a_working_export(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "g" / "a" / "a_001.txt").read_text().startswith("1.0000,2.0000")
+
+
+def test_eval_scores_what_it_can_and_names_the_rest(tmp_path: Path, synth_dataset: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_dataset, data)
+    run = tmp_path / "run"
+    args = ["track", str(data), "--out", str(run), "--config", "tiny", "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    first, second = sorted(p.name for p in data.iterdir() if p.is_dir())
+    (run / f"{second}.txt").unlink()  # as if it could not be tracked
+    truth = data / first / "groundtruth_rect.txt"
+    result = runner.invoke(app, ["eval", str(run), "--dataset", str(data)])
+    assert result.exit_code == 0, result.output
+    assert f"not scored: {second}: not in {run}" in result.output.replace("\n", "")
+    truth.write_text("1,1,5,5\n1,1,5,5\n")  # the first cannot be loaded now (2 lines, 10 frames)
+    (run / f"{second}.txt").unlink(missing_ok=True)
+    assert_one_line_error(["eval", str(run), "--dataset", str(data)], "no sequence can be scored")
+    args = ["track", str(data), "--out", str(run), "--config", "tiny", "--no-progress"]
+    tracked = runner.invoke(app, args)  # tracks the second again, reports the first: exit 1
+    assert tracked.exit_code == 1 and (run / f"{second}.txt").is_file(), tracked.output
+    result = runner.invoke(app, ["eval", str(run), "--dataset", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "2 ground-truth lines" in result.output.replace("\n", "")

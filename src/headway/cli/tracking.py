@@ -189,7 +189,22 @@ def eval_command(
         output_folder(run, "RUN")
     if plots is not None:
         output_folder(plots, "--plots")
-    selected = load_dataset(dataset, format, split, some_names(sequences, "--sequences"))
+    unloadable: list[SkippedSequence] = []
+    loaded = load_dataset(
+        dataset, format, split, some_names(sequences, "--sequences"), skipped=unloadable
+    )
+    # one bad sequence never stops the scoring: score those every run has, name the others
+    missing = {
+        s.name: "not in " + ", ".join(str(r) for r in runs if not (r / f"{s.name}.txt").is_file())
+        for s in loaded
+        if not all((r / f"{s.name}.txt").is_file() for r in runs)
+    }
+    selected = [s for s in loaded if s.name not in missing]
+    left_out = {**{s.name: s.reason for s in unloadable}, **missing}
+    for name, reason in left_out.items():
+        console.print(f"not scored: {name}: {reason}", style="yellow", markup=False)
+    if not selected:
+        raise InputError(f"no sequence can be scored: {next(iter(left_out.values()), '')}")
     results = {str(run): evaluate_run(run, selected, convention) for run in runs}
     score_names = list(next(iter(results.values())).scores)
     table = Table(title=f"{len(selected)} sequences, {convention} convention")
