@@ -113,11 +113,15 @@ def test_lasot_counts_absent_frames_as_failures_and_reads_pnorm_at_020() -> None
     # an absent target (flagged, box 0,0,0,0 as LaSOT writes it) is a failure in the denominator
     gt3 = np.vstack([gt, [[0.0, 0, 0, 0]]])
     pred3 = np.vstack([pred, [[90.0, 90, 10, 10]]])
+    gt_nan = np.vstack([gt, [[np.nan] * 4]])  # a NaN line where the target is flagged absent
     for convention in ("lasot", "otb"):
-        absent = score(pred3, gt3, convention=convention, visible=np.array([True, True, False]))
-        assert absent["Pnorm"] == pytest.approx(100 * 2 / 3)
-        assert absent["P"] == pytest.approx(100 * 2 / 3)
-        assert absent["AUC"] == pytest.approx(scores["AUC"] * 2 / 3)
+        for truth in (gt3, gt_nan):
+            absent = score(
+                pred3, truth, convention=convention, visible=np.array([True, True, False])
+            )
+            assert absent["Pnorm"] == pytest.approx(100 * 2 / 3)
+            assert absent["P"] == pytest.approx(100 * 2 / 3)
+            assert absent["AUC"] == pytest.approx(scores["AUC"] * 2 / 3)
 
 
 def test_trackingnet_trapezoid_with_strict_success() -> None:

@@ -141,11 +141,19 @@ def prepare_prediction(
     return pred
 
 
-def _check_ground_truth(gt: np.ndarray, name: str) -> None:
-    """Refuse a test split (only frame 1 annotated) and name the frames of stray NaN lines."""
+def _checked_ground_truth(
+    gt: np.ndarray, name: str, visible: np.ndarray | None = None
+) -> np.ndarray:
+    """``gt`` with NaN rows of frames flagged target-absent set to 0 (absent, so a failure);
+    refuses a test split (only frame 1 annotated) and names the frames of other NaN lines."""
     missing = np.isnan(gt).any(axis=1)
+    if visible is not None and len(visible) == len(gt):
+        absent = missing & ~visible
+        if absent.any():
+            gt = np.where(absent[:, None], 0.0, gt)
+            missing &= visible
     if not missing.any():
-        return
+        return gt
     if missing[1:].all():
         raise InputError(
             f"sequence {name}: only the first frame is annotated (a test split); its scores "
@@ -178,7 +186,7 @@ def _ope_curves(
 def pytracking_curves(
     pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None, lasot: bool, name: str
 ) -> Curves:
-    _check_ground_truth(gt, name)
+    gt = _checked_ground_truth(gt, name, visible if lasot else None)
     pred = prepare_prediction(pred, gt, name, strict_length=lasot)
     valid = (gt[:, 2] > 0) & (gt[:, 3] > 0)
     if visible is not None and lasot:
@@ -206,7 +214,7 @@ def continuous_curves(
 ) -> Curves:
     """OTB / LaSOT toolkit curves (continuous IoU); frames without a valid, visible target are
     failures in the denominator."""
-    _check_ground_truth(gt, name)
+    gt = _checked_ground_truth(gt, name, visible)
     valid = (gt[:, 2:] > 0).all(axis=1)
     pred = prepare_prediction(pred, gt, name, strict_length=strict_length)
     if visible is not None:
@@ -227,7 +235,7 @@ TRACKINGNET_NORM = np.linspace(0, 0.5, 21)
 
 
 def trackingnet_curves(pred: np.ndarray, gt: np.ndarray, name: str) -> Curves:
-    _check_ground_truth(gt, name)
+    gt = _checked_ground_truth(gt, name)
     pred = np.round(prepare_prediction(pred, gt, name))
     gt = np.round(gt)
     iou = iou_inclusive(pred, gt)
@@ -337,7 +345,7 @@ def _evaluate_got10k(
     pooled = []
     per_sequence = {}
     for name, gt in ground_truth.items():
-        _check_ground_truth(gt, name)
+        gt = _checked_ground_truth(gt, name, visible.get(name))
         pred = prepare_prediction(predictions[name], gt, name)
         keep = np.ones(len(gt), dtype=bool)
         keep[0] = False
