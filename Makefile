@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,engines]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,engines,cluster]'
 	touch $(STAMP)
 
 # The papers' experiments in small (under 10 minutes here); a rerun reuses finished parts.

@@ -82,6 +82,15 @@ def track_command(
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     executor: Annotated[str, typer.Option(help=f"How it runs: {', '.join(EXECUTORS)}.")] = "eager",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Track on Ray: a local instance unless --ray-address.")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A running Ray cluster (auto, ray://host:10001).")
+    ] = None,
+    ray_workers: Annotated[
+        int | None, typer.Option(help="Ray workers (default: one per CPU of the instance).")
+    ] = None,
 ) -> None:
     """Track every sequence of a dataset; reruns skip sequences already complete."""
     from headway.models.pretrained import builtin_weights_path
@@ -93,8 +102,13 @@ def track_command(
     output_folder(out, "--out")
     at_least(interval_option, 1, "--update-interval")
     at_least(threads, 1, "--threads")
+    at_least(ray_workers, 1, "--ray-workers")
     torch_device = resolve_device(device)
     check_executor(executor, torch_device)
+    if ray or ray_address is not None:
+        from headway.tracking.cluster import require_ray
+
+        require_ray()
     if checkpoint is not None and str(checkpoint) == "builtin":
         if config != "tiny":
             raise InputError("the built-in trained weights are for --config tiny")
@@ -109,36 +123,48 @@ def track_command(
             + "; ".join(f"{s.name}: {s.reason}" for s in unloadable[:3])
         )
     keep_freed_memory()
-    if threads:
-        torch.set_num_threads(threads)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        network = build_cswintt(config)
-    if checkpoint is not None:
-        load_weights(network, checkpoint)
     weights = str(checkpoint) if checkpoint else f"random (seed {seed})"
     interval = interval_option or update_interval(format, split)
-    tracker = CSWinTTTracker(
-        network, TrackerSettings(update_interval=interval), torch_device, executor
-    )
-    console.print(
-        f"tracking {len(selected)} sequences with CSWinTT ({config}), weights {shown(weights)}, "
-        f"executor {executor}, {torch_device}, {torch.get_num_threads()} threads, "
-        f"update interval {interval}"
-    )
     info = {"config": config, "weights": weights, "update_interval": interval, "executor": executor}
-    try:
-        summary = track_dataset(
-            tracker,
-            selected,
-            out,
-            format,
-            info,
-            show_progress=progress,
-            unloadable={s.name: s.reason for s in unloadable},
+    problems = {s.name: s.reason for s in unloadable}
+    if ray or ray_address is not None:
+        from headway.tracking.cluster import TrackerRecipe, track_dataset_ray
+
+        recipe = TrackerRecipe(
+            config, str(checkpoint) if checkpoint else None, seed, executor, interval,
+            threads or 1, str(torch_device),
+        )  # fmt: skip
+        where = ray_address or f"a local Ray instance ({ray_workers or 'all'} CPUs)"
+        console.print(
+            f"tracking {len(selected)} sequences with CSWinTT ({config}) on {where}, weights "
+            f"{shown(weights)}, executor {executor}, {recipe.threads} thread(s) per worker"
         )
-    finally:
-        tracker.executor.close()
+        summary = track_dataset_ray(
+            recipe, selected, out, format, info, ray_address, ray_workers,
+            show_progress=progress, unloadable=problems,
+        )  # fmt: skip
+    else:
+        if threads:
+            torch.set_num_threads(threads)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            network = build_cswintt(config)
+        if checkpoint is not None:
+            load_weights(network, checkpoint)
+        tracker = CSWinTTTracker(
+            network, TrackerSettings(update_interval=interval), torch_device, executor
+        )
+        console.print(
+            f"tracking {len(selected)} sequences with CSWinTT ({config}), weights "
+            f"{shown(weights)}, executor {executor}, {torch_device}, "
+            f"{torch.get_num_threads()} threads, update interval {interval}"
+        )
+        try:
+            summary = track_dataset(
+                tracker, selected, out, format, info, show_progress=progress, unloadable=problems
+            )
+        finally:
+            tracker.executor.close()
     if summary.skipped:
         console.print(f"skipped {len(summary.skipped)} complete sequences already in {shown(out)}")
     done = [s.name for s in selected if s.name not in summary.failed]

@@ -70,20 +70,24 @@ def track_dataset(
         "threads": torch.get_num_threads(),
         "device": str(tracker.device),
     }
-    environment = {
+    with locked_folder(run_dir):
+        record_settings(run_dir / "run.json", settings, "tracking run", run_environment())
+        summary = _track_missing(tracker, sequences, run_dir, dataset_format, show_progress)
+        summary.failed = {**(unloadable or {}), **summary.failed}
+        record_problems(run_dir / "run.json", summary.failed)
+        return summary
+
+
+def run_environment() -> dict[str, str]:
+    """What run.json records beside the settings (not compared on resume)."""
+    return {
         "torch": torch.__version__,
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
     }
-    with locked_folder(run_dir):
-        record_settings(run_dir / "run.json", settings, "tracking run", environment)
-        summary = _track_missing(tracker, sequences, run_dir, dataset_format, show_progress)
-        summary.failed = {**(unloadable or {}), **summary.failed}
-        _record_problems(run_dir / "run.json", summary.failed)
-        return summary
 
 
-def _record_problems(path: Path, problems: dict[str, str]) -> None:
+def record_problems(path: Path, problems: dict[str, str]) -> None:
     """Replace the ``problems`` entry of ``run.json`` (not a setting: never compared)."""
     record = json.loads(path.read_text())
     record["problems"] = problems
