@@ -85,3 +85,30 @@ def test_vit_speed_experiment_runs_quick(tmp_path: Path) -> None:
     report, outcomes = reproduce(tmp_path, quick=True, only=["vit_speed"])
     assert outcomes[0].status == "done", outcomes[0].error
     assert "paper C: 1.31×" in report.read_text()
+
+
+def _timed(folder: Path, quick: bool) -> Section:
+    return {"markdown": "timed part", "data": {}, "plots": [], "commands": ["y"]}
+
+
+def test_ray_runs_untimed_parts_in_parallel_and_timed_ones_alone(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason="ray not installed (pip install 'headway[cluster]')")
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
+    parts = (
+        Experiment("untimed_a", "A", "Accuracy A", _works, timed=False),
+        Experiment("timed", "B", "A timing part", _timed),
+        Experiment("untimed_b", "C", "Accuracy B", _works, timed=False),
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        report, outcomes = reproduce(tmp_path, quick=True, experiments=parts, use_ray=True)
+    finally:
+        ray.shutdown()
+    assert [o.key for o in outcomes] == ["untimed_a", "timed", "untimed_b"]
+    assert all(o.status == "done" for o in outcomes)
+    record = json.loads((tmp_path / "ray.quick.json").read_text())
+    assert record["parallel_on_ray"] == ["untimed_a", "untimed_b"]
+    text = report.read_text()
+    assert "ran in parallel as Ray tasks" in text and "timed part" in text

@@ -16,6 +16,16 @@ def reproduce(
     out: Annotated[Path, typer.Argument(help="Report folder (report.md, plots, JSON).")],
     quick: Annotated[bool, typer.Option(help="Small sizes: under 10 minutes here.")] = False,
     only: Annotated[str | None, typer.Option(help="Only these experiments (comma-sep.).")] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run the parts that time nothing in parallel on Ray (timing parts stay serial).",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A running Ray cluster (OUT must be shared with it).")
+    ] = None,
 ) -> None:
     """Run the three papers' experiments on built-in data; resumable; writes OUT/report.md."""
     from headway.experiments.reproduce import Experiment, Outcome
@@ -23,6 +33,10 @@ def reproduce(
 
     output_folder(out, "OUT")
     chosen = some_names(only, "--only")
+    if ray or ray_address is not None:
+        from headway.tracking.cluster import require_ray
+
+        require_ray()
 
     def started(experiment: Experiment, index: int, total: int) -> None:
         console.print(
@@ -38,7 +52,9 @@ def reproduce(
             console.print(f"  done in {outcome.seconds:.0f} s")
 
     with console.status("running experiments (see the lines above for progress)"):
-        report, outcomes = run_all(out, quick, chosen, started, ended)
+        report, outcomes = run_all(
+            out, quick, chosen, started, ended, ray_address=ray_address, use_ray=ray
+        )
     failed = [o.key for o in outcomes if o.status == "failed"]
     console.print(f"report: {shown(report)}")
     if failed:

@@ -38,6 +38,7 @@ class Experiment:
     paper: str
     title: str
     run: Callable[[Path, bool], Section]
+    timed: bool = True  # measures time: never run beside another part (``--ray`` keeps it serial)
 
 
 EXPERIMENTS = (
@@ -46,6 +47,7 @@ EXPERIMENTS = (
         "A",
         "Tracking accuracy per executor (Table 3) and the trained tiny tracker",
         tracker_accuracy.section,
+        timed=False,
     ),
     Experiment(
         "tracker_speed",
@@ -53,12 +55,13 @@ EXPERIMENTS = (
         "Executors: encoder time, FPS, stage breakdown (Table 1, Fig. 10–12)",
         tracker_executors.section,
     ),
-    Experiment("tucker_macs", "B", "Tucker-2 MAC reduction", tucker.macs_section),
+    Experiment("tucker_macs", "B", "Tucker-2 MAC reduction", tucker.macs_section, timed=False),
     Experiment(
         "tucker_accuracy",
         "B",
         "Accuracy before / after Tucker-2 and fine-tuning",
         tucker.accuracy_section,
+        timed=False,
     ),
     Experiment(
         "multidnn",
@@ -71,6 +74,7 @@ EXPERIMENTS = (
         "C",
         "Sparse only vs sparse + pruning accuracy (Table 1)",
         vit.accuracy_section,
+        timed=False,
     ),
     Experiment(
         "vit_breakdown", "C", "FLOPs vs CPU time by layer type (Fig. 1)", vit.breakdown_section
@@ -129,8 +133,15 @@ def reproduce(
     on_start: Callable[[Experiment, int, int], None] | None = None,
     on_end: Callable[[Outcome], None] | None = None,
     experiments: tuple[Experiment, ...] = EXPERIMENTS,
+    ray_address: str | None = None,
+    use_ray: bool = False,
 ) -> tuple[Path, list[Outcome]]:
-    """Run the experiments (all, or ``only`` these keys) and write ``out/report.md``."""
+    """Run the experiments (all, or ``only`` these keys) and write ``out/report.md``.
+
+    With ``use_ray`` the parts that time nothing run first, in parallel as Ray tasks (a local
+    instance, or the cluster at ``ray_address``; the output folder must be reachable from the
+    workers, as on one machine or a shared filesystem); the timing parts then run one after
+    another on this process, alone, so no part's timing shares the machine with another."""
     out = Path(out)
     known = {e.key for e in experiments}
     unknown = sorted(set(only or []) - known)
@@ -139,7 +150,86 @@ def reproduce(
     _check_folder(out)
     with locked_folder(out):
         atomic_write_text(out / "manifest.json", json.dumps(_environment(), indent=2))
+        if use_ray or ray_address is not None:
+            return _run_with_ray(out, quick, only, on_start, on_end, experiments, ray_address)
         return _run(out, quick, only, on_start, on_end, experiments)
+
+
+def _run_one(experiment: Experiment, folder: Path, quick: bool) -> Outcome:
+    """Run one part, writing its section (or its traceback) into ``folder``."""
+    mode = "quick" if quick else "full"
+    done, failure = folder / f"{mode}.json", folder / f"{mode}.error.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    try:
+        section = experiment.run(folder, quick)
+        section["seconds"] = time.perf_counter() - began
+        atomic_write_text(done, json.dumps(section, indent=2, default=str))
+        failure.unlink(missing_ok=True)
+        return Outcome(experiment.key, "done", section["seconds"])
+    except Exception as error:
+        atomic_write_text(failure, "".join(traceback.format_exception(error)))
+        return Outcome(
+            experiment.key,
+            "failed",
+            time.perf_counter() - began,
+            f"{type(error).__name__}: {error}",
+        )
+
+
+def _ray_part(experiment: Experiment, folder: Path, quick: bool) -> Outcome:
+    """A Ray task: one untimed part on one CPU."""
+    torch.set_num_threads(1)
+    return _run_one(experiment, folder, quick)
+
+
+def _run_with_ray(
+    out: Path,
+    quick: bool,
+    only: list[str] | None,
+    on_start: Callable[[Experiment, int, int], None] | None,
+    on_end: Callable[[Outcome], None] | None,
+    experiments: tuple[Experiment, ...],
+    address: str | None,
+) -> tuple[Path, list[Outcome]]:
+    from headway.tracking.cluster import require_ray
+
+    ray = require_ray()
+    mode = "quick" if quick else "full"
+    chosen = [e for e in experiments if not only or e.key in only]
+    parallel = [e for e in chosen if not e.timed and not (out / e.key / f"{mode}.json").is_file()]
+    outcomes: dict[str, Outcome] = {}
+    if parallel:
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        try:
+            task = ray.remote(num_cpus=1)(_ray_part)
+            refs = {task.remote(e, out / e.key, quick): e for e in parallel}
+            for index, experiment in enumerate(parallel):
+                if on_start is not None:
+                    on_start(experiment, index, len(chosen))
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                experiment = refs.pop(ready[0])
+                try:
+                    outcome = ray.get(ready[0])
+                except ray.exceptions.RayError as error:
+                    outcome = Outcome(experiment.key, "failed", error=str(error).splitlines()[0])
+                outcomes[experiment.key] = outcome
+                if on_end is not None:
+                    on_end(outcome)
+        finally:
+            if started_here:
+                ray.shutdown()
+    rest = tuple(e for e in chosen if e.key not in outcomes)
+    _, serial = _run(out, quick, [e.key for e in rest], on_start, on_end, rest)
+    outcomes.update({o.key: o for o in serial})
+    atomic_write_text(
+        out / f"ray.{mode}.json",
+        json.dumps({"parallel_on_ray": [e.key for e in parallel]}, indent=2),
+    )
+    return write_report(out, mode, chosen), [outcomes[e.key] for e in chosen]
 
 
 def _run(
@@ -156,29 +246,12 @@ def _run(
     for index, experiment in enumerate(chosen):
         folder = out / experiment.key
         done = folder / f"{mode}.json"
-        failure = folder / f"{mode}.error.txt"
         if on_start is not None:
             on_start(experiment, index, len(chosen))
         if done.is_file():
             outcome = Outcome(experiment.key, "skipped")
         else:
-            folder.mkdir(parents=True, exist_ok=True)
-            began = time.perf_counter()
-            try:
-                section = experiment.run(folder, quick)
-                section["seconds"] = time.perf_counter() - began
-                atomic_write_text(done, json.dumps(section, indent=2, default=str))
-                failure.unlink(missing_ok=True)
-                outcome = Outcome(experiment.key, "done", section["seconds"])
-            except Exception as error:
-                text = "".join(traceback.format_exception(error))
-                atomic_write_text(failure, text)
-                outcome = Outcome(
-                    experiment.key,
-                    "failed",
-                    time.perf_counter() - began,
-                    f"{type(error).__name__}: {error}",
-                )
+            outcome = _run_one(experiment, folder, quick)
         outcomes.append(outcome)
         if on_end is not None:
             on_end(outcome)
@@ -201,6 +274,15 @@ def write_report(
         "Paper A: head-parallel CSWinTT. Paper B: Tucker-2 + multi-DNN runtime. Paper C: DeiT "
         "sparse attention + token pruning (see the repository's docs/ for the method notes).",
     ]
+    ray_record = out / f"ray.{mode}.json"
+    if ray_record.is_file():
+        parallel = json.loads(ray_record.read_text()).get("parallel_on_ray", [])
+        if parallel:
+            lines += [
+                "",
+                f"Run with `--ray`: {', '.join(parallel)} ran in parallel as Ray tasks (one CPU "
+                "each); every part that measures time ran afterwards, alone, one after another.",
+            ]
     total = 0.0
     for experiment in experiments:
         folder = out / experiment.key

@@ -150,7 +150,8 @@ def _track_on_ray(
         return TrackRunSummary(tracked, skipped, 0.0, failed)
     cpus = int(ray.available_resources().get("CPU", 1)) or 1
     count = max(1, min(len(todo), workers or cpus))
-    actor_class = ray.remote(num_cpus=recipe.threads, max_restarts=max_retries,
+    gpus = 1 if recipe.device.startswith("cuda") else 0  # a GPU worker reserves one GPU
+    actor_class = ray.remote(num_cpus=recipe.threads, num_gpus=gpus, max_restarts=max_retries,
                              max_task_retries=max_retries)(_Worker)  # fmt: skip
     actors = [actor_class.remote(recipe) for _ in range(count)]
     pending = list(todo)
