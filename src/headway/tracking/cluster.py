@@ -148,8 +148,9 @@ def _track_on_ray(
     began = time.perf_counter()
     if not todo:
         return TrackRunSummary(tracked, skipped, 0.0, failed)
-    cpus = int(ray.available_resources().get("CPU", 1)) or 1
-    count = max(1, min(len(todo), workers or cpus))
+    # never more actors than the instance can place (an unplaced actor would hold its sequence)
+    placeable = max(1, int(ray.available_resources().get("CPU", 1)) // recipe.threads)
+    count = max(1, min(len(todo), workers or placeable, placeable))
     gpus = 1 if recipe.device.startswith("cuda") else 0  # a GPU worker reserves one GPU
     actor_class = ray.remote(num_cpus=recipe.threads, num_gpus=gpus, max_restarts=max_retries,
                              max_task_retries=max_retries)(_Worker)  # fmt: skip
