@@ -315,7 +315,9 @@ class _CompiledStages:
     def _run(self, stage: str, *args: torch.Tensor) -> Any:
         if not self.compile_failed:
             try:
-                return super()._run(stage, *args)  # type: ignore[misc]
+                with warnings.catch_warnings():  # inductor's note on mixed bf16/fp16 kernels
+                    warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed")
+                    return super()._run(stage, *args)  # type: ignore[misc]
             except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
                 _warn_compile_failed(
                     error,
