@@ -332,6 +332,14 @@ def test_export_results_errors_and_a_working_export(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "g" / "a" / "a_001.txt").read_text().startswith("1.0000,2.0000")
+    (run / "b.txt").write_text("1\t2\t3\n")  # a broken box file: nothing is exported
+    assert_one_line_error(
+        ["export-results", str(run), "--to", "otb", "--out", str(tmp_path / "o2")], "b.txt"
+    )
+    assert not (tmp_path / "o2").exists()
+    assert_one_line_error(
+        ["track", str(run), "--out", str(tmp_path / "t"), "--ray-workers", "2"], "add --ray"
+    )
 
 
 def test_eval_scores_what_it_can_and_names_the_rest(tmp_path: Path, synth_dataset: Path) -> None:

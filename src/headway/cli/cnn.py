@@ -226,7 +226,8 @@ def multirun(
     instances = instance_names(parse_models(models))
     if checkpoint is not None:
         if not checkpoint.is_file():
-            raise InputError(f"--checkpoint {checkpoint}: file does not exist")
+            what = "is a folder, not a file" if checkpoint.is_dir() else "file does not exist"
+            raise InputError(f"--checkpoint {checkpoint}: {what}")
         if len({m for _, m in instances}) > 1:
             raise InputError("--checkpoint applies to one model: give one name in --models")
     small = input_size <= 64

@@ -103,6 +103,8 @@ def track_command(
     at_least(interval_option, 1, "--update-interval")
     at_least(threads, 1, "--threads")
     at_least(ray_workers, 1, "--ray-workers")
+    if ray_workers is not None and not ray:
+        raise InputError("--ray-workers sizes a local Ray instance: add --ray")
     torch_device = resolve_device(device)
     check_executor(executor, torch_device)
     if ray or ray_address is not None:

@@ -69,28 +69,30 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
     if out.resolve() == run_dir.resolve():
         raise InputError(f"{out}: export into another folder than the run itself")
     names = _run_sequences(run_dir)
-    written: list[Path] = []
+    # read and check everything first, so a bad file leaves nothing half-exported
+    runs = {}
+    for name in names:
+        boxes = read_boxes_file(run_dir / f"{name}.txt")
+        runs[name] = (boxes, _times(run_dir, name, len(boxes)))
+    targets: dict[Path, str] = {}
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for name in names:
-            boxes = read_boxes_file(run_dir / f"{name}.txt")
-            times = _times(run_dir, name, len(boxes))
+        for name, (boxes, times) in runs.items():
             text = _box_text(boxes)
             time_text = "".join(f"{t:.8f}\n" for t in times)
             if layout == "got10k":
-                targets = {
-                    out / name / f"{name}_001.txt": text,
-                    out / name / f"{name}_time.txt": time_text,
-                }
+                targets[out / name / f"{name}_001.txt"] = text
+                targets[out / name / f"{name}_time.txt"] = time_text
             elif layout == "trackingnet":
-                targets = {out / f"{name}.txt": text}
+                targets[out / f"{name}.txt"] = text
                 bundle.writestr(f"{name}.txt", text)
             else:
-                targets = {out / f"{name}.txt": text, out / "times" / f"{name}_time.txt": time_text}
-            for path, content in targets.items():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path, content)
-                written.append(path)
+                targets[out / f"{name}.txt"] = text
+                targets[out / "times" / f"{name}_time.txt"] = time_text
+    written: list[Path] = []
+    for path, content in targets.items():
+        atomic_write_text(path, content)  # makes the folders
+        written.append(path)
     if layout == "trackingnet":
         atomic_write_bytes(out / "submission.zip", archive.getvalue())
         written.append(out / "submission.zip")
