@@ -2,9 +2,9 @@
 
 PyTorch's ``nn.Linear`` on CPU calls a BLAS GEMM (MKL) that repacks the weight on every call;
 oneDNN's inner product with a weight already in its blocked layout skips that and fuses the
-bias and a following ReLU/GELU. Measured on the default CSWinTT encoder (AMD, AVX-512): 14–22%
-less encoder time at 2 and 1 threads (docs/benchmarks.md). The products are the same up to the
-order of floating-point sums.
+bias and a following ReLU/GELU. Measured on the default CSWinTT encoder (AMD, AVX-512,
+``headway bench engines --cases cswintt_encoder``): 7–8% less encoder time at 1 and 2 threads
+(docs/benchmarks.md). The products are the same up to the order of floating-point sums.
 
 The weight stays an ordinary parameter (state_dict, ``.to``, copies and pickling work as
 before); the packed copy is made on the first call and remade if the weight changes. Outside
