@@ -26,10 +26,15 @@ bench_app = typer.Typer(help="Benchmarks that compare variants side by side.", n
 compress_app = typer.Typer(help="Model compression.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the built-in models.", no_args_is_help=True)
 vit_app = typer.Typer(help="DeiT with sparse attention and token pruning.", no_args_is_help=True)
+runner_app = typer.Typer(
+    help="headway-runner, the C++ tracker (executors cpp, cpp-heads, cpp-spectral).",
+    no_args_is_help=True,
+)
 app.add_typer(bench_app, name="bench")
 app.add_typer(compress_app, name="compress")
 app.add_typer(train_app, name="train")
 app.add_typer(vit_app, name="vit")
+app.add_typer(runner_app, name="runner")
 
 console = Console()
 errors = Console(stderr=True)

@@ -19,6 +19,7 @@ from headway.cli.base import (
     output_folder,
     positive,
     reports_errors,
+    runner_app,
     shown,
     some_names,
     train_app,
@@ -27,8 +28,8 @@ from headway.errors import InputError
 from headway.models import CONFIGS, build_cswintt, load_weights
 from headway.runtime.device import keep_freed_memory, resolve_device
 from headway.tracking.datasets import FORMATS, SkippedSequence, load_dataset, update_interval
-from headway.tracking.executors import EXECUTORS, check_executor
 from headway.tracking.metrics import CONVENTIONS
+from headway.tracking.tracker import check_tracker_executor, tracker_executor_names
 
 
 @app.command()
@@ -80,7 +81,9 @@ def track_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights (no checkpoint).")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
-    executor: Annotated[str, typer.Option(help=f"How it runs: {', '.join(EXECUTORS)}.")] = "eager",
+    executor: Annotated[
+        str, typer.Option(help=f"How it runs: {', '.join(tracker_executor_names())}.")
+    ] = "eager",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     ray: Annotated[
         bool, typer.Option("--ray", help="Track on Ray: a local instance unless --ray-address.")
@@ -95,7 +98,7 @@ def track_command(
     """Track every sequence of a dataset; reruns skip sequences already complete."""
     from headway.models.pretrained import builtin_weights_path
     from headway.tracking.runner import stage_breakdown, track_dataset
-    from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
+    from headway.tracking.tracker import TrackerSettings, build_tracker
 
     check_choice(format, FORMATS, "dataset format")
     check_choice(config, list(CONFIGS), "configuration")
@@ -106,7 +109,7 @@ def track_command(
     if ray_workers is not None and not ray:
         raise InputError("--ray-workers sizes a local Ray instance: add --ray")
     torch_device = resolve_device(device)
-    check_executor(executor, torch_device)
+    check_tracker_executor(executor, torch_device)
     if ray or ray_address is not None:
         from headway.tracking.cluster import require_ray
 
@@ -153,7 +156,7 @@ def track_command(
             network = build_cswintt(config)
         if checkpoint is not None:
             load_weights(network, checkpoint)
-        tracker = CSWinTTTracker(
+        tracker = build_tracker(
             network, TrackerSettings(update_interval=interval), torch_device, executor
         )
         console.print(
@@ -166,7 +169,7 @@ def track_command(
                 tracker, selected, out, format, info, show_progress=progress, unloadable=problems
             )
         finally:
-            tracker.executor.close()
+            tracker.close()
     if summary.skipped:
         console.print(f"skipped {len(summary.skipped)} complete sequences already in {shown(out)}")
     done = [s.name for s in selected if s.name not in summary.failed]
@@ -270,14 +273,52 @@ def export_results_command(
     )
 
 
+DEFAULT_BENCH_EXECUTORS = (
+    "eager", "scripted", "heads", "scripted-fork", "fused", "spectral", "fused-bf16"
+)  # fmt: skip
+
+
+@runner_app.command("build")
+@reports_errors
+def runner_build(
+    force: Annotated[bool, typer.Option(help="Rebuild even if this torch has a runner.")] = False,
+) -> None:
+    """Build headway-runner against the installed torch (needs a C++ compiler; ~20 s)."""
+    from headway.native.build import build_plan, build_runner
+
+    plan = build_plan()
+    formats = ", ".join(plan.image_formats) or "none (install libjpeg-dev / libpng-dev)"
+    with console.status("compiling headway-runner"):
+        binary = build_runner(force)
+    console.print(f"headway-runner: {binary} (frames it reads: {formats})")
+
+
+@runner_app.command("info")
+@reports_errors
+def runner_info() -> None:
+    """Where the runner is, or why it is not there."""
+    from headway.native.build import build_plan, built_runner
+
+    plan = build_plan()  # says what is missing when no compiler is found
+    binary = built_runner(plan)
+    if binary is None:
+        raise InputError("headway-runner is not built for this torch: run `headway runner build`")
+    formats = ", ".join(plan.image_formats) or "none"
+    console.print(f"{binary}\ncompiler {plan.compiler}; frames it reads: {formats}")
+
+
 @bench_app.command("tracker")
 @reports_errors
 def bench_tracker(
     config: Annotated[str, typer.Option(help="Network size: default or tiny.")] = "default",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     executors: Annotated[
-        str, typer.Option(help=f"Comma-separated, from: {', '.join(EXECUTORS)}.")
-    ] = "eager,scripted,heads,scripted-fork,fused,spectral,fused-bf16",
+        str | None,
+        typer.Option(
+            help=f"Comma-separated, from: {', '.join(tracker_executor_names())} (default: "
+            f"{','.join(DEFAULT_BENCH_EXECUTORS)}, and cpp,cpp-heads when the runner is built)."
+        ),
+    ] = None,
     frames: Annotated[int, typer.Option(help="Timed frames per executor.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed frames first.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of weights and frames.")] = 0,
@@ -298,10 +339,15 @@ def bench_tracker(
     at_least(warmup, 0, "--warmup")
     at_least(rounds, 1, "--rounds")
     output_file(json_out, "--json")
-    chosen = some_names(executors, "--executors") or ["eager"]
+    if executors is None:
+        from headway.native.build import built_runner
+
+        chosen = [*DEFAULT_BENCH_EXECUTORS, *(["cpp", "cpp-heads"] if built_runner() else [])]
+    else:
+        chosen = some_names(executors, "--executors") or ["eager"]
     torch_device = resolve_device(device)
     for name in chosen:
-        check_executor(name, torch_device)
+        check_tracker_executor(name, torch_device)
     allocator_tuned = keep_freed_memory()  # same for every executor measured
     wide = Console(width=max(console.width, 132))
     with Progress(console=console, transient=True) as progress:

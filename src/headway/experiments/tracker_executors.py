@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.benchmark import Timer
@@ -30,10 +33,11 @@ from headway.experiments.report import Section, markdown_table
 from headway.io import atomic_write_text
 from headway.measure import keeps_global_rng
 from headway.models.cswintt import CSWinTT, build_cswintt
+from headway.native.export import NATIVE_EXECUTORS
 from headway.runtime.device import resolve_device
-from headway.tracking.executors import build_executor, check_executor
+from headway.tracking.executors import build_executor
 from headway.tracking.synth import SynthSettings, render_sequence
-from headway.tracking.tracker import STAGES, CSWinTTTracker
+from headway.tracking.tracker import STAGES, CSWinTTTracker, check_tracker_executor
 
 TIMED_STAGES = STAGES[:5]
 
@@ -128,7 +132,7 @@ def benchmark_executors(
         ],
     ]
     for name in names:
-        check_executor(name, torch_device)
+        check_tracker_executor(name, torch_device)
     if frames < 1 or warmup < 0 or rounds < 1:
         raise InputError("frames and rounds must be ≥ 1 and warmup ≥ 0")
     torch.manual_seed(seed)
@@ -136,7 +140,14 @@ def benchmark_executors(
     images, boxes, _ = render_sequence(
         np.random.default_rng([seed, 0]), SynthSettings(frames=frames + warmup + 1)
     )
-    trackers = {name: CSWinTTTracker(build_executor(name, network, torch_device)) for name in names}
+    trackers = {
+        name: CSWinTTTracker(build_executor(name, network, torch_device))
+        for name in names
+        if name not in NATIVE_EXECUTORS
+    }
+    native = _NativePasses(
+        network, torch_device, [n for n in names if n in NATIVE_EXECUTORS], images
+    )
 
     probe_tokens = torch.randn(
         network.config.num_tokens,
@@ -149,6 +160,7 @@ def benchmark_executors(
     probe_mask[0, -network.config.search_grid * 2 :] = True
     with torch.inference_mode():
         reference = trackers["eager"].executor.encoder(probe_tokens, probe_mask).float()
+    first_box = [float(v) for v in boxes[0]]
 
     stage_times: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     frame_times: dict[str, list[float]] = {name: [] for name in names}
@@ -156,6 +168,16 @@ def benchmark_executors(
     for round_index in range(rounds):
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
+            if name in native.trackers:  # a whole pass in the C++ runner
+                for index, (box, elapsed, measured) in enumerate(native.run(name, first_box)):
+                    if round_index == 0:
+                        tracked[name].append(box)
+                    if index >= warmup:
+                        frame_times[name].append(elapsed)
+                        stage_times[name].append(measured)
+                    if on_frame is not None:
+                        on_frame(index)
+                continue
             tracker = trackers[name]
             tracker.initialize(images[0], list(boxes[0]))
             tracker.timer.finish_frame()
@@ -177,9 +199,12 @@ def benchmark_executors(
     flops = encoder_flops(network, torch_device)
     eager_boxes = np.asarray(tracked["eager"])
     results = []
-    for name, tracker in trackers.items():
+    for name in names:
         with torch.inference_mode():
-            output = tracker.executor.encoder(probe_tokens, probe_mask).float()
+            if name in native.trackers:
+                output = native.trackers[name].encoder(probe_tokens, probe_mask).float()
+            else:
+                output = trackers[name].executor.encoder(probe_tokens, probe_mask).float()
         encoder_ms = float(np.median([t["encoder"] for t in stage_times[name]]))
         results.append(
             ExecutorResult(
@@ -195,7 +220,9 @@ def benchmark_executors(
                 max_box_diff_px=float(np.abs(np.asarray(tracked[name]) - eager_boxes).max()),
             )
         )
-        tracker.executor.close()
+    for tracker in trackers.values():
+        tracker.close()
+    native.close()
     peaks = {
         str(dtype).removeprefix("torch."): matmul_peak(
             torch_device, dtype, network.config.d_model, network.config.dim_feedforward
@@ -212,6 +239,46 @@ def benchmark_executors(
     return TrackerBenchmark(
         config, str(torch_device), frames, warmup, rounds, flops / 1e9, peaks, environment, results
     )
+
+
+class _NativePasses:
+    """The C++ executors' side of the benchmark: the frames written once as PNG (lossless, so
+    the runner reads exactly the pixels the Python trackers get), then a whole pass per call.
+    A pass's frame time excludes reading the image, as the Python trackers are handed arrays."""
+
+    def __init__(
+        self, network: CSWinTT, device: torch.device, names: list[str], images: list[np.ndarray]
+    ) -> None:
+        from headway.native.runner import NativeTracker
+
+        self.trackers = {name: NativeTracker(network, None, device, name) for name in names}
+        self.folder = Path(tempfile.mkdtemp(prefix="headway-bench-frames-")) if names else None
+        self.frames: list[Path] = []
+        for index, image in enumerate(images if names else []):
+            assert self.folder is not None
+            path = self.folder / f"{index:04d}.png"
+            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            self.frames.append(path)
+
+    def run(
+        self, name: str, init_box: list[float]
+    ) -> list[tuple[list[float], float, dict[str, float]]]:
+        """(box, frame ms, stage ms) of every tracked frame (the first frame initialises)."""
+        raw = self.trackers[name].run_frames(self.frames, init_box)
+        out = []
+        for index in range(1, len(self.frames)):
+            read = raw["read_ms"][index]
+            stages = {s: raw["stage_ms"][s][index] for s in STAGES}
+            stages["load_preprocess"] -= read
+            elapsed = raw["frame_seconds"][index] * 1e3 - read
+            out.append((raw["boxes"][index], elapsed, stages))
+        return out
+
+    def close(self) -> None:
+        for tracker in self.trackers.values():
+            tracker.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ class _Worker:
 
     def __init__(self, recipe: TrackerRecipe) -> None:
         from headway.models import build_cswintt, load_weights
-        from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
+        from headway.tracking.tracker import TrackerSettings, build_tracker
 
         torch.set_num_threads(recipe.threads)
         with torch.random.fork_rng():
@@ -70,7 +70,7 @@ class _Worker:
         if recipe.checkpoint is not None:
             load_weights(network, recipe.checkpoint)
         settings = TrackerSettings(update_interval=recipe.update_interval)
-        self.tracker = CSWinTTTracker(network, settings, recipe.device, recipe.executor)
+        self.tracker = build_tracker(network, settings, recipe.device, recipe.executor)
 
     def track(self, sequence: Sequence) -> tuple[str, Any]:
         """("ok", result fields) or ("error", message) for unreadable input (not retried)."""

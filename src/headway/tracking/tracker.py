@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,8 +23,11 @@ from headway.tracking.crop import (
     sample_target,
 )
 from headway.tracking.datasets import Sequence
-from headway.tracking.executors import Executor, build_executor
+from headway.tracking.executors import EXECUTORS, Executor, build_executor, check_executor
 from headway.tracking.results import SequenceResult
+
+if TYPE_CHECKING:
+    from headway.native.runner import NativeTracker
 
 # The paper's Table 1 rows, then the occasional template refresh.
 STAGES = ("load_preprocess", "backbone", "encoder", "decoder", "box_head", "template_update")
@@ -124,6 +128,10 @@ class CSWinTTTracker:
             self.template_updates += 1
         return list(self.state), confidence
 
+    def close(self) -> None:
+        """Release the executor's threads or graphs."""
+        self.executor.close()
+
     def run_sequence(
         self,
         sequence: Sequence,
@@ -151,3 +159,45 @@ class CSWinTTTracker:
             if on_frame is not None:
                 on_frame(index)
         return SequenceResult(boxes, frame_times, stage_times, self.template_updates)
+
+
+def tracker_executor_names() -> list[str]:
+    """Every executor name ``headway track`` accepts: the Python ones, then the C++ runner's."""
+    from headway.native.export import NATIVE_EXECUTORS
+
+    return [*EXECUTORS, *NATIVE_EXECUTORS]
+
+
+def check_tracker_executor(name: str, device: torch.device | str) -> None:
+    """A clear error for an unknown executor, a CUDA-only one on the CPU, an engine that is
+    not installed, or a C++ executor whose runner is not built."""
+    from headway.native.build import require_runner
+    from headway.native.export import NATIVE_EXECUTORS
+
+    if name not in NATIVE_EXECUTORS:
+        if name not in EXECUTORS:
+            names = ", ".join(tracker_executor_names())
+            raise InputError(f"unknown executor {name!r}: choose from {names}")
+        check_executor(name, device)
+        return
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"executor {name!r} on {device}: this torch has no CUDA device")
+    require_runner()
+
+
+def build_tracker(
+    network: CSWinTT,
+    settings: TrackerSettings | None = None,
+    device: torch.device | str = "cpu",
+    executor: str = "eager",
+) -> CSWinTTTracker | NativeTracker:
+    """The tracker for ``executor``: :class:`CSWinTTTracker` for the Python executors, the C++
+    runner's :class:`~headway.native.runner.NativeTracker` for ``cpp``, ``cpp-heads`` and
+    ``cpp-spectral``. Both have ``run_sequence`` and ``close``."""
+    from headway.native.export import NATIVE_EXECUTORS
+    from headway.native.runner import NativeTracker
+
+    check_tracker_executor(executor, device)
+    if executor in NATIVE_EXECUTORS:
+        return NativeTracker(network, settings, device, executor)
+    return CSWinTTTracker(network, settings, device, executor)

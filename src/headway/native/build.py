@@ -1,0 +1,153 @@
+"""Building ``headway-runner``, the C++ tracker (``cpp/headway_runner.cpp``), against the
+LibTorch that ships inside the installed torch wheel.
+
+The compiler is called directly with torch's own include and library paths
+(:mod:`torch.utils.cpp_extension`): no CMake, no separate LibTorch download, and the binary
+uses exactly the kernels the Python process uses. libjpeg and libpng are linked when their
+headers are present (the runner then reads JPEG / PNG frames itself); without them it builds
+and says, for a frame it cannot read, which package to install.
+
+The binary is kept under ``$HEADWAY_CACHE/native`` (default ``~/.cache/headway/native``) in a
+folder named by a hash of the source, the torch version and the flags, so an upgrade of either
+rebuilds instead of running a stale binary; a build writes to a temporary name and renames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from headway.errors import InputError
+from headway.io import locked_folder
+
+SOURCE = Path(__file__).parent / "cpp" / "headway_runner.cpp"
+BINARY_NAME = "headway-runner"
+COMPILER_HINT = (
+    "install a C++17 compiler (Debian/Ubuntu: apt install g++; for JPEG/PNG frames also "
+    "libjpeg-dev libpng-dev), then run `headway runner build`"
+)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything the compile command depends on."""
+
+    compiler: str
+    flags: tuple[str, ...]
+    libraries: tuple[str, ...]
+    image_formats: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha256(SOURCE.read_bytes())
+        digest.update(f"{torch.__version__}|{self.compiler}|{self.flags}|{self.libraries}".encode())
+        return digest.hexdigest()[:16]
+
+
+def native_cache_dir() -> Path:
+    root = os.environ.get("HEADWAY_CACHE") or Path.home() / ".cache" / "headway"
+    return Path(root) / "native"
+
+
+def find_compiler() -> str | None:
+    """``$CXX``, else the first of c++, g++, clang++ on PATH."""
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _links(compiler: str, header: str, library: str) -> bool:
+    """Whether a program including ``header`` and linking ``-l<library>`` builds."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "probe.cpp"
+        source.write_text(f"#include <cstdio>\n#include <{header}>\nint main() {{ return 0; }}\n")
+        probe = subprocess.run(
+            [compiler, str(source), "-o", str(Path(folder) / "probe"), f"-l{library}"],
+            capture_output=True,
+        )
+        return probe.returncode == 0
+
+
+def build_plan(compiler: str | None = None) -> BuildPlan:
+    """The compile command for this machine, or an error saying what is missing."""
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    compiler = compiler or find_compiler()
+    if compiler is None:
+        raise InputError(f"headway-runner cannot be built: no C++ compiler found; {COMPILER_HINT}")
+    lib_dir = library_paths()[0]
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    flags = ["-O2", "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    flags += [f"-I{path}" for path in include_paths()]
+    torch_libs = ["torch", "torch_cpu", "c10"]
+    # CUDA wheels: link the CUDA parts too (not "as needed"), so their kernels register
+    torch_libs += [
+        n for n in ("torch_cuda", "c10_cuda") if (Path(lib_dir) / f"lib{n}.so").is_file()
+    ]
+    libraries = [f"-L{lib_dir}", "-Wl,--no-as-needed", *(f"-l{n}" for n in torch_libs)]
+    libraries += ["-Wl,--as-needed", f"-Wl,-rpath,{lib_dir}", "-lpthread"]
+    formats = []
+    for name, header, library in (("jpeg", "jpeglib.h", "jpeg"), ("png", "png.h", "png")):
+        if _links(compiler, header, library):
+            flags.append(f"-DHEADWAY_HAVE_{name.upper()}")
+            libraries.append(f"-l{library}")
+            formats.append(name)
+    return BuildPlan(compiler, tuple(flags), tuple(libraries), tuple(formats))
+
+
+def built_runner(plan: BuildPlan | None = None) -> Path | None:
+    """The runner binary for this source and torch, if it has been built."""
+    try:
+        plan = plan or build_plan()
+    except InputError:
+        return None
+    path = native_cache_dir() / plan.key / BINARY_NAME
+    return path if path.is_file() else None
+
+
+def build_runner(force: bool = False) -> Path:
+    """Build the runner (about 20 s) unless this source and torch already have one."""
+    plan = build_plan()
+    folder = native_cache_dir() / plan.key
+    binary = folder / BINARY_NAME
+    if binary.is_file() and not force:
+        return binary
+    with locked_folder(folder, wait=True):
+        if binary.is_file() and not force:  # built by another process while we waited
+            return binary
+        temporary = folder / f".{BINARY_NAME}.building"
+        command = [plan.compiler, *plan.flags, str(SOURCE), "-o", str(temporary), *plan.libraries]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            temporary.unlink(missing_ok=True)
+            log = folder / "build.log"
+            log.write_text(" ".join(command) + "\n\n" + done.stdout + done.stderr)
+            first = next((ln for ln in done.stderr.splitlines() if "error" in ln), "see the log")
+            raise InputError(f"headway-runner did not build ({first.strip()}); full log: {log}")
+        os.replace(temporary, binary)
+    return binary
+
+
+def require_runner() -> Path:
+    """The built runner, or an error that says how to get one."""
+    try:
+        plan = build_plan()
+    except InputError as error:
+        raise InputError(f"executor needs the C++ runner: {error}") from None
+    binary = built_runner(plan)
+    if binary is None:
+        raise InputError(
+            "the C++ runner is not built for this torch yet: run `headway runner build` "
+            "(about 20 s; `make setup` does it when a compiler is present)"
+        )
+    return binary

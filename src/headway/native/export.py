@@ -1,0 +1,165 @@
+"""Exporting CSWinTT for ``headway-runner``: every stage traced to TorchScript for the tracker's
+input shapes and saved to a folder with a ``manifest.txt`` the runner reads.
+
+Three recipes (the ``cpp*`` executors):
+
+| executor | what the runner loads |
+|---|---|
+| ``cpp`` | Case B: the plain network's stages (the graphs ``scripted`` runs) |
+| ``cpp-heads`` | Case C: per encoder layer the QKV projection, each head as its own module (its |
+|  | relative bias baked in) and the rest of the layer; the runner runs the heads on |
+|  | its thread pool, one CUDA stream per thread on a GPU |
+| ``cpp-spectral`` | the ``spectral`` network's stages (spectral window attention, folded batch |
+|  | norms; PyTorch's own linears, since packed oneDNN weights do not serialise) |
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from headway.errors import InputError
+from headway.io import atomic_write_text
+from headway.models.cswintt import CSWinTT, EncoderContext
+from headway.transforms.fold import fold_batchnorm
+from headway.transforms.heads import HeadSplitEncoderLayer, WindowHead, split_heads
+from headway.transforms.spectral import spectral_window_attention
+
+NATIVE_EXECUTORS = ("cpp", "cpp-heads", "cpp-spectral")
+MODEL_FORMAT = 1  # the runner refuses another
+
+
+class _Stage(nn.Module):
+    """One stage method of the network as a module of tensors (what tracing needs)."""
+
+    def __init__(self, network: CSWinTT, method: str) -> None:
+        super().__init__()
+        self.network = network
+        self.method = method
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = getattr(self.network, self.method)(*args)
+        return tuple(out) if isinstance(out, tuple) else out
+
+
+class _Project(nn.Module):
+    def __init__(self, layer: HeadSplitEncoderLayer) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.layer.project(tokens)
+
+
+class _Finish(nn.Module):
+    def __init__(self, layer: HeadSplitEncoderLayer) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, tokens: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        return self.layer.finish(tokens, attended)
+
+
+class _Head(nn.Module):
+    """One head with its relative-position bias as a constant: (q, k, v, padding mask) → (L, B,
+    d/h). The bias depends on the weights only, so the runner need not build it."""
+
+    def __init__(
+        self, head: WindowHead, layer: HeadSplitEncoderLayer, context: EncoderContext
+    ) -> None:
+        super().__init__()
+        self.head = head
+        self.dropout = layer.attention_dropout
+        self.geometry = context.geometry
+        bias = context.biases.get(head.window)
+        self.has_bias = bias is not None
+        self.register_buffer("bias", bias if bias is not None else torch.empty(0))
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor
+    ) -> torch.Tensor:
+        biases = {self.head.window: self.bias} if self.has_bias else {}
+        return self.head(q, k, v, EncoderContext(padding_mask, biases, self.geometry), self.dropout)
+
+
+def _save(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notices on shape arithmetic, TorchScript's note
+        traced = torch.jit.trace(module.eval(), example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def prepare_network(network: CSWinTT, executor: str) -> CSWinTT:
+    """The network whose graphs the executor exports (a copy when it is rewritten)."""
+    if executor not in NATIVE_EXECUTORS:
+        raise InputError(f"unknown native executor {executor!r}: {', '.join(NATIVE_EXECUTORS)}")
+    if executor == "cpp-heads":
+        return split_heads(network)[0]
+    if executor == "cpp-spectral":
+        return fold_batchnorm(spectral_window_attention(network)[0])[0]
+    return network
+
+
+@torch.no_grad()
+def export_native_model(
+    network: CSWinTT, folder: str | Path, executor: str = "cpp", seed: int = 0
+) -> Path:
+    """Trace ``network`` (on its own device) for the runner into ``folder``; returns it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    network = prepare_network(network, executor).eval()
+    config = network.config
+    device = next(network.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+
+    def images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.randn(1, 3, size, size, device=device, generator=generator)
+        mask = torch.zeros(1, size, size, dtype=torch.bool, device=device)
+        mask[:, : size // 8] = True
+        return image, mask
+
+    template, search = images(config.template_size), images(config.search_size)
+    _save(_Stage(network, "forward_backbone"), template, folder / "backbone_template.pt")
+    _save(_Stage(network, "forward_backbone"), search, folder / "backbone_search.pt")
+    features = [network.forward_backbone(*template)] * config.num_templates
+    merged = network.merge([*features, network.forward_backbone(*search)])
+    tokens, mask = merged.tokens, merged.padding_mask
+    memory = network.forward_encoder(tokens, mask)
+    decoded = network.forward_decoder(memory, mask)
+    _save(_Stage(network, "forward_decoder"), (memory, mask), folder / "decoder.pt")
+    _save(_Stage(network, "forward_box_head"), (memory, decoded), folder / "box_head.pt")
+    _save(_Stage(network, "forward_confidence"), (decoded,), folder / "confidence.pt")
+    if executor == "cpp-heads":
+        context = network.transformer.encoder_context(mask)
+        assert isinstance(context, EncoderContext)
+        x = tokens
+        for index, layer in enumerate(network.transformer.transformer):
+            q, k, v = layer.project(x)
+            _save(_Project(layer), (x,), folder / f"layer{index}_project.pt")
+            for h, head in enumerate(layer.heads):
+                _save(
+                    _Head(head, layer, context),
+                    (q, k, v, mask),
+                    folder / f"layer{index}_head{h}.pt",
+                )
+            attended = layer(x, context)  # only for the next layer's example input
+            _save(_Finish(layer), (x, torch.zeros_like(x)), folder / f"layer{index}_finish.pt")
+            x = attended
+    else:
+        _save(_Stage(network, "forward_encoder"), (tokens, mask), folder / "encoder.pt")
+    manifest = {
+        "format": MODEL_FORMAT,
+        "executor": executor,
+        "device": str(device),
+        "template_size": config.template_size,
+        "search_size": config.search_size,
+        "num_templates": config.num_templates,
+        "enc_layers": config.enc_layers,
+        "num_heads": config.num_heads,
+        "torch": torch.__version__,
+    }
+    atomic_write_text(folder / "manifest.txt", "".join(f"{k} {v}\n" for k, v in manifest.items()))
+    return folder

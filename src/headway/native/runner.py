@@ -1,0 +1,166 @@
+"""Tracking with ``headway-runner``: the network exported once per tracker, every sequence
+tracked by the C++ process, its results read back into the same :class:`SequenceResult` the
+Python tracker returns (so ``headway track``, resuming, scoring and Ray work unchanged)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import warnings
+import weakref
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headway.errors import InputError
+from headway.models.cswintt import CSWinTT
+from headway.native.build import require_runner
+from headway.native.export import NATIVE_EXECUTORS, export_native_model
+from headway.tracking.datasets import Sequence
+from headway.tracking.results import SequenceResult
+from headway.tracking.tracker import STAGES, TrackerSettings
+
+
+class NativeRunError(RuntimeError):
+    """The runner failed for a reason other than bad input (its message is kept)."""
+
+
+class NativeTracker:
+    """Same use as :class:`~headway.tracking.tracker.CSWinTTTracker` (``run_sequence``,
+    ``close``), but every frame is tracked by the C++ runner."""
+
+    def __init__(
+        self,
+        network: CSWinTT,
+        settings: TrackerSettings | None = None,
+        device: torch.device | str = "cpu",
+        executor: str = "cpp",
+        head_threads: int = 0,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        """``head_threads``: workers of ``cpp-heads``' pool (0: one per head);
+        ``intra_op_threads``: LibTorch's threads in the runner (default: this process's)."""
+        if executor not in NATIVE_EXECUTORS:
+            raise InputError(f"unknown native executor {executor!r}: {', '.join(NATIVE_EXECUTORS)}")
+        self.binary = require_runner()
+        self.device = torch.device(device)
+        self.settings = settings or TrackerSettings()
+        self.executor_name = executor
+        self.head_threads = head_threads
+        self.intra_op_threads = intra_op_threads or torch.get_num_threads()
+        self.config = network.config
+        self._folder = Path(tempfile.mkdtemp(prefix="headway-native-"))
+        self._remove = weakref.finalize(self, shutil.rmtree, self._folder, True)
+        network = network.to(self.device).eval()
+        self.model_dir = export_native_model(network, self._folder / "model", executor)
+
+    @torch.inference_mode()
+    def encoder(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """The exported encoder run in this process (the files the runner loads), for checks."""
+
+        def load(name: str) -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's notice
+                return torch.jit.load(self.model_dir / f"{name}.pt", map_location=self.device)
+
+        if self.executor_name != "cpp-heads":
+            return load("encoder")(tokens, padding_mask)
+        x = tokens
+        for layer in range(self.config.enc_layers):
+            q, k, v = load(f"layer{layer}_project")(x)
+            heads = [
+                load(f"layer{layer}_head{h}")(q, k, v, padding_mask)
+                for h in range(self.config.num_heads)
+            ]
+            x = load(f"layer{layer}_finish")(x, torch.cat(heads, dim=-1))
+        return x
+
+    def run_frames(
+        self,
+        frames: Seq[str | Path],
+        init_box: Seq[float],
+        name: str = "sequence",
+        on_frame: Callable[[int], None] | None = None,
+        results_dir: Path | None = None,
+        delimiter: str = "tab",
+    ) -> dict[str, Any]:
+        """Track ``frames`` from ``init_box``; the runner's raw output (full-precision boxes,
+        confidences, per-frame seconds, read and stage milliseconds). With ``results_dir`` the
+        runner also writes the result files there itself (``delimiter``: tab or comma)."""
+        output = self._folder / "output.json"
+        output.unlink(missing_ok=True)
+        s = self.settings
+        lines = {
+            "model": str(self.model_dir),
+            "mode": "heads" if self.executor_name == "cpp-heads" else "stages",
+            "template_factor": repr(s.template_factor),
+            "search_factor": repr(s.search_factor),
+            "update_interval": str(s.update_interval),
+            "confidence_threshold": repr(s.confidence_threshold),
+            "box_margin": repr(s.box_margin),
+            "init_box": " ".join(repr(float(v)) for v in init_box),
+            "intra_op_threads": str(self.intra_op_threads),
+            "head_threads": str(self.head_threads),
+            "output": str(output),
+            "name": name,
+            "progress": "1",
+        }
+        if results_dir is not None:
+            Path(results_dir).mkdir(parents=True, exist_ok=True)
+            lines.update(results_dir=str(results_dir), delimiter=delimiter)
+        job = "".join(f"{k} {v}\n" for k, v in lines.items())
+        job += "".join(f"frame {Path(f)}\n" for f in frames)
+        job_file = self._folder / "job.txt"
+        job_file.write_text(job)
+        process = subprocess.Popen(
+            [str(self.binary), "track", str(job_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        messages = []
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("frame ") and line[6:].strip().isdigit():
+                if on_frame is not None:
+                    on_frame(int(line[6:]) - 1)
+            else:
+                messages.append(line.rstrip())
+        status = process.wait()
+        message = "; ".join(m.removeprefix("headway-runner: ") for m in messages if m)
+        if status == 2:
+            raise InputError(message or "headway-runner refused its input")
+        if status != 0 or not output.is_file():
+            raise NativeRunError(f"headway-runner failed (exit {status}): {message}")
+        return json.loads(output.read_text())
+
+    def run_sequence(
+        self, sequence: Sequence, on_frame: Callable[[int], None] | None = None
+    ) -> SequenceResult:
+        """Track a whole sequence from its first ground-truth box (one-pass evaluation)."""
+        raw = self.run_frames(
+            sequence.frames, [float(v) for v in sequence.init_box], sequence.name, on_frame
+        )
+        stage_times = {name: list(raw["stage_ms"][name]) for name in STAGES}
+        return SequenceResult(
+            np.asarray(raw["boxes"], dtype=np.float64).reshape(-1, 4),
+            np.asarray(raw["frame_seconds"], dtype=np.float64),
+            stage_times,
+            int(raw["template_updates"]),
+        )
+
+    def close(self) -> None:
+        """Remove the exported model (also done when the tracker is collected)."""
+        self._remove()
+
+    def __enter__(self) -> NativeTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
