@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from headway.errors import InputError
 from headway.models import build_cswintt, load_weights
@@ -172,7 +173,9 @@ def test_executor_name_errors() -> None:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["heads", "fused", "cudagraph", "fused-bf16", "cudagraph-bf16"])
+@pytest.mark.parametrize(
+    "name", ["heads", "scripted-fork", "fused", "cudagraph", "fused-bf16", "cudagraph-bf16"]
+)
 def test_cuda_executors_match_eager(name: str, synth_dataset: Path) -> None:
     network = random_network(seed=8)
     tokens, mask = (t.cuda() for t in encoder_inputs(network, 1, seed=9))
@@ -271,3 +274,30 @@ def test_forked_heads_are_scripted_and_match_eager() -> None:
     forkers = layers[0]._forkers
     assert len(forkers) == 2  # one per input shape
     assert all(isinstance(f, torch.jit.ScriptModule) for f in forkers.values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of CPU-only torch")
+def test_stream_forker_falls_back_where_torch_has_no_cuda_streams() -> None:
+    """Per-head streams need TorchScript's CUDA stream type; a CPU-only torch lacks it, so the
+    dispatcher says so and forks the heads on the caller's stream, with the same result."""
+    from headway.transforms.fork import HeadForker, script_forker
+
+    heads = [torch.jit.trace(nn.Linear(4, 2), torch.randn(3, 4)) for _ in range(2)]
+
+    class Wrap(nn.Module):  # the heads' five-argument signature
+        def __init__(self, linear: torch.jit.ScriptModule) -> None:
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, q, k, v, mask, bias):
+            return self.linear(q + k + v)
+
+    traced = [
+        torch.jit.trace(Wrap(h), (*[torch.randn(3, 4)] * 3, torch.zeros(1), torch.zeros(0)))
+        for h in heads
+    ]
+    with pytest.warns(RuntimeWarning, match="per-head CUDA streams could not be scripted"):
+        forker = script_forker(traced, cuda=True)
+    inputs = [torch.randn(3, 4) for _ in range(3)]
+    expected = torch.jit.script(HeadForker(traced))(*inputs, torch.zeros(1), [torch.zeros(0)] * 2)
+    torch.testing.assert_close(forker(*inputs, torch.zeros(1), [torch.zeros(0)] * 2), expected)

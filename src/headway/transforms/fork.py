@@ -4,8 +4,12 @@ Every head of :func:`~headway.transforms.heads.split_heads` is traced to TorchSc
 input shape; a scripted dispatcher forks the eight traced heads onto TorchScript's own C++
 inter-op thread pool and waits for them, so the heads run concurrently without any Python
 thread taking the GIL per kernel launch (``heads`` dispatches from Python threads). On CUDA each
-forked head would set its own stream; this module is exercised on the CPU here, where the
-inter-op pool shares the cores with the intra-op threads (see docs/benchmarks.md).
+forked head runs on its own stream (:class:`StreamHeadForker`: streams from PyTorch's pool, each
+waiting for the caller's stream before its head, the caller's stream waiting for all of them
+after). TorchScript's CUDA stream type exists only in CUDA builds of torch, so that dispatcher
+is scripted on first use on a GPU; if it cannot be, the heads run forked on the caller's stream
+and a warning says so. On the CPU the inter-op pool shares the cores with the intra-op threads
+(see docs/benchmarks.md).
 
 The projection before the heads and the rest of the layer after them run as in ``heads``.
 """
@@ -67,6 +71,75 @@ class HeadForker(nn.Module):
         return torch.cat([torch.jit.wait(future) for future in futures], dim=-1)
 
 
+class _HeadOnStream(nn.Module):
+    """A traced head run with ``stream`` as the current CUDA stream of the forked task."""
+
+    def __init__(self, head: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(
+        self,
+        stream: torch.classes.cuda.Stream,  # type: ignore[name-defined]  # CUDA builds only
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        padding_mask: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        with torch.cuda.stream(stream):
+            return self.head(q, k, v, padding_mask, bias)
+
+
+class StreamHeadForker(nn.Module):
+    """Scripted on CUDA: every head forked onto its own stream (from PyTorch's stream pool).
+    Each stream first waits for the caller's stream (which produced q, k, v), and the caller's
+    stream waits for every head's stream before the concatenation; a stream's next work
+    always waits on the caller again, so an output's memory is never reused too early."""
+
+    def __init__(self, heads: list[torch.jit.ScriptModule]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(_HeadOnStream(head) for head in heads)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        padding_mask: torch.Tensor,
+        biases: list[torch.Tensor],
+    ) -> torch.Tensor:
+        device = q.device.index
+        caller = torch.cuda.current_stream(device)
+        streams = []
+        futures = torch.jit.annotate(list[torch.jit.Future[torch.Tensor]], [])
+        for index, head in enumerate(self.heads):
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(caller)
+            streams.append(stream)
+            futures.append(torch.jit.fork(head, stream, q, k, v, padding_mask, biases[index]))
+        outputs = [torch.jit.wait(future) for future in futures]
+        for stream in streams:
+            caller.wait_stream(stream)
+        return torch.cat(outputs, dim=-1)
+
+
+def script_forker(heads: list[torch.jit.ScriptModule], cuda: bool) -> torch.jit.ScriptModule:
+    """The scripted dispatcher: :class:`StreamHeadForker` on CUDA (falling back, with a
+    warning, to :class:`HeadForker` where this torch cannot script CUDA streams)."""
+    if cuda:
+        try:
+            return torch.jit.script(StreamHeadForker(heads))
+        except Exception as error:  # TorchScript raises several kinds for unsupported types
+            warnings.warn(
+                f"per-head CUDA streams could not be scripted ({str(error).splitlines()[0]}); "
+                "the forked heads share the caller's stream",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return torch.jit.script(HeadForker(heads))
+
+
 class ForkedHeadsEncoderLayer(HeadSplitEncoderLayer):
     """A split-heads layer whose heads run through a scripted :class:`HeadForker`, traced on
     the first call for each input shape."""
@@ -92,7 +165,7 @@ class ForkedHeadsEncoderLayer(HeadSplitEncoderLayer):
                     module = _TracedHead(head, context, self.attention_dropout).eval()
                     example = (*inputs, bias)
                     traced.append(torch.jit.trace(module, example, check_trace=False))
-                self._forkers[key] = torch.jit.script(HeadForker(traced))
+            self._forkers[key] = script_forker(traced, cuda=inputs[0].is_cuda)
         return self._forkers[key]
 
     def forward(self, tokens: torch.Tensor, context: EncoderContext) -> torch.Tensor:
