@@ -109,6 +109,23 @@ def test_jpeg_frames_decode_as_opencv_does(
         assert np.array_equal(pixels, read_frame(frame))
 
 
+@needs_compiler
+def test_ppm_frames_need_no_image_library(runner: Path, tmp_path: Path) -> None:
+    image = np.random.default_rng(3).integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    path = tmp_path / "frame.ppm"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    done = subprocess.run(
+        [str(runner), "decode", str(path), str(tmp_path / "pixels")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.fromfile(tmp_path / "pixels", np.uint8).reshape(17, 23, 3), image)
+    path.write_bytes(path.read_bytes()[:-5])
+    done = subprocess.run(
+        [str(runner), "decode", str(path), str(tmp_path / "p")], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "truncated" in done.stderr
+
+
 # The confidences of the built-in tracker on these sequences lie in 0.443–0.453.
 SETTINGS = TrackerSettings(update_interval=4, confidence_threshold=0.449)
 

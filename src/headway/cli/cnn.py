@@ -375,6 +375,7 @@ def bench_multidnn(
     requests: Annotated[int, typer.Option(help="Requests per instance.")] = 60,
     rounds: Annotated[int, typer.Option(help="Rounds in which the cases take turns.")] = 3,
     only: Annotated[str | None, typer.Option(help="solo, homogeneous or heterogeneous.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (MP: one CUDA context each).")] = "cpu",
 ) -> None:
     """Paper B's multi-DNN experiments (32×32 models): solo vs 6 at once; 8 × VGG-16 as
     Ori.(MP), Dcomp.(MP), Dcomp.(MT) and beyond-paper variants; a heterogeneous mix."""
@@ -400,7 +401,9 @@ def bench_multidnn(
     output_folder(out, "OUT")
     at_least(requests, 1, "--requests")
     at_least(rounds, 1, "--rounds")
+    device = str(resolve_device(device))
     report: dict[str, object] = {
+        "device": device,
         "rank": RANK,
         "mix_rank": MIX_RANK,
         "mp_threads": 1,
@@ -408,7 +411,7 @@ def bench_multidnn(
         "mt_threads": 1,
     }
     if only in (None, "solo"):
-        solo = solo_vs_crowd(requests=max(2, requests // 3))
+        solo = solo_vs_crowd(requests=max(2, requests // 3), device=device)
         print_table(
             "solo vs 6 at once (one process each, 1 thread), mean ms",
             ["model", "solo", "6 at once"],
@@ -423,7 +426,12 @@ def bench_multidnn(
         if only not in (None, title):
             continue
         result = run_cases(
-            models, cases, count, lambda label, t=title: console.print(f"{t}: {label} …"), turns
+            models,
+            cases,
+            count,
+            lambda label, t=title: console.print(f"{t}: {label} …"),
+            turns,
+            device,
         )
         print_table(
             f"{title}: {models}, {count} requests per instance, mean ms",

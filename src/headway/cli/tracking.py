@@ -417,6 +417,73 @@ def bench_tracker(
         console.print(f"wrote {shown(json_out)}")
 
 
+@bench_app.command("gpu-session")
+@reports_errors
+def bench_gpu_session(
+    out: Annotated[Path, typer.Option("--out", help="Folder for gpu_session.json / .md.")] = Path(
+        "runs/gpu_session"
+    ),
+    device: Annotated[str, typer.Option(help="cuda (cpu only to try the command).")] = "cuda",
+    config: Annotated[str, typer.Option(help="Network size: default or tiny.")] = "default",
+    executors: Annotated[
+        str | None, typer.Option(help="Comma-separated (default: every CUDA executor).")
+    ] = None,
+    compiled: Annotated[bool, typer.Option(help="Add the torch.compile executors.")] = False,
+    frames: Annotated[int, typer.Option(help="Timed frames per executor.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed frames first.")] = 5,
+    rounds: Annotated[int, typer.Option(help="Passes per executor, alternating.")] = 2,
+    budget: Annotated[float, typer.Option(help="Seconds for all parts (lease-sized).")] = 480,
+    tests: Annotated[bool, typer.Option(help="Run the CUDA-marked tests first.")] = True,
+    multidnn_models: Annotated[str, typer.Option(help="Paper B's instances.")] = "vgg16:8",
+    multidnn_requests: Annotated[
+        int, typer.Option(help="Requests per instance (0: skip multi-DNN).")
+    ] = 60,
+    docs: Annotated[
+        Path | None, typer.Option(help="Also write the block into this file (its markers).")
+    ] = None,
+    render: Annotated[
+        Path | None, typer.Option(help="Only render this gpu_session.json into --docs.")
+    ] = None,
+) -> None:
+    """Every GPU measurement in one command: CUDA tests, paper A's executors (Cases A/B/C, the
+    C++ runner, faster paths) and paper B's MP vs MT, with the papers' numbers and targets."""
+    import json
+
+    from headway.experiments.gpu_session import render_markdown, run_session, update_docs
+
+    if render is not None:
+        if docs is None:
+            raise InputError("--render writes into --docs: give the file")
+        if not render.is_file():
+            raise InputError(f"{render}: no such file")
+        try:
+            record = json.loads(render.read_text())
+        except json.JSONDecodeError as error:
+            raise InputError(f"{render}: not a gpu_session.json ({error})") from None
+        console.print(f"wrote {shown(update_docs(record, docs))}")
+        return
+    check_choice(config, list(CONFIGS), "configuration")
+    at_least(frames, 1, "--frames")
+    at_least(warmup, 0, "--warmup")
+    at_least(rounds, 1, "--rounds")
+    at_least(multidnn_requests, 0, "--multidnn-requests")
+    positive(budget, "--budget")
+    output_folder(out, "--out")
+    chosen = some_names(executors, "--executors") if executors else None
+    torch_device = resolve_device(device)
+    for name in chosen or []:
+        if not name.startswith("cpp"):  # the session builds the runner itself
+            check_tracker_executor(name, torch_device)
+    record = run_session(
+        out, device, config, chosen, compiled, frames, warmup, rounds, budget, tests,
+        multidnn_models, multidnn_requests, lambda part: console.print(f"[bold]{part}[/bold] …"),
+    )  # fmt: skip
+    console.print(render_markdown(record))
+    if docs is not None:
+        console.print(f"wrote {shown(update_docs(record, docs))}")
+    console.print(f"wrote {shown(out / 'gpu_session.json')}")
+
+
 @train_app.command("tracker")
 @reports_errors
 def train_tracker_command(

@@ -50,13 +50,15 @@ def per_model_mean(result: RunResult) -> dict[str, float]:
 
 
 def solo_vs_crowd(
-    models: tuple[str, ...] = SOLO_MODELS, requests: int = 20, crowd: int = 6
+    models: tuple[str, ...] = SOLO_MODELS, requests: int = 20, crowd: int = 6, device: str = "cpu"
 ) -> dict[str, dict[str, float]]:
     """Paper B's Table 1: each model alone, then ``crowd`` copies at once (one process each)."""
     rows = {}
     for model in models:
-        alone = run_mode("mp", specs_for(f"{model}:1", None), requests, threads=1)
-        crowded = run_mode("mp", specs_for(f"{model}:{crowd}", None), requests, threads=1)
+        alone = run_mode("mp", specs_for(f"{model}:1", None), requests, threads=1, device=device)
+        crowded = run_mode(
+            "mp", specs_for(f"{model}:{crowd}", None), requests, threads=1, device=device
+        )
         rows[model] = {
             "solo_ms": per_model_mean(alone)[model],
             "crowd_ms": per_model_mean(crowded)[model],
@@ -78,6 +80,7 @@ def run_cases(
     requests: int,
     on_case: Callable[[str], None] | None = None,
     rounds: int = 1,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run the same instances once per (label, mode, rank rule) and round; the cases take turns
     within each round, so the VM's slow spells spread over all of them, and the medians over
@@ -100,6 +103,7 @@ def run_cases(
                     workers=WORKERS,
                     threads=1,
                     coalesce=coalesce,
+                    device=device,
                 )
             )
     rows = {}
@@ -115,7 +119,13 @@ def run_cases(
             "summary": results[-1].summary(),
             "notes": results[-1].notes,
         }
-    return {"models": models, "requests": requests, "rounds": rounds, "cases": rows}
+    return {
+        "models": models,
+        "requests": requests,
+        "rounds": rounds,
+        "device": device,
+        "cases": rows,
+    }
 
 
 def plot_cases(title: str, experiment: dict[str, Any], path: str | Path) -> Path:

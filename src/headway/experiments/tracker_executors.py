@@ -242,8 +242,9 @@ def benchmark_executors(
 
 
 class _NativePasses:
-    """The C++ executors' side of the benchmark: the frames written once as PNG (lossless, so
-    the runner reads exactly the pixels the Python trackers get), then a whole pass per call.
+    """The C++ executors' side of the benchmark: the frames written once as PPM (lossless, so
+    the runner reads exactly the pixels the Python trackers get, and it needs no image library
+    for them), then a whole pass per call.
     A pass's frame time excludes reading the image, as the Python trackers are handed arrays."""
 
     def __init__(
@@ -256,7 +257,7 @@ class _NativePasses:
         self.frames: list[Path] = []
         for index, image in enumerate(images if names else []):
             assert self.folder is not None
-            path = self.folder / f"{index:04d}.png"
+            path = self.folder / f"{index:04d}.ppm"
             cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             self.frames.append(path)
 

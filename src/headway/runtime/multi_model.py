@@ -200,6 +200,12 @@ def _inference(job: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return job(x)
 
 
+def _finished(x: torch.Tensor) -> None:
+    """Wait for a CUDA result before reading the clock (kernels run asynchronously)."""
+    if x.is_cuda:
+        torch.cuda.current_stream(x.device).synchronize()
+
+
 def run_sequential(instances: list[ModelInstance], requests: int) -> RunResult:
     """Every instance's request one after another in one thread (round robin)."""
     result = RunResult("seq", {inst.name: [] for inst in instances})
@@ -214,6 +220,7 @@ def run_sequential(instances: list[ModelInstance], requests: int) -> RunResult:
                     x = instance.example
                     for job in instance.jobs:
                         x = job(x)
+                    _finished(x)
                 except Exception as error:
                     result.errors[instance.name] = f"{type(error).__name__}: {error}"
                     continue
@@ -238,6 +245,7 @@ def run_batched(instances: list[ModelInstance], requests: int) -> RunResult:
                 try:
                     for job in members[0].jobs:
                         x = job(x)
+                    _finished(x)
                 except Exception as error:
                     for m in members:
                         result.errors[m.name] = f"{type(error).__name__}: {error}"
@@ -264,11 +272,16 @@ def _process_main(
     threads: int,
     start: Any,
     queue: Any,
+    device: str = "cpu",
 ) -> None:
     """Body of one MP process: build, wait for everyone, serve ``requests`` back to back."""
     try:
         torch.set_num_threads(threads)  # this process's own setting, gone when it exits
         instance = build()
+        if device != "cpu":
+            jobs = [job.to(device) for job in instance.jobs]
+            instance = ModelInstance(instance.name, jobs, instance.example.to(device))
+            run_sequential([instance], 1)  # CUDA context and kernels loaded before the start
     except BaseException:
         queue.put((name, [], traceback.format_exc(limit=3)))
         start.abort()  # release the others: they start without this one
@@ -287,10 +300,12 @@ def run_multiprocess(
     requests: int,
     threads_per_process: int = 1,
     timeout_s: float = 600.0,
+    device: torch.device | str = "cpu",
 ) -> RunResult:
     """One spawned OS process per instance (name → a picklable function that builds it, e.g.
-    a ``functools.partial``), each running its model plainly; a process that fails or dies is
-    reported and the others' results are kept."""
+    a ``functools.partial``), each running its model plainly on ``device`` (on CUDA: its own
+    context, as paper B's MP baseline); a process that fails or dies is reported and the
+    others' results are kept."""
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
@@ -298,7 +313,8 @@ def run_multiprocess(
     queue = context.Queue()
     processes = {
         name: context.Process(
-            target=_process_main, args=(build, name, requests, threads_per_process, start, queue)
+            target=_process_main,
+            args=(build, name, requests, threads_per_process, start, queue, str(device)),
         )
         for name, build in builders.items()
     }

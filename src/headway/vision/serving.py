@@ -101,7 +101,7 @@ def run_mode(
         builders = {
             name: partial(build_instance, spec, name, "layers") for name, spec in specs.items()
         }
-        return run_multiprocess(builders, requests, threads)
+        return run_multiprocess(builders, requests, threads, device=device)
     device = torch.device(device)
     built: dict[ModelSpec, ModelInstance] = {}
     instances = []

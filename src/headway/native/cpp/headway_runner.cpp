@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cctype>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
@@ -169,6 +170,36 @@ Image decode_png(const std::vector<uint8_t>& data, const std::string& path) {
 }
 #endif
 
+// Binary PPM (P6, 8-bit): no library needed, so headway's benchmarks write their frames so.
+Image decode_ppm(const std::vector<uint8_t>& data, const std::string& path) {
+  size_t at = 2;
+  auto field = [&]() -> long {
+    for (;;) {
+      while (at < data.size() && std::isspace(data[at])) ++at;
+      if (at < data.size() && data[at] == '#') {
+        while (at < data.size() && data[at] != '\n') ++at;
+        continue;
+      }
+      break;
+    }
+    long value = 0;
+    size_t digits = 0;
+    for (; at < data.size() && std::isdigit(data[at]); ++at, ++digits) value = value * 10 + (data[at] - '0');
+    if (digits == 0 || value > 1000000) throw InputError(path + ": frame cannot be decoded as an image (bad PPM header)");
+    return value;
+  };
+  Image image;
+  image.width = static_cast<int>(field());
+  image.height = static_cast<int>(field());
+  if (field() != 255) throw InputError(path + ": only 8-bit PPM frames are read by the runner");
+  ++at;  // the single whitespace before the pixels
+  const size_t bytes = static_cast<size_t>(image.width) * image.height * 3;
+  if (image.width < 1 || image.height < 1 || data.size() < at + bytes)
+    throw InputError(path + ": frame is truncated (the image file ends before its data)");
+  image.pixels.assign(data.begin() + at, data.begin() + at + bytes);
+  return image;
+}
+
 Image read_frame(const std::string& path) {
   std::vector<uint8_t> data = read_bytes(path);
   if (truncated(data)) throw InputError(path + ": frame is truncated (the image file ends before its data)");
@@ -186,7 +217,8 @@ Image read_frame(const std::string& path) {
     throw InputError(path + ": this headway-runner was built without libpng (install libpng-dev, rebuild)");
 #endif
   }
-  throw InputError(path + ": frame cannot be decoded as an image (the runner reads JPEG and PNG)");
+  if (starts_with(data, "P6", 2)) return decode_ppm(data, path);
+  throw InputError(path + ": frame cannot be decoded as an image (the runner reads JPEG, PNG and PPM)");
 }
 
 // ---------------------------------------------------------------------------------------------
