@@ -308,3 +308,16 @@ def test_instances_load_a_checkpoint(tmp_path) -> None:
         for job in instance.jobs:
             out = job(out)
         torch.testing.assert_close(out, trained(instance.example), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["mp", "mt", "seq", "batched"])
+def test_every_mode_runs_on_cuda(mode: str) -> None:
+    """Paper B's cases on one GPU: MP processes each move their model to CUDA (one context
+    each), the in-process modes share it; every request is answered."""
+    from headway.vision.serving import run_mode
+
+    specs = {f"alexnet#{i}": ModelSpec("alexnet") for i in range(2)}
+    result = run_mode(mode, specs, requests=3, device="cuda")
+    assert not result.errors
+    assert all(len(v) == 3 for v in result.latencies_ms.values())
