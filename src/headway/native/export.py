@@ -98,8 +98,9 @@ def prepare_network(network: CSWinTT, executor: str) -> CSWinTT:
         raise InputError(f"unknown native executor {executor!r}: {', '.join(NATIVE_EXECUTORS)}")
     if executor == "cpp-heads":
         return split_heads(network)[0]
-    if executor == "cpp-spectral":
-        return fold_batchnorm(spectral_window_attention(network)[0])[0]
+    if executor == "cpp-spectral":  # as the `spectral` executor: channels-last convolutions
+        folded = fold_batchnorm(spectral_window_attention(network)[0])[0]
+        return folded.to(memory_format=torch.channels_last)
     return network
 
 
@@ -115,8 +116,12 @@ def export_native_model(
     device = next(network.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
 
+    channels_last = executor == "cpp-spectral"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
     def images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.randn(1, 3, size, size, device=device, generator=generator)
+        image = image.contiguous(memory_format=memory_format)
         mask = torch.zeros(1, size, size, dtype=torch.bool, device=device)
         mask[:, : size // 8] = True
         return image, mask
@@ -159,6 +164,7 @@ def export_native_model(
         "num_templates": config.num_templates,
         "enc_layers": config.enc_layers,
         "num_heads": config.num_heads,
+        "channels_last": int(channels_last),
         "torch": torch.__version__,
     }
     atomic_write_text(folder / "manifest.txt", "".join(f"{k} {v}\n" for k, v in manifest.items()))

@@ -43,9 +43,12 @@ class NativeTracker:
         executor: str = "cpp",
         head_threads: int = 0,
         intra_op_threads: int | None = None,
+        head_intra_op_threads: int = 0,
     ) -> None:
         """``head_threads``: workers of ``cpp-heads``' pool (0: one per head);
-        ``intra_op_threads``: LibTorch's threads in the runner (default: this process's)."""
+        ``intra_op_threads``: LibTorch's threads in the runner (default: this process's);
+        ``head_intra_op_threads``: each worker's own (0: the runner's shared out among the
+        workers, at least one each, so heads run side by side instead of oversubscribing)."""
         if executor not in NATIVE_EXECUTORS:
             raise InputError(f"unknown native executor {executor!r}: {', '.join(NATIVE_EXECUTORS)}")
         self.binary = require_runner()
@@ -53,6 +56,7 @@ class NativeTracker:
         self.settings = settings or TrackerSettings()
         self.executor_name = executor
         self.head_threads = head_threads
+        self.head_intra_op_threads = head_intra_op_threads
         self.intra_op_threads = intra_op_threads or torch.get_num_threads()
         self.config = network.config
         self._folder = Path(tempfile.mkdtemp(prefix="headway-native-"))
@@ -107,6 +111,7 @@ class NativeTracker:
             "init_box": " ".join(repr(float(v)) for v in init_box),
             "intra_op_threads": str(self.intra_op_threads),
             "head_threads": str(self.head_threads),
+            "head_intra_op_threads": str(self.head_intra_op_threads),
             "output": str(output),
             "name": name,
             "progress": "1",

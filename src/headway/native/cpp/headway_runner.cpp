@@ -411,7 +411,10 @@ std::vector<double> parse_box(const std::string& text) {
 
 class HeadPool {
  public:
-  HeadPool(int workers, const c10::Device& device) : device_(device) {
+  // `worker_threads`: LibTorch intra-op threads of each worker (its own OpenMP team), so that
+  // workers × teams do not oversubscribe the cores the caller's threads use.
+  HeadPool(int workers, const c10::Device& device, int worker_threads)
+      : device_(device), worker_threads_(worker_threads) {
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
   }
   ~HeadPool() {
@@ -463,6 +466,10 @@ class HeadPool {
  private:
   void work() {
     c10::InferenceMode inference;  // thread-local, like grad mode
+    if (worker_threads_ > 0) {
+      at::get_num_threads();  // this thread's lazy initialisation first, then its own count
+      at::set_num_threads(worker_threads_);
+    }
     c10::optional<c10::Stream> own;
     if (device_.is_cuda()) own = c10::impl::VirtualGuardImpl(device_.type()).getStreamFromGlobalPool(device_);
     c10::optional<c10::StreamGuard> on_stream;
@@ -481,6 +488,7 @@ class HeadPool {
   }
 
   c10::Device device_;
+  int worker_threads_ = 0;
   std::vector<std::thread> threads_;
   std::deque<std::function<void(const c10::optional<c10::Stream>&)>> queue_;
   std::mutex mutex_;
@@ -498,7 +506,8 @@ struct Features {
 
 class Network {
  public:
-  Network(const std::string& folder, const std::string& mode, int head_threads) : folder_(folder) {
+  Network(const std::string& folder, const std::string& mode, int head_threads, int head_intra_op_threads)
+      : folder_(folder) {
     Job manifest = read_key_values(folder + "/manifest.txt");
     if (manifest.get("format") != "1") throw InputError(folder + ": model format " + manifest.get("format") + " is not 1 (re-export it)");
     device_ = c10::Device(manifest.get("device"));
@@ -525,10 +534,15 @@ class Network {
           layer_heads.push_back(load("layer" + std::to_string(l) + "_head" + std::to_string(h)));
         heads_.push_back(std::move(layer_heads));
       }
-      pool_ = std::make_unique<HeadPool>(head_threads > 0 ? head_threads : heads, device_);
+      const int workers = head_threads > 0 ? head_threads : heads;
+      // default: the caller's intra-op threads shared out among the workers (at least one each)
+      const int per_worker = head_intra_op_threads > 0 ? head_intra_op_threads
+                                                       : std::max(1, at::get_num_threads() / workers);
+      pool_ = std::make_unique<HeadPool>(workers, device_, per_worker);
     } else {
       encoder_ = load("encoder");
     }
+    channels_last_ = manifest.get("channels_last", "0") == "1";
     mean_ = at::tensor({0.485, 0.456, 0.406}, at::kFloat).view({1, 3, 1, 1}).to(device_);
     std_ = at::tensor({0.229, 0.224, 0.225}, at::kFloat).view({1, 3, 1, 1}).to(device_);
   }
@@ -543,6 +557,7 @@ class Network {
                            .unsqueeze(0)
                            .to(at::kFloat);
     image = (image / 255.0 - mean_) / std_;
+    if (channels_last_) image = image.contiguous(at::MemoryFormat::ChannelsLast);
     at::Tensor mask = at::from_blob(const_cast<uint8_t*>(crop.mask.data()), {size, size}, at::kByte)
                           .to(at::kBool)
                           .to(device_)
@@ -602,6 +617,7 @@ class Network {
   std::string folder_;
   c10::Device device_ = c10::Device("cpu");
   bool heads_mode_ = false;
+  bool channels_last_ = false;
   torch::jit::Module backbone_template_, backbone_search_, encoder_, decoder_, box_head_, confidence_;
   std::vector<torch::jit::Module> project_, finish_;
   std::vector<std::vector<torch::jit::Module>> heads_;
@@ -795,7 +811,9 @@ int command_track(const std::string& job_path) {
   const int threads = static_cast<int>(job.number("intra_op_threads"));
   if (threads > 0) at::set_num_threads(threads);
   c10::InferenceMode inference;
-  Network network(job.get("model"), job.get("mode"), static_cast<int>(job.number("head_threads")));
+  at::get_num_threads();  // the caller's thread count is fixed before any worker starts
+  Network network(job.get("model"), job.get("mode"), static_cast<int>(job.number("head_threads")),
+                  static_cast<int>(std::stod(job.get("head_intra_op_threads", "0"))));
   Tracker tracker(network, settings);
   const std::vector<double> init_box = parse_box(job.get("init_box"));
 
