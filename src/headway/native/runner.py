@@ -47,8 +47,9 @@ class NativeTracker:
     ) -> None:
         """``head_threads``: workers of ``cpp-heads``' pool (0: one per head);
         ``intra_op_threads``: LibTorch's threads in the runner (default: this process's);
-        ``head_intra_op_threads``: each worker's own (0: the runner's shared out among the
-        workers, at least one each, so heads run side by side instead of oversubscribing)."""
+        ``head_intra_op_threads``: each worker's own (0: as many as the runner's, which keeps
+        every product blocked as in the eager network, so boxes stay bit-identical; fewer
+        oversubscribe the cores less but sum in another order)."""
         if executor not in NATIVE_EXECUTORS:
             raise InputError(f"unknown native executor {executor!r}: {', '.join(NATIVE_EXECUTORS)}")
         self.binary = require_runner()

@@ -535,9 +535,9 @@ class Network {
         heads_.push_back(std::move(layer_heads));
       }
       const int workers = head_threads > 0 ? head_threads : heads;
-      // default: the caller's intra-op threads shared out among the workers (at least one each)
-      const int per_worker = head_intra_op_threads > 0 ? head_intra_op_threads
-                                                       : std::max(1, at::get_num_threads() / workers);
+      // default: as many as the caller, so every head's products are blocked as in the eager
+      // network (bit-identical results); fewer trade that for less oversubscription
+      const int per_worker = head_intra_op_threads > 0 ? head_intra_op_threads : at::get_num_threads();
       pool_ = std::make_unique<HeadPool>(workers, device_, per_worker);
     } else {
       encoder_ = load("encoder");
