@@ -42,6 +42,14 @@ def runner() -> Path:
 
 
 @pytest.fixture(scope="module")
+def jpeg_runner(runner: Path) -> Path:
+    """The runner, where it reads the built-in sequences' JPEG frames (libjpeg at build)."""
+    if "jpeg yes" not in _formats(runner):
+        pytest.skip("runner built without libjpeg (apt install libjpeg-dev, headway runner build)")
+    return runner
+
+
+@pytest.fixture(scope="module")
 def network() -> torch.nn.Module:
     return load_tracker_network()  # the built-in trained tiny tracker
 
@@ -62,10 +70,8 @@ def _formats(runner: Path) -> str:
 def test_crops_equal_opencv(runner: Path, tmp_path: Path) -> None:
     """Random images, boxes (inside, across and beyond the borders), factors and sizes: the
     runner's crop, padding mask and resize factor equal sample_target's (cv2) exactly."""
-    if "png yes" not in _formats(runner):
-        pytest.skip("runner built without libpng")
     rng = np.random.default_rng(11)
-    image_path = tmp_path / "image.png"
+    image_path = tmp_path / "image.ppm"  # read without any image library
     for case in range(25):
         height, width = (int(v) for v in rng.integers(8, 400, 2))
         image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -93,13 +99,11 @@ def test_crops_equal_opencv(runner: Path, tmp_path: Path) -> None:
 
 @needs_compiler
 def test_jpeg_frames_decode_as_opencv_does(
-    runner: Path, synth_dataset: Path, tmp_path: Path
+    jpeg_runner: Path, synth_dataset: Path, tmp_path: Path
 ) -> None:
-    if "jpeg yes" not in _formats(runner):
-        pytest.skip("runner built without libjpeg")
     for frame in sorted(synth_dataset.glob("*/img/*.jpg"))[:3]:
         done = subprocess.run(
-            [str(runner), "decode", str(frame), str(tmp_path / "pixels")],
+            [str(jpeg_runner), "decode", str(frame), str(tmp_path / "pixels")],
             capture_output=True,
             text=True,
         )
@@ -139,7 +143,7 @@ def python_results(network: torch.nn.Module, builtin_sequences: list) -> list:
 @needs_compiler
 @pytest.mark.parametrize("executor", ["cpp", "cpp-heads", "cpp-spectral"])
 def test_runner_boxes_equal_the_python_tracker(
-    runner: Path,
+    jpeg_runner: Path,
     network: torch.nn.Module,
     builtin_sequences: list,
     python_results: list,
@@ -150,8 +154,6 @@ def test_runner_boxes_equal_the_python_tracker(
     rewrite (exact to fp32 rounding) and stays within a thousandth of a pixel. The confidence
     threshold sits inside the confidences' range, so template updates happen on some frames
     and not on others, and each decision must agree too."""
-    if "jpeg yes" not in _formats(runner):
-        pytest.skip("runner built without libjpeg")
     updates = 0
     with NativeTracker(network, SETTINGS, "cpu", executor) as native:
         for sequence, expected in zip(builtin_sequences, python_results, strict=True):
@@ -170,7 +172,7 @@ def test_runner_boxes_equal_the_python_tracker(
 
 @needs_compiler
 def test_runner_writes_the_same_result_files(
-    runner: Path, network: torch.nn.Module, synth_dataset: Path, tmp_path: Path
+    jpeg_runner: Path, network: torch.nn.Module, synth_dataset: Path, tmp_path: Path
 ) -> None:
     """The runner's own result files (box file, stage record) match what headway writes."""
     sequence = load_dataset(synth_dataset, "otb")[0]
@@ -190,7 +192,7 @@ def test_runner_writes_the_same_result_files(
 
 @needs_compiler
 def test_bad_frames_are_reported_per_sequence(
-    runner: Path, network: torch.nn.Module, synth_dataset: Path, tmp_path: Path
+    jpeg_runner: Path, network: torch.nn.Module, synth_dataset: Path, tmp_path: Path
 ) -> None:
     """A truncated frame stops its sequence with the file named; the others are tracked."""
     root = tmp_path / "data"
@@ -226,7 +228,7 @@ def test_runner_refuses_bad_jobs(runner: Path, tmp_path: Path) -> None:
 
 @needs_compiler
 def test_track_and_bench_commands_run_the_runner(
-    runner: Path, synth_dataset: Path, tmp_path: Path
+    jpeg_runner: Path, synth_dataset: Path, tmp_path: Path
 ) -> None:
     cli = CliRunner()
     common = ["--config", "tiny", "--checkpoint", "builtin", "--no-progress"]
@@ -261,7 +263,7 @@ def test_without_a_compiler_the_executors_say_so(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.cuda
 @needs_compiler
 def test_cuda_runner_heads_on_streams_match_eager(
-    runner: Path, network: torch.nn.Module, builtin_sequences: list
+    jpeg_runner: Path, network: torch.nn.Module, builtin_sequences: list
 ) -> None:
     """On a GPU, ``cpp-heads`` runs each head on its own stream; boxes stay eager's to fp32
     summation order (cuBLAS may pick other kernels per stream)."""
