@@ -141,7 +141,7 @@ def python_results(network: torch.nn.Module, builtin_sequences: list) -> list:
 
 
 @needs_compiler
-@pytest.mark.parametrize("executor", ["cpp", "cpp-heads", "cpp-spectral"])
+@pytest.mark.parametrize("executor", ["cpp", "cpp-heads", "cpp-spectral", "cpp-aoti"])
 def test_runner_boxes_equal_the_python_tracker(
     jpeg_runner: Path,
     network: torch.nn.Module,
@@ -151,16 +151,17 @@ def test_runner_boxes_equal_the_python_tracker(
 ) -> None:
     """fp32 on the CPU: ``cpp`` and ``cpp-heads`` run the eager network's own graphs, so every
     box is bit-identical to the eager Python tracker's; ``cpp-spectral`` is the spectral
-    rewrite (exact to fp32 rounding) and stays within a thousandth of a pixel. The confidence
-    threshold sits inside the confidences' range, so template updates happen on some frames
-    and not on others, and each decision must agree too."""
+    rewrite (exact to fp32 rounding) and ``cpp-aoti`` the same graph compiled by AOTInductor
+    (about a minute of compilation here, then cached): both within a thousandth of a pixel.
+    The confidence threshold sits inside the confidences' range, so template updates happen on
+    some frames and not on others, and each decision must agree too."""
     updates = 0
     with NativeTracker(network, SETTINGS, "cpu", executor) as native:
         for sequence, expected in zip(builtin_sequences, python_results, strict=True):
             got = native.run_sequence(sequence)
             assert got.boxes.shape == expected.boxes.shape
             assert got.template_updates == expected.template_updates, sequence.name
-            if executor == "cpp-spectral":
+            if executor in ("cpp-spectral", "cpp-aoti"):
                 np.testing.assert_allclose(got.boxes, expected.boxes, rtol=0, atol=1e-3)
             else:
                 assert np.array_equal(got.boxes, expected.boxes), sequence.name

@@ -428,7 +428,9 @@ def bench_gpu_session(
     executors: Annotated[
         str | None, typer.Option(help="Comma-separated (default: every CUDA executor).")
     ] = None,
-    compiled: Annotated[bool, typer.Option(help="Add the torch.compile executors.")] = False,
+    compiled: Annotated[
+        bool, typer.Option(help="Add the torch.compile and AOTInductor executors (minutes).")
+    ] = False,
     frames: Annotated[int, typer.Option(help="Timed frames per executor.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed frames first.")] = 5,
     rounds: Annotated[int, typer.Option(help="Passes per executor, alternating.")] = 2,

@@ -47,7 +47,7 @@ GPU_EXECUTORS = (
     "eager", "scripted", "cpp", "heads", "scripted-fork", "cpp-heads", "fused", "spectral",
     "cpp-spectral", "fused-bf16", "spectral-bf16", "cudagraph", "cudagraph-bf16",
 )  # fmt: skip
-COMPILED_EXECUTORS = ("compiled", "compiled-spectral", "compiled-bf16")
+COMPILED_EXECUTORS = ("compiled", "compiled-spectral", "compiled-bf16", "cpp-aoti")
 
 
 def run_cuda_tests(root: Path, timeout_s: float) -> dict[str, Any]:

@@ -11,10 +11,16 @@ Three recipes (the ``cpp*`` executors):
 |  | its thread pool, one CUDA stream per thread on a GPU |
 | ``cpp-spectral`` | the ``spectral`` network's stages (spectral window attention, folded batch |
 |  | norms; PyTorch's own linears, since packed oneDNN weights do not serialise) |
+| ``cpp-aoti`` | the same network, every stage exported with ``torch.export`` and compiled ahead |
+|  | of time by AOTInductor (freezing: packed weights, fused kernels), loaded from |
+|  | C++ as ``.pt2`` packages; compiled once per weights and shapes, then cached |
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -22,14 +28,17 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.io import atomic_write_text
+from headway.io import atomic_write_text, locked_folder
 from headway.models.cswintt import CSWinTT, EncoderContext
+from headway.runtime.engines import module_fingerprint
 from headway.transforms.fold import fold_batchnorm
 from headway.transforms.heads import HeadSplitEncoderLayer, WindowHead, split_heads
 from headway.transforms.spectral import spectral_window_attention
 
-NATIVE_EXECUTORS = ("cpp", "cpp-heads", "cpp-spectral")
+NATIVE_EXECUTORS = ("cpp", "cpp-heads", "cpp-spectral", "cpp-aoti")
+AOTI_FORMAT = 1  # bump when the AOTInductor recipe changes, so cached packages are not reused
 MODEL_FORMAT = 1  # the runner refuses another
+log = logging.getLogger(__name__)
 
 
 class _Stage(nn.Module):
@@ -39,6 +48,9 @@ class _Stage(nn.Module):
         super().__init__()
         self.network = network
         self.method = method
+
+    def extra_repr(self) -> str:  # part of the AOTInductor cache key
+        return f"method={self.method}"
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out = getattr(self.network, self.method)(*args)
@@ -85,11 +97,50 @@ class _Head(nn.Module):
         return self.head(q, k, v, EncoderContext(padding_mask, biases, self.geometry), self.dropout)
 
 
-def _save(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:
+def _save(
+    module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, aoti: bool = False
+) -> None:
+    """``path`` (``.pt``): the module traced to TorchScript; with ``aoti``, ``path`` with the
+    suffix ``.pt2`` instead: an AOTInductor package (from the cache when one exists)."""
+    if aoti:
+        cached = _aoti_package(module.eval(), example)
+        target = path.with_suffix(".pt2")
+        target.unlink(missing_ok=True)
+        try:
+            target.symlink_to(cached)
+        except OSError:  # a file system without links
+            shutil.copyfile(cached, target)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notices on shape arithmetic, TorchScript's note
         traced = torch.jit.trace(module.eval(), example, check_trace=False)
         torch.jit.save(traced, str(path))
+
+
+def _aoti_package(module: nn.Module, example: tuple[torch.Tensor, ...]) -> Path:
+    """AOTInductor package of ``module`` for inputs like ``example``, compiled once (tens of
+    seconds per stage on two cores) and kept in ``$HEADWAY_CACHE/native/aoti`` under a hash of
+    the module's structure, weights, input shapes, torch version and this recipe."""
+    from headway.native.build import native_cache_dir
+
+    folder = native_cache_dir() / "aoti"
+    key = module_fingerprint(module, example)
+    path = folder / f"{getattr(module, 'method', type(module).__name__)}-{AOTI_FORMAT}-{key}.pt2"
+    if path.is_file():
+        return path
+    with locked_folder(folder, wait=True):
+        if path.is_file():
+            return path
+        log.warning("cpp-aoti: compiling %s with AOTInductor (once; cached)", path.name)
+        temporary = path.with_suffix(".building.pt2")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, example, strict=False)
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(temporary), inductor_configs={"freezing": True}
+            )
+        os.replace(temporary, path)
+    return path
 
 
 def prepare_network(network: CSWinTT, executor: str) -> CSWinTT:
@@ -98,7 +149,7 @@ def prepare_network(network: CSWinTT, executor: str) -> CSWinTT:
         raise InputError(f"unknown native executor {executor!r}: {', '.join(NATIVE_EXECUTORS)}")
     if executor == "cpp-heads":
         return split_heads(network)[0]
-    if executor == "cpp-spectral":  # as the `spectral` executor: channels-last convolutions
+    if executor in ("cpp-spectral", "cpp-aoti"):  # as `spectral`: channels-last convolutions
         folded = fold_batchnorm(spectral_window_attention(network)[0])[0]
         return folded.to(memory_format=torch.channels_last)
     return network
@@ -116,7 +167,8 @@ def export_native_model(
     device = next(network.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
 
-    channels_last = executor == "cpp-spectral"
+    channels_last = executor in ("cpp-spectral", "cpp-aoti")
+    aoti = executor == "cpp-aoti"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,16 +179,16 @@ def export_native_model(
         return image, mask
 
     template, search = images(config.template_size), images(config.search_size)
-    _save(_Stage(network, "forward_backbone"), template, folder / "backbone_template.pt")
-    _save(_Stage(network, "forward_backbone"), search, folder / "backbone_search.pt")
+    _save(_Stage(network, "forward_backbone"), template, folder / "backbone_template.pt", aoti)
+    _save(_Stage(network, "forward_backbone"), search, folder / "backbone_search.pt", aoti)
     features = [network.forward_backbone(*template)] * config.num_templates
     merged = network.merge([*features, network.forward_backbone(*search)])
     tokens, mask = merged.tokens, merged.padding_mask
     memory = network.forward_encoder(tokens, mask)
     decoded = network.forward_decoder(memory, mask)
-    _save(_Stage(network, "forward_decoder"), (memory, mask), folder / "decoder.pt")
-    _save(_Stage(network, "forward_box_head"), (memory, decoded), folder / "box_head.pt")
-    _save(_Stage(network, "forward_confidence"), (decoded,), folder / "confidence.pt")
+    _save(_Stage(network, "forward_decoder"), (memory, mask), folder / "decoder.pt", aoti)
+    _save(_Stage(network, "forward_box_head"), (memory, decoded), folder / "box_head.pt", aoti)
+    _save(_Stage(network, "forward_confidence"), (decoded,), folder / "confidence.pt", aoti)
     if executor == "cpp-heads":
         context = network.transformer.encoder_context(mask)
         assert isinstance(context, EncoderContext)
@@ -154,7 +206,7 @@ def export_native_model(
             _save(_Finish(layer), (x, torch.zeros_like(x)), folder / f"layer{index}_finish.pt")
             x = attended
     else:
-        _save(_Stage(network, "forward_encoder"), (tokens, mask), folder / "encoder.pt")
+        _save(_Stage(network, "forward_encoder"), (tokens, mask), folder / "encoder.pt", aoti)
     manifest = {
         "format": MODEL_FORMAT,
         "executor": executor,

@@ -70,6 +70,9 @@ class NativeTracker:
         """The exported encoder run in this process (the files the runner loads), for checks."""
 
         def load(name: str) -> Any:
+            package = self.model_dir / f"{name}.pt2"
+            if package.exists():  # cpp-aoti
+                return torch._inductor.aoti_load_package(str(package))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's notice
                 return torch.jit.load(self.model_dir / f"{name}.pt", map_location=self.device)

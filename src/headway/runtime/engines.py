@@ -61,7 +61,7 @@ def default_cache_dir() -> Path:
     return Path(root) / "exports"
 
 
-def _fingerprint(module: nn.Module, args: Sequence[torch.Tensor]) -> str:
+def module_fingerprint(module: nn.Module, args: Sequence[torch.Tensor]) -> str:
     """Hash of what the exported graph depends on: the module's structure and every parameter
     and buffer value, the input shapes and dtypes, the torch version and the export recipe."""
     digest = hashlib.sha256()
@@ -81,7 +81,7 @@ def export_onnx(
     """The ONNX file of ``module`` for inputs shaped like ``args``: exported once, then reused
     from the cache (a rerun with the same weights and shapes exports nothing)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / f"{type(module).__name__}-{_fingerprint(module, args)}.onnx"
+    path = folder / f"{type(module).__name__}-{module_fingerprint(module, args)}.onnx"
     if path.is_file():
         return path
     try:

@@ -192,8 +192,8 @@ def build_tracker(
     executor: str = "eager",
 ) -> CSWinTTTracker | NativeTracker:
     """The tracker for ``executor``: :class:`CSWinTTTracker` for the Python executors, the C++
-    runner's :class:`~headway.native.runner.NativeTracker` for ``cpp``, ``cpp-heads`` and
-    ``cpp-spectral``. Both have ``run_sequence`` and ``close``."""
+    runner's :class:`~headway.native.runner.NativeTracker` for the ``cpp*`` executors. Both
+    have ``run_sequence`` and ``close``."""
     from headway.native.export import NATIVE_EXECUTORS
     from headway.native.runner import NativeTracker
 

@@ -1,6 +1,6 @@
 // headway-runner: paper A's Cases B and C outside the Python interpreter.
 //
-// Loads the TorchScript stages exported by headway.native.export, tracks one sequence frame by
+// Loads the stages exported by headway.native.export (TorchScript, or AOTInductor packages), tracks one sequence frame by
 // frame with the same crop / box-mapping / template-update rules as headway's Python tracker
 // (headway/tracking/tracker.py and crop.py), and writes the same result files. In "heads" mode
 // every encoder layer's attention heads run as jobs on a pool of std::threads, each thread owning
@@ -22,6 +22,10 @@
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/version.h>
+#if __has_include(<torch/csrc/inductor/aoti_package/model_package_loader.h>)
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#define HEADWAY_HAVE_AOTI 1
+#endif
 #include <c10/core/Event.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
@@ -504,6 +508,46 @@ struct Features {
   at::Tensor tokens, mask;
 };
 
+// One exported stage: a TorchScript module (NAME.pt) or an AOTInductor package (NAME.pt2),
+// called with tensors, returning its outputs flattened (a tuple's elements in order).
+class Stage {
+ public:
+  Stage() = default;
+  Stage(const std::string& folder, const std::string& name, const c10::Device& device) {
+    const std::string base = folder + "/" + name;
+    if (std::ifstream(base + ".pt2")) {
+#ifdef HEADWAY_HAVE_AOTI
+      const c10::DeviceIndex index = device.has_index() ? device.index() : -1;
+      package_ = std::make_shared<torch::inductor::AOTIModelPackageLoader>(base + ".pt2", "model", false, 1, index);
+      return;
+#else
+      throw InputError(base + ".pt2 is an AOTInductor package, which this libtorch cannot load");
+#endif
+    }
+    if (!std::ifstream(base + ".pt")) throw InputError(base + ".pt is missing (export the model again)");
+    module_ = std::make_shared<torch::jit::Module>(torch::jit::load(base + ".pt", device));
+    module_->eval();
+  }
+
+  std::vector<at::Tensor> operator()(const std::vector<at::Tensor>& inputs) const {
+#ifdef HEADWAY_HAVE_AOTI
+    if (package_) return package_->run(inputs);
+#endif
+    std::vector<c10::IValue> args(inputs.begin(), inputs.end());
+    c10::IValue out = module_->forward(args);
+    if (!out.isTuple()) return {out.toTensor()};
+    std::vector<at::Tensor> outputs;
+    for (const auto& element : out.toTuple()->elements()) outputs.push_back(element.toTensor());
+    return outputs;
+  }
+
+ private:
+  std::shared_ptr<torch::jit::Module> module_;
+#ifdef HEADWAY_HAVE_AOTI
+  std::shared_ptr<torch::inductor::AOTIModelPackageLoader> package_;
+#endif
+};
+
 class Network {
  public:
   Network(const std::string& folder, const std::string& mode, int head_threads, int head_intra_op_threads)
@@ -529,7 +573,7 @@ class Network {
       for (int l = 0; l < layers; ++l) {
         project_.push_back(load("layer" + std::to_string(l) + "_project"));
         finish_.push_back(load("layer" + std::to_string(l) + "_finish"));
-        std::vector<torch::jit::Module> layer_heads;
+        std::vector<Stage> layer_heads;
         for (int h = 0; h < heads; ++h)
           layer_heads.push_back(load("layer" + std::to_string(l) + "_head" + std::to_string(h)));
         heads_.push_back(std::move(layer_heads));
@@ -566,36 +610,35 @@ class Network {
   }
 
   Features backbone(bool search, const at::Tensor& image, const at::Tensor& mask) {
-    auto out = (search ? backbone_search_ : backbone_template_).forward({image, mask}).toTuple();
-    return {out->elements()[0].toTensor(), out->elements()[1].toTensor()};
+    auto out = (search ? backbone_search_ : backbone_template_)({image, mask});
+    return {out[0], out[1]};
   }
 
   at::Tensor encoder(const at::Tensor& tokens, const at::Tensor& mask) {
-    if (!heads_mode_) return encoder_.forward({tokens, mask}).toTensor();
+    if (!heads_mode_) return encoder_({tokens, mask})[0];
     at::Tensor x = tokens;
     for (size_t l = 0; l < heads_.size(); ++l) {
-      auto qkv = project_[l].forward({x}).toTuple();
-      at::Tensor q = qkv->elements()[0].toTensor(), k = qkv->elements()[1].toTensor(),
-                 v = qkv->elements()[2].toTensor();
+      auto qkv = project_[l]({x});
+      at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
       std::vector<std::function<at::Tensor()>> jobs;
       for (auto& head : heads_[l]) {
-        torch::jit::Module* module = &head;
-        jobs.push_back([module, q, k, v, mask] { return module->forward({q, k, v, mask}).toTensor(); });
+        const Stage* stage = &head;
+        jobs.push_back([stage, q, k, v, mask] { return (*stage)({q, k, v, mask})[0]; });
       }
       at::Tensor attended = at::cat(pool_->run_all(std::move(jobs)), -1);
-      x = finish_[l].forward({x, attended}).toTensor();
+      x = finish_[l]({x, attended})[0];
     }
     return x;
   }
 
   at::Tensor decoder(const at::Tensor& memory, const at::Tensor& mask) {
-    return decoder_.forward({memory, mask}).toTensor();
+    return decoder_({memory, mask})[0];
   }
   at::Tensor box_head(const at::Tensor& memory, const at::Tensor& decoded) {
-    return box_head_.forward({memory, decoded}).toTensor().to(at::kFloat);
+    return box_head_({memory, decoded})[0].to(at::kFloat);
   }
   at::Tensor confidence(const at::Tensor& decoded) {
-    return confidence_.forward({decoded}).toTensor().to(at::kFloat);
+    return confidence_({decoded})[0].to(at::kFloat);
   }
 
   void synchronize() const {
@@ -605,22 +648,15 @@ class Network {
   int template_size = 0, search_size = 0, num_templates = 0;
 
  private:
-  torch::jit::Module load(const std::string& name) {
-    const std::string path = folder_ + "/" + name + ".pt";
-    std::ifstream probe(path);
-    if (!probe) throw InputError(path + " is missing (export the model again)");
-    torch::jit::Module module = torch::jit::load(path, device_);
-    module.eval();
-    return module;
-  }
+  Stage load(const std::string& name) const { return Stage(folder_, name, device_); }
 
   std::string folder_;
   c10::Device device_ = c10::Device("cpu");
   bool heads_mode_ = false;
   bool channels_last_ = false;
-  torch::jit::Module backbone_template_, backbone_search_, encoder_, decoder_, box_head_, confidence_;
-  std::vector<torch::jit::Module> project_, finish_;
-  std::vector<std::vector<torch::jit::Module>> heads_;
+  Stage backbone_template_, backbone_search_, encoder_, decoder_, box_head_, confidence_;
+  std::vector<Stage> project_, finish_;
+  std::vector<std::vector<Stage>> heads_;
   std::unique_ptr<HeadPool> pool_;
   at::Tensor mean_, std_;
 };
@@ -905,7 +941,12 @@ int main(int argc, char** argv) {
   const std::string command = argc > 1 ? argv[1] : "";
   try {
     if (command == "--version") {
-      std::printf("%s (libtorch %s, jpeg %s, png %s)\n", kVersion, TORCH_VERSION,
+      std::printf("%s (libtorch %s, aoti %s, jpeg %s, png %s)\n", kVersion, TORCH_VERSION,
+#ifdef HEADWAY_HAVE_AOTI
+                  "yes",
+#else
+                  "no",
+#endif
 #ifdef HEADWAY_HAVE_JPEG
                   "yes",
 #else
