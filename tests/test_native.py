@@ -251,6 +251,20 @@ def test_track_and_bench_commands_run_the_runner(
     assert "cpp-heads" in result.output
 
 
+@needs_compiler
+def test_a_stage_aotinductor_cannot_compile_is_named(tmp_path: Path, monkeypatch) -> None:
+    from headway.native import export
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1 if x.sum() > 0 else x - 1
+
+    monkeypatch.setenv("HEADWAY_CACHE", str(tmp_path))
+    with pytest.raises(export.AOTICompileError, match=r"could not compile.*cpp-spectral"):
+        export._aoti_package(DataDependent(), (torch.randn(3),))
+    assert not list((tmp_path / "native" / "aoti").glob("*.pt2"))  # nothing half-written
+
+
 def test_without_a_compiler_the_executors_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native_build, "find_compiler", lambda: None)
     with pytest.raises(InputError, match="no C\\+\\+ compiler"):

@@ -133,14 +133,27 @@ def _aoti_package(module: nn.Module, example: tuple[torch.Tensor, ...]) -> Path:
             return path
         log.warning("cpp-aoti: compiling %s with AOTInductor (once; cached)", path.name)
         temporary = path.with_suffix(".building.pt2")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.export.export(module, example, strict=False)
-            torch._inductor.aoti_compile_and_package(
-                program, package_path=str(temporary), inductor_configs={"freezing": True}
-            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.export(module, example, strict=False)
+                torch._inductor.aoti_compile_and_package(
+                    program, package_path=str(temporary), inductor_configs={"freezing": True}
+                )
+        except Exception as error:  # export and inductor raise many kinds
+            temporary.unlink(missing_ok=True)
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise AOTICompileError(
+                f"AOTInductor could not compile {path.name} ({first}); executor 'cpp-spectral' "
+                "runs the same graph without it"
+            ) from error
         os.replace(temporary, path)
     return path
+
+
+class AOTICompileError(InputError):
+    """torch.export or AOTInductor failed on a stage: a limit of the network's code rather than
+    a bug, reported in one line that says which executor runs it instead."""
 
 
 def prepare_network(network: CSWinTT, executor: str) -> CSWinTT:
