@@ -165,18 +165,30 @@ def benchmark_executors(
     stage_times: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     frame_times: dict[str, list[float]] = {name: [] for name in names}
     tracked: dict[str, list[list[float]]] = {name: [] for name in names}
+
+    def record(
+        name: str,
+        round_index: int,
+        index: int,
+        box: list[float],
+        elapsed: float,
+        measured: dict[str, float],
+    ) -> None:
+        """Keep the first round's boxes, and the times of the frames after the warm-up."""
+        if round_index == 0:
+            tracked[name].append(box)
+        if index >= warmup:
+            frame_times[name].append(elapsed)
+            stage_times[name].append(measured)
+        if on_frame is not None:
+            on_frame(index)
+
     for round_index in range(rounds):
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
             if name in native.trackers:  # a whole pass in the C++ runner
                 for index, (box, elapsed, measured) in enumerate(native.run(name, first_box)):
-                    if round_index == 0:
-                        tracked[name].append(box)
-                    if index >= warmup:
-                        frame_times[name].append(elapsed)
-                        stage_times[name].append(measured)
-                    if on_frame is not None:
-                        on_frame(index)
+                    record(name, round_index, index, box, elapsed, measured)
                 continue
             tracker = trackers[name]
             tracker.initialize(images[0], list(boxes[0]))
@@ -187,14 +199,7 @@ def benchmark_executors(
                 box, _ = tracker.track(image)
                 _synchronize(torch_device)
                 elapsed = (time.perf_counter() - began) * 1e3
-                measured = tracker.timer.finish_frame()
-                if round_index == 0:
-                    tracked[name].append(box)
-                if index >= warmup:
-                    frame_times[name].append(elapsed)
-                    stage_times[name].append(measured)
-                if on_frame is not None:
-                    on_frame(index)
+                record(name, round_index, index, box, elapsed, tracker.timer.finish_frame())
 
     flops = encoder_flops(network, torch_device)
     eager_boxes = np.asarray(tracked["eager"])
