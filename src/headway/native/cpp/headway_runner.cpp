@@ -52,6 +52,9 @@
 #include <thread>
 #include <vector>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #ifdef HEADWAY_HAVE_JPEG
 #include <csetjmp>
 #include <jpeglib.h>
@@ -834,7 +837,18 @@ std::string stage_json(const std::map<std::string, std::vector<double>>& stages)
   return out + "}";
 }
 
+// As headway.runtime.device.keep_freed_memory does for the Python tracker: glibc keeps freed
+// memory for reuse instead of serving every tensor of a few MB from fresh, zeroed mmap pages.
+void keep_freed_memory() {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 * 1024 * 1024);
+#endif
+}
+
 int command_track(const std::string& job_path) {
+  keep_freed_memory();
   Job job = read_key_values(job_path);
   Settings settings;
   settings.template_factor = job.number("template_factor");
