@@ -54,9 +54,23 @@ def test_gpu_session_refuses_bad_input(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "--docs" in result.output
     (tmp_path / "bad.json").write_text("{not json")
     result = cli.invoke(
-        app, ["bench", "gpu-session", "--render", str(tmp_path / "bad.json"), "--docs", "x.md"]
+        app,
+        ["bench", "gpu-session", "--render", str(tmp_path / "bad.json"), "--docs", str(saved)],
+    )
+    assert result.exit_code != 0 and "gpu-session:begin" in result.output
+    docs = tmp_path / "docs.md"
+    docs.write_text(f"{BEGIN}\n{END}\n")
+    result = cli.invoke(
+        app, ["bench", "gpu-session", "--render", str(tmp_path / "bad.json"), "--docs", str(docs)]
     )
     assert result.exit_code != 0 and "not a gpu_session.json" in result.output
+    # checked before any measurement: nothing is run or written
+    run = ["bench", "gpu-session", "--device", "cpu", "--no-tests", "--out", str(tmp_path / "o")]
+    result = cli.invoke(app, [*run, "--docs", str(tmp_path / "missing.md")])
+    assert result.exit_code == 1 and "no such file" in result.output
+    result = cli.invoke(app, [*run, "--multidnn-models", "bogus:3"])
+    assert result.exit_code == 1 and "bogus" in result.output
+    assert not (tmp_path / "o" / "gpu_session.json").exists()
 
 
 def test_multidnn_block_renders_mp_and_mt() -> None:

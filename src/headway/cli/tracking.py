@@ -451,8 +451,17 @@ def bench_gpu_session(
     C++ runner, faster paths) and paper B's MP vs MT, with the papers' numbers and targets."""
     import json
 
-    from headway.experiments.gpu_session import render_markdown, run_session, update_docs
+    from headway.experiments.gpu_session import (
+        check_docs,
+        render_markdown,
+        run_session,
+        update_docs,
+    )
+    from headway.vision.serving import parse_models
 
+    if docs is not None:
+        check_docs(docs)
+        output_file(docs, "--docs")
     if render is not None:
         if docs is None:
             raise InputError("--render writes into --docs: give the file")
@@ -469,6 +478,8 @@ def bench_gpu_session(
     at_least(warmup, 0, "--warmup")
     at_least(rounds, 1, "--rounds")
     at_least(multidnn_requests, 0, "--multidnn-requests")
+    if multidnn_requests > 0:
+        parse_models(multidnn_models)  # names checked before the long parts start
     positive(budget, "--budget")
     output_folder(out, "--out")
     chosen = some_names(executors, "--executors") if executors else None

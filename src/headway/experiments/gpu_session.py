@@ -255,12 +255,22 @@ def render_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def check_docs(docs: str | Path) -> str:
+    """The text of ``docs``, or an error unless it exists and holds the markers' block (checked
+    before any measurement, so a wrong path does not waste a GPU lease)."""
+    docs = Path(docs)
+    if not docs.is_file():
+        raise InputError(f"--docs {docs}: no such file")
+    text = docs.read_text()
+    if BEGIN not in text or END not in text.split(BEGIN, 1)[1]:
+        raise InputError(f"--docs {docs}: has no {BEGIN} … {END} block to replace")
+    return text
+
+
 def update_docs(record: dict[str, Any], docs: str | Path) -> Path:
     """Replace the block between the gpu-session markers of ``docs`` with the rendering."""
     docs = Path(docs)
-    text = docs.read_text()
-    if BEGIN not in text or END not in text:
-        raise InputError(f"{docs} has no {BEGIN} … {END} block to replace")
+    text = check_docs(docs)
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     atomic_write_text(docs, f"{head}{BEGIN}\n{render_markdown(record)}{END}{tail}")
