@@ -41,6 +41,12 @@ def _atomic(path: Path, write: Any) -> None:
         raise
 
 
+def cache_root() -> Path:
+    """Where headway keeps what it can rebuild (exported graphs, the C++ runner, compiled
+    packages): ``$HEADWAY_CACHE`` or ``~/.cache/headway``."""
+    return Path(os.environ.get("HEADWAY_CACHE") or Path.home() / ".cache" / "headway")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` through a temporary file in the same folder and a rename."""
     _atomic(Path(path), lambda temporary: Path(temporary).write_text(text))

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from headway.errors import InputError
-from headway.io import locked_folder
+from headway.io import cache_root, locked_folder
 
 SOURCE = Path(__file__).parent / "cpp" / "headway_runner.cpp"
 BINARY_NAME = "headway-runner"
@@ -52,8 +52,7 @@ class BuildPlan:
 
 
 def native_cache_dir() -> Path:
-    root = os.environ.get("HEADWAY_CACHE") or Path.home() / ".cache" / "headway"
-    return Path(root) / "native"
+    return cache_root() / "native"
 
 
 def find_compiler() -> str | None:

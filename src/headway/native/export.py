@@ -31,6 +31,7 @@ from headway.errors import InputError
 from headway.io import atomic_write_text, locked_folder
 from headway.models.cswintt import CSWinTT, EncoderContext
 from headway.runtime.engines import module_fingerprint
+from headway.tracking.executors import StageModule
 from headway.transforms.fold import fold_batchnorm
 from headway.transforms.heads import HeadSplitEncoderLayer, WindowHead, split_heads
 from headway.transforms.spectral import spectral_window_attention
@@ -39,22 +40,6 @@ NATIVE_EXECUTORS = ("cpp", "cpp-heads", "cpp-spectral", "cpp-aoti")
 AOTI_FORMAT = 1  # bump when the AOTInductor recipe changes, so cached packages are not reused
 MODEL_FORMAT = 1  # the runner refuses another
 log = logging.getLogger(__name__)
-
-
-class _Stage(nn.Module):
-    """One stage method of the network as a module of tensors (what tracing needs)."""
-
-    def __init__(self, network: CSWinTT, method: str) -> None:
-        super().__init__()
-        self.network = network
-        self.method = method
-
-    def extra_repr(self) -> str:  # part of the AOTInductor cache key
-        return f"method={self.method}"
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        out = getattr(self.network, self.method)(*args)
-        return tuple(out) if isinstance(out, tuple) else out
 
 
 class _Project(nn.Module):
@@ -192,16 +177,16 @@ def export_native_model(
         return image, mask
 
     template, search = images(config.template_size), images(config.search_size)
-    _save(_Stage(network, "forward_backbone"), template, folder / "backbone_template.pt", aoti)
-    _save(_Stage(network, "forward_backbone"), search, folder / "backbone_search.pt", aoti)
+    _save(StageModule(network, "forward_backbone"), template, folder / "backbone_template.pt", aoti)
+    _save(StageModule(network, "forward_backbone"), search, folder / "backbone_search.pt", aoti)
     features = [network.forward_backbone(*template)] * config.num_templates
     merged = network.merge([*features, network.forward_backbone(*search)])
     tokens, mask = merged.tokens, merged.padding_mask
     memory = network.forward_encoder(tokens, mask)
     decoded = network.forward_decoder(memory, mask)
-    _save(_Stage(network, "forward_decoder"), (memory, mask), folder / "decoder.pt", aoti)
-    _save(_Stage(network, "forward_box_head"), (memory, decoded), folder / "box_head.pt", aoti)
-    _save(_Stage(network, "forward_confidence"), (decoded,), folder / "confidence.pt", aoti)
+    _save(StageModule(network, "forward_decoder"), (memory, mask), folder / "decoder.pt", aoti)
+    _save(StageModule(network, "forward_box_head"), (memory, decoded), folder / "box_head.pt", aoti)
+    _save(StageModule(network, "forward_confidence"), (decoded,), folder / "confidence.pt", aoti)
     if executor == "cpp-heads":
         context = network.transformer.encoder_context(mask)
         assert isinstance(context, EncoderContext)
@@ -219,7 +204,7 @@ def export_native_model(
             _save(_Finish(layer), (x, torch.zeros_like(x)), folder / f"layer{index}_finish.pt")
             x = attended
     else:
-        _save(_Stage(network, "forward_encoder"), (tokens, mask), folder / "encoder.pt", aoti)
+        _save(StageModule(network, "forward_encoder"), (tokens, mask), folder / "encoder.pt", aoti)
     manifest = {
         "format": MODEL_FORMAT,
         "executor": executor,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.io import locked_folder
+from headway.io import cache_root, locked_folder
 
 ENGINES = ("onnxruntime", "openvino", "openvino-bf16")
 INSTALL_HINT = "pip install 'headway[engines]'"
@@ -57,8 +57,7 @@ def require_engine(engine: str) -> None:
 
 def default_cache_dir() -> Path:
     """Where exported graphs are kept: ``$HEADWAY_CACHE`` or ``~/.cache/headway``."""
-    root = os.environ.get("HEADWAY_CACHE") or Path.home() / ".cache" / "headway"
-    return Path(root) / "exports"
+    return cache_root() / "exports"
 
 
 def module_fingerprint(module: nn.Module, args: Sequence[torch.Tensor]) -> str:

@@ -145,8 +145,9 @@ class Executor:
         self.close()
 
 
-class _StageModule(nn.Module):
-    """One stage method as a module, so TorchScript can trace it."""
+class StageModule(nn.Module):
+    """One stage method as a module of tensors, so TorchScript can trace it, ONNX and
+    torch.export export it (the engines and the C++ runner use it too)."""
 
     def __init__(self, network: CSWinTT, method: str) -> None:
         super().__init__()
@@ -173,7 +174,7 @@ class ScriptedExecutor(Executor):
         self.stages = {stage: self._traced_stage(stage) for stage in STAGE_METHODS}
 
     def _traced_stage(self, stage: str) -> Callable[..., Any]:
-        module = _StageModule(self.network, STAGE_METHODS[stage])
+        module = StageModule(self.network, STAGE_METHODS[stage])
 
         def run(*args: torch.Tensor) -> Any:
             key = (stage, tuple(tuple(a.shape) for a in args))
@@ -417,7 +418,7 @@ class EngineExecutor(Executor):
     def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
         super().__init__(network, device)
         self.stages = {  # EngineModule says how to install a missing engine
-            stage: EngineModule(self.engine, _StageModule(self.network, method))
+            stage: EngineModule(self.engine, StageModule(self.network, method))
             for stage, method in STAGE_METHODS.items()
         }
 

@@ -871,6 +871,7 @@ int command_track(const std::string& job_path) {
   std::vector<double> confidences, frame_seconds, read_ms;
   std::map<std::string, std::vector<double>> stages;
   for (const auto& name : kStages) stages[name];
+  const bool progress = job.get("progress", "0") == "1";
   for (size_t index = 0; index < job.frames.size(); ++index) {
     const auto began = std::chrono::steady_clock::now();
     Image image = read_frame(job.frames[index]);
@@ -890,7 +891,7 @@ int command_track(const std::string& job_path) {
     auto measured = tracker.clock().finish_frame();
     measured["load_preprocess"] += read;  // as the Python tracker counts the frame read
     for (const auto& name : kStages) stages[name].push_back(measured.count(name) ? measured[name] : 0.0);
-    if (job.get("progress", "0") == "1") std::fprintf(stderr, "frame %zu\n", index + 1), std::fflush(stderr);
+    if (progress) std::fprintf(stderr, "frame %zu\n", index + 1), std::fflush(stderr);
   }
 
   std::string out = "{\"runner\": \"" + std::string(kVersion) + "\", \"boxes\": [";
