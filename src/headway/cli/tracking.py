@@ -287,7 +287,9 @@ def runner_build(
     from headway.native.build import build_plan, build_runner
 
     plan = build_plan()
-    formats = ", ".join(plan.image_formats) or "none (install libjpeg-dev / libpng-dev)"
+    formats = ", ".join(("ppm", *plan.image_formats))
+    if not plan.image_formats:
+        formats += " (install libjpeg-dev / libpng-dev and rebuild for JPEG / PNG)"
     with console.status("compiling headway-runner"):
         binary = build_runner(force)
     console.print(f"headway-runner: {binary} (frames it reads: {formats})")
@@ -303,7 +305,7 @@ def runner_info() -> None:
     binary = built_runner(plan)
     if binary is None:
         raise InputError("headway-runner is not built for this torch: run `headway runner build`")
-    formats = ", ".join(plan.image_formats) or "none"
+    formats = ", ".join(("ppm", *plan.image_formats))
     console.print(f"{binary}\ncompiler {plan.compiler}; frames it reads: {formats}")
 
 
