@@ -51,7 +51,7 @@ def main() -> None:
         labels = list(LAYOUTS)
         for round_index in range(args.rounds):
             for label in labels if round_index % 2 == 0 else labels[::-1]:
-                raw = trackers[label].run_frames(sequence.frames, sequence.init_box)
+                raw = trackers[label].run_job(sequence.frames, sequence.init_box)
                 for stage, values in times[label].items():
                     values += raw["stage_ms"][stage][args.warmup :]
         for tracker in trackers.values():

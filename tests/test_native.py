@@ -27,7 +27,8 @@ from headway.tracking.crop import read_frame, sample_target
 from headway.tracking.datasets import load_dataset
 from headway.tracking.results import write_sequence_result
 from headway.tracking.runner import track_dataset
-from headway.tracking.tracker import CSWinTTTracker, TrackerSettings, check_tracker_executor
+from headway.tracking.backends import check_tracker_executor
+from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
 
 needs_compiler = pytest.mark.skipif(
     native_build.find_compiler() is None, reason="no C++ compiler: headway-runner cannot be built"
@@ -178,7 +179,7 @@ def test_runner_writes_the_same_result_files(
     """The runner's own result files (box file, stage record) match what headway writes."""
     sequence = load_dataset(synth_dataset, "otb")[0]
     with NativeTracker(network, None, "cpu", "cpp") as native:
-        raw = native.run_frames(
+        raw = native.run_job(
             sequence.frames, sequence.init_box, sequence.name, results_dir=tmp_path / "runner"
         )
         result = native.run_sequence(sequence)

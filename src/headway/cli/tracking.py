@@ -29,7 +29,8 @@ from headway.models import CONFIGS, build_cswintt, load_weights
 from headway.runtime.device import keep_freed_memory, resolve_device
 from headway.tracking.datasets import FORMATS, SkippedSequence, load_dataset, update_interval
 from headway.tracking.metrics import CONVENTIONS
-from headway.tracking.tracker import check_tracker_executor, tracker_executor_names
+from headway.tracking.backends import check_tracker_executor
+from headway.tracking.executors import executor_names
 
 
 @app.command()
@@ -82,7 +83,7 @@ def track_command(
     seed: Annotated[int, typer.Option(help="Seed of the random weights (no checkpoint).")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     executor: Annotated[
-        str, typer.Option(help=f"How it runs: {', '.join(tracker_executor_names())}.")
+        str, typer.Option(help=f"How it runs: {', '.join(executor_names())}.")
     ] = "eager",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     ray: Annotated[
@@ -98,7 +99,8 @@ def track_command(
     """Track every sequence of a dataset; reruns skip sequences already complete."""
     from headway.models.pretrained import builtin_weights_path
     from headway.tracking.runner import stage_breakdown, track_dataset
-    from headway.tracking.tracker import TrackerSettings, build_tracker
+    from headway.tracking.backends import build_tracker
+    from headway.tracking.settings import TrackerSettings
 
     check_choice(format, FORMATS, "dataset format")
     check_choice(config, list(CONFIGS), "configuration")
@@ -317,7 +319,7 @@ def bench_tracker(
     executors: Annotated[
         str | None,
         typer.Option(
-            help=f"Comma-separated, from: {', '.join(tracker_executor_names())} (default: "
+            help=f"Comma-separated, from: {', '.join(executor_names())} (default: "
             f"{','.join(DEFAULT_BENCH_EXECUTORS)}, and cpp,cpp-heads when the runner is built)."
         ),
     ] = None,

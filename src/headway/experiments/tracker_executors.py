@@ -16,7 +16,6 @@ import json
 import platform
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,11 +32,12 @@ from headway.experiments.report import Section, markdown_table
 from headway.io import atomic_write_text
 from headway.measure import keeps_global_rng
 from headway.models.cswintt import CSWinTT, build_cswintt
-from headway.native.export import NATIVE_EXECUTORS
 from headway.runtime.device import resolve_device
-from headway.tracking.executors import build_executor
+from headway.tracking.backends import build_tracker, check_tracker_executor
+from headway.tracking.results import SequenceResult
+from headway.tracking.settings import STAGES
 from headway.tracking.synth import SynthSettings, render_sequence
-from headway.tracking.tracker import STAGES, CSWinTTTracker, check_tracker_executor
+from headway.tracking.tracker import CSWinTTTracker
 
 TIMED_STAGES = STAGES[:5]
 
@@ -104,9 +104,24 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, d_model: int, ffn: int
     return 2 * 704 * d_model * ffn / seconds / 1e9
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+DEFAULT_EXECUTORS = ("scripted", "heads", "fused", "spectral", "fused-bf16")
+
+
+def _write_frames(images: list[np.ndarray]) -> tuple[Path, list[Path]]:
+    """The frames as PPM files for the C++ runner (lossless, so it reads exactly the pixels the
+    Python trackers get, and it needs no image library for them)."""
+    folder = Path(tempfile.mkdtemp(prefix="headway-bench-frames-"))
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"{index:04d}.ppm"
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return folder, paths
+
+
+def tracker_encoder(tracker: CSWinTTTracker | Any) -> Callable[..., torch.Tensor]:
+    """The encoder a tracker of either host runs (the C++ runner's loaded in this process)."""
+    return tracker.executor.encoder if isinstance(tracker, CSWinTTTracker) else tracker.encoder
 
 
 @keeps_global_rng
@@ -121,16 +136,11 @@ def benchmark_executors(
     rounds: int = 2,
 ) -> TrackerBenchmark:
     """Run every executor on the same frames and collect paper A's numbers. ``eager`` is
-    always measured (it is the reference) and listed first."""
+    always measured (it is the reference) and listed first. Both hosts run the same frame loop
+    (``run_frames``); the C++ runner's times leave out its reading of the image files, as the
+    Python trackers are handed arrays."""
     torch_device = resolve_device(device)
-    names = [
-        "eager",
-        *[
-            n
-            for n in (executors or ["scripted", "heads", "fused", "spectral", "fused-bf16"])
-            if n != "eager"
-        ],
-    ]
+    names = ["eager", *[n for n in (executors or DEFAULT_EXECUTORS) if n != "eager"]]
     for name in names:
         check_tracker_executor(name, torch_device)
     if frames < 1 or warmup < 0 or rounds < 1:
@@ -140,14 +150,9 @@ def benchmark_executors(
     images, boxes, _ = render_sequence(
         np.random.default_rng([seed, 0]), SynthSettings(frames=frames + warmup + 1)
     )
-    trackers = {
-        name: CSWinTTTracker(build_executor(name, network, torch_device))
-        for name in names
-        if name not in NATIVE_EXECUTORS
-    }
-    native = _NativePasses(
-        network, torch_device, [n for n in names if n in NATIVE_EXECUTORS], images
-    )
+    trackers = {name: build_tracker(network, None, torch_device, name) for name in names}
+    native = any(not isinstance(t, CSWinTTTracker) for t in trackers.values())
+    frame_folder, frame_files = _write_frames(images) if native else (None, [])
 
     probe_tokens = torch.randn(
         network.config.num_tokens,
@@ -159,57 +164,35 @@ def benchmark_executors(
     probe_mask = torch.zeros(1, network.config.num_tokens, dtype=torch.bool, device=torch_device)
     probe_mask[0, -network.config.search_grid * 2 :] = True
     with torch.inference_mode():
-        reference = trackers["eager"].executor.encoder(probe_tokens, probe_mask).float()
+        reference = tracker_encoder(trackers["eager"])(probe_tokens, probe_mask).float()
     first_box = [float(v) for v in boxes[0]]
+
+    def one_pass(name: str) -> SequenceResult:
+        tracker = trackers[name]
+        progress = None if on_frame is None else lambda i: on_frame(i - 1) if i else None
+        if isinstance(tracker, CSWinTTTracker):
+            return tracker.run_frames(images.__getitem__, len(images), first_box, progress)
+        return tracker.run_frames(frame_files, first_box, progress)
 
     stage_times: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     frame_times: dict[str, list[float]] = {name: [] for name in names}
-    tracked: dict[str, list[list[float]]] = {name: [] for name in names}
-
-    def record(
-        name: str,
-        round_index: int,
-        index: int,
-        box: list[float],
-        elapsed: float,
-        measured: dict[str, float],
-    ) -> None:
-        """Keep the first round's boxes, and the times of the frames after the warm-up."""
-        if round_index == 0:
-            tracked[name].append(box)
-        if index >= warmup:
-            frame_times[name].append(elapsed)
-            stage_times[name].append(measured)
-        if on_frame is not None:
-            on_frame(index)
-
+    tracked: dict[str, np.ndarray] = {}
     for round_index in range(rounds):
-        order = names if round_index % 2 == 0 else names[::-1]
-        for name in order:
-            if name in native.trackers:  # a whole pass in the C++ runner
-                for index, (box, elapsed, measured) in enumerate(native.run(name, first_box)):
-                    record(name, round_index, index, box, elapsed, measured)
-                continue
-            tracker = trackers[name]
-            tracker.initialize(images[0], list(boxes[0]))
-            tracker.timer.finish_frame()
-            for index, image in enumerate(images[1:]):
-                _synchronize(torch_device)
-                began = time.perf_counter()
-                box, _ = tracker.track(image)
-                _synchronize(torch_device)
-                elapsed = (time.perf_counter() - began) * 1e3
-                record(name, round_index, index, box, elapsed, tracker.timer.finish_frame())
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            result = one_pass(name)
+            tracked.setdefault(name, result.boxes[1:])  # the first round's boxes
+            read = result.read_ms if result.read_ms is not None else np.zeros(len(images))
+            for index in range(1 + warmup, len(images)):  # frame 0 initialises
+                frame_times[name].append(result.frame_times[index] * 1e3 - read[index])
+                measured = {s: result.stage_times[s][index] for s in STAGES}
+                measured["load_preprocess"] -= read[index]
+                stage_times[name].append(measured)
 
     flops = encoder_flops(network, torch_device)
-    eager_boxes = np.asarray(tracked["eager"])
     results = []
     for name in names:
         with torch.inference_mode():
-            if name in native.trackers:
-                output = native.trackers[name].encoder(probe_tokens, probe_mask).float()
-            else:
-                output = trackers[name].executor.encoder(probe_tokens, probe_mask).float()
+            output = tracker_encoder(trackers[name])(probe_tokens, probe_mask).float()
         encoder_ms = float(np.median([t["encoder"] for t in stage_times[name]]))
         results.append(
             ExecutorResult(
@@ -222,12 +205,13 @@ def benchmark_executors(
                 },
                 encoder_gflops=flops / encoder_ms / 1e6,
                 max_encoder_diff=float((output - reference).abs().max()),
-                max_box_diff_px=float(np.abs(np.asarray(tracked[name]) - eager_boxes).max()),
+                max_box_diff_px=float(np.abs(tracked[name] - tracked["eager"]).max()),
             )
         )
     for tracker in trackers.values():
         tracker.close()
-    native.close()
+    if frame_folder is not None:
+        shutil.rmtree(frame_folder, ignore_errors=True)
     peaks = {
         str(dtype).removeprefix("torch."): matmul_peak(
             torch_device, dtype, network.config.d_model, network.config.dim_feedforward
@@ -244,47 +228,6 @@ def benchmark_executors(
     return TrackerBenchmark(
         config, str(torch_device), frames, warmup, rounds, flops / 1e9, peaks, environment, results
     )
-
-
-class _NativePasses:
-    """The C++ executors' side of the benchmark: the frames written once as PPM (lossless, so
-    the runner reads exactly the pixels the Python trackers get, and it needs no image library
-    for them), then a whole pass per call.
-    A pass's frame time excludes reading the image, as the Python trackers are handed arrays."""
-
-    def __init__(
-        self, network: CSWinTT, device: torch.device, names: list[str], images: list[np.ndarray]
-    ) -> None:
-        from headway.native.runner import NativeTracker
-
-        self.trackers = {name: NativeTracker(network, None, device, name) for name in names}
-        self.folder = Path(tempfile.mkdtemp(prefix="headway-bench-frames-")) if names else None
-        self.frames: list[Path] = []
-        for index, image in enumerate(images if names else []):
-            assert self.folder is not None
-            path = self.folder / f"{index:04d}.ppm"
-            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            self.frames.append(path)
-
-    def run(
-        self, name: str, init_box: list[float]
-    ) -> list[tuple[list[float], float, dict[str, float]]]:
-        """(box, frame ms, stage ms) of every tracked frame (the first frame initialises)."""
-        raw = self.trackers[name].run_frames(self.frames, init_box)
-        out = []
-        for index in range(1, len(self.frames)):
-            read = raw["read_ms"][index]
-            stages = {s: raw["stage_ms"][s][index] for s in STAGES}
-            stages["load_preprocess"] -= read
-            elapsed = raw["frame_seconds"][index] * 1e3 - read
-            out.append((raw["boxes"][index], elapsed, stages))
-        return out
-
-    def close(self) -> None:
-        for tracker in self.trackers.values():
-            tracker.close()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

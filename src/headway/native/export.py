@@ -31,12 +31,16 @@ from headway.errors import InputError
 from headway.io import atomic_write_text, locked_folder
 from headway.models.cswintt import CSWinTT, EncoderContext
 from headway.runtime.engines import module_fingerprint
-from headway.tracking.executors import StageModule
-from headway.transforms.fold import fold_batchnorm
-from headway.transforms.heads import HeadSplitEncoderLayer, WindowHead, split_heads
-from headway.transforms.spectral import spectral_window_attention
+from headway.tracking.executors import (
+    ExecutorSpec,
+    StageModule,
+    executor_names,
+    resolve_executor,
+    rewrite_network,
+)
+from headway.transforms.heads import HeadSplitEncoderLayer, WindowHead
 
-NATIVE_EXECUTORS = ("cpp", "cpp-heads", "cpp-spectral", "cpp-aoti")
+NATIVE_EXECUTORS = tuple(executor_names("cpp"))
 AOTI_FORMAT = 1  # bump when the AOTInductor recipe changes, so cached packages are not reused
 MODEL_FORMAT = 1  # the runner refuses another
 log = logging.getLogger(__name__)
@@ -141,16 +145,11 @@ class AOTICompileError(InputError):
     a bug, reported in one line that says which executor runs it instead."""
 
 
-def prepare_network(network: CSWinTT, executor: str) -> CSWinTT:
-    """The network whose graphs the executor exports (a copy when it is rewritten)."""
+def native_spec(executor: str) -> ExecutorSpec:
+    """The table's spec of a C++ runner executor, or one line naming them."""
     if executor not in NATIVE_EXECUTORS:
         raise InputError(f"unknown native executor {executor!r}: {', '.join(NATIVE_EXECUTORS)}")
-    if executor == "cpp-heads":
-        return split_heads(network)[0]
-    if executor in ("cpp-spectral", "cpp-aoti"):  # as `spectral`: channels-last convolutions
-        folded = fold_batchnorm(spectral_window_attention(network)[0])[0]
-        return folded.to(memory_format=torch.channels_last)
-    return network
+    return resolve_executor(executor)[1]
 
 
 @torch.no_grad()
@@ -160,13 +159,14 @@ def export_native_model(
     """Trace ``network`` (on its own device) for the runner into ``folder``; returns it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    network = prepare_network(network, executor).eval()
+    spec = native_spec(executor)
+    network = rewrite_network(spec, network).eval()
     config = network.config
     device = next(network.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
 
-    channels_last = executor in ("cpp-spectral", "cpp-aoti")
-    aoti = executor == "cpp-aoti"
+    channels_last = spec.graph in ("fused", "spectral")  # as rewrite_network laid them out
+    aoti = spec.backend == "aoti"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,7 +187,7 @@ def export_native_model(
     _save(StageModule(network, "forward_decoder"), (memory, mask), folder / "decoder.pt", aoti)
     _save(StageModule(network, "forward_box_head"), (memory, decoded), folder / "box_head.pt", aoti)
     _save(StageModule(network, "forward_confidence"), (decoded,), folder / "confidence.pt", aoti)
-    if executor == "cpp-heads":
+    if spec.graph == "heads":
         context = network.transformer.encoder_context(mask)
         assert isinstance(context, EncoderContext)
         x = tokens

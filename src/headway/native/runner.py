@@ -21,10 +21,10 @@ import torch
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT
 from headway.native.build import require_runner
-from headway.native.export import NATIVE_EXECUTORS, export_native_model
+from headway.native.export import export_native_model, native_spec
 from headway.tracking.datasets import Sequence
 from headway.tracking.results import SequenceResult
-from headway.tracking.tracker import STAGES, TrackerSettings
+from headway.tracking.settings import IMAGENET_MEAN, IMAGENET_STD, STAGES, TrackerSettings
 
 
 class NativeRunError(RuntimeError):
@@ -50,8 +50,7 @@ class NativeTracker:
         ``head_intra_op_threads``: each worker's own (0: as many as the runner's, which keeps
         every product blocked as in the eager network, so boxes stay bit-identical; fewer
         oversubscribe the cores less but sum in another order)."""
-        if executor not in NATIVE_EXECUTORS:
-            raise InputError(f"unknown native executor {executor!r}: {', '.join(NATIVE_EXECUTORS)}")
+        self.spec = native_spec(executor)
         self.binary = require_runner()
         self.device = torch.device(device)
         self.settings = settings or TrackerSettings()
@@ -77,7 +76,7 @@ class NativeTracker:
                 warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's notice
                 return torch.jit.load(self.model_dir / f"{name}.pt", map_location=self.device)
 
-        if self.executor_name != "cpp-heads":
+        if self.spec.graph != "heads":
             return load("encoder")(tokens, padding_mask)
         x = tokens
         for layer in range(self.config.enc_layers):
@@ -89,7 +88,7 @@ class NativeTracker:
             x = load(f"layer{layer}_finish")(x, torch.cat(heads, dim=-1))
         return x
 
-    def run_frames(
+    def run_job(
         self,
         frames: Seq[str | Path],
         init_box: Seq[float],
@@ -106,12 +105,14 @@ class NativeTracker:
         s = self.settings
         lines = {
             "model": str(self.model_dir),
-            "mode": "heads" if self.executor_name == "cpp-heads" else "stages",
+            "mode": "heads" if self.spec.graph == "heads" else "stages",
             "template_factor": repr(s.template_factor),
             "search_factor": repr(s.search_factor),
             "update_interval": str(s.update_interval),
             "confidence_threshold": repr(s.confidence_threshold),
             "box_margin": repr(s.box_margin),
+            "mean": " ".join(repr(v) for v in IMAGENET_MEAN),
+            "std": " ".join(repr(v) for v in IMAGENET_STD),
             "init_box": " ".join(repr(float(v)) for v in init_box),
             "intra_op_threads": str(self.intra_op_threads),
             "head_threads": str(self.head_threads),
@@ -149,20 +150,29 @@ class NativeTracker:
             raise NativeRunError(f"headway-runner failed (exit {status}): {message}")
         return json.loads(output.read_text())
 
+    def run_frames(
+        self,
+        frames: Seq[str | Path],
+        init_box: Seq[float],
+        on_frame: Callable[[int], None] | None = None,
+        name: str = "sequence",
+    ) -> SequenceResult:
+        """The frame loop of :meth:`CSWinTTTracker.run_frames`, run by the C++ runner over the
+        image files ``frames`` (it reads them itself); ``read_ms`` says how long each read took."""
+        raw = self.run_job(frames, [float(v) for v in init_box], name, on_frame)
+        return SequenceResult(
+            np.asarray(raw["boxes"], dtype=np.float64).reshape(-1, 4),
+            np.asarray(raw["frame_seconds"], dtype=np.float64),
+            {stage: list(raw["stage_ms"][stage]) for stage in STAGES},
+            int(raw["template_updates"]),
+            np.asarray(raw["read_ms"], dtype=np.float64),
+        )
+
     def run_sequence(
         self, sequence: Sequence, on_frame: Callable[[int], None] | None = None
     ) -> SequenceResult:
         """Track a whole sequence from its first ground-truth box (one-pass evaluation)."""
-        raw = self.run_frames(
-            sequence.frames, [float(v) for v in sequence.init_box], sequence.name, on_frame
-        )
-        stage_times = {name: list(raw["stage_ms"][name]) for name in STAGES}
-        return SequenceResult(
-            np.asarray(raw["boxes"], dtype=np.float64).reshape(-1, 4),
-            np.asarray(raw["frame_seconds"], dtype=np.float64),
-            stage_times,
-            int(raw["template_updates"]),
-        )
+        return self.run_frames(sequence.frames, sequence.init_box, on_frame, sequence.name)
 
     def close(self) -> None:
         """Remove the exported model (also done when the tracker is collected)."""

@@ -61,7 +61,8 @@ class _Worker:
 
     def __init__(self, recipe: TrackerRecipe) -> None:
         from headway.models import build_cswintt, load_weights
-        from headway.tracking.tracker import TrackerSettings, build_tracker
+        from headway.tracking.backends import build_tracker
+        from headway.tracking.settings import TrackerSettings
 
         torch.set_num_threads(recipe.threads)
         with torch.random.fork_rng():

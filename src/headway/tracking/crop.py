@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from headway.errors import InputError
+from headway.tracking.settings import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # A first box larger than this many image sides cannot be a target in the image, and its
 # crop (several times the box) would ask for an absurd amount of memory.
 MAX_BOX_TO_IMAGE = 4

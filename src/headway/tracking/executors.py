@@ -1,30 +1,24 @@
-"""Executors: how the tracker's network stages run, selectable by name.
+"""Executors: how the tracker's network stages run, as one table of data.
 
-| name | what runs |
-|---|---|
-| ``eager`` | Case A: the plain modules, heads one after another in Python |
-| ``scripted`` | Case B: every stage traced to TorchScript once per input shape, then called |
-| ``compiled`` | torch.compile of every stage (falls back to ``scripted``, with a warning) |
-| ``heads`` | Case C: split heads dispatched to a pool of workers, one CUDA stream each |
-| ``scripted-fork`` | Case C without the GIL: traced heads forked onto TorchScript's inter-op pool |
-| ``fused`` | fused window attention (one gather per Q/K′/V′, heads batched per window size), |
-|  | batch norms folded into the convolutions, channels-last convolutions |
-| ``fused-bf16`` | ``fused`` with bfloat16 weights under autocast (AVX-512 BF16, tensor cores) |
-| ``spectral`` | ``fused`` with the w > 1 heads computed per DFT bin of their window (no rolled |
-|  | key/value copies; 4–33× fewer attention multiply-adds) and the linear layers run by |
-|  | oneDNN on packed weights: the fastest fp32 path on CPU |
-| ``spectral-bf16`` | spectral attention with bfloat16 weights under autocast |
-| ``compiled-spectral`` | ``spectral`` with every stage compiled (torch.compile, freezing) |
-| ``compiled-bf16`` | ``spectral-bf16`` with every stage compiled the same way |
-| ``cudagraph`` | ``fused`` with each stage captured once as a CUDA graph, then replayed |
-| ``cudagraph-bf16`` | ``cudagraph`` under bfloat16 autocast (CUDA only) |
-| ``onnxruntime`` | the ``spectral`` network exported to ONNX per stage and run by ONNX Runtime |
-| ``openvino`` | the same graphs run by OpenVINO (fp32) |
-| ``openvino-bf16`` | the same graphs run by OpenVINO with its bf16 precision hint |
+An executor is a point on four axes, written ``GRAPH[+bf16]@BACKEND``:
 
-Every executor exposes the same stage calls (``backbone``, ``merge``, ``encoder``, ``decoder``,
-``box_head``, ``confidence``), so the tracker and the benchmark treat them alike. Executors that
-rewrite the network work on a copy; all of them move the network to their device.
+- **graph** — the network it runs: ``plain`` (as built), ``heads`` (every head its own
+  sub-module, paper A's Case C), ``fused`` (fused window attention, batch norms folded,
+  channels-last convolutions) or ``spectral`` (``fused`` with the w > 1 heads computed per DFT
+  bin of their window; no rolled key/value copies, 4–33× fewer attention multiply-adds);
+- **precision** — fp32, or ``+bf16`` (bfloat16 matmul/conv weights under autocast in torch; the
+  bf16 inference-precision hint in OpenVINO);
+- **backend** — what calls the graph: ``eager``, ``torchscript``, ``inductor`` (torch.compile),
+  ``cudagraph``, the engines ``onnxruntime`` and ``openvino``, or the C++ runner ``cpp``
+  (TorchScript stages) and ``aoti`` (AOTInductor packages);
+- **host** — the frame loop: the Python tracker, or ``headway-runner`` for ``cpp``/``aoti``.
+
+:data:`EXECUTORS` lists every supported point under its short name (``spectral-bf16`` is
+``spectral+bf16@eager``); both spellings are accepted everywhere, and every list of names
+(CLI help, benchmark defaults, reports, checks) is derived from the table. Every executor
+exposes the same stage calls (``backbone``, ``merge``, ``encoder``, ``decoder``, ``box_head``,
+``confidence``), so the tracker and the benchmark treat them alike. Executors that rewrite the
+network work on a copy; all of them move the network to their device.
 """
 
 from __future__ import annotations
@@ -33,7 +27,8 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +37,7 @@ from headway.errors import InputError
 from headway.models.cswintt import CSWinTT, Features
 from headway.runtime.engines import EngineModule, require_engine
 from headway.runtime.pool import StreamWorkerPool
+from headway.tracking.settings import STAGE_METHODS
 from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
 from headway.transforms.fork import fork_heads
 from headway.transforms.heads import fuse_window_attention, set_head_dispatch, split_heads
@@ -50,13 +46,229 @@ from headway.transforms.spectral import spectral_window_attention
 
 log = logging.getLogger(__name__)
 
-STAGE_METHODS = {
-    "backbone": "forward_backbone",
-    "encoder": "forward_encoder",
-    "decoder": "forward_decoder",
-    "box_head": "forward_box_head",
-    "confidence": "forward_confidence",
+GRAPHS = {
+    "plain": "the network as built",
+    "heads": "every head its own sub-module (Case C)",
+    "fused": "fused window attention, folded batch norms, channels-last convolutions",
+    "spectral": "fused, with the w > 1 heads per DFT bin of their window",
 }
+PRECISIONS = ("fp32", "bf16")
+BACKENDS = {
+    "eager": "PyTorch, operator by operator",
+    "torchscript": "traced to TorchScript once per input shape",
+    "inductor": "torch.compile (inductor; freezing where the executor owns a copy)",
+    "cudagraph": "each stage captured once as a CUDA graph, then replayed (CUDA only)",
+    "onnxruntime": "exported to ONNX per stage, run by ONNX Runtime (CPU)",
+    "openvino": "exported to ONNX per stage, run by OpenVINO (CPU)",
+    "cpp": "TorchScript stages run by the C++ runner headway-runner",
+    "aoti": "AOTInductor packages (torch.export, freezing) run by headway-runner",
+}
+ENGINE_BACKENDS = ("onnxruntime", "openvino")
+NATIVE_BACKENDS = ("cpp", "aoti")
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """One executor: its graph, precision and backend (the host follows from the backend)."""
+
+    graph: str
+    precision: str = "fp32"
+    backend: str = "eager"
+    summary: str = field(default="", compare=False)
+
+    @property
+    def composed(self) -> str:
+        """The ``GRAPH[+bf16]@BACKEND`` spelling."""
+        bf16 = "+bf16" if self.precision == "bf16" else ""
+        return f"{self.graph}{bf16}@{self.backend}"
+
+    @property
+    def host(self) -> str:
+        """``cpp`` when headway-runner runs the frame loop, else ``python``."""
+        return "cpp" if self.backend in NATIVE_BACKENDS else "python"
+
+    @property
+    def requires_cuda(self) -> bool:
+        return self.backend == "cudagraph"
+
+    @property
+    def cpu_only(self) -> bool:
+        return self.backend in ENGINE_BACKENDS
+
+    @property
+    def engine(self) -> str | None:
+        """The :mod:`headway.runtime.engines` name for the engine backends."""
+        if self.backend not in ENGINE_BACKENDS:
+            return None
+        return self.backend + ("-bf16" if self.precision == "bf16" else "")
+
+    @property
+    def autocast(self) -> bool:
+        """bf16 by torch autocast (the engines and the runner carry their own precision)."""
+        return self.precision == "bf16" and self.backend in (
+            "eager",
+            "torchscript",
+            "inductor",
+            "cudagraph",
+        )
+
+    @property
+    def owns_copy(self) -> bool:
+        """Whether the executor runs a rewritten copy (so compiled weights cannot go stale)."""
+        return self.graph != "plain"
+
+
+EXECUTORS: dict[str, ExecutorSpec] = {
+    "eager": ExecutorSpec(
+        "plain", "fp32", "eager", "Case A: the plain modules, heads one after another"
+    ),
+    "scripted": ExecutorSpec(
+        "plain", "fp32", "torchscript", "Case B: every stage traced to TorchScript"
+    ),
+    "compiled": ExecutorSpec("plain", "fp32", "inductor", "torch.compile of every stage"),
+    "heads": ExecutorSpec(
+        "heads", "fp32", "eager", "Case C: split heads on a pool of workers, one CUDA stream each"
+    ),
+    "scripted-fork": ExecutorSpec(
+        "heads",
+        "fp32",
+        "torchscript",
+        "Case C without the GIL: traced heads forked onto TorchScript's inter-op pool",
+    ),
+    "fused": ExecutorSpec(
+        "fused", "fp32", "eager", "fused window attention, folded batch norms, channels-last"
+    ),
+    "fused-bf16": ExecutorSpec(
+        "fused", "bf16", "eager", "fused with bfloat16 weights under autocast"
+    ),
+    "spectral": ExecutorSpec(
+        "spectral",
+        "fp32",
+        "eager",
+        "spectral attention, linears on packed oneDNN weights (fastest fp32 in torch on CPU)",
+    ),
+    "spectral-bf16": ExecutorSpec(
+        "spectral", "bf16", "eager", "spectral attention with bfloat16 weights under autocast"
+    ),
+    "compiled-spectral": ExecutorSpec(
+        "spectral", "fp32", "inductor", "spectral with every stage compiled (freezing)"
+    ),
+    "compiled-bf16": ExecutorSpec(
+        "spectral", "bf16", "inductor", "spectral-bf16 with every stage compiled (freezing)"
+    ),
+    "cudagraph": ExecutorSpec(
+        "fused", "fp32", "cudagraph", "fused with every stage a CUDA graph (CUDA only)"
+    ),
+    "cudagraph-bf16": ExecutorSpec(
+        "fused", "bf16", "cudagraph", "cudagraph under bfloat16 autocast (CUDA only)"
+    ),
+    "onnxruntime": ExecutorSpec(
+        "spectral",
+        "fp32",
+        "onnxruntime",
+        "the spectral graph exported to ONNX, run by ONNX Runtime",
+    ),
+    "openvino": ExecutorSpec(
+        "spectral", "fp32", "openvino", "the spectral graph run by OpenVINO (fp32)"
+    ),
+    "openvino-bf16": ExecutorSpec(
+        "spectral", "bf16", "openvino", "the spectral graph run by OpenVINO with its bf16 hint"
+    ),
+    "cpp": ExecutorSpec(
+        "plain", "fp32", "cpp", "Case B in the C++ runner: the plain network's TorchScript stages"
+    ),
+    "cpp-heads": ExecutorSpec(
+        "heads",
+        "fp32",
+        "cpp",
+        "Case C in the C++ runner: heads on std::threads, one CUDA stream each",
+    ),
+    "cpp-spectral": ExecutorSpec(
+        "spectral", "fp32", "cpp", "the spectral network's TorchScript stages in the C++ runner"
+    ),
+    "cpp-aoti": ExecutorSpec(
+        "spectral",
+        "fp32",
+        "aoti",
+        "the spectral network compiled ahead of time by AOTInductor, in the C++ runner",
+    ),
+}
+
+
+def executor_names(host: str | None = None) -> list[str]:
+    """The short names in the table, optionally only those of one host (python or cpp)."""
+    return [name for name, spec in EXECUTORS.items() if host in (None, spec.host)]
+
+
+def _choices() -> str:
+    return (
+        f"choose from {', '.join(EXECUTORS)}, or GRAPH[+bf16]@BACKEND with GRAPH in "
+        f"{', '.join(GRAPHS)} and BACKEND in {', '.join(BACKENDS)}"
+    )
+
+
+def parse_composed(text: str) -> ExecutorSpec:
+    """``GRAPH[+bf16]@BACKEND`` → a spec (not yet checked against the table)."""
+    graph_part, _, backend = text.partition("@")
+    graph, _, precision = graph_part.partition("+")
+    precision = precision or "fp32"
+    if graph not in GRAPHS or backend not in BACKENDS or precision not in PRECISIONS:
+        raise InputError(f"unknown executor {text!r}: {_choices()}")
+    return ExecutorSpec(graph, precision, backend)
+
+
+def resolve_executor(name: str) -> tuple[str, ExecutorSpec]:
+    """The table's short name and spec for ``name`` (a short name or ``GRAPH[+bf16]@BACKEND``);
+    one line naming the choices when it is unknown or not a supported combination."""
+    if name in EXECUTORS:
+        return name, EXECUTORS[name]
+    if "@" not in name:
+        raise InputError(f"unknown executor {name!r}: {_choices()}")
+    wanted = parse_composed(name)
+    for short, spec in EXECUTORS.items():
+        if spec == wanted:
+            return short, spec
+    supported = ", ".join(spec.composed for spec in EXECUTORS.values())
+    raise InputError(f"executor {name!r} is not a supported combination: choose from {supported}")
+
+
+def check_executor(name: str, device: torch.device | str) -> ExecutorSpec:
+    """The spec for ``name``, or one line saying why it cannot run here (unknown, CUDA-only on
+    the CPU, an engine on a GPU or not installed). The C++ runner's own check (is it built?)
+    is :func:`headway.tracking.backends.check_tracker_executor`'s."""
+    _, spec = resolve_executor(name)
+    device_type = torch.device(device).type
+    if spec.requires_cuda and device_type != "cuda":
+        raise InputError(
+            f"executor {name!r} needs CUDA (device is {device}); on CPU use 'fused' or 'fused-bf16'"
+        )
+    if spec.cpu_only:
+        if device_type != "cpu":
+            raise InputError(f"executor {name!r} runs on the CPU only (device is {device})")
+        assert spec.engine is not None
+        require_engine(spec.engine)
+    return spec
+
+
+def rewrite_network(spec: ExecutorSpec, network: CSWinTT) -> CSWinTT:
+    """The network ``spec`` runs: ``network`` itself for the plain graph, else a rewritten copy
+    (with its heads run in order; :class:`Executor` gives them a pool or a fork)."""
+    if spec.graph == "plain":
+        return network
+    if spec.graph == "heads":
+        if spec.backend == "torchscript":
+            return fork_heads(network)[0]
+        return split_heads(network)[0]
+    attention = fuse_window_attention if spec.graph == "fused" else spectral_window_attention
+    rewritten = fold_batchnorm(attention(network)[0])[0]
+    if spec.backend not in ENGINE_BACKENDS:  # the engines choose their own layouts
+        rewritten = rewritten.to(memory_format=torch.channels_last)
+    if spec.autocast:
+        return cast_matmul_weights(rewritten, torch.bfloat16)[0]
+    if spec.graph == "spectral" and spec.backend == "eager":
+        # packed oneDNN weights neither serialise, export nor compile: eager fp32 only
+        return pack_linear_weights(rewritten)[0]
+    return rewritten
 
 
 _warned: set[str] = set()
@@ -77,41 +289,73 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
+def _warn_compile_failed(error: Exception, consequence: str) -> None:
+    """One printed line saying that torch.compile failed, why, and what runs instead."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    warnings.warn(f"torch.compile failed ({message}); {consequence}", RuntimeWarning, stacklevel=4)
+
+
 class Executor:
-    """Case A: calls the network's stage methods as they are."""
+    """Runs the network's stages as ``spec`` says (graph, precision, backend)."""
 
-    name: ClassVar[str] = "eager"
-    requires_cuda: ClassVar[bool] = False
-    dtype: ClassVar[torch.dtype] = torch.float32
-    memory_format: ClassVar[torch.memory_format] = torch.contiguous_format
-
-    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        network: CSWinTT,
+        device: torch.device | str = "cpu",
+        spec: ExecutorSpec | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.spec = spec or EXECUTORS["eager"]
+        if self.spec.host != "python":
+            raise InputError(
+                f"executor {name or self.spec.composed!r} runs in the C++ runner: build it with "
+                "headway.tracking.backends.build_tracker"
+            )
+        self.name = name or self.spec.composed
         self.device = torch.device(device)
-        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and not _cpu_has_bf16():
+        if self.spec.autocast and self.device.type == "cpu" and not _cpu_has_bf16():
             _warn_once(
                 f"executor {self.name!r}: this CPU has no bf16 instructions (AVX-512 BF16 or "
                 "AMX), so bf16 runs emulated and slower than fp32; use 'fused' or 'openvino'"
             )
+        self.dtype = torch.bfloat16 if self.spec.autocast else torch.float32
+        channels_last = self.spec.graph in ("fused", "spectral") and not self.spec.cpu_only
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.config = network.config
-        self.network = self.prepare(network).to(self.device).eval()
-        self.stages: dict[str, Callable[..., Any]] = {
+        self._closers: list[Callable[[], None]] = []
+        self.network = rewrite_network(self.spec, network).to(self.device).eval()
+        if self.spec.graph == "heads" and self.spec.backend == "eager":
+            pool = StreamWorkerPool(network.config.num_heads, self.device)
+            set_head_dispatch(self.network, pool.run_all)
+            self._closers.append(pool.shutdown)
+        self.uncompiled: dict[str, Callable[..., Any]] = {
             stage: getattr(self.network, method) for stage, method in STAGE_METHODS.items()
         }
-
-    def prepare(self, network: CSWinTT) -> CSWinTT:
-        """The network this executor runs (a transformed copy, or the network itself)."""
-        return network
+        self.compile_failed = False
+        self.stages: dict[str, Callable[..., Any]] = _STAGE_BUILDERS[self.spec.backend](self)
 
     @contextlib.contextmanager
     def precision(self) -> Iterator[None]:
-        """Context every stage runs in (autocast for the bf16 executors)."""
-        if self.dtype == torch.float32:
+        """Context every stage runs in (autocast for the bf16 torch executors)."""
+        if not self.spec.autocast:
             yield
         else:
             with torch.autocast(self.device.type, dtype=self.dtype):
                 yield
 
     def _run(self, stage: str, *args: torch.Tensor) -> Any:
+        if self.spec.backend == "cudagraph":  # the graph already ran under the right precision
+            return self.stages[stage](*args)
+        if self.spec.backend == "inductor" and not self.compile_failed:
+            try:
+                with self.precision(), warnings.catch_warnings():
+                    # inductor's note on mixed bf16/fp16 kernels
+                    warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed")
+                    return self.stages[stage](*args)
+            except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
+                _warn_compile_failed(error, f"executor {self.name!r} runs its stages uncompiled")
+                self.compile_failed = True
+                self.stages = self.uncompiled
         with self.precision():
             return self.stages[stage](*args)
 
@@ -137,6 +381,9 @@ class Executor:
 
     def close(self) -> None:
         """Release threads or graphs the executor holds."""
+        for close in self._closers:
+            close()
+        self._closers.clear()
 
     def __enter__(self) -> Executor:
         return self
@@ -160,191 +407,6 @@ class StageModule(nn.Module):
     def forward(self, *args: torch.Tensor) -> Any:
         out = getattr(self.network, self.method)(*args)
         return tuple(out) if isinstance(out, Features) else out
-
-
-class ScriptedExecutor(Executor):
-    """Case B: each stage traced to a TorchScript module on its first call for an input shape
-    (templates and search region give the backbone two shapes), then the graph is executed."""
-
-    name = "scripted"
-
-    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
-        super().__init__(network, device)
-        self._traced: dict[tuple[str, tuple[tuple[int, ...], ...]], Callable[..., Any]] = {}
-        self.stages = {stage: self._traced_stage(stage) for stage in STAGE_METHODS}
-
-    def _traced_stage(self, stage: str) -> Callable[..., Any]:
-        module = StageModule(self.network, STAGE_METHODS[stage])
-
-        def run(*args: torch.Tensor) -> Any:
-            key = (stage, tuple(tuple(a.shape) for a in args))
-            traced = self._traced.get(key)
-            if traced is None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript
-                    traced = torch.jit.trace(
-                        module, tuple(a.clone() for a in args), check_trace=False
-                    )
-                self._traced[key] = traced
-            return traced(*args)
-
-        return run
-
-
-def _warn_compile_failed(error: Exception, consequence: str) -> None:
-    """One printed line saying that torch.compile failed, why, and what runs instead."""
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    warnings.warn(f"torch.compile failed ({message}); {consequence}", RuntimeWarning, stacklevel=4)
-
-
-class CompiledExecutor(Executor):
-    """torch.compile of every stage; if compilation fails, falls back to tracing (printed)."""
-
-    name = "compiled"
-
-    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
-        super().__init__(network, device)
-        self.fallback: ScriptedExecutor | None = None
-        self.stages = {
-            stage: torch.compile(getattr(self.network, method), dynamic=False)
-            for stage, method in STAGE_METHODS.items()
-        }
-
-    def _run(self, stage: str, *args: torch.Tensor) -> Any:
-        if self.fallback is not None:
-            return self.fallback._run(stage, *args)
-        try:
-            return super()._run(stage, *args)
-        except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
-            _warn_compile_failed(error, "executor 'compiled' falls back to 'scripted'")
-            self.fallback = ScriptedExecutor(self.network, self.device)
-            return self.fallback._run(stage, *args)
-
-
-class HeadParallelExecutor(Executor):
-    """Case C: split heads; each layer's head jobs go through the pool's FIFO queue to workers
-    that own one CUDA stream each (no streams on CPU)."""
-
-    name = "heads"
-
-    def prepare(self, network: CSWinTT) -> CSWinTT:
-        split, _ = split_heads(network)
-        self.pool = StreamWorkerPool(network.config.num_heads, self.device)
-        set_head_dispatch(split, self.pool.run_all)
-        return split
-
-    def close(self) -> None:
-        self.pool.shutdown()
-
-
-class ForkedHeadsExecutor(Executor):
-    """Case C without the GIL: split heads traced once per shape and forked onto TorchScript's
-    C++ inter-op pool by a scripted dispatcher (:func:`~headway.transforms.fork.fork_heads`)."""
-
-    name = "scripted-fork"
-
-    def prepare(self, network: CSWinTT) -> CSWinTT:
-        return fork_heads(network)[0]
-
-
-class FusedExecutor(Executor):
-    """Fused window attention (:func:`~headway.transforms.heads.fuse_window_attention`),
-    batch norms folded into convolutions and channels-last convolutions."""
-
-    name = "fused"
-    memory_format = torch.channels_last
-    attention: ClassVar[Callable[[CSWinTT], tuple[CSWinTT, Any]]] = staticmethod(
-        fuse_window_attention
-    )
-
-    def prepare(self, network: CSWinTT) -> CSWinTT:
-        fused, _ = self.attention(network)
-        folded, _ = fold_batchnorm(fused)
-        return folded.to(memory_format=torch.channels_last)
-
-
-class SpectralExecutor(FusedExecutor):
-    """``fused`` with the w > 1 heads computed per DFT bin of the window
-    (:func:`~headway.transforms.spectral.spectral_window_attention`: no rolled key/value
-    copies, 4–33× fewer attention multiply-adds) and the linear layers run by oneDNN on packed
-    weights (:func:`~headway.transforms.packing.pack_linear_weights`)."""
-
-    name = "spectral"
-    attention = staticmethod(spectral_window_attention)
-
-    def prepare(self, network: CSWinTT) -> CSWinTT:
-        return pack_linear_weights(super().prepare(network))[0]
-
-
-class FusedBF16Executor(FusedExecutor):
-    """``fused`` with matmul/conv weights stored in bfloat16, run under autocast."""
-
-    name = "fused-bf16"
-    dtype = torch.bfloat16
-
-    def prepare(self, network: CSWinTT) -> CSWinTT:
-        return cast_matmul_weights(super().prepare(network), self.dtype)[0]
-
-
-class SpectralBF16Executor(FusedBF16Executor):
-    """``fused-bf16`` with the spectral window attention (bf16 weights, autocast; the linear
-    layers stay PyTorch's, whose bf16 path already runs on oneDNN)."""
-
-    name = "spectral-bf16"
-    attention = staticmethod(spectral_window_attention)
-
-
-class _CompiledStages:
-    """Mixin: every stage compiled by torch.compile with inductor's freezing (weights become
-    constants, so convolutions and linears get oneDNN's packed weights and fused bias /
-    activation; the executor owns its copy of the network, so they cannot change). If
-    compilation fails, the same stages run uncompiled (printed warning)."""
-
-    name: ClassVar[str]
-    uncompiled_name: ClassVar[str]
-
-    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
-        super().__init__(network, device)  # type: ignore[call-arg]
-        self.uncompiled = dict(self.stages)
-        self.compile_failed = False
-        self.stages = {
-            stage: torch.compile(run, dynamic=False, options={"freezing": True})
-            for stage, run in self.uncompiled.items()
-        }
-
-    def _run(self, stage: str, *args: torch.Tensor) -> Any:
-        if not self.compile_failed:
-            try:
-                with warnings.catch_warnings():  # inductor's note on mixed bf16/fp16 kernels
-                    warnings.filterwarnings("ignore", message="bf16 and fp16 are mixed")
-                    return super()._run(stage, *args)  # type: ignore[misc]
-            except Exception as error:  # inductor raises many kinds (missing compiler, lowering)
-                _warn_compile_failed(
-                    error,
-                    f"executor {self.name!r} runs the {self.uncompiled_name!r} stages uncompiled",
-                )
-                self.compile_failed = True
-                self.stages = self.uncompiled
-        return super()._run(stage, *args)  # type: ignore[misc]
-
-
-class CompiledSpectralExecutor(_CompiledStages, FusedExecutor):
-    """The ``spectral`` network (with PyTorch's linears: inductor packs them itself) with every
-    stage compiled: inductor fuses the elementwise work around the products and, with freezing,
-    gives the convolutions and linears packed weights and fused post-ops."""
-
-    name = "compiled-spectral"
-    uncompiled_name = "spectral"
-    attention = staticmethod(spectral_window_attention)
-
-
-class CompiledBF16Executor(_CompiledStages, SpectralBF16Executor):
-    """``spectral-bf16`` with every stage compiled as in ``compiled-spectral``: inductor fuses
-    the elementwise work, casts and gathers around the matrix products."""
-
-    name = "compiled-bf16"
-    uncompiled_name = "spectral-bf16"
 
 
 class _GraphedStage:
@@ -381,105 +443,76 @@ class _GraphedStage:
         return output.clone()
 
 
-class CudaGraphExecutor(FusedExecutor):
-    """``fused`` with every stage captured as a CUDA graph (CUDA only)."""
+def _traced_stages(executor: Executor) -> dict[str, Callable[..., Any]]:
+    """Each stage traced to a TorchScript module on its first call for an input shape
+    (templates and search region give the backbone two shapes), then the graph is executed.
+    The heads graph forks its traced heads itself, so its stages are called as they are."""
+    if executor.spec.graph == "heads":
+        return dict(executor.uncompiled)
+    traced: dict[tuple[str, tuple[tuple[int, ...], ...]], Callable[..., Any]] = {}
 
-    name = "cudagraph"
-    requires_cuda = True
+    def stage_runner(stage: str) -> Callable[..., Any]:
+        module = StageModule(executor.network, STAGE_METHODS[stage])
 
-    def __init__(self, network: CSWinTT, device: torch.device | str = "cuda") -> None:
-        super().__init__(network, device)
-        self.stages = {
-            stage: _GraphedStage(fn, self.precision) for stage, fn in self.stages.items()
-        }
+        def run(*args: torch.Tensor) -> Any:
+            key = (stage, tuple(tuple(a.shape) for a in args))
+            graph = traced.get(key)
+            if graph is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript
+                    graph = torch.jit.trace(
+                        module, tuple(a.clone() for a in args), check_trace=False
+                    )
+                traced[key] = graph
+            return graph(*args)
 
-    def _run(self, stage: str, *args: torch.Tensor) -> Any:
-        return self.stages[stage](*args)  # the graph already ran under the right precision
+        return run
 
-
-class CudaGraphBF16Executor(CudaGraphExecutor):
-    name = "cudagraph-bf16"
-    dtype = torch.bfloat16
-
-    def prepare(self, network: CSWinTT) -> CSWinTT:
-        return cast_matmul_weights(super().prepare(network), self.dtype)[0]
-
-
-class EngineExecutor(Executor):
-    """The ``spectral`` network (spectral window attention, folded batch norms) exported to
-    ONNX stage by stage, once per input shape (cached on disk), and run by an inference engine
-    (:mod:`headway.runtime.engines`). The rewritten graph is faster in every engine than the
-    exported eager one, and under OpenVINO's bf16 hint it is also the correct one (the eager
-    graph's w = 2 heads go wrong there; see docs/executors.md)."""
-
-    name = "onnxruntime"
-    engine: ClassVar[str] = "onnxruntime"
-
-    def __init__(self, network: CSWinTT, device: torch.device | str = "cpu") -> None:
-        super().__init__(network, device)
-        self.stages = {  # EngineModule says how to install a missing engine
-            stage: EngineModule(self.engine, StageModule(self.network, method))
-            for stage, method in STAGE_METHODS.items()
-        }
-
-    def prepare(self, network: CSWinTT) -> CSWinTT:
-        spectral, _ = spectral_window_attention(network)
-        return fold_batchnorm(spectral)[0]
+    return {stage: stage_runner(stage) for stage in STAGE_METHODS}
 
 
-class OpenVINOExecutor(EngineExecutor):
-    """``onnxruntime``'s exported graphs run by OpenVINO in fp32."""
-
-    name = "openvino"
-    engine = "openvino"
-
-
-class OpenVINOBF16Executor(EngineExecutor):
-    """The same graphs run by OpenVINO with its bf16 inference-precision hint."""
-
-    name = "openvino-bf16"
-    engine = "openvino-bf16"
+def _compiled_stages(executor: Executor) -> dict[str, Callable[..., Any]]:
+    """torch.compile of every stage; with inductor's freezing when the executor owns a copy
+    (weights become constants: packed oneDNN weights, fused bias and activation). If
+    compilation fails, :meth:`Executor._run` runs the same stages uncompiled (printed)."""
+    options = {"freezing": True} if executor.spec.owns_copy else None
+    return {
+        stage: torch.compile(run, dynamic=False, options=options)
+        for stage, run in executor.uncompiled.items()
+    }
 
 
-EXECUTORS: dict[str, type[Executor]] = {
-    cls.name: cls
-    for cls in (
-        Executor,
-        ScriptedExecutor,
-        CompiledExecutor,
-        HeadParallelExecutor,
-        ForkedHeadsExecutor,
-        FusedExecutor,
-        FusedBF16Executor,
-        SpectralExecutor,
-        SpectralBF16Executor,
-        CompiledSpectralExecutor,
-        CompiledBF16Executor,
-        CudaGraphExecutor,
-        CudaGraphBF16Executor,
-        EngineExecutor,
-        OpenVINOExecutor,
-        OpenVINOBF16Executor,
-    )
+def _graphed_stages(executor: Executor) -> dict[str, Callable[..., Any]]:
+    return {
+        stage: _GraphedStage(fn, executor.precision) for stage, fn in executor.uncompiled.items()
+    }
+
+
+def _engine_stages(executor: Executor) -> dict[str, Callable[..., Any]]:
+    """Every stage exported to ONNX once per input shape (cached on disk) and run by the engine
+    (:mod:`headway.runtime.engines`, which says how to install a missing one). The spectral
+    graph is faster in every engine than the exported eager one, and under OpenVINO's bf16
+    hint it is also the correct one (see docs/executors.md)."""
+    assert executor.spec.engine is not None
+    return {
+        stage: EngineModule(executor.spec.engine, StageModule(executor.network, method))
+        for stage, method in STAGE_METHODS.items()
+    }
+
+
+_STAGE_BUILDERS: dict[str, Callable[[Executor], dict[str, Callable[..., Any]]]] = {
+    "eager": lambda executor: dict(executor.uncompiled),
+    "torchscript": _traced_stages,
+    "inductor": _compiled_stages,
+    "cudagraph": _graphed_stages,
+    "onnxruntime": _engine_stages,
+    "openvino": _engine_stages,
 }
 
 
-def check_executor(name: str, device: torch.device | str) -> type[Executor]:
-    """The executor class for ``name``, or a clear error (unknown name, CUDA-only on CPU)."""
-    if name not in EXECUTORS:
-        raise InputError(f"unknown executor {name!r}: choose from {', '.join(EXECUTORS)}")
-    cls = EXECUTORS[name]
-    if issubclass(cls, EngineExecutor):
-        if torch.device(device).type != "cpu":
-            raise InputError(f"executor {name!r} runs on the CPU only (device is {device})")
-        require_engine(cls.engine)
-    if cls.requires_cuda and torch.device(device).type != "cuda":
-        raise InputError(
-            f"executor {name!r} needs CUDA (device is {device}); on CPU use 'fused' or 'fused-bf16'"
-        )
-    return cls
-
-
 def build_executor(name: str, network: CSWinTT, device: torch.device | str = "cpu") -> Executor:
-    """Instantiate the executor ``name`` for ``network`` on ``device``."""
-    return check_executor(name, device)(network, device)
+    """The executor ``name`` (short or ``GRAPH[+bf16]@BACKEND``) for ``network`` on ``device``."""
+    check_executor(name, device)
+    short, spec = resolve_executor(name)
+    return Executor(network, device, spec, short)

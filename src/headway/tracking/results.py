@@ -20,12 +20,14 @@ from headway.io import atomic_write_text
 
 @dataclass
 class SequenceResult:
-    """Boxes [x, y, w, h] per frame, wall time per frame (s), per-stage times (ms) per frame."""
+    """Boxes [x, y, w, h] per frame, wall time per frame (s), per-stage times (ms) per frame,
+    and, from hosts that read the image files themselves, the read time per frame (ms)."""
 
     boxes: np.ndarray
     frame_times: np.ndarray
     stage_times: dict[str, list[float]] = field(default_factory=dict)
     template_updates: int = 0
+    read_ms: np.ndarray | None = None
 
 
 # CSWinTT's writer: comma-separated for got10k/trackingnet, tab-separated otherwise. headway keeps

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Sequence as Seq
 
 import numpy as np
 import torch
 
-from headway.errors import InputError
 from headway.models.cswintt import CSWinTT, Features
 from headway.runtime.device import StageTimer
 from headway.tracking.crop import (
@@ -23,29 +21,11 @@ from headway.tracking.crop import (
     sample_target,
 )
 from headway.tracking.datasets import Sequence
-from headway.tracking.executors import EXECUTORS, Executor, build_executor, check_executor
+from headway.tracking.executors import Executor, build_executor
 from headway.tracking.results import SequenceResult
+from headway.tracking.settings import STAGES, TrackerSettings
 
-if TYPE_CHECKING:
-    from headway.native.runner import NativeTracker
-
-# The paper's Table 1 rows, then the occasional template refresh.
-STAGES = ("load_preprocess", "backbone", "encoder", "decoder", "box_head", "template_update")
-
-
-@dataclass(frozen=True)
-class TrackerSettings:
-    """Test-time settings (the official ``TEST`` yaml block)."""
-
-    template_factor: float = 2.0
-    search_factor: float = 5.0
-    update_interval: int = 200
-    confidence_threshold: float = 0.5
-    box_margin: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.update_interval < 1:
-            raise InputError(f"update interval must be ≥ 1, got {self.update_interval}")
+__all__ = ["STAGES", "CSWinTTTracker", "TrackerSettings"]
 
 
 class CSWinTTTracker:
@@ -138,16 +118,35 @@ class CSWinTTTracker:
         on_frame: Callable[[int], None] | None = None,
     ) -> SequenceResult:
         """Track a whole sequence from its first ground-truth box (one-pass evaluation)."""
-        boxes = np.zeros((len(sequence), 4))
-        frame_times = np.zeros(len(sequence))
+
+        def load(index: int) -> np.ndarray:
+            image = read_frame(sequence.frames[index])
+            if index == 0:
+                check_init_box(
+                    sequence.init_box, image.shape, f"{sequence.name} ({sequence.frames[0]})"
+                )
+            return image
+
+        return self.run_frames(load, len(sequence), sequence.init_box, on_frame)
+
+    def run_frames(
+        self,
+        load: Callable[[int], np.ndarray],
+        count: int,
+        init_box: Seq[float],
+        on_frame: Callable[[int], None] | None = None,
+    ) -> SequenceResult:
+        """The frame loop every host shares: frame ``i`` is ``load(i)`` (called inside the timed
+        ``load_preprocess`` stage), the first initialises on ``init_box``, the others are
+        tracked; ``on_frame(i)`` runs after each frame, outside its time."""
+        boxes = np.zeros((count, 4))
+        frame_times = np.zeros(count)
         stage_times: dict[str, list[float]] = {name: [] for name in STAGES}
-        for index, frame_path in enumerate(sequence.frames):
+        for index in range(count):
             began = time.perf_counter()
             with self.timer.stage("load_preprocess", host=True):
-                image = read_frame(frame_path)
+                image = load(index)
             if index == 0:
-                init_box = sequence.init_box
-                check_init_box(init_box, image.shape, f"{sequence.name} ({frame_path})")
                 self.initialize(image, [float(v) for v in init_box])
                 boxes[0] = init_box
             else:
@@ -159,45 +158,3 @@ class CSWinTTTracker:
             if on_frame is not None:
                 on_frame(index)
         return SequenceResult(boxes, frame_times, stage_times, self.template_updates)
-
-
-def tracker_executor_names() -> list[str]:
-    """Every executor name ``headway track`` accepts: the Python ones, then the C++ runner's."""
-    from headway.native.export import NATIVE_EXECUTORS
-
-    return [*EXECUTORS, *NATIVE_EXECUTORS]
-
-
-def check_tracker_executor(name: str, device: torch.device | str) -> None:
-    """A clear error for an unknown executor, a CUDA-only one on the CPU, an engine that is
-    not installed, or a C++ executor whose runner is not built."""
-    from headway.native.build import require_runner
-    from headway.native.export import NATIVE_EXECUTORS
-
-    if name not in NATIVE_EXECUTORS:
-        if name not in EXECUTORS:
-            names = ", ".join(tracker_executor_names())
-            raise InputError(f"unknown executor {name!r}: choose from {names}")
-        check_executor(name, device)
-        return
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"executor {name!r} on {device}: this torch has no CUDA device")
-    require_runner()
-
-
-def build_tracker(
-    network: CSWinTT,
-    settings: TrackerSettings | None = None,
-    device: torch.device | str = "cpu",
-    executor: str = "eager",
-) -> CSWinTTTracker | NativeTracker:
-    """The tracker for ``executor``: :class:`CSWinTTTracker` for the Python executors, the C++
-    runner's :class:`~headway.native.runner.NativeTracker` for the ``cpp*`` executors. Both
-    have ``run_sequence`` and ``close``."""
-    from headway.native.export import NATIVE_EXECUTORS
-    from headway.native.runner import NativeTracker
-
-    check_tracker_executor(executor, device)
-    if executor in NATIVE_EXECUTORS:
-        return NativeTracker(network, settings, device, executor)
-    return CSWinTTTracker(network, settings, device, executor)

@@ -36,7 +36,8 @@ from headway.errors import InputError
 from headway.io import atomic_torch_save, atomic_write_text, locked_folder, read_torch_file
 from headway.measure import keeps_global_rng, torch_threads
 from headway.models.cswintt import CSWinTT, build_cswintt
-from headway.tracking.crop import IMAGENET_MEAN, IMAGENET_STD, sample_target
+from headway.tracking.crop import sample_target
+from headway.tracking.settings import IMAGENET_MEAN, IMAGENET_STD, SEARCH_FACTOR, TEMPLATE_FACTOR
 from headway.tracking.synth import SynthSettings, render_sequence
 
 TRAIN_SEED = 1_000_003  # sequences [TRAIN_SEED, k]; `headway synth --seed` below this is held out
@@ -211,7 +212,9 @@ def make_batch(
                 rng.integers(max(first, search_index - settings.dynamic_gap), search_index)
             )
         for index, crops, masks in ((first, t1, m1), (dynamic, t2, m2)):
-            crop, _, mask = sample_target(frames[index], boxes[index], 2.0, template_size)
+            crop, _, mask = sample_target(
+                frames[index], boxes[index], TEMPLATE_FACTOR, template_size
+            )
             crops.append(crop)
             masks.append(mask)
         is_positive = rng.random() >= negative_share
@@ -220,8 +223,8 @@ def make_batch(
             search_index = int(rng.integers(0, len(frames)))
         box = boxes[search_index]
         around = _jittered(box, rng, settings.center_jitter, settings.scale_jitter)
-        crop, factor, mask = sample_target(frames[search_index], around, 5.0, search_size)
-        crop_side = math.ceil(math.sqrt(float(around[2] * around[3])) * 5.0)
+        crop, factor, mask = sample_target(frames[search_index], around, SEARCH_FACTOR, search_size)
+        crop_side = math.ceil(math.sqrt(float(around[2] * around[3])) * SEARCH_FACTOR)
         x0 = round(around[0] + 0.5 * around[2] - crop_side * 0.5)
         y0 = round(around[1] + 0.5 * around[3] - crop_side * 0.5)
         xyxy = np.array([box[0] - x0, box[1] - y0, box[0] + box[2] - x0, box[1] + box[3] - y0])

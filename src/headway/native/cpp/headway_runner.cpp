@@ -404,13 +404,17 @@ Job read_key_values(const std::string& path) {
   return job;
 }
 
-std::vector<double> parse_box(const std::string& text) {
+// `count` numbers from one job line (`key` names it in the error).
+std::vector<double> parse_numbers(const std::string& key, const std::string& text, size_t count) {
   std::istringstream in(text);
-  std::vector<double> box(4);
-  for (double& v : box)
-    if (!(in >> v)) throw InputError("init_box needs four numbers, got '" + text + "'");
-  return box;
+  std::vector<double> values(count);
+  for (double& v : values)
+    if (!(in >> v))
+      throw InputError(key + " needs " + std::to_string(count) + " numbers, got '" + text + "'");
+  return values;
 }
+
+std::vector<double> parse_box(const std::string& text) { return parse_numbers("init_box", text, 4); }
 
 // ---------------------------------------------------------------------------------------------
 // Head jobs on stream-owning threads (Case C)
@@ -590,8 +594,12 @@ class Network {
       encoder_ = load("encoder");
     }
     channels_last_ = manifest.get("channels_last", "0") == "1";
-    mean_ = at::tensor({0.485, 0.456, 0.406}, at::kFloat).view({1, 3, 1, 1}).to(device_);
-    std_ = at::tensor({0.229, 0.224, 0.225}, at::kFloat).view({1, 3, 1, 1}).to(device_);
+  }
+
+  // The image normalisation (headway.tracking.settings, sent in the job file).
+  void set_normalisation(const std::vector<double>& mean, const std::vector<double>& std) {
+    mean_ = at::tensor(std::vector<float>(mean.begin(), mean.end()), at::kFloat).view({1, 3, 1, 1}).to(device_);
+    std_ = at::tensor(std::vector<float>(std.begin(), std.end()), at::kFloat).view({1, 3, 1, 1}).to(device_);
   }
 
   const c10::Device& device() const { return device_; }
@@ -864,6 +872,7 @@ int command_track(const std::string& job_path) {
   at::get_num_threads();  // the caller's thread count is fixed before any worker starts
   Network network(job.get("model"), job.get("mode"), static_cast<int>(job.number("head_threads")),
                   static_cast<int>(std::stod(job.get("head_intra_op_threads", "0"))));
+  network.set_normalisation(parse_numbers("mean", job.get("mean"), 3), parse_numbers("std", job.get("std"), 3));
   Tracker tracker(network, settings);
   const std::vector<double> init_box = parse_box(job.get("init_box"));
 
