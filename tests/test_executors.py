@@ -236,6 +236,7 @@ def test_cast_matmul_weights_leaves_norms_in_fp32() -> None:
 
 def test_compiled_runs_uncompiled_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     """One fallback policy for every compiled executor: the same stages, uncompiled."""
+
     def broken_compile(fn, **kwargs):
         def run(*args):
             raise RuntimeError("no C++ compiler found")

@@ -23,11 +23,11 @@ from headway.experiments.tracker_accuracy import held_out_datasets
 from headway.models.pretrained import load_tracker_network
 from headway.native import build as native_build
 from headway.native.runner import NativeTracker
+from headway.tracking.backends import check_tracker_executor
 from headway.tracking.crop import read_frame, sample_target
 from headway.tracking.datasets import load_dataset
 from headway.tracking.results import write_sequence_result
 from headway.tracking.runner import track_dataset
-from headway.tracking.backends import check_tracker_executor
 from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
 
 needs_compiler = pytest.mark.skipif(

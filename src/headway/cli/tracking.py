@@ -27,10 +27,10 @@ from headway.cli.base import (
 from headway.errors import InputError
 from headway.models import CONFIGS, build_cswintt, load_weights
 from headway.runtime.device import keep_freed_memory, resolve_device
-from headway.tracking.datasets import FORMATS, SkippedSequence, load_dataset, update_interval
-from headway.tracking.metrics import CONVENTIONS
 from headway.tracking.backends import check_tracker_executor
+from headway.tracking.datasets import FORMATS, SkippedSequence, load_dataset, update_interval
 from headway.tracking.executors import executor_names
+from headway.tracking.metrics import CONVENTIONS
 
 
 @app.command()
@@ -98,8 +98,8 @@ def track_command(
 ) -> None:
     """Track every sequence of a dataset; reruns skip sequences already complete."""
     from headway.models.pretrained import builtin_weights_path
-    from headway.tracking.runner import stage_breakdown, track_dataset
     from headway.tracking.backends import build_tracker
+    from headway.tracking.runner import stage_breakdown, track_dataset
     from headway.tracking.settings import TrackerSettings
 
     check_choice(format, FORMATS, "dataset format")
