@@ -28,9 +28,17 @@ from headway.errors import InputError
 from headway.models import CONFIGS, build_cswintt, load_weights
 from headway.runtime.device import keep_freed_memory, resolve_device
 from headway.tracking.backends import check_tracker_executor
-from headway.tracking.datasets import FORMATS, SkippedSequence, load_dataset, update_interval
+from headway.tracking.datasets import (
+    FORMATS,
+    Sequence,
+    SkippedSequence,
+    load_dataset,
+    update_interval,
+)
 from headway.tracking.executors import executor_names
 from headway.tracking.metrics import CONVENTIONS
+from headway.tracking.settings import TrackerSettings
+from headway.tuning import DEFAULT_BUDGET_S, TuningPlan
 
 
 @app.command()
@@ -59,6 +67,74 @@ def synth(
     console.print(f"wrote {len(written)} sequences × {frames} frames to {shown(out)}")
 
 
+EXECUTOR_HELP = (
+    f"How it runs: auto (checks and times the candidates here, caches the choice), "
+    f"{', '.join(executor_names())}, or GRAPH[+bf16]@BACKEND."
+)
+PRECISION_HELP = "With --executor auto: fp32, or bf16 to admit the bf16 executors too."
+TOLERANCE_HELP = (
+    "With --executor auto: largest encoder |Δ| to eager a candidate may have "
+    "(default 1e-3 fp32, 0.25 bf16)."
+)
+TUNE_HELP = "With --executor auto: seconds to spend checking and timing candidates."
+
+
+def check_executor_option(
+    executor: str,
+    device: torch.device,
+    precision: str,
+    tolerance: float | None,
+    tune_seconds: float,
+) -> bool:
+    """One line for a bad executor or auto option; True when the executor is ``auto``."""
+    from headway.tracking.auto import AUTO
+    from headway.tuning import check_tuning_options
+
+    check_tuning_options(precision, tolerance, tune_seconds)
+    if executor == AUTO:
+        return True
+    check_tracker_executor(executor, device)
+    return False
+
+
+def print_plan(plan: TuningPlan) -> None:
+    """The candidates' table of an auto choice, and the choice."""
+    from rich.console import Console
+
+    header, rows = plan.table(skipped=False)
+    how = "from the cache (no tuning)" if plan.cached else f"tuned in {plan.tune_s:.0f} s"
+    table = Table(title=f"--executor auto ({plan.precision}): {plan.chosen}, {how}")
+    for column in header:
+        table.add_column(column, justify="left" if column in ("candidate", "status") else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(console.width, 120)).print(table)
+    for line in plan.skipped():
+        console.print(f"  not tried — {line}", markup=False)
+
+
+def choose_executor(
+    network: torch.nn.Module,
+    sequence: Sequence,
+    settings: TrackerSettings,
+    device: torch.device,
+    precision: str,
+    tolerance: float | None,
+    tune_seconds: float,
+) -> tuple[TuningPlan, object]:
+    """Run ``auto`` on the first frames of ``sequence``, with a status line, and print the plan."""
+    from headway.tracking.auto import tune_tracker
+
+    with console.status("--executor auto: checking eager") as status:
+        plan, tracker = tune_tracker(
+            network, list(sequence.frames), [float(v) for v in sequence.init_box], settings,
+            device, precision, tolerance, tune_seconds,
+            on_candidate=lambda name: status.update(f"--executor auto: checking {name}"),
+        )  # fmt: skip
+    print_plan(plan)
+    return plan, tracker
+
+
 @app.command("track")
 @reports_errors
 def track_command(
@@ -82,9 +158,10 @@ def track_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights (no checkpoint).")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
-    executor: Annotated[
-        str, typer.Option(help=f"How it runs: {', '.join(executor_names())}.")
-    ] = "eager",
+    executor: Annotated[str, typer.Option(help=EXECUTOR_HELP)] = "eager",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
+    tolerance: Annotated[float | None, typer.Option(help=TOLERANCE_HELP)] = None,
+    tune_seconds: Annotated[float, typer.Option(help=TUNE_HELP)] = DEFAULT_BUDGET_S,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     ray: Annotated[
         bool, typer.Option("--ray", help="Track on Ray: a local instance unless --ray-address.")
@@ -111,7 +188,12 @@ def track_command(
     if ray_workers is not None and not ray:
         raise InputError("--ray-workers sizes a local Ray instance: add --ray")
     torch_device = resolve_device(device)
-    check_tracker_executor(executor, torch_device)
+    auto = check_executor_option(executor, torch_device, precision, tolerance, tune_seconds)
+    if auto and (ray or ray_address is not None):
+        raise InputError(
+            "--executor auto chooses for the machine it runs on: run it once without --ray, "
+            "then pass the executor it chose (run.json 'auto') to the Ray run"
+        )
     if ray or ray_address is not None:
         from headway.tracking.cluster import require_ray
 
@@ -133,6 +215,8 @@ def track_command(
     weights = str(checkpoint) if checkpoint else f"random (seed {seed})"
     interval = interval_option or update_interval(format, split)
     info = {"config": config, "weights": weights, "update_interval": interval, "executor": executor}
+    if auto:
+        info["auto_precision"] = precision
     problems = {s.name: s.reason for s in unloadable}
     if ray or ray_address is not None:
         from headway.tracking.cluster import TrackerRecipe, track_dataset_ray
@@ -158,18 +242,28 @@ def track_command(
             network = build_cswintt(config)
         if checkpoint is not None:
             load_weights(network, checkpoint)
-        tracker = build_tracker(
-            network, TrackerSettings(update_interval=interval), torch_device, executor
-        )
+        tracker_settings = TrackerSettings(update_interval=interval)
+        notes: dict[str, object] = {}
+        if auto:
+            plan, tracker = choose_executor(
+                network, selected[0], tracker_settings, torch_device, precision, tolerance,
+                tune_seconds,
+            )  # fmt: skip
+            notes["auto"] = plan.to_json()
+            running = f"{plan.chosen} (chosen by auto)"
+        else:
+            tracker = build_tracker(network, tracker_settings, torch_device, executor)
+            running = executor
         console.print(
             f"tracking {len(selected)} sequences with CSWinTT ({config}), weights "
-            f"{shown(weights)}, executor {executor}, {torch_device}, "
+            f"{shown(weights)}, executor {running}, {torch_device}, "
             f"{torch.get_num_threads()} threads, update interval {interval}"
         )
         try:
             summary = track_dataset(
-                tracker, selected, out, format, info, show_progress=progress, unloadable=problems
-            )
+                tracker, selected, out, format, info, show_progress=progress,
+                unloadable=problems, notes=notes,
+            )  # fmt: skip
         finally:
             tracker.close()
     if summary.skipped:

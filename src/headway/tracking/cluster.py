@@ -26,7 +26,7 @@ from headway.errors import InputError
 from headway.io import locked_folder, record_settings
 from headway.tracking.datasets import Sequence
 from headway.tracking.results import SequenceResult, is_complete, write_sequence_result
-from headway.tracking.runner import TrackRunSummary, record_problems, run_environment
+from headway.tracking.runner import TrackRunSummary, record_entries, run_environment
 
 RAY_HINT = "pip install 'headway[cluster]'"
 # Fault injection for tests: "<sequence>:<marker file>" makes a worker process exit the first
@@ -126,7 +126,7 @@ def track_dataset_ray(
             if started_here:
                 ray.shutdown()
         summary.failed = {**(unloadable or {}), **summary.failed}
-        record_problems(run_dir / "run.json", summary.failed)
+        record_entries(run_dir / "run.json", {"problems": summary.failed})
         return summary
 
 

@@ -51,6 +51,7 @@ def track_dataset(
     info: dict[str, object] | None = None,
     show_progress: bool = True,
     unloadable: dict[str, str] | None = None,
+    notes: dict[str, object] | None = None,
 ) -> TrackRunSummary:
     """Track every sequence not yet complete in ``run_dir``; each finished sequence is written
     at once, so an interrupted run loses at most the sequence in progress.
@@ -62,6 +63,8 @@ def track_dataset(
     The folder is one run: it is locked while this runs (a second process is refused), and
     ``run.json`` records the settings (``info``, format, threads, device) before any work; a
     rerun with other settings raises :class:`InputError` instead of mixing results.
+    ``notes`` go into ``run.json`` beside the settings, never compared (e.g. how ``auto`` chose
+    its executor).
     """
     run_dir = Path(run_dir)
     settings = {
@@ -72,9 +75,11 @@ def track_dataset(
     }
     with locked_folder(run_dir):
         record_settings(run_dir / "run.json", settings, "tracking run", run_environment())
+        if notes:
+            record_entries(run_dir / "run.json", notes)
         summary = _track_missing(tracker, sequences, run_dir, dataset_format, show_progress)
         summary.failed = {**(unloadable or {}), **summary.failed}
-        record_problems(run_dir / "run.json", summary.failed)
+        record_entries(run_dir / "run.json", {"problems": summary.failed})
         return summary
 
 
@@ -87,10 +92,10 @@ def run_environment() -> dict[str, str]:
     }
 
 
-def record_problems(path: Path, problems: dict[str, str]) -> None:
-    """Replace the ``problems`` entry of ``run.json`` (not a setting: never compared)."""
+def record_entries(path: Path, entries: dict[str, object]) -> None:
+    """Replace these entries of ``run.json`` (not settings: never compared), e.g. ``problems``."""
     record = json.loads(path.read_text())
-    record["problems"] = problems
+    record.update(json.loads(json.dumps(entries)))
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
 
 

@@ -1,0 +1,232 @@
+"""``--executor auto``: the fastest executor of the table that still tracks as ``eager`` does.
+
+Candidates are the executors usable here (extras installed, runner built, a C++ compiler for
+the compiled ones, bf16 instructions for the bf16 ones, CUDA for the CUDA ones). Each is built
+and checked against ``eager`` on the run's own first frames — the encoder's largest difference
+on the same input and the largest box difference over the frames — and those within tolerance
+are timed interleaved on the same frames; the fastest is chosen. fp32 candidates by default;
+``precision="bf16"`` admits the bf16 ones at their documented tolerance. The plan is cached
+(:mod:`headway.tuning`), so a rerun on the same weights, machine and versions does not tune.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from headway.errors import InputError
+from headway.models.cswintt import CSWinTT
+from headway.runtime.engines import INSTALL_HINT, engine_available
+from headway.tracking.backends import build_tracker
+from headway.tracking.crop import read_frame
+from headway.tracking.executors import EXECUTORS, ExecutorSpec, _cpu_has_bf16, resolve_executor
+from headway.tracking.settings import TrackerSettings
+from headway.tracking.tracker import CSWinTTTracker
+from headway.tuning import (
+    DEFAULT_BUDGET_S,
+    CandidateResult,
+    TuningPlan,
+    check_tuning_options,
+    first_line,
+    load_plan,
+    plan_key,
+    save_plan,
+    time_interleaved,
+    weights_digest,
+)
+
+AUTO = "auto"
+# encoder max |Δ| to eager (fp32 executors reorder sums only; bf16 keeps ~3 digits), and the
+# largest box difference over the checked frames
+TOLERANCE = {"fp32": 1e-3, "bf16": 0.25}
+BOX_TOLERANCE_PX = {"fp32": 0.05, "bf16": 1.0}
+# build order: cheap first, so a short budget still sees the likely winners
+_BACKEND_ORDER = ("eager", "torchscript", "openvino", "onnxruntime", "cudagraph", "cpp", "inductor")
+
+
+def _has_compiler() -> bool:
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
+
+
+def unusable_reason(spec: ExecutorSpec, device: torch.device, precision: str) -> str | None:
+    """Why ``spec`` is not a candidate here, or None."""
+    if spec.precision == "bf16" and precision == "fp32":
+        return "bf16 (add --precision bf16)"
+    if spec.requires_cuda and device.type != "cuda":
+        return "needs CUDA"
+    if spec.cpu_only and device.type != "cpu":
+        return "CPU only"
+    if spec.autocast and device.type == "cpu" and not _cpu_has_bf16():
+        return "no bf16 instructions on this CPU (emulated, slower)"
+    if spec.engine is not None and not engine_available(spec.engine):
+        return f"not installed ({INSTALL_HINT})"
+    if spec.backend in ("inductor", "aoti") and not _has_compiler():
+        return "no C++ compiler for inductor"
+    if spec.host == "cpp":
+        from headway.native.build import built_runner
+
+        if built_runner() is None:
+            return "headway-runner not built (headway runner build)"
+    return None
+
+
+def _order(name: str) -> int:
+    backend = EXECUTORS[name].backend
+    return _BACKEND_ORDER.index(backend) if backend in _BACKEND_ORDER else len(_BACKEND_ORDER)
+
+
+def tune_tracker(
+    network: CSWinTT,
+    frames: list[Path],
+    init_box: list[float],
+    settings: TrackerSettings | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    tolerance: float | None = None,
+    budget_s: float = DEFAULT_BUDGET_S,
+    check_frames: int = 4,
+    use_cache: bool = True,
+    on_candidate: Callable[[str], None] | None = None,
+    candidates: list[str] | None = None,
+) -> tuple[TuningPlan, CSWinTTTracker | object]:
+    """Choose the executor for ``network`` on the frames ``frames`` (image files; the first
+    ``check_frames`` + 1 are used, the first initialises on ``init_box``). Returns the plan and
+    the chosen tracker, ready (the caller closes it). ``candidates``: only these (default:
+    every executor of the table); ``eager`` is always the reference."""
+    check_tuning_options(precision, tolerance, budget_s)
+    if check_frames < 1 or len(frames) < 2:
+        raise InputError("--executor auto needs a sequence of at least 2 frames to check on")
+    device = torch.device(device)
+    tolerance = tolerance if tolerance is not None else TOLERANCE[precision]
+    box_tolerance = BOX_TOLERANCE_PX[precision]
+    config = network.config
+    from headway.native.build import built_runner
+
+    key = plan_key(
+        {
+            "network": weights_digest(network),
+            "shapes": [config.template_size, config.search_size, config.num_templates],
+            "precision": precision,
+            "tolerance": tolerance,
+            "device": str(device),
+            "runner": str(built_runner()),
+            "candidates": candidates,
+        }
+    )
+    if use_cache:
+        plan = load_plan(key, lambda name: name in EXECUTORS)
+        if plan is not None:
+            return plan, build_tracker(network, settings, device, plan.chosen)
+
+    began = time.perf_counter()
+    paths = list(frames[: check_frames + 1])
+    images = [read_frame(path) for path in paths]
+    count = len(images)
+
+    def one_pass(tracker: object) -> tuple[np.ndarray, list[float]]:
+        """Boxes of every frame, and ms of every tracked one (reading the files left out)."""
+        if isinstance(tracker, CSWinTTTracker):
+            result = tracker.run_frames(images.__getitem__, count, init_box)
+        else:
+            result = tracker.run_frames(paths, init_box)  # type: ignore[attr-defined]
+        read = result.read_ms if result.read_ms is not None else np.zeros(count)
+        return result.boxes, list(result.frame_times[1:] * 1e3 - read[1:])
+
+    results: dict[str, CandidateResult] = {}
+    trackers: dict[str, object] = {}
+    eager = build_tracker(network, settings, device, "eager")
+    assert isinstance(eager, CSWinTTTracker)
+    trackers["eager"] = eager
+    probe: list[tuple[torch.Tensor, torch.Tensor]] = []
+    run_encoder = eager.executor.encoder
+
+    def recording_encoder(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not probe:
+            probe.append((tokens.clone(), mask.clone()))
+        return run_encoder(tokens, mask)
+
+    eager.executor.encoder = recording_encoder  # type: ignore[method-assign]
+    reference_boxes, _ = one_pass(eager)
+    del eager.executor.encoder  # back to the method
+    tokens, mask = probe[0]
+    with torch.inference_mode():
+        reference = run_encoder(tokens, mask).float()
+    results["eager"] = CandidateResult("eager", "passed", max_abs_diff=0.0, max_box_diff_px=0.0)
+
+    names = [resolve_executor(n)[0] for n in candidates] if candidates else list(EXECUTORS)
+    for name in sorted((n for n in dict.fromkeys(names) if n != "eager"), key=_order):
+        reason = unusable_reason(EXECUTORS[name], device, precision)
+        if reason is not None:
+            results[name] = CandidateResult(name, "skipped", reason)
+            continue
+        if time.perf_counter() - began > budget_s:
+            results[name] = CandidateResult(name, "skipped", "tuning budget spent")
+            continue
+        if on_candidate is not None:
+            on_candidate(name)
+        built = time.perf_counter()
+        try:
+            tracker = build_tracker(network, settings, device, name)
+        except Exception as error:  # an engine, compiler or runner may fail in many ways
+            results[name] = CandidateResult(name, "failed", first_line(error))
+            continue
+        try:
+            with torch.inference_mode():
+                encoder = (
+                    tracker.executor.encoder
+                    if isinstance(tracker, CSWinTTTracker)
+                    else tracker.encoder  # type: ignore[attr-defined]
+                )
+                diff = float((encoder(tokens, mask).float() - reference).abs().max())
+            boxes, _ = one_pass(tracker)  # also the warm-up (tracing, compiling, exporting)
+        except Exception as error:
+            tracker.close()  # type: ignore[attr-defined]
+            results[name] = CandidateResult(name, "failed", first_line(error))
+            continue
+        box_diff = float(np.abs(boxes - reference_boxes).max())
+        result = CandidateResult(
+            name,
+            "passed",
+            max_abs_diff=diff,
+            max_box_diff_px=box_diff,
+            build_s=time.perf_counter() - built,
+        )
+        if not (diff <= tolerance and box_diff <= box_tolerance):
+            result.status = "rejected"
+            result.reason = (
+                f"max |Δ| {diff:.2e} (tolerance {tolerance:.0e}), box {box_diff:.3f} px "
+                f"(tolerance {box_tolerance} px)"
+            )
+            tracker.close()  # type: ignore[attr-defined]
+        else:
+            trackers[name] = tracker
+        results[name] = result
+
+    remaining = max(budget_s - (time.perf_counter() - began), 0.0)
+    medians = time_interleaved(
+        {name: lambda t=tracker: one_pass(t)[1] for name, tracker in trackers.items()}, remaining
+    )
+    for name, median in medians.items():
+        results[name].median_ms = median
+    chosen = min(medians, key=medians.__getitem__)
+    results[chosen].status = "chosen"
+    for name, tracker in trackers.items():
+        if name != chosen:
+            tracker.close()  # type: ignore[attr-defined]
+    plan = TuningPlan(
+        chosen=chosen,
+        precision=precision,
+        tolerance=tolerance,
+        budget_s=budget_s,
+        tune_s=time.perf_counter() - began,
+        key=key,
+        candidates=list(results.values()),
+    )
+    save_plan(plan)
+    return plan, trackers[chosen]

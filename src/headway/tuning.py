@@ -1,0 +1,235 @@
+"""Choosing the fastest way to run a model that still gives its answers: candidates are checked
+against a reference, the ones within tolerance are timed interleaved within a budget, and the
+plan is cached under a key of everything the choice depends on. ``--executor auto`` (the
+tracker) and :func:`headway.accelerate` (any module) both decide this way.
+
+A cached plan carries a hash of its own content; a plan that does not match it (edited,
+truncated, another format) is never trusted: it is reported in one line and tuned again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headway.errors import InputError
+from headway.io import atomic_write_text, cache_root
+
+log = logging.getLogger(__name__)
+
+PLAN_FORMAT = 1  # bump when what a plan holds changes, so older plans are tuned again
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_BUDGET_S = 60.0
+
+
+@dataclass
+class CandidateResult:
+    """One candidate's fate: ``chosen``, ``passed`` (checked, timed, slower), ``rejected`` (its
+    answers differ beyond tolerance), ``failed`` (did not build or run), ``skipped`` (not
+    usable here, or the budget ran out before it), with the reason and its numbers."""
+
+    name: str
+    status: str
+    reason: str = ""
+    max_abs_diff: float | None = None
+    max_box_diff_px: float | None = None
+    median_ms: float | None = None
+    build_s: float | None = None
+
+
+@dataclass
+class TuningPlan:
+    """The decision and how it was reached (what run.json and the command print)."""
+
+    chosen: str
+    precision: str
+    tolerance: float
+    budget_s: float
+    tune_s: float
+    key: str
+    candidates: list[CandidateResult] = field(default_factory=list)
+    cached: bool = False
+
+    def table(self, skipped: bool = True) -> tuple[list[str], list[list[str]]]:
+        """Header and rows: one per candidate, fastest timed first (``skipped``: with those not
+        tried)."""
+        header = ["candidate", "status", "median ms", "vs reference", "max |Δ|", "max Δbox px"]
+        timed = [c for c in self.candidates if c.median_ms is not None]
+        reference = next((c.median_ms for c in self.candidates if c.name == "eager"), None)
+        reference = reference or (max(c.median_ms for c in timed) if timed else None)
+        order = sorted(self.candidates, key=lambda c: (c.median_ms is None, c.median_ms or 0.0))
+        rows = []
+        for c in order:
+            if c.status == "skipped" and not skipped:
+                continue
+            ratio = f"{reference / c.median_ms:.2f}×" if c.median_ms and reference else ""
+            rows.append(
+                [
+                    c.name,
+                    c.status + (f": {c.reason}" if c.reason else ""),
+                    f"{c.median_ms:.2f}" if c.median_ms is not None else "",
+                    ratio,
+                    f"{c.max_abs_diff:.2e}" if c.max_abs_diff is not None else "",
+                    f"{c.max_box_diff_px:.3f}" if c.max_box_diff_px is not None else "",
+                ]
+            )
+        return header, rows
+
+    def skipped(self) -> list[str]:
+        """``reason: name, name`` for the candidates not tried, one line per reason."""
+        reasons: dict[str, list[str]] = {}
+        for c in self.candidates:
+            if c.status == "skipped":
+                reasons.setdefault(c.reason, []).append(c.name)
+        return [f"{reason}: {', '.join(names)}" for reason, names in reasons.items()]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TuningPlan:
+        fields = dict(data)
+        fields["candidates"] = [CandidateResult(**c) for c in fields.get("candidates", [])]
+        return cls(**fields)
+
+
+def check_tuning_options(precision: str, tolerance: float | None, budget_s: float) -> None:
+    """One line for a precision other than fp32/bf16, a tolerance ≤ 0 or not finite, or a
+    budget ≤ 0 or not finite."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+        raise InputError(f"tolerance must be a finite number > 0, got {tolerance}")
+    if not (math.isfinite(budget_s) and budget_s > 0):
+        raise InputError(f"tuning budget must be a finite number of seconds > 0, got {budget_s}")
+
+
+def machine_signature() -> dict[str, str]:
+    """What the speed of a choice depends on besides the model: CPU model and instruction
+    flags, thread count, torch and engine versions."""
+    cpu = platform.processor() or platform.machine()
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == platform.machine():
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = hashlib.sha256(line.encode()).hexdigest()[:16]
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("onnxruntime", "openvino"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        **versions,
+    }
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """Hash of a module's structure and every parameter and buffer value."""
+    digest = hashlib.sha256(repr(module).encode())
+    for name, tensor in module.state_dict().items():
+        value = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{value.dtype}|{tuple(tensor.shape)}".encode())
+        if value.numel():
+            digest.update(value.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def plan_key(parts: Mapping[str, Any]) -> str:
+    """The cache key of a plan: a hash of what the choice depends on (``parts``: the model's
+    digest, input shapes, precision, tolerance, device …) and this machine's signature."""
+    text = json.dumps({**parts, **machine_signature(), "format": PLAN_FORMAT}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _plan_path(key: str) -> Path:
+    return cache_root() / "plans" / f"{key}.json"
+
+
+def _content_hash(record: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def load_plan(key: str, known: Callable[[str], bool]) -> TuningPlan | None:
+    """The cached plan for ``key``, or None when there is none or it cannot be trusted (then
+    one warning line says so and the caller tunes again). ``known`` says whether a chosen name
+    can still be built."""
+    path = _plan_path(key)
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        record, digest = stored["plan"], stored["sha256"]
+        if digest != _content_hash(record) or record.get("key") != key:
+            raise ValueError("its content does not match its hash")
+        plan = TuningPlan.from_json(record)
+        if not known(plan.chosen):
+            raise ValueError(f"it chose {plan.chosen!r}, which is not available")
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log.warning("tuning plan %s cannot be trusted (%s): tuning again", path, reason)
+        return None
+    plan.cached = True
+    return plan
+
+
+def save_plan(plan: TuningPlan) -> Path:
+    """Cache ``plan`` (written atomically, with the hash of its content)."""
+    record = {**plan.to_json(), "cached": False}
+    path = _plan_path(plan.key)
+    try:
+        atomic_write_text(
+            path, json.dumps({"plan": record, "sha256": _content_hash(record)}, indent=2)
+        )
+    except OSError as error:  # a cache that cannot be written costs a rerun its tuning only
+        log.warning("tuning plan not cached (%s: %s)", path, error.strerror or error)
+    return path
+
+
+def time_interleaved(
+    runs: Mapping[str, Callable[[], list[float]]],
+    budget_s: float,
+    min_rounds: int = 2,
+    max_rounds: int = 6,
+) -> dict[str, float]:
+    """Median milliseconds per name: each round calls every ``runs[name]()`` once (it returns
+    the milliseconds of the frames or calls it timed), in alternating order so a drift of the
+    machine's speed hits all alike; rounds go on while the budget lasts (at least
+    ``min_rounds``)."""
+    names = list(runs)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    began = time.perf_counter()
+    for round_index in range(max_rounds):
+        if round_index >= min_rounds and time.perf_counter() - began > budget_s:
+            break
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            samples[name] += runs[name]()
+    return {name: float(np.median(values)) for name, values in samples.items()}
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line (or its type), for one-line reasons."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
