@@ -35,7 +35,7 @@ from headway.tracking.datasets import (
     load_dataset,
     update_interval,
 )
-from headway.tracking.executors import executor_names
+from headway.tracking.executors import comparison_executors, executor_names
 from headway.tracking.metrics import CONVENTIONS
 from headway.tracking.settings import TrackerSettings
 from headway.tuning import DEFAULT_BUDGET_S, TuningPlan
@@ -369,11 +369,6 @@ def export_results_command(
     )
 
 
-DEFAULT_BENCH_EXECUTORS = (
-    "eager", "scripted", "heads", "scripted-fork", "fused", "spectral", "fused-bf16"
-)  # fmt: skip
-
-
 @runner_app.command("build")
 @reports_errors
 def runner_build(
@@ -413,8 +408,9 @@ def bench_tracker(
     executors: Annotated[
         str | None,
         typer.Option(
-            help=f"Comma-separated, from: {', '.join(executor_names())} (default: "
-            f"{','.join(DEFAULT_BENCH_EXECUTORS)}, and cpp,cpp-heads when the runner is built)."
+            help=f"Comma-separated, from: auto, {', '.join(executor_names())} (default: "
+            f"{','.join(comparison_executors(runner=True))}; the cpp ones where the runner is "
+            "built; cudagraph ones on CUDA)."
         ),
     ] = None,
     frames: Annotated[int, typer.Option(help="Timed frames per executor.")] = 20,
@@ -422,8 +418,11 @@ def bench_tracker(
     seed: Annotated[int, typer.Option(help="Seed of weights and frames.")] = 0,
     rounds: Annotated[int, typer.Option(help="Passes per executor, in alternating order.")] = 2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
+    tune_seconds: Annotated[float, typer.Option(help=TUNE_HELP)] = DEFAULT_BUDGET_S,
 ) -> None:
-    """Time every executor on the same frames: encoder, FPS, stages, GFLOP/s, differences."""
+    """Time every executor on the same frames: encoder, FPS, stages, GFLOP/s, differences
+    (``auto`` among them: its choice, made first, is timed like the others)."""
     import json
 
     from rich.console import Console
@@ -440,20 +439,23 @@ def bench_tracker(
     if executors is None:
         from headway.native.build import built_runner
 
-        chosen = [*DEFAULT_BENCH_EXECUTORS, *(["cpp", "cpp-heads"] if built_runner() else [])]
+        chosen = comparison_executors(device, runner=built_runner() is not None)
     else:
         chosen = some_names(executors, "--executors") or ["eager"]
     torch_device = resolve_device(device)
     for name in chosen:
-        check_tracker_executor(name, torch_device)
+        check_executor_option(name, torch_device, precision, None, tune_seconds)
     allocator_tuned = keep_freed_memory()  # same for every executor measured
     wide = Console(width=max(console.width, 132))
     with Progress(console=console, transient=True) as progress:
         total = (frames + warmup) * rounds * len(set(chosen) | {"eager"})
         task = progress.add_task("frames (all executors)", total=total)
         bench = benchmark_executors(
-            config, device, chosen, frames, warmup, seed, lambda _: progress.advance(task), rounds
-        )
+            config, device, chosen, frames, warmup, seed, lambda _: progress.advance(task), rounds,
+            precision, tune_seconds,
+        )  # fmt: skip
+    if bench.auto_plan is not None:
+        print_plan(TuningPlan.from_json(bench.auto_plan))
     eager = bench.results[0]
     table = Table(
         title=f"CSWinTT {config} on {bench.device} ({bench.environment['threads']} threads), "

@@ -26,6 +26,7 @@ import torch
 from headway.errors import InputError
 from headway.experiments.report import markdown_table
 from headway.io import atomic_write_text
+from headway.tracking.executors import comparison_executors
 
 BEGIN, END = "<!-- gpu-session:begin -->", "<!-- gpu-session:end -->"
 
@@ -43,11 +44,6 @@ CASES = {
     "scripted-fork": "C",
     "cpp-heads": "C (C++)",
 }
-GPU_EXECUTORS = (
-    "eager", "scripted", "cpp", "heads", "scripted-fork", "cpp-heads", "fused", "spectral",
-    "cpp-spectral", "fused-bf16", "spectral-bf16", "cudagraph", "cudagraph-bf16",
-)  # fmt: skip
-COMPILED_EXECUTORS = ("compiled", "compiled-spectral", "compiled-bf16", "cpp-aoti")
 
 
 def run_cuda_tests(root: Path, timeout_s: float) -> dict[str, Any]:
@@ -139,7 +135,7 @@ def run_session(
         record["tests"] = run_cuda_tests(root, max(30.0, 0.35 * left()))
     elif tests:
         record["skipped"]["tests"] = f"no tests folder at {root} (an installed package)"
-    chosen = list(executors or [*GPU_EXECUTORS, *(COMPILED_EXECUTORS if compiled else ())])
+    chosen = list(executors or comparison_executors("cuda", compiled=compiled, runner=True))
     if any(name.startswith("cpp") for name in chosen):
         say("building headway-runner")
         try:

@@ -33,11 +33,14 @@ from headway.io import atomic_write_text
 from headway.measure import keeps_global_rng
 from headway.models.cswintt import CSWinTT, build_cswintt
 from headway.runtime.device import resolve_device
+from headway.tracking.auto import AUTO, tune_tracker
 from headway.tracking.backends import build_tracker, check_tracker_executor
+from headway.tracking.executors import EXECUTORS, comparison_executors
 from headway.tracking.results import SequenceResult
 from headway.tracking.settings import STAGES
 from headway.tracking.synth import SynthSettings, render_sequence
 from headway.tracking.tracker import CSWinTTTracker
+from headway.tuning import DEFAULT_BUDGET_S, check_tuning_options
 
 TIMED_STAGES = STAGES[:5]
 
@@ -71,6 +74,7 @@ class TrackerBenchmark:
     matmul_peak_gflops: dict[str, float]
     environment: dict[str, Any]
     results: list[ExecutorResult]
+    auto_plan: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -104,9 +108,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, d_model: int, ffn: int
     return 2 * 704 * d_model * ffn / seconds / 1e9
 
 
-DEFAULT_EXECUTORS = ("scripted", "heads", "fused", "spectral", "fused-bf16")
-
-
 def _write_frames(images: list[np.ndarray]) -> tuple[Path, list[Path]]:
     """The frames as PPM files for the C++ runner (lossless, so it reads exactly the pixels the
     Python trackers get, and it needs no image library for them)."""
@@ -134,15 +135,21 @@ def benchmark_executors(
     seed: int = 0,
     on_frame: Callable[[int], None] | None = None,
     rounds: int = 2,
+    precision: str = "fp32",
+    tune_seconds: float = DEFAULT_BUDGET_S,
 ) -> TrackerBenchmark:
     """Run every executor on the same frames and collect paper A's numbers. ``eager`` is
     always measured (it is the reference) and listed first. Both hosts run the same frame loop
     (``run_frames``); the C++ runner's times leave out its reading of the image files, as the
-    Python trackers are handed arrays."""
+    Python trackers are handed arrays. ``auto`` among the executors tunes first (``precision``,
+    ``tune_seconds``; see :mod:`headway.tracking.auto`) and is then timed like the others."""
     torch_device = resolve_device(device)
-    names = ["eager", *[n for n in (executors or DEFAULT_EXECUTORS) if n != "eager"]]
+    chosen = executors or comparison_executors(torch_device)
+    names = ["eager", *[n for n in dict.fromkeys(chosen) if n != "eager"]]
+    check_tuning_options(precision, None, tune_seconds)
     for name in names:
-        check_tracker_executor(name, torch_device)
+        if name != AUTO:
+            check_tracker_executor(name, torch_device)
     if frames < 1 or warmup < 0 or rounds < 1:
         raise InputError("frames and rounds must be ≥ 1 and warmup ≥ 0")
     torch.manual_seed(seed)
@@ -150,9 +157,14 @@ def benchmark_executors(
     images, boxes, _ = render_sequence(
         np.random.default_rng([seed, 0]), SynthSettings(frames=frames + warmup + 1)
     )
-    trackers = {name: build_tracker(network, None, torch_device, name) for name in names}
-    native = any(not isinstance(t, CSWinTTTracker) for t in trackers.values())
-    frame_folder, frame_files = _write_frames(images) if native else (None, [])
+    frame_folder, frame_files = _write_frames(images)
+    trackers = {n: build_tracker(network, None, torch_device, n) for n in names if n != AUTO}
+    plan = None
+    if AUTO in names:
+        plan, trackers[AUTO] = tune_tracker(
+            network, frame_files, [float(v) for v in boxes[0]], None, torch_device, precision,
+            budget_s=tune_seconds,
+        )  # fmt: skip
 
     probe_tokens = torch.randn(
         network.config.num_tokens,
@@ -196,7 +208,7 @@ def benchmark_executors(
         encoder_ms = float(np.median([t["encoder"] for t in stage_times[name]]))
         results.append(
             ExecutorResult(
-                name=name,
+                name=f"auto→{plan.chosen}" if name == AUTO and plan is not None else name,
                 encoder_ms=encoder_ms,
                 frame_ms=float(np.median(frame_times[name])),
                 stage_ms={
@@ -210,8 +222,7 @@ def benchmark_executors(
         )
     for tracker in trackers.values():
         tracker.close()
-    if frame_folder is not None:
-        shutil.rmtree(frame_folder, ignore_errors=True)
+    shutil.rmtree(frame_folder, ignore_errors=True)
     peaks = {
         str(dtype).removeprefix("torch."): matmul_peak(
             torch_device, dtype, network.config.d_model, network.config.dim_feedforward
@@ -226,8 +237,9 @@ def benchmark_executors(
         "gpu": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None,
     }
     return TrackerBenchmark(
-        config, str(torch_device), frames, warmup, rounds, flops / 1e9, peaks, environment, results
-    )
+        config, str(torch_device), frames, warmup, rounds, flops / 1e9, peaks, environment,
+        results, plan.to_json() if plan is not None else None,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,10 +252,11 @@ def section(folder: Path, quick: bool) -> Section:
 
     from headway.native.build import built_runner
 
-    executors = ["scripted", "heads", "fused", "spectral", "fused-bf16", "compiled-bf16"]
-    executors += [] if quick else ["compiled"]
-    # the paper's Cases B and C as it built them, when the C++ runner is built on this machine
-    executors += ["cpp", "cpp-heads"] if built_runner() else []
+    # the paper's Cases B and C in the C++ runner too, where it is built on this machine; the
+    # compiled executors in the full run (the quick one keeps its bf16 one, the fastest)
+    executors = comparison_executors(runner=built_runner() is not None)
+    compiled = [n for n in comparison_executors(compiled=True) if n not in executors]
+    executors += [n for n in compiled if not quick or EXECUTORS[n].precision == "bf16"]
     frames, warmup, rounds = (4, 1, 2) if quick else (15, 3, 2)
     bench = benchmark_executors("default", "cpu", executors, frames, warmup, rounds=rounds)
     data = bench.to_json()

@@ -200,6 +200,20 @@ def executor_names(host: str | None = None) -> list[str]:
     return [name for name, spec in EXECUTORS.items() if host in (None, spec.host)]
 
 
+def comparison_executors(
+    device: torch.device | str = "cpu", compiled: bool = False, runner: bool = False
+) -> list[str]:
+    """The executors a comparison runs by default, in table order: those with no compile step
+    and no optional engine (eager and TorchScript backends), the CUDA-graph ones on a GPU, the
+    C++ runner's TorchScript ones with ``runner`` (where it is built), and with ``compiled``
+    the ones that compile first (inductor, and AOTInductor with ``runner``: minutes on a CPU)."""
+    backends = {"eager", "torchscript"}
+    backends |= {"cudagraph"} if torch.device(device).type == "cuda" else set()
+    backends |= {"cpp"} if runner else set()
+    backends |= ({"inductor"} | ({"aoti"} if runner else set())) if compiled else set()
+    return [name for name, spec in EXECUTORS.items() if spec.backend in backends]
+
+
 def _choices() -> str:
     return (
         f"choose from {', '.join(EXECUTORS)}, or GRAPH[+bf16]@BACKEND with GRAPH in "
