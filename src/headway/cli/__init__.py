@@ -6,7 +6,13 @@ import importlib
 
 from headway.cli.base import app
 
-for _group in ("tracking", "cnn", "vit", "reproduce"):  # `headway --help` lists them in this order
+for _group in (
+    "tracking",
+    "cnn",
+    "vit",
+    "export",
+    "reproduce",
+):  # `headway --help` lists them in this order
     importlib.import_module(f"headway.cli.{_group}")
 
 __all__ = ["app"]

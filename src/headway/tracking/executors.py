@@ -35,6 +35,7 @@ from torch import nn
 
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT, Features
+from headway.runtime.deploy import ExportPart
 from headway.runtime.engines import EngineModule, require_engine
 from headway.runtime.pool import StreamWorkerPool
 from headway.tracking.settings import STAGE_METHODS
@@ -530,3 +531,43 @@ def build_executor(name: str, network: CSWinTT, device: torch.device | str = "cp
     check_executor(name, device)
     short, spec = resolve_executor(name)
     return Executor(network, device, spec, short)
+
+
+def stage_exports(network: CSWinTT, executor: str) -> list[ExportPart]:
+    """The tracker's stages as ``executor``'s graph runs them (its graph rewrite; the precision
+    and backend are the target runtime's business), with inputs of the tracker's shapes."""
+    short, spec = resolve_executor(executor)
+    if spec.graph == "heads":
+        raise InputError(
+            f"executor {short!r} splits heads into a thread pool: nothing of it exports as one "
+            "graph; export 'eager', 'fused' or 'spectral'"
+        )
+    plain = ExecutorSpec(spec.graph, "fp32", "onnxruntime")  # the exportable form of the graph
+    rewritten = rewrite_network(plain, network).eval()
+    config = rewritten.config
+    generator = torch.Generator().manual_seed(0)
+
+    def images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.randn(1, 3, size, size, generator=generator)
+        mask = torch.zeros(1, size, size, dtype=torch.bool)
+        mask[:, : size // 8] = True
+        return image, mask
+
+    with torch.no_grad():
+        template, search = images(config.template_size), images(config.search_size)
+        features = [rewritten.forward_backbone(*template)] * config.num_templates
+        merged = rewritten.merge([*features, rewritten.forward_backbone(*search)])
+        memory = rewritten.forward_encoder(merged.tokens, merged.padding_mask)
+        decoded = rewritten.forward_decoder(memory, merged.padding_mask)
+
+    def stage(method: str) -> StageModule:
+        return StageModule(rewritten, method)
+
+    return [
+        ExportPart("backbone_template", stage("forward_backbone"), template),
+        ExportPart("backbone_search", stage("forward_backbone"), search),
+        ExportPart("encoder", stage("forward_encoder"), (merged.tokens, merged.padding_mask)),
+        ExportPart("decoder", stage("forward_decoder"), (memory, merged.padding_mask)),
+        ExportPart("box_head", stage("forward_box_head"), (memory, decoded)),
+        ExportPart("confidence", stage("forward_confidence"), (decoded,)),
+    ]

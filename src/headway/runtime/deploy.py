@@ -1,0 +1,216 @@
+"""``headway export``: what headway runs, written as deployable files for other runtimes —
+ONNX (ONNX Runtime or TensorRT elsewhere, e.g. on an embedded board), OpenVINO IR, TorchScript
+and AOTInductor ``.pt2`` — each reloaded here and compared with eager on fresh probe inputs,
+the result written beside the files as ``verification.json``.
+
+An export is complete or absent: files go to a temporary folder next to the target, which is
+renamed into place only when every format is written and verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from headway.errors import InputError
+from headway.runtime.engines import INSTALL_HINT, engine_available
+from headway.tuning import first_line
+
+FORMATS = {
+    "onnx": ".onnx",
+    "openvino": ".xml",
+    "torchscript": ".pt",
+    "aoti": ".pt2",
+}
+DEFAULT_FORMATS = ("onnx", "openvino", "torchscript")
+
+
+@dataclass
+class ExportPart:
+    """One graph to export: its file stem, the module and example inputs (probes are drawn
+    like them with fresh seeds)."""
+
+    name: str
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """The formats, or one line naming the known ones (and how to install a missing engine)."""
+    chosen = list(dict.fromkeys(formats))
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise InputError(
+            f"unknown export format {', '.join(unknown) or '(none)'}: choose from "
+            f"{', '.join(FORMATS)}"
+        )
+    needs = {"onnx": "onnxruntime", "openvino": "openvino"}
+    for fmt in chosen:
+        if fmt in needs and not engine_available(needs[fmt]):
+            raise InputError(f"export format {fmt!r} needs {needs[fmt]}: {INSTALL_HINT}")
+    return chosen
+
+
+def check_target(folder: Path) -> None:
+    """The export folder must not exist yet (nothing is overwritten or mixed), and its parent
+    must be a writable folder."""
+    if folder.exists():
+        what = "a folder" if folder.is_dir() else "a file"
+        raise InputError(f"{folder} is already {what}: exports go to a new folder")
+    parent = folder.parent if str(folder.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: {existing} is not a writable folder")
+
+
+def _probe(example: tuple[torch.Tensor, ...], seed: int) -> tuple[torch.Tensor, ...]:
+    """Inputs like ``example``: floats drawn fresh with its mean and spread (so a stage sees
+    values of the size it is made for), other dtypes kept."""
+    generator = torch.Generator().manual_seed(seed)
+    probes = []
+    for tensor in example:
+        if tensor.is_floating_point():
+            values = tensor.float()
+            scale = float(values.std()) if values.numel() > 1 else 1.0
+            drawn = torch.randn(tensor.shape, generator=generator) * (scale or 1.0)
+            probes.append((drawn + values.mean()).to(tensor.dtype).contiguous())
+        else:
+            probes.append(tensor.clone())
+    return tuple(probes)
+
+
+def _outputs(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [v for v in value if isinstance(v, torch.Tensor)]
+
+
+def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
+    """Write ``part`` as ``fmt`` to ``path`` and return a callable that runs the written file."""
+    module, example = part.module.eval(), tuple(a.contiguous() for a in part.example)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation notices
+        if fmt in ("onnx", "openvino"):
+            onnx_path = path.with_suffix(".onnx")
+            if not onnx_path.exists():
+                torch.onnx.export(module, example, str(onnx_path), dynamo=False,
+                                  opset_version=18, do_constant_folding=True)  # fmt: skip
+            if fmt == "onnx":
+                import onnxruntime as ort
+
+                session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+                names = [i.name for i in session.get_inputs()]
+                return lambda *args: [
+                    torch.from_numpy(o)
+                    for o in session.run(
+                        None, dict(zip(names, [a.numpy() for a in args], strict=True))
+                    )
+                ]
+            import openvino as ov
+
+            core = ov.Core()
+            # fp32 weights: save_model would store them as fp16 by default
+            ov.save_model(core.read_model(str(onnx_path)), str(path), compress_to_fp16=False)
+            compiled = ov.Core().compile_model(
+                str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+            )
+            return lambda *args: [
+                torch.from_numpy(compiled([a.numpy() for a in args])[o].copy())
+                for o in compiled.outputs
+            ]
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
+            loaded = torch.jit.load(str(path))
+            return lambda *args: _outputs(loaded(*args))
+        program = torch.export.export(module, example, strict=False)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        runner = torch._inductor.aoti_load_package(str(path))
+        return lambda *args: _outputs(runner(*args))
+
+
+def export_parts(
+    parts: list[ExportPart],
+    folder: str | Path,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    probes: int = 3,
+    command: str = "",
+    description: dict[str, Any] | None = None,
+    on_part: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Export every part in every format into the new folder ``folder``, reload each file and
+    compare it with the module on ``probes`` fresh inputs; returns (and writes) the record of
+    ``verification.json``. Nothing is left at ``folder`` if anything fails."""
+    folder = Path(folder)
+    formats = check_formats(formats)
+    check_target(folder)
+    if probes < 1:
+        raise InputError(f"probes must be ≥ 1, got {probes}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    record: dict[str, Any] = {
+        "command": command,
+        **(description or {}),
+        "versions": _versions(),
+        "probes": probes,
+        "files": {},
+    }
+    try:
+        for part in parts:
+            with torch.no_grad():
+                references = [
+                    [o.float() for o in _outputs(part.module(*_probe(part.example, seed)))]
+                    for seed in range(probes)
+                ]
+            for fmt in formats:
+                if on_part is not None:
+                    on_part(f"{part.name} → {fmt}")
+                path = staging / f"{part.name}{FORMATS[fmt]}"
+                try:
+                    run = _write(fmt, part, path)
+                    diff = 0.0
+                    with torch.no_grad():
+                        for seed, expected in enumerate(references):
+                            got = run(*_probe(part.example, seed))
+                            for g, e in zip(got, expected, strict=True):
+                                diff = max(diff, float((g.float() - e).abs().max()))
+                except InputError:
+                    raise
+                except Exception as error:  # exporters and engines raise many kinds
+                    raise InputError(
+                        f"{part.name} could not be exported as {fmt} ({first_line(error)})"
+                    ) from None
+                record["files"][path.name] = {
+                    "part": part.name,
+                    "format": fmt,
+                    "inputs": [list(a.shape) for a in part.example],
+                    "max_abs_diff": diff,
+                }
+        if "onnx" not in formats:  # the intermediate of the OpenVINO IR
+            for leftover in staging.glob("*.onnx"):
+                leftover.unlink()
+        (staging / "verification.json").write_text(json.dumps(record, indent=2))
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record
+
+
+def _versions() -> dict[str, str]:
+    versions = {"torch": torch.__version__}
+    for package in ("headway", "onnx", "onnxruntime", "openvino"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return versions

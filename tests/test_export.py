@@ -1,0 +1,113 @@
+"""``headway export``: files that reload in ONNX Runtime and OpenVINO equal to eager, a
+verification record beside them, and nothing half-written on bad input or failure."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from headway.cli import app
+from headway.runtime import deploy
+from headway.runtime.engines import engine_available
+
+runner = CliRunner()
+needs_engines = pytest.mark.skipif(
+    not (engine_available("onnxruntime") and engine_available("openvino")),
+    reason="needs headway[engines]",
+)
+
+
+def files(record: dict) -> dict[str, dict]:
+    return record["files"]
+
+
+@needs_engines
+def test_spectral_tracker_stages_reload_equal_to_eager(tmp_path: Path) -> None:
+    out = tmp_path / "tracker"
+    result = runner.invoke(
+        app, ["export", str(out), "--config", "tiny", "--formats", "onnx,openvino,torchscript"]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "verification.json").read_text())
+    assert record["executor"] == "spectral" and record["command"].startswith("headway export")
+    encoder = {
+        entry["format"]: entry for entry in files(record).values() if entry["part"] == "encoder"
+    }
+    assert set(encoder) == {"onnx", "openvino", "torchscript"}
+    for entry in files(record).values():
+        assert entry["max_abs_diff"] <= 1e-4, entry
+    assert (out / "encoder.onnx").is_file() and (out / "encoder.xml").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+@needs_engines
+def test_a_zoo_cnn_reloads_equal_to_eager(tmp_path: Path) -> None:
+    out = tmp_path / "vgg"
+    result = runner.invoke(
+        app, ["export", str(out), "--model", "vgg16", "--small-input", "--formats", "onnx,openvino"]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "verification.json").read_text())
+    assert {e["format"] for e in files(record).values()} == {"onnx", "openvino"}
+    assert max(e["max_abs_diff"] for e in files(record).values()) <= 1e-4
+    assert not (out / "vgg16.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "options", "message"),
+    [
+        ("file", [], "is already a file"),
+        ("folder", [], "is already a folder"),
+        ("readonly", [], "is not a writable folder"),
+        (None, ["--formats", "tflite"], "unknown export format tflite"),
+        (None, ["--executor", "heads"], "nothing of it exports as one graph"),
+        (None, ["--executor", "warp"], "unknown executor 'warp'"),
+        (None, ["--probes", "0"], "--probes"),
+        (None, ["--model", "nosuch"], "nosuch"),
+    ],
+)
+def test_bad_export_input_is_one_line(
+    setup: str | None, options: list[str], message: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    if setup == "file":
+        out.write_text("keep me")
+    elif setup == "folder":
+        out.mkdir()
+    elif setup == "readonly":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        tmp_path.chmod(0o500)
+    try:
+        result = runner.invoke(app, ["export", str(out), "--config", "tiny", *options])
+    finally:
+        tmp_path.chmod(0o700)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    if setup == "file":
+        assert out.read_text() == "keep me"
+    elif setup is None:
+        assert not out.exists()
+
+
+def test_a_failing_format_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = deploy._write
+
+    def failing(fmt, part, path):
+        if part.name == "encoder":
+            raise RuntimeError("exporter gave up")
+        return real_write(fmt, part, path)
+
+    monkeypatch.setattr(deploy, "_write", failing)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["export", str(out), "--config", "tiny", "--formats", "torchscript"]
+    )
+    assert result.exit_code == 1
+    assert "encoder could not be exported as torchscript (exporter gave up)" in result.output
+    assert list(tmp_path.iterdir()) == []
