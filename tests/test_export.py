@@ -63,6 +63,7 @@ def test_a_zoo_cnn_reloads_equal_to_eager(tmp_path: Path) -> None:
         ("file", [], "is already a file"),
         ("folder", [], "is already a folder"),
         ("readonly", [], "is not a writable folder"),
+        ("under_a_file", [], "is not a writable folder"),
         (None, ["--formats", "tflite"], "unknown export format tflite"),
         (None, ["--executor", "heads"], "nothing of it exports as one graph"),
         (None, ["--executor", "warp"], "unknown executor 'warp'"),
@@ -78,6 +79,9 @@ def test_bad_export_input_is_one_line(
         out.write_text("keep me")
     elif setup == "folder":
         out.mkdir()
+    elif setup == "under_a_file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "out"
     elif setup == "readonly":
         if os.geteuid() == 0:
             pytest.skip("root writes into read-only folders")
@@ -91,7 +95,9 @@ def test_bad_export_input_is_one_line(
     assert len(result.output.strip().splitlines()) == 1
     if setup == "file":
         assert out.read_text() == "keep me"
-    elif setup is None:
+    elif setup == "folder":
+        assert list(out.iterdir()) == []
+    else:
         assert not out.exists()
 
 

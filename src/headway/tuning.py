@@ -61,13 +61,17 @@ class TuningPlan:
     key: str
     candidates: list[CandidateResult] = field(default_factory=list)
     cached: bool = False
+    reference: str = "eager"
+    diff_label: str = "max |Δ|"
 
     def table(self, skipped: bool = True) -> tuple[list[str], list[list[str]]]:
         """Header and rows: one per candidate, fastest timed first (``skipped``: with those not
         tried)."""
-        header = ["candidate", "status", "median ms", "vs reference", "max |Δ|", "max Δbox px"]
+        header = ["candidate", "status", "median ms", f"vs {self.reference}", self.diff_label]
+        boxes = any(c.max_box_diff_px is not None for c in self.candidates)
+        header += ["max Δbox px"] if boxes else []
         timed = [c for c in self.candidates if c.median_ms is not None]
-        reference = next((c.median_ms for c in self.candidates if c.name == "eager"), None)
+        reference = next((c.median_ms for c in timed if c.name == self.reference), None)
         reference = reference or (max(c.median_ms for c in timed) if timed else None)
         order = sorted(self.candidates, key=lambda c: (c.median_ms is None, c.median_ms or 0.0))
         rows = []
@@ -82,8 +86,8 @@ class TuningPlan:
                     f"{c.median_ms:.2f}" if c.median_ms is not None else "",
                     ratio,
                     f"{c.max_abs_diff:.2e}" if c.max_abs_diff is not None else "",
-                    f"{c.max_box_diff_px:.3f}" if c.max_box_diff_px is not None else "",
                 ]
+                + ([f"{c.max_box_diff_px:.3f}" if c.max_box_diff_px is not None else ""] * boxes)
             )
         return header, rows
 

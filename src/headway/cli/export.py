@@ -4,7 +4,6 @@ verified against eager (``verification.json`` beside them)."""
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -71,7 +70,14 @@ def export_command(
             example = (torch.randn(batch, 3, size, size),)
             parts = [ExportPart(model, module, example)]
             what = {"model": model, "small_input": small_input}
-    command = shlex.join(["headway", *sys.argv[1:]])
+    options = ["--model", model, "--formats", ",".join(chosen), "--probes", str(probes)]
+    if model == "tracker":
+        options += ["--executor", executor, "--config", config]
+        options += ["--checkpoint", str(checkpoint)] if checkpoint else ["--seed", str(seed)]
+    else:
+        options += ["--batch", str(batch), "--input-size", str(size), "--seed", str(seed)]
+        options += ["--small-input"] if small_input else []
+    command = shlex.join(["headway", "export", str(out), *options])
     with console.status("exporting") as status:
         record = export_parts(
             parts, out, chosen, probes, command, what,

@@ -75,7 +75,7 @@ def check_target(folder: Path) -> None:
         raise InputError(f"{folder}: {existing} is not a writable folder")
 
 
-def _probe(example: tuple[torch.Tensor, ...], seed: int) -> tuple[torch.Tensor, ...]:
+def probe_inputs(example: tuple[torch.Tensor, ...], seed: int) -> tuple[torch.Tensor, ...]:
     """Inputs like ``example``: floats drawn fresh with its mean and spread (so a stage sees
     values of the size it is made for), other dtypes kept."""
     generator = torch.Generator().manual_seed(seed)
@@ -91,7 +91,7 @@ def _probe(example: tuple[torch.Tensor, ...], seed: int) -> tuple[torch.Tensor, 
     return tuple(probes)
 
 
-def _outputs(value: Any) -> list[torch.Tensor]:
+def output_tensors(value: Any) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
     return [v for v in value if isinstance(v, torch.Tensor)]
@@ -133,11 +133,11 @@ def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
             loaded = torch.jit.load(str(path))
-            return lambda *args: _outputs(loaded(*args))
+            return lambda *args: output_tensors(loaded(*args))
         program = torch.export.export(module, example, strict=False)
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
         runner = torch._inductor.aoti_load_package(str(path))
-        return lambda *args: _outputs(runner(*args))
+        return lambda *args: output_tensors(runner(*args))
 
 
 def export_parts(
@@ -170,7 +170,10 @@ def export_parts(
         for part in parts:
             with torch.no_grad():
                 references = [
-                    [o.float() for o in _outputs(part.module(*_probe(part.example, seed)))]
+                    [
+                        o.float()
+                        for o in output_tensors(part.module(*probe_inputs(part.example, seed)))
+                    ]
                     for seed in range(probes)
                 ]
             for fmt in formats:
@@ -182,7 +185,7 @@ def export_parts(
                     diff = 0.0
                     with torch.no_grad():
                         for seed, expected in enumerate(references):
-                            got = run(*_probe(part.example, seed))
+                            got = run(*probe_inputs(part.example, seed))
                             for g, e in zip(got, expected, strict=True):
                                 diff = max(diff, float((g.float() - e).abs().max()))
                 except InputError:

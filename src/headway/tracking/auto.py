@@ -46,6 +46,8 @@ AUTO = "auto"
 # largest box difference over the checked frames
 TOLERANCE = {"fp32": 1e-3, "bf16": 0.25}
 BOX_TOLERANCE_PX = {"fp32": 0.05, "bf16": 1.0}
+WARM_FRAMES = 2  # tracked frames of a timing pass not timed
+TIMED_FRAMES = 6
 # build order: cheap first, so a short budget still sees the likely winners
 _BACKEND_ORDER = ("eager", "torchscript", "openvino", "onnxruntime", "cudagraph", "cpp", "inductor")
 
@@ -125,18 +127,24 @@ def tune_tracker(
             return plan, build_tracker(network, settings, device, plan.chosen)
 
     began = time.perf_counter()
-    paths = list(frames[: check_frames + 1])
+    # checked on the first check_frames tracked frames; timed on up to TIMED_FRAMES more,
+    # after WARM_FRAMES per pass (the C++ runner starts a fresh process, whose TorchScript
+    # graphs optimise themselves on their first calls, for every pass as for every sequence)
+    paths = list(frames[: max(check_frames, WARM_FRAMES + TIMED_FRAMES) + 1])
     images = [read_frame(path) for path in paths]
-    count = len(images)
 
-    def one_pass(tracker: object) -> tuple[np.ndarray, list[float]]:
-        """Boxes of every frame, and ms of every tracked one (reading the files left out)."""
+    def one_pass(tracker: object, count: int) -> tuple[np.ndarray, list[float]]:
+        """Boxes of the first ``count`` frames, and ms of the tracked ones after the warm-up
+        (reading the files left out)."""
         if isinstance(tracker, CSWinTTTracker):
             result = tracker.run_frames(images.__getitem__, count, init_box)
         else:
-            result = tracker.run_frames(paths, init_box)  # type: ignore[attr-defined]
+            result = tracker.run_frames(paths[:count], init_box)  # type: ignore[attr-defined]
         read = result.read_ms if result.read_ms is not None else np.zeros(count)
-        return result.boxes, list(result.frame_times[1:] * 1e3 - read[1:])
+        first = min(1 + WARM_FRAMES, count - 1)
+        return result.boxes, list(result.frame_times[first:] * 1e3 - read[first:])
+
+    checked = min(check_frames + 1, len(images))
 
     results: dict[str, CandidateResult] = {}
     trackers: dict[str, object] = {}
@@ -152,7 +160,7 @@ def tune_tracker(
         return run_encoder(tokens, mask)
 
     eager.executor.encoder = recording_encoder  # type: ignore[method-assign]
-    reference_boxes, _ = one_pass(eager)
+    reference_boxes, _ = one_pass(eager, checked)
     del eager.executor.encoder  # back to the method
     tokens, mask = probe[0]
     with torch.inference_mode():
@@ -184,7 +192,9 @@ def tune_tracker(
                     else tracker.encoder  # type: ignore[attr-defined]
                 )
                 diff = float((encoder(tokens, mask).float() - reference).abs().max())
-            boxes, _ = one_pass(tracker)  # also the warm-up (tracing, compiling, exporting)
+            boxes, _ = one_pass(
+                tracker, checked
+            )  # also the warm-up (tracing, compiling, exporting)
         except Exception as error:
             tracker.close()  # type: ignore[attr-defined]
             results[name] = CandidateResult(name, "failed", first_line(error))
@@ -210,7 +220,8 @@ def tune_tracker(
 
     remaining = max(budget_s - (time.perf_counter() - began), 0.0)
     medians = time_interleaved(
-        {name: lambda t=tracker: one_pass(t)[1] for name, tracker in trackers.items()}, remaining
+        {name: (lambda t=t: one_pass(t, len(images))[1]) for name, t in trackers.items()},
+        remaining,
     )
     for name, median in medians.items():
         results[name].median_ms = median
