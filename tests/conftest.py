@@ -19,6 +19,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def torch_thread_count_is_kept() -> object:
+    """A test that sets torch's thread count (an in-process CLI call with --threads, a Ray
+    worker's set-up run locally) must not change the next test's numerics: restore it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two short synthetic OTB-layout sequences, shared read-only by the tests."""

@@ -23,14 +23,14 @@ ray = pytest.importorskip("ray", reason="ray not installed (pip install 'headway
 def local_run(sequences, run: Path, recipe: TrackerRecipe) -> None:
     import torch
 
+    from headway.measure import torch_threads
     from headway.models import build_cswintt
 
-    torch.set_num_threads(recipe.threads)
-    with torch.random.fork_rng():
+    with torch_threads(recipe.threads), torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
         network = build_cswintt(recipe.config)
-    tracker = CSWinTTTracker(network, TrackerSettings(update_interval=recipe.update_interval))
-    track_dataset(tracker, sequences, run, "otb", show_progress=False)
+        tracker = CSWinTTTracker(network, TrackerSettings(update_interval=recipe.update_interval))
+        track_dataset(tracker, sequences, run, "otb", show_progress=False)
 
 
 def test_ray_run_equals_a_local_run_survives_a_dead_worker_and_reports_bad_frames(

@@ -16,7 +16,7 @@ from headway.tracking.executors import build_executor, check_executor
 from headway.tracking.tracker import CSWinTTTracker
 from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
 from headway.transforms.heads import (
-    HeadSplitEncoderLayer,
+    SplitHeads,
     fuse_window_attention,
     set_head_dispatch,
     split_heads,
@@ -51,7 +51,7 @@ def test_split_and_fused_encoders_match_eager(batch: int) -> None:
     split, report = split_heads(network)
     fused, _ = fuse_window_attention(network)
     assert report.layers == network.config.enc_layers
-    assert all(isinstance(layer, HeadSplitEncoderLayer) for layer in split.transformer.transformer)
+    assert all(isinstance(layer.attend, SplitHeads) for layer in split.transformer.transformer)
     tokens, mask = encoder_inputs(network, batch, seed=100 + batch)
     with torch.inference_mode():
         expected = network.forward_encoder(tokens, mask)
@@ -68,7 +68,7 @@ def test_transforms_keep_the_state_dict_and_leave_the_input_alone() -> None:
         transformed, _ = transform(network)
         assert list(transformed.state_dict()) == keys
         load_weights(transformed, network.state_dict())  # strict
-    assert type(network.transformer.transformer[0]).__name__ == "CyclicWindowEncoderLayer"
+    assert type(network.transformer.transformer[0].attend).__name__ == "SequentialHeads"
     assert network.transformer.context_builder is None
 
 
@@ -256,13 +256,13 @@ def test_compiled_runs_uncompiled_with_a_warning(monkeypatch: pytest.MonkeyPatch
 
 def test_forked_heads_are_scripted_and_match_eager() -> None:
     """Case C through torch.jit.fork: a scripted dispatcher per input shape, heads traced."""
-    from headway.transforms.fork import ForkedHeadsEncoderLayer, fork_heads
+    from headway.transforms.fork import ForkedHeads, fork_heads
 
     network = random_network(seed=23)
     forked, report = fork_heads(network)
     layers = forked.transformer.transformer
     assert report.layers == len(layers) and all(
-        isinstance(layer, ForkedHeadsEncoderLayer) for layer in layers
+        isinstance(layer.attend, ForkedHeads) for layer in layers
     )
     for batch in (1, 2):
         tokens, mask = encoder_inputs(network, batch, seed=24 + batch)
@@ -273,7 +273,7 @@ def test_forked_heads_are_scripted_and_match_eager() -> None:
                 rtol=0,
                 atol=FP32_ENCODER_TOL,
             )
-    forkers = layers[0]._forkers
+    forkers = layers[0].attend._forkers
     assert len(forkers) == 2  # one per input shape
     assert all(isinstance(f, torch.jit.ScriptModule) for f in forkers.values())
 

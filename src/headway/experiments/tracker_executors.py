@@ -257,6 +257,7 @@ def section(folder: Path, quick: bool) -> Section:
     executors = comparison_executors(runner=built_runner() is not None)
     compiled = [n for n in comparison_executors(compiled=True) if n not in executors]
     executors += [n for n in compiled if not quick or EXECUTORS[n].precision == "bf16"]
+    executors += [] if quick else [AUTO]  # its choice among all, checked and timed here
     frames, warmup, rounds = (4, 1, 2) if quick else (15, 3, 2)
     bench = benchmark_executors("default", "cpu", executors, frames, warmup, rounds=rounds)
     data = bench.to_json()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -299,12 +299,52 @@ def window_head_attention(
     return geometry.reverse(torch.matmul(weights, v_win), window, shift)
 
 
-class CyclicWindowEncoderLayer(nn.Module):
-    """One post-norm encoder layer: per-head cyclic-shift window attention, then the FFN.
+class SequentialHeads(nn.Module):
+    """The layer's attention as the official code runs it (Case A): heads one after another in
+    a Python loop, each building its own shifted key/value copies. Parameter-free, so the
+    rewrites of :mod:`headway.transforms` replace it without touching the layer's weights."""
 
-    This is the plain path (Case A): heads run one after another in a Python loop, each building
-    its own shifted key/value copies, as the official code does.
-    """
+    def __init__(
+        self, head_dim: int, window_sizes: tuple[int, ...], shifts: tuple[int, ...]
+    ) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.window_sizes = window_sizes
+        self.shifts = shifts
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        context: EncoderContext,
+        dropout: nn.Module,
+    ) -> torch.Tensor:
+        """q (scaled), k, v (L, B, d) → the heads' outputs concatenated, (L, B, d)."""
+        padding_mask, biases, geometry = context
+        heads = []
+        for h, (window, shift) in enumerate(zip(self.window_sizes, self.shifts, strict=True)):
+            channels = slice(h * self.head_dim, (h + 1) * self.head_dim)
+            heads.append(
+                window_head_attention(
+                    q[..., channels],
+                    k[..., channels],
+                    v[..., channels],
+                    padding_mask,
+                    window,
+                    shift,
+                    biases.get(window),
+                    geometry,
+                    dropout,
+                )
+            )
+        return torch.cat(heads, dim=-1)
+
+
+class CyclicWindowEncoderLayer(nn.Module):
+    """One post-norm encoder layer: QKV projection, per-head cyclic-shift window attention
+    (the ``attend`` child: :class:`SequentialHeads` as built, replaced by the transforms), then
+    output projection and FFN."""
 
     def __init__(self, config: CSWinTTConfig) -> None:
         super().__init__()
@@ -326,29 +366,14 @@ class CyclicWindowEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d)
         self.dropout1 = nn.Dropout(config.dropout)
         self.attention_dropout = nn.Dropout(config.dropout)
+        self.attend: nn.Module = SequentialHeads(self.head_dim, self.window_sizes, self.shifts)
 
-    def forward(self, tokens: torch.Tensor, context: EncoderContext) -> torch.Tensor:
-        """tokens (L, B, d) → (L, B, d); ``context`` carries the padding mask (B, L), the
-        relative-position biases and the window geometry shared by all layers."""
-        padding_mask, biases, geometry = context
+    def forward(self, tokens: torch.Tensor, context: Any) -> torch.Tensor:
+        """tokens (L, B, d) → (L, B, d); ``context`` is what the encoder built once for all
+        layers (:class:`EncoderContext` for the plain attention: the padding mask (B, L), the
+        relative-position biases and the window geometry)."""
         q, k, v = self.project(tokens)
-        heads = []
-        for h, (window, shift) in enumerate(zip(self.window_sizes, self.shifts, strict=True)):
-            channels = slice(h * self.head_dim, (h + 1) * self.head_dim)
-            heads.append(
-                window_head_attention(
-                    q[..., channels],
-                    k[..., channels],
-                    v[..., channels],
-                    padding_mask,
-                    window,
-                    shift,
-                    biases.get(window),
-                    geometry,
-                    self.attention_dropout,
-                )
-            )
-        return self.finish(tokens, torch.cat(heads, dim=-1))
+        return self.finish(tokens, self.attend(q, k, v, context, self.attention_dropout))
 
     def project(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tokens (L, B, d) → q (scaled by head_dim^−½), k, v, each (L, B, d)."""

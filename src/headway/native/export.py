@@ -29,7 +29,7 @@ from torch import nn
 
 from headway.errors import InputError
 from headway.io import atomic_write_text, locked_folder
-from headway.models.cswintt import CSWinTT, EncoderContext
+from headway.models.cswintt import CSWinTT, CyclicWindowEncoderLayer, EncoderContext
 from headway.runtime.engines import module_fingerprint
 from headway.tracking.executors import (
     ExecutorSpec,
@@ -38,7 +38,7 @@ from headway.tracking.executors import (
     resolve_executor,
     rewrite_network,
 )
-from headway.transforms.heads import HeadSplitEncoderLayer, WindowHead
+from headway.transforms.heads import WindowHead
 
 NATIVE_EXECUTORS = tuple(executor_names("cpp"))
 AOTI_FORMAT = 1  # bump when the AOTInductor recipe changes, so cached packages are not reused
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 class _Project(nn.Module):
-    def __init__(self, layer: HeadSplitEncoderLayer) -> None:
+    def __init__(self, layer: CyclicWindowEncoderLayer) -> None:
         super().__init__()
         self.layer = layer
 
@@ -56,7 +56,7 @@ class _Project(nn.Module):
 
 
 class _Finish(nn.Module):
-    def __init__(self, layer: HeadSplitEncoderLayer) -> None:
+    def __init__(self, layer: CyclicWindowEncoderLayer) -> None:
         super().__init__()
         self.layer = layer
 
@@ -69,7 +69,7 @@ class _Head(nn.Module):
     d/h). The bias depends on the weights only, so the runner need not build it."""
 
     def __init__(
-        self, head: WindowHead, layer: HeadSplitEncoderLayer, context: EncoderContext
+        self, head: WindowHead, layer: CyclicWindowEncoderLayer, context: EncoderContext
     ) -> None:
         super().__init__()
         self.head = head
@@ -194,7 +194,7 @@ def export_native_model(
         for index, layer in enumerate(network.transformer.transformer):
             q, k, v = layer.project(x)
             _save(_Project(layer), (x,), folder / f"layer{index}_project.pt")
-            for h, head in enumerate(layer.heads):
+            for h, head in enumerate(layer.attend.heads):
                 _save(
                     _Head(head, layer, context),
                     (q, k, v, mask),

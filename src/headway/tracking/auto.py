@@ -24,7 +24,7 @@ from headway.errors import InputError
 from headway.models.cswintt import CSWinTT
 from headway.runtime.engines import INSTALL_HINT, engine_available
 from headway.tracking.backends import build_tracker
-from headway.tracking.crop import read_frame
+from headway.tracking.crop import check_init_box, read_frame
 from headway.tracking.executors import EXECUTORS, ExecutorSpec, _cpu_has_bf16, resolve_executor
 from headway.tracking.settings import TrackerSettings
 from headway.tracking.tracker import CSWinTTTracker
@@ -48,8 +48,20 @@ TOLERANCE = {"fp32": 1e-3, "bf16": 0.25}
 BOX_TOLERANCE_PX = {"fp32": 0.05, "bf16": 1.0}
 WARM_FRAMES = 2  # tracked frames of a timing pass not timed
 TIMED_FRAMES = 6
-# build order: cheap first, so a short budget still sees the likely winners
-_BACKEND_ORDER = ("eager", "torchscript", "openvino", "onnxruntime", "cudagraph", "cpp", "inductor")
+# build order: the graphs fastest on a CPU first, then the backends cheapest to build, so a
+# short budget still sees the likely winners (the heads graph, Case C, is last: its threads
+# cannot overlap on a CPU)
+_GRAPH_ORDER = ("spectral", "fused", "plain", "heads")
+_BACKEND_ORDER = (
+    "eager",
+    "openvino",
+    "onnxruntime",
+    "cpp",
+    "torchscript",
+    "cudagraph",
+    "inductor",
+    "aoti",
+)
 
 
 def _has_compiler() -> bool:
@@ -78,9 +90,9 @@ def unusable_reason(spec: ExecutorSpec, device: torch.device, precision: str) ->
     return None
 
 
-def _order(name: str) -> int:
-    backend = EXECUTORS[name].backend
-    return _BACKEND_ORDER.index(backend) if backend in _BACKEND_ORDER else len(_BACKEND_ORDER)
+def _order(name: str) -> tuple[int, int]:
+    spec = EXECUTORS[name]
+    return _GRAPH_ORDER.index(spec.graph), _BACKEND_ORDER.index(spec.backend)
 
 
 def tune_tracker(
@@ -132,6 +144,7 @@ def tune_tracker(
     # graphs optimise themselves on their first calls, for every pass as for every sequence)
     paths = list(frames[: max(check_frames, WARM_FRAMES + TIMED_FRAMES) + 1])
     images = [read_frame(path) for path in paths]
+    check_init_box(init_box, images[0].shape, f"--executor auto's first frame ({paths[0]})")
 
     def one_pass(tracker: object, count: int) -> tuple[np.ndarray, list[float]]:
         """Boxes of the first ``count`` frames, and ms of the tracked ones after the warm-up

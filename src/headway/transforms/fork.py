@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from headway.models.cswintt import CSWinTT, EncoderContext
-from headway.transforms.heads import HeadSplitEncoderLayer, TransformReport, WindowHead
+from headway.transforms.heads import SplitHeads, TransformReport, WindowHead
 
 
 class _TracedHead(nn.Module):
@@ -140,21 +140,22 @@ def script_forker(heads: list[torch.jit.ScriptModule], cuda: bool) -> torch.jit.
     return torch.jit.script(HeadForker(heads))
 
 
-class ForkedHeadsEncoderLayer(HeadSplitEncoderLayer):
-    """A split-heads layer whose heads run through a scripted :class:`HeadForker`, traced on
-    the first call for each input shape."""
+class ForkedHeads(SplitHeads):
+    """Split heads run through a scripted :class:`HeadForker`, traced on the first call for
+    each input shape."""
 
-    def __init__(self, layer: HeadSplitEncoderLayer) -> None:
+    def __init__(self, split: SplitHeads) -> None:
         nn.Module.__init__(self)
-        for name, child in layer.named_children():
-            self.add_module(name, child)
-        self.num_heads, self.head_dim = layer.num_heads, layer.head_dim
-        self.window_sizes, self.shifts = layer.window_sizes, layer.shifts
-        self.dispatch = layer.dispatch
+        self.heads = split.heads
+        self.dispatch = split.dispatch
         self._forkers: dict[tuple[tuple[int, ...], ...], torch.jit.ScriptModule] = {}
 
     def _forker(
-        self, inputs: tuple[torch.Tensor, ...], context: EncoderContext, biases: list[torch.Tensor]
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        context: EncoderContext,
+        biases: list[torch.Tensor],
+        dropout: nn.Module,
     ) -> torch.jit.ScriptModule:
         key = tuple(tuple(t.shape) for t in inputs)
         if key not in self._forkers:
@@ -162,19 +163,24 @@ class ForkedHeadsEncoderLayer(HeadSplitEncoderLayer):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer notices on shape arithmetic
                 for head, bias in zip(self.heads, biases, strict=True):
-                    module = _TracedHead(head, context, self.attention_dropout).eval()
+                    module = _TracedHead(head, context, dropout).eval()
                     example = (*inputs, bias)
                     traced.append(torch.jit.trace(module, example, check_trace=False))
             self._forkers[key] = script_forker(traced, cuda=inputs[0].is_cuda)
         return self._forkers[key]
 
-    def forward(self, tokens: torch.Tensor, context: EncoderContext) -> torch.Tensor:
-        q, k, v = self.project(tokens)
-        empty = tokens.new_empty(0)
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        context: EncoderContext,
+        dropout: nn.Module,
+    ) -> torch.Tensor:
+        empty = q.new_empty(0)
         biases = [context.biases.get(head.window, empty) for head in self.heads]
-        forker = self._forker((q, k, v, context.padding_mask), context, biases)
-        attended = forker(q, k, v, context.padding_mask, biases)
-        return self.finish(tokens, attended)
+        forker = self._forker((q, k, v, context.padding_mask), context, biases, dropout)
+        return forker(q, k, v, context.padding_mask, biases)
 
 
 def fork_heads(network: CSWinTT) -> tuple[CSWinTT, TransformReport]:
@@ -184,7 +190,7 @@ def fork_heads(network: CSWinTT) -> tuple[CSWinTT, TransformReport]:
     network = copy.deepcopy(network)
     split, _ = split_heads(network)
     layers = split.transformer.transformer
-    for index, layer in enumerate(layers):
-        layers[index] = ForkedHeadsEncoderLayer(layer)
+    for layer in layers:
+        layer.attend = ForkedHeads(layer.attend)
     notes = [f"{split.config.num_heads} heads forked per layer (TorchScript inter-op pool)"]
     return split, TransformReport("fork_heads", len(layers), notes)

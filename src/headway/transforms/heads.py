@@ -9,7 +9,8 @@
   the QKV projection; heads sharing a window size run as one batched matmul; the additive term
   (SR penalty, padding, relative bias) is built once per forward and shared by all layers.
 
-Both keep the parameter names, so the transformed network loads the same state_dict.
+Both replace only each layer's parameter-free ``attend`` child, so the transformed network
+keeps its parameter names and loads the same state_dict.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from headway.models.cswintt import (
     CSWinTT,
     CyclicWindowEncoderLayer,
     EncoderContext,
+    SequentialHeads,
     WindowGeometry,
     window_head_attention,
 )
@@ -47,16 +49,6 @@ class TransformReport:
 def run_in_order(jobs: list[HeadJob]) -> list[torch.Tensor]:
     """The default dispatcher: heads one after another (what the Python loop does)."""
     return [job() for job in jobs]
-
-
-def _adopt_layer(target: nn.Module, layer: CyclicWindowEncoderLayer) -> None:
-    """Give ``target`` the layer's sub-modules (same objects, same names) and head layout."""
-    for name, child in layer.named_children():
-        target.add_module(name, child)
-    target.num_heads = layer.num_heads
-    target.head_dim = layer.head_dim
-    target.window_sizes = layer.window_sizes
-    target.shifts = layer.shifts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,31 +92,46 @@ class WindowHead(nn.Module):
         return f"head={self.index}, window={self.window}, shift={self.shift}"
 
 
-class HeadSplitEncoderLayer(CyclicWindowEncoderLayer):
-    """An encoder layer whose heads are sub-modules run by ``dispatch`` (a list of jobs → their
-    outputs in order). After the heads: concatenation and the rest of the layer, unchanged."""
+class SplitHeads(nn.Module):
+    """A layer's attention with every head a sub-module, run by ``dispatch`` (a list of jobs →
+    their outputs in order: in order by default, or a pool's ``run_all``); the outputs are
+    concatenated as the plain attention's."""
 
-    def __init__(self, layer: CyclicWindowEncoderLayer) -> None:
-        nn.Module.__init__(self)
-        _adopt_layer(self, layer)
+    def __init__(self, attend: SequentialHeads) -> None:
+        super().__init__()
         self.heads = nn.ModuleList(
-            WindowHead(i, self.head_dim, w, s)
-            for i, (w, s) in enumerate(zip(self.window_sizes, self.shifts, strict=True))
+            WindowHead(i, attend.head_dim, w, s)
+            for i, (w, s) in enumerate(zip(attend.window_sizes, attend.shifts, strict=True))
         )
         self.dispatch: Callable[[list[HeadJob]], list[torch.Tensor]] = run_in_order
 
-    def forward(self, tokens: torch.Tensor, context: EncoderContext) -> torch.Tensor:
-        q, k, v = self.project(tokens)
-        jobs = [partial(head, q, k, v, context, self.attention_dropout) for head in self.heads]
-        return self.finish(tokens, torch.cat(self.dispatch(jobs), dim=-1))
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        context: EncoderContext,
+        dropout: nn.Module,
+    ) -> torch.Tensor:
+        jobs = [partial(head, q, k, v, context, dropout) for head in self.heads]
+        return torch.cat(self.dispatch(jobs), dim=-1)
+
+
+def _plain_attention(layer: CyclicWindowEncoderLayer) -> SequentialHeads:
+    if not isinstance(layer.attend, SequentialHeads):
+        raise TypeError(
+            f"the encoder's attention is already rewritten ({type(layer.attend).__name__}); "
+            "transform the plain network"
+        )
+    return layer.attend
 
 
 def split_heads(network: CSWinTT) -> tuple[CSWinTT, TransformReport]:
     """A copy of ``network`` whose encoder layers run their heads as separate sub-modules."""
     network = copy.deepcopy(network)
     layers = network.transformer.transformer
-    for index, layer in enumerate(layers):
-        layers[index] = HeadSplitEncoderLayer(layer)
+    for layer in layers:
+        layer.attend = SplitHeads(_plain_attention(layer))
     report = TransformReport("split_heads", len(layers), [f"{network.config.num_heads} heads"])
     return network, report
 
@@ -134,9 +141,9 @@ def set_head_dispatch(
 ) -> None:
     """Route the heads of every split layer through ``dispatch`` (e.g. ``pool.run_all``)."""
     for layer in network.transformer.transformer:
-        if not isinstance(layer, HeadSplitEncoderLayer):
+        if not isinstance(layer.attend, SplitHeads):
             raise TypeError("set_head_dispatch needs a network transformed by split_heads")
-        layer.dispatch = dispatch
+        layer.attend.dispatch = dispatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,35 +218,45 @@ class FusedContextBuilder(nn.Module):
         return FusedContext(additive)
 
 
-class FusedWindowEncoderLayer(CyclicWindowEncoderLayer):
-    """Encoder layer computing all heads with one gather per Q/K′/V′ and window size and one
-    batched matmul pair per window size."""
+class FusedHeads(nn.Module):
+    """A layer's attention computing all heads with one gather per Q/K′/V′ and window size and
+    one batched matmul pair per window size (``groups`` are shared by all layers)."""
 
-    def __init__(self, layer: CyclicWindowEncoderLayer, groups: nn.ModuleList) -> None:
-        nn.Module.__init__(self)
-        _adopt_layer(self, layer)
+    def __init__(self, attend: SequentialHeads, groups: nn.ModuleList) -> None:
+        super().__init__()
+        self.num_heads = len(attend.window_sizes)
         self.groups = groups
 
-    def forward(self, tokens: torch.Tensor, context: FusedContext) -> torch.Tensor:
-        num_tokens, batch, d = tokens.shape
-        heads, c = self.num_heads, self.head_dim
-        qkv = self.qkv_embedding(tokens).view(num_tokens, batch, 3, heads, c)
-        qkv = qkv.permute(2, 1, 3, 0, 4).reshape(3, batch, heads * num_tokens, c)
-        attended = torch.empty_like(qkv[0])  # (B, H·L, C), head-major like q
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        context: FusedContext,
+        dropout: nn.Module,
+    ) -> torch.Tensor:
+        num_tokens, batch, d = q.shape
+        heads = self.num_heads
+        c = d // heads
+        # (3, B, H·L, C), head-major: row h·L + t is token t of head h
+        qkv = torch.stack((q, k, v)).view(3, num_tokens, batch, heads, c)
+        qkv = qkv.permute(0, 2, 3, 1, 4).reshape(3, batch, heads * num_tokens, c)
+        attended = torch.empty_like(qkv[0])
         for group in self.groups:
             additive = context.additive[group.window]
             if additive.shape[0] > 1:
                 additive = additive.repeat_interleave(group.num_heads, dim=0)
-            out = self.attend_group(group, qkv, additive.to(qkv.dtype))
+            out = self.attend_group(group, qkv, additive.to(qkv.dtype), dropout)
             attended.index_copy_(1, group.query_index, out.to(attended.dtype))
         attended = attended.view(batch, heads, num_tokens, c).permute(2, 0, 1, 3)
-        return self.finish(tokens, attended.reshape(num_tokens, batch, d))
+        return attended.reshape(num_tokens, batch, d)
 
     def attend_group(
-        self, group: WindowGroup, qkv: torch.Tensor, additive: torch.Tensor
+        self, group: WindowGroup, qkv: torch.Tensor, additive: torch.Tensor, dropout: nn.Module
     ) -> torch.Tensor:
-        """One window size's heads: ``qkv`` (3, B, H·L, C) head-major, ``additive`` (B·G or 1,
-        L/w², L) → (B, G·L, C) in the order of ``group.query_index``."""
+        """One window size's heads: ``qkv`` (3, B, H·L, C) head-major (q already scaled by
+        C^−½), ``additive`` (B·G or 1, L/w², L) → (B, G·L, C) in the order of
+        ``group.query_index``."""
         q, k, v = qkv.unbind(0)
         batch, c = q.shape[0], q.shape[-1]
         area = group.window * group.window
@@ -248,18 +265,18 @@ class FusedWindowEncoderLayer(CyclicWindowEncoderLayer):
         q_win = q.index_select(1, group.query_index).view(rows, -1, area * c)
         k_all = k.index_select(1, group.key_index).view(rows, num_tokens, area * c)
         v_all = v.index_select(1, group.key_index).view(rows, num_tokens, area * c)
-        scores = torch.baddbmm(additive, q_win, k_all.transpose(1, 2), alpha=c**-0.5 / area)
-        weights = self.attention_dropout(scores.softmax(dim=-1))
+        scores = torch.baddbmm(additive, q_win, k_all.transpose(1, 2), alpha=1.0 / area)
+        weights = dropout(scores.softmax(dim=-1))
         return torch.bmm(weights, v_all).view(batch, -1, c)
 
 
 def fuse_window_attention(
     network: CSWinTT,
     group_type: type[WindowGroup] = WindowGroup,
-    layer_type: type[FusedWindowEncoderLayer] = FusedWindowEncoderLayer,
+    attention_type: type[FusedHeads] = FusedHeads,
 ) -> tuple[CSWinTT, TransformReport]:
     """A copy of ``network`` whose encoder runs the fused window attention (``group_type`` and
-    ``layer_type`` let a variant such as the spectral one reuse the rewrite)."""
+    ``attention_type`` let a variant such as the spectral one reuse the rewrite)."""
     network = copy.deepcopy(network)
     transformer = network.transformer
     geometry = transformer.geometry
@@ -271,8 +288,8 @@ def fuse_window_attention(
     device = next(network.parameters()).device
     groups.to(device)
     layers = transformer.transformer
-    for index, layer in enumerate(layers):
-        layers[index] = layer_type(layer, groups)
+    for layer in layers:
+        layer.attend = attention_type(_plain_attention(layer), groups)
     transformer.context_builder = FusedContextBuilder(geometry, groups)
     notes = [f"window {g.window}: {g.num_heads} heads batched" for g in groups]
     return network, TransformReport("fuse_window_attention", len(layers), notes)

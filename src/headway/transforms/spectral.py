@@ -26,10 +26,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from headway.models.cswintt import CSWinTT, WindowGeometry
 from headway.transforms.heads import (
-    FusedWindowEncoderLayer,
+    FusedHeads,
     TransformReport,
     WindowGroup,
     fuse_window_attention,
@@ -98,14 +99,14 @@ def _pair_operand(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
     return torch.cat((torch.cat((re, im), dim=-1), torch.cat((-im, re), dim=-1)), dim=-2)
 
 
-class SpectralWindowEncoderLayer(FusedWindowEncoderLayer):
-    """The fused layer with every w > 1 group's attention computed per DFT bin."""
+class SpectralHeads(FusedHeads):
+    """The fused attention with every w > 1 group's attention computed per DFT bin."""
 
     def attend_group(
-        self, group: WindowGroup, qkv: torch.Tensor, additive: torch.Tensor
+        self, group: WindowGroup, qkv: torch.Tensor, additive: torch.Tensor, dropout: nn.Module
     ) -> torch.Tensor:
         if group.window == 1 or not isinstance(group, SpectralWindowGroup):
-            return super().attend_group(group, qkv, additive)
+            return super().attend_group(group, qkv, additive, dropout)
         batch, c = qkv.shape[1], qkv.shape[-1]
         area = group.window * group.window
         rows = batch * group.num_heads
@@ -129,8 +130,8 @@ class SpectralWindowEncoderLayer(FusedWindowEncoderLayer):
         # Back to the shifts: (rows, w², N·N) → (rows, N, N·w²), key columns m·w² + s.
         scores = torch.matmul(inverse_basis, features.reshape(rows, area, -1))
         scores = scores.view(rows, area, count, count).permute(0, 2, 3, 1)
-        scores = torch.add(additive, scores.reshape(rows, count, -1), alpha=c**-0.5 / area)
-        weights = self.attention_dropout(scores.softmax(dim=-1))
+        scores = torch.add(additive, scores.reshape(rows, count, -1), alpha=1.0 / area)
+        weights = dropout(scores.softmax(dim=-1))
         # Weights to the spectrum over s, then out[f] = Σ_m Â[f] · V̂_m[f].
         wf = torch.matmul(weights.view(rows, count * count, area), forward_basis.t())
         wf = wf.view(rows, count, count, area).permute(0, 3, 1, 2)  # (rows, w², N, N)
@@ -150,7 +151,7 @@ def spectral_window_attention(network: CSWinTT) -> tuple[CSWinTT, TransformRepor
     """A copy of ``network`` whose encoder runs the fused window attention with the w > 1
     heads computed per DFT bin of the window (no rolled key/value copies)."""
     network, report = fuse_window_attention(
-        network, group_type=SpectralWindowGroup, layer_type=SpectralWindowEncoderLayer
+        network, group_type=SpectralWindowGroup, attention_type=SpectralHeads
     )
     report.transform = "spectral_window_attention"
     for group in network.transformer.context_builder.groups:
