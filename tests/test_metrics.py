@@ -63,10 +63,28 @@ def test_pytracking_lasot_invisible_target() -> None:
     assert scores["Pnorm"] == pytest.approx(100 * 2 / 3)  # invisible: +inf
 
 
-def test_zero_sized_prediction_repeats_the_previous_one() -> None:
+@pytest.mark.parametrize(
+    ("convention", "carried"),
+    [("pytracking", True), ("lasot", True), ("otb", False), ("trackingnet", False)],
+)
+def test_zero_sized_predictions_follow_each_official_tool(convention: str, carried: bool) -> None:
+    """pytracking and the MATLAB toolkits repeat the previous box; got10k's toolkit and the
+    TrackingNet devkit score the box as it is (IoU 0)."""
     gt = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
-    pred = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 0, 0]])
-    assert score(pred, gt)["P"] == pytest.approx(100)
+    pred = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 0, 0]])
+    result = evaluate({"s": pred}, {"s": gt}, convention=convention, dataset="otb")
+    success = result.curves["success"]
+    assert success[1] == pytest.approx(1.0 if carried else 2 / 3)  # IoU > 0.05 (≥ trackingnet)
+    assert result.notes == [
+        "s: 1 zero-size box(es) "
+        + ("replaced by the previous frame's box" if carried else "scored as they are (IoU 0)")
+    ]
+
+
+def test_got10k_scores_a_zero_sized_box_as_iou_0() -> None:
+    pred = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 0, 0]])
+    gt = np.array([[0.0, 0, 10, 10]] * 3)
+    assert score(pred, gt, convention="got10k")["AO"] == pytest.approx(50)
 
 
 def test_length_mismatch_is_padded_or_truncated() -> None:
@@ -79,13 +97,33 @@ def test_length_mismatch_is_padded_or_truncated() -> None:
         score(gt[:2].copy(), gt, dataset="lasot")
 
 
-def test_bad_predictions_are_rejected() -> None:
+def test_bad_predictions_are_rejected_where_pytracking_rejects_them() -> None:
     with pytest.raises(InputError, match="NaN"):
         score(np.array([[0.0, 0, 10, 10], [np.nan, 0, 1, 1]]), GT)
     with pytest.raises(InputError, match="negative"):
         score(np.array([[0.0, 0, 10, 10], [0, 0, -1, 1]]), GT)
     with pytest.raises(InputError, match="unknown convention"):
         score(GT.copy(), GT, convention="vot")
+
+
+@pytest.mark.parametrize("bad", [[np.nan, 0, 10, 10], [0, 0, -10, 10]])
+def test_nan_and_negative_boxes_follow_each_official_tool(bad: list[float]) -> None:
+    """The LaSOT toolkit carries the previous box forward, got10k's OTB experiment and the
+    TrackingNet devkit count a failure, the GOT-10k report gives NaN."""
+    gt = np.array([[0.0, 0, 10, 10]] * 3)
+    pred = np.array([[0.0, 0, 10, 10], [0, 0, 10, 10], bad])
+    lasot = evaluate({"s": pred}, {"s": gt}, convention="lasot", dataset="lasot")
+    assert lasot.scores["P"] == pytest.approx(100)
+    assert "replaced by the previous frame's box" in lasot.notes[0]
+    for convention in ("otb", "trackingnet"):
+        result = evaluate({"s": pred}, {"s": gt}, convention=convention)
+        assert result.curves["success"][0] == pytest.approx(2 / 3), convention
+        assert result.curves["precision"][-1] == pytest.approx(2 / 3), convention
+        assert "counted as failures" in result.notes[0]
+    got10k = evaluate({"s": pred}, {"s": gt}, convention="got10k")
+    assert np.isnan(got10k.scores["AO"])
+    assert got10k.scores["SR0.50"] == pytest.approx(50)
+    assert "NaN IoU" in got10k.notes[0]
 
 
 @pytest.mark.parametrize("convention", ["pytracking", "otb", "lasot", "trackingnet", "got10k"])
@@ -124,12 +162,12 @@ def test_lasot_counts_absent_frames_as_failures_and_reads_pnorm_at_020() -> None
             assert absent["AUC"] == pytest.approx(scores["AUC"] * 2 / 3)
 
 
-def test_trackingnet_trapezoid_with_strict_success() -> None:
-    # IoU 1 is not > 1: a perfect tracker scores 97.5, as the TrackingNet devkit prints
-    assert score(GT.copy(), GT, convention="trackingnet")["AUC"] == pytest.approx(97.5)
+def test_trackingnet_trapezoid_with_inclusive_success() -> None:
+    # IoU ≥ t, as the devkit's current code (what the server runs): a perfect tracker scores 100
+    assert score(GT.copy(), GT, convention="trackingnet")["AUC"] == pytest.approx(100)
     scores = score(SHIFTED, GT, convention="trackingnet")
-    # frame 1 (IoU 1) succeeds below 1.0, frame 2 (IoU 1/3) at 0..0.30: 7 of 21 thresholds
-    curve = np.array([1.0] * 7 + [0.5] * 13 + [0.0])
+    # frame 1 (IoU 1) succeeds at every threshold, frame 2 (IoU 1/3) at 0..0.30: 7 of 21
+    curve = np.array([1.0] * 7 + [0.5] * 14)
     expected = np.trapezoid(curve, x=np.linspace(0, 1, 21)) * 100
     assert scores["AUC"] == pytest.approx(expected)
 

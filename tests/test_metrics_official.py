@@ -8,7 +8,8 @@
   way the official tools read them.
 - OTB / LaSOT: the toolkit's ``rect_iou``, ``center_error`` and ``ExperimentOTB``'s curve rule.
 - TrackingNet: a port of the devkit's rule written here, frame by frame (integer boxes,
-  inclusive IoU, success strictly above each of 21 thresholds, trapezoidal areas).
+  inclusive IoU, success at or above each of 21 thresholds — ``>=`` in the devkit's current
+  ``metrics.py``, which its maintainers say the evaluation server runs — trapezoidal areas).
 Every score must agree within 0.01 points."""
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def test_otb_and_lasot_equal_the_toolkit_rule(convention: str) -> None:
 
 
 def _devkit_trackingnet(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """TrackingNet's rule, frame by frame: rounded boxes, inclusive IoU, success IoU > t, centre
+    """TrackingNet's rule, frame by frame: rounded boxes, inclusive IoU, success IoU ≥ t, centre
     x + (w + 1)/2, normalised by the ground-truth size, trapezoidal areas over 21 thresholds."""
     pred, gt = np.round(pred), np.round(gt)
     pred[0] = gt[0]
@@ -172,7 +173,7 @@ def _devkit_trackingnet(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
         iou = inter / (p[2] * p[3] + g[2] * g[3] - inter)
         dx = (p[0] + (p[2] + 1) / 2) - (g[0] + (g[2] + 1) / 2)
         dy = (p[1] + (p[3] + 1) / 2) - (g[1] + (g[3] + 1) / 2)
-        success += iou > iou_t
+        success += iou >= iou_t
         prec += np.hypot(dx, dy) <= px_t
         norm += np.hypot(dx / g[2], dy / g[3]) <= norm_t
     x = np.linspace(0, 1, 21)

@@ -13,15 +13,18 @@ its toolkit states it; ``pytracking`` is the default because CSWinTT ships that 
   +∞), as the OTB and LaSOT toolkits, pytracking and got10k count them.
 - ``lasot``: as ``otb`` (the LaSOT toolkit's rules); normalised precision is the curve's value
   at 0.20, errors normalised by max(1, gt_wh).
-- ``trackingnet``: integer boxes, inclusive IoU, success IoU > t (strictly, as the devkit: a
-  perfect tracker scores 97.5), 21 thresholds per curve, and every number is the trapezoidal
-  area under its curve (×100).
+- ``trackingnet``: integer boxes, inclusive IoU, success IoU ≥ t (the devkit's current code,
+  which its maintainers say the evaluation server runs: a perfect tracker scores 100; its very
+  first commit had > t), 21 thresholds per curve, and every number is the trapezoidal area
+  under its curve (×100).
 - ``got10k``: AO (mean IoU), SR0.50 and SR0.75 pooled over all frames after the first in which
   the target is visible (``cover.label`` > 0, as the official toolkit); continuous IoU with both
   boxes clipped to the image when its size is known (the toolkit's ``bound``).
 
 Ground truth given for the first frame only (a test split) is refused by every convention with
-a message saying so; a NaN line elsewhere is reported by frame number.
+a message saying so; a NaN line elsewhere is reported by frame number. Result boxes that are
+not boxes (zero size; NaN or negative size) are treated as each convention's official tool
+treats them (:data:`RESULT_RULES`), and the result's ``notes`` say how many and what was done.
 
 Border rule: a ground-truth box touching x = 0 or y = 0 is valid in every convention (only a
 non-positive width or height makes a frame invalid); pytracking and TrackingNet count pixels
@@ -61,6 +64,7 @@ class EvalResult:
     thresholds: dict[str, np.ndarray]
     curves: dict[str, np.ndarray]
     per_sequence: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # result boxes that were not boxes
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -69,6 +73,7 @@ class EvalResult:
             "curves": {k: v.tolist() for k, v in self.curves.items()},
             "thresholds": {k: v.tolist() for k, v in self.thresholds.items()},
             "per_sequence": self.per_sequence,
+            "notes": self.notes,
         }
 
 
@@ -118,27 +123,81 @@ def centers(boxes: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+# What each convention's official tool does with result boxes that are not boxes:
+# (zero width or height, NaN in a row or a negative width or height). "carry": the previous
+# frame's box (pytracking; the OTB and LaSOT MATLAB toolkits); "score": scored as it is, IoU 0
+# (got10k's toolkit for OTB and GOT-10k, the TrackingNet devkit); "refuse": an error
+# (pytracking); "fail": never a success (got10k's OTB experiment, the TrackingNet devkit);
+# "nan": NaN IoU, so AO is NaN (the GOT-10k report).
+RESULT_RULES = {
+    "pytracking": ("carry", "refuse"),
+    "otb": ("score", "fail"),
+    "lasot": ("carry", "carry"),
+    "trackingnet": ("score", "fail"),
+    "got10k": ("score", "nan"),
+}
+_RULE_WORDS = {
+    "carry": "replaced by the previous frame's box",
+    "score": "scored as they are (IoU 0)",
+    "fail": "counted as failures",
+    "nan": "NaN IoU (so AO is NaN, as in the official report)",
+}
+
+
+@dataclass
+class Prediction:
+    """Boxes ready to score, the frames that must count as failures, and what was done."""
+
+    boxes: np.ndarray
+    failed: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
 def prepare_prediction(
-    pred: np.ndarray, gt: np.ndarray, name: str, strict_length: bool = False
-) -> np.ndarray:
-    """pytracking's order: reject NaN/negative sizes, carry forward 0-sized boxes, then match the
-    ground truth's length (truncate, or zero-pad unless ``strict_length``), then overwrite frame
-    1 with the ground truth."""
-    if np.isnan(pred).any():
-        raise InputError(f"sequence {name}: prediction contains NaN")
-    if (pred[:, 2:] < 0).any():
-        raise InputError(f"sequence {name}: prediction has a negative width or height")
+    pred: np.ndarray,
+    gt: np.ndarray,
+    name: str,
+    strict_length: bool = False,
+    convention: str = "pytracking",
+) -> Prediction:
+    """pytracking's order, with ``convention``'s rules for boxes that are not boxes (see
+    :data:`RESULT_RULES`): NaN rows and negative sizes, then zero sizes, then match the ground
+    truth's length (truncate, or zero-pad unless ``strict_length``), then overwrite frame 1
+    with the ground truth."""
+    zero_rule, invalid_rule = RESULT_RULES[convention]
     pred = pred.copy()
+    nan_rows = np.isnan(pred).any(axis=1)
+    negative = ~nan_rows & (pred[:, 2:] < 0).any(axis=1)
+    if invalid_rule == "refuse":
+        if nan_rows.any():
+            raise InputError(f"sequence {name}: prediction contains NaN")
+        if negative.any():
+            raise InputError(f"sequence {name}: prediction has a negative width or height")
+    invalid = nan_rows | negative
+    zero = ~invalid & (pred[:, 2:] == 0).any(axis=1)
     for index in range(1, len(pred)):
-        if (pred[index, 2:] == 0).any():
+        if (zero[index] and zero_rule == "carry") or (invalid[index] and invalid_rule == "carry"):
             pred[index] = pred[index - 1]
+    if invalid_rule == "nan":
+        pred[invalid] = np.nan
+    notes = []
+    for mask, what, rule in (
+        (zero, "zero-size", zero_rule),
+        (invalid, "NaN or negative", invalid_rule),
+    ):
+        count = int(mask[1 : len(gt)].sum())
+        if count:
+            notes.append(f"{name}: {count} {what} box(es) {_RULE_WORDS[rule]}")
+    failed = invalid if invalid_rule == "fail" else np.zeros(len(pred), dtype=bool)
     if len(pred) < len(gt):
         if strict_length:
             raise InputError(f"sequence {name}: {len(pred)} predicted boxes for {len(gt)} frames")
         pred = np.concatenate([pred, np.zeros((len(gt) - len(pred), 4))])
-    pred = pred[: len(gt)]
-    pred[0] = gt[0]
-    return pred
+        failed = np.concatenate([failed, np.zeros(len(gt) - len(failed), dtype=bool)])
+    pred, failed = pred[: len(gt)], failed[: len(gt)].copy()
+    pred[0], failed[0] = gt[0], False
+    pred[failed] = 0.0  # their numbers no longer matter: every score below is set to fail
+    return Prediction(pred, failed, notes)
 
 
 def _checked_ground_truth(
@@ -185,9 +244,10 @@ def _ope_curves(
 
 def pytracking_curves(
     pred: np.ndarray, gt: np.ndarray, visible: np.ndarray | None, lasot: bool, name: str
-) -> Curves:
+) -> tuple[Curves, list[str]]:
     gt = _checked_ground_truth(gt, name, visible if lasot else None)
-    pred = prepare_prediction(pred, gt, name, strict_length=lasot)
+    prepared = prepare_prediction(pred, gt, name, strict_length=lasot)
+    pred = prepared.boxes
     valid = (gt[:, 2] > 0) & (gt[:, 3] > 0)
     if visible is not None and lasot:
         valid &= visible
@@ -202,7 +262,7 @@ def pytracking_curves(
     if lasot and visible is not None:
         norm_error[~visible] = np.inf
     length = len(gt)
-    return _ope_curves(iou, center_error, norm_error, length)
+    return _ope_curves(iou, center_error, norm_error, length), prepared.notes
 
 
 def continuous_curves(
@@ -211,12 +271,15 @@ def continuous_curves(
     visible: np.ndarray | None,
     name: str,
     strict_length: bool = False,
-) -> Curves:
+    convention: str = "otb",
+) -> tuple[Curves, list[str]]:
     """OTB / LaSOT toolkit curves (continuous IoU); frames without a valid, visible target are
-    failures in the denominator."""
+    failures in the denominator, and so are result boxes the convention counts as failures."""
     gt = _checked_ground_truth(gt, name, visible)
     valid = (gt[:, 2:] > 0).all(axis=1)
-    pred = prepare_prediction(pred, gt, name, strict_length=strict_length)
+    prepared = prepare_prediction(pred, gt, name, strict_length, convention)
+    pred = prepared.boxes
+    valid &= ~prepared.failed
     if visible is not None:
         valid &= visible
     iou = iou_continuous(pred, gt)
@@ -226,7 +289,7 @@ def continuous_curves(
     iou[~valid] = -1.0
     center_error[~valid] = np.inf
     norm_error[~valid] = np.inf
-    return _ope_curves(iou, center_error, norm_error, len(gt))
+    return _ope_curves(iou, center_error, norm_error, len(gt)), prepared.notes
 
 
 TRACKINGNET_IOU = np.linspace(0, 1, 21)
@@ -234,9 +297,12 @@ TRACKINGNET_PRECISION = np.linspace(0, 50, 21)
 TRACKINGNET_NORM = np.linspace(0, 0.5, 21)
 
 
-def trackingnet_curves(pred: np.ndarray, gt: np.ndarray, name: str) -> Curves:
+def trackingnet_curves(pred: np.ndarray, gt: np.ndarray, name: str) -> tuple[Curves, list[str]]:
+    """The TrackingNet devkit's rule (its current code, what the evaluation server runs):
+    rounded boxes, inclusive IoU, success IoU ≥ t, so a perfect tracker scores 100."""
     gt = _checked_ground_truth(gt, name)
-    pred = np.round(prepare_prediction(pred, gt, name))
+    prepared = prepare_prediction(pred, gt, name, convention="trackingnet")
+    pred = np.round(prepared.boxes)
     gt = np.round(gt)
     iou = iou_inclusive(pred, gt)
     pred_center = pred[:, :2] + (pred[:, 2:] + 1) / 2
@@ -245,11 +311,15 @@ def trackingnet_curves(pred: np.ndarray, gt: np.ndarray, name: str) -> Curves:
     center_error = np.linalg.norm(delta, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         norm_error = np.linalg.norm(delta / gt[:, 2:], axis=1)
-    return Curves(
-        (iou[:, None] > TRACKINGNET_IOU).mean(0),
+    iou[prepared.failed] = -1.0
+    center_error[prepared.failed] = np.inf
+    norm_error[prepared.failed] = np.inf
+    curves = Curves(
+        (iou[:, None] >= TRACKINGNET_IOU).mean(0),
         (center_error[:, None] <= TRACKINGNET_PRECISION).mean(0),
         (norm_error[:, None] <= TRACKINGNET_NORM).mean(0),
     )
+    return curves, prepared.notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,14 +369,16 @@ def evaluate(
     lasot = dataset == "lasot" or convention == "lasot"
     per_sequence: dict[str, dict[str, float]] = {}
     all_curves = []
+    notes: list[str] = []
     for name, gt in ground_truth.items():
         pred, vis = predictions[name], visible.get(name)
         if convention == "pytracking":
-            curves = pytracking_curves(pred, gt, vis, lasot, name)
+            curves, said = pytracking_curves(pred, gt, vis, lasot, name)
         elif convention == "trackingnet":
-            curves = trackingnet_curves(pred, gt, name)
+            curves, said = trackingnet_curves(pred, gt, name)
         else:
-            curves = continuous_curves(pred, gt, vis, name, strict_length=lasot)
+            curves, said = continuous_curves(pred, gt, vis, name, lasot, convention)
+        notes += said
         all_curves.append(curves)
         per_sequence[name] = _curve_scores(
             convention, curves.success, curves.precision, curves.norm_precision
@@ -332,6 +404,7 @@ def evaluate(
         thresholds,
         {"success": success, "precision": precision, "norm_precision": norm},
         per_sequence,
+        notes,
     )
 
 
@@ -344,9 +417,12 @@ def _evaluate_got10k(
     thresholds = np.linspace(0, 1, 101)
     pooled = []
     per_sequence = {}
+    notes: list[str] = []
     for name, gt in ground_truth.items():
         gt = _checked_ground_truth(gt, name, visible.get(name))
-        pred = prepare_prediction(predictions[name], gt, name)
+        prepared = prepare_prediction(predictions[name], gt, name, convention="got10k")
+        pred = prepared.boxes
+        notes += prepared.notes
         keep = np.ones(len(gt), dtype=bool)
         keep[0] = False
         vis = visible.get(name)
@@ -367,4 +443,6 @@ def _evaluate_got10k(
         "SR0.50": float((ious > 0.5).mean() * 100) if ious.size else 0.0,
         "SR0.75": float((ious > 0.75).mean() * 100) if ious.size else 0.0,
     }
-    return EvalResult("got10k", scores, {"success": thresholds}, {"success": success}, per_sequence)
+    return EvalResult(
+        "got10k", scores, {"success": thresholds}, {"success": success}, per_sequence, notes
+    )
