@@ -9,7 +9,7 @@ import torch
 
 from headway.models import build_cswintt, get_config, load_weights
 from headway.runtime.engines import compile_module, engine_available
-from headway.tracking.executors import _cpu_has_bf16
+from headway.tracking.executors import cpu_has_bf16
 from headway.transforms.heads import fuse_window_attention
 from headway.transforms.spectral import (
     SpectralHeads,
@@ -111,7 +111,7 @@ def test_spectral_handles_every_shift_and_an_odd_window() -> None:
 
 
 @pytest.mark.skipif(not engine_available("openvino"), reason="openvino not installed")
-@pytest.mark.skipif(not _cpu_has_bf16(), reason="this CPU has no bf16 instructions")
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
 def test_openvino_bf16_is_correct_on_the_rewritten_graph() -> None:
     """Under OpenVINO's bf16 hint the exported eager graph's w = 2 heads go wrong (0.28 after
     one default layer, measured); the fused and spectral graphs stay within bf16 rounding."""

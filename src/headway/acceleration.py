@@ -34,11 +34,11 @@ from headway.tuning import (
     CandidateResult,
     TuningPlan,
     check_tuning_options,
+    choose_fastest,
     first_line,
     load_plan,
     plan_key,
     save_plan,
-    time_interleaved,
     weights_digest,
 )
 
@@ -235,12 +235,11 @@ def accelerate(
     if not built:
         reasons = "; ".join(f"{r.name}: {r.status} ({r.reason})" for r in results.values())
         raise InputError(f"no way of running the module meets the tolerance: {reasons}")
-    remaining = max(budget_s - (time.perf_counter() - began), 0.0)
-    medians = time_interleaved({n: timed(r) for n, (r, _) in built.items()}, remaining)
-    for name, median in medians.items():
-        results[name].median_ms = median
-    chosen = min(medians, key=medians.__getitem__)
-    results[chosen].status = "chosen"
+    chosen = choose_fastest(
+        results,
+        {name: timed(run) for name, (run, _) in built.items()},
+        max(budget_s - (time.perf_counter() - began), 0.0),
+    )
     plan = TuningPlan(
         chosen=chosen,
         precision=precision,

@@ -233,6 +233,21 @@ def time_interleaved(
     return {name: float(np.median(values)) for name, values in samples.items()}
 
 
+def choose_fastest(
+    results: Mapping[str, CandidateResult],
+    runs: Mapping[str, Callable[[], list[float]]],
+    budget_s: float,
+) -> str:
+    """Time the candidates that passed their check (``runs``) interleaved within ``budget_s``,
+    record each median in ``results``, mark the fastest ``chosen`` and return its name."""
+    medians = time_interleaved(runs, budget_s)
+    for name, median in medians.items():
+        results[name].median_ms = median
+    chosen = min(medians, key=medians.__getitem__)
+    results[chosen].status = "chosen"
+    return chosen
+
+
 def first_line(error: BaseException) -> str:
     """An exception's first line (or its type), for one-line reasons."""
     text = str(error).strip()

@@ -35,7 +35,7 @@ from headway.tracking.datasets import (
     load_dataset,
     update_interval,
 )
-from headway.tracking.executors import comparison_executors, executor_names
+from headway.tracking.executors import comparison_executors, executor_names, resolve_executor
 from headway.tracking.metrics import CONVENTIONS
 from headway.tracking.settings import TrackerSettings
 from headway.tuning import DEFAULT_BUDGET_S, TuningPlan
@@ -590,7 +590,7 @@ def bench_gpu_session(
     chosen = some_names(executors, "--executors") if executors else None
     torch_device = resolve_device(device)
     for name in chosen or []:
-        if not name.startswith("cpp"):  # the session builds the runner itself
+        if resolve_executor(name)[1].host != "cpp":  # the session builds the runner itself
             check_tracker_executor(name, torch_device)
     record = run_session(
         out, device, config, chosen, compiled, frames, warmup, rounds, budget, tests,

@@ -26,7 +26,7 @@ import torch
 from headway.errors import InputError
 from headway.experiments.report import markdown_table
 from headway.io import atomic_write_text
-from headway.tracking.executors import comparison_executors
+from headway.tracking.executors import comparison_executors, resolve_executor
 
 BEGIN, END = "<!-- gpu-session:begin -->", "<!-- gpu-session:end -->"
 
@@ -136,7 +136,8 @@ def run_session(
     elif tests:
         record["skipped"]["tests"] = f"no tests folder at {root} (an installed package)"
     chosen = list(executors or comparison_executors("cuda", compiled=compiled, runner=True))
-    if any(name.startswith("cpp") for name in chosen):
+    native = {name for name in chosen if resolve_executor(name)[1].host == "cpp"}
+    if native:
         say("building headway-runner")
         try:
             if find_compiler() is None:
@@ -144,7 +145,7 @@ def run_session(
             build_runner()
         except InputError as error:
             record["skipped"]["cpp executors"] = str(error)
-            chosen = [n for n in chosen if not n.startswith("cpp")]
+            chosen = [n for n in chosen if n not in native]
     if left() > 60:
         say(f"bench tracker ({len(chosen)} executors)")
         record["tracker"] = _tracker_part(config, device, chosen, frames, warmup, rounds)

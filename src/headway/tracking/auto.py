@@ -25,7 +25,7 @@ from headway.models.cswintt import CSWinTT
 from headway.runtime.engines import INSTALL_HINT, engine_available
 from headway.tracking.backends import build_tracker
 from headway.tracking.crop import check_init_box, read_frame
-from headway.tracking.executors import EXECUTORS, ExecutorSpec, _cpu_has_bf16, resolve_executor
+from headway.tracking.executors import EXECUTORS, ExecutorSpec, cpu_has_bf16, resolve_executor
 from headway.tracking.settings import TrackerSettings
 from headway.tracking.tracker import CSWinTTTracker
 from headway.tuning import (
@@ -33,11 +33,11 @@ from headway.tuning import (
     CandidateResult,
     TuningPlan,
     check_tuning_options,
+    choose_fastest,
     first_line,
     load_plan,
     plan_key,
     save_plan,
-    time_interleaved,
     weights_digest,
 )
 
@@ -76,7 +76,7 @@ def unusable_reason(spec: ExecutorSpec, device: torch.device, precision: str) ->
         return "needs CUDA"
     if spec.cpu_only and device.type != "cpu":
         return "CPU only"
-    if spec.autocast and device.type == "cpu" and not _cpu_has_bf16():
+    if spec.autocast and device.type == "cpu" and not cpu_has_bf16():
         return "no bf16 instructions on this CPU (emulated, slower)"
     if spec.engine is not None and not engine_available(spec.engine):
         return f"not installed ({INSTALL_HINT})"
@@ -231,15 +231,11 @@ def tune_tracker(
             trackers[name] = tracker
         results[name] = result
 
-    remaining = max(budget_s - (time.perf_counter() - began), 0.0)
-    medians = time_interleaved(
+    chosen = choose_fastest(
+        results,
         {name: (lambda t=t: one_pass(t, len(images))[1]) for name, t in trackers.items()},
-        remaining,
+        max(budget_s - (time.perf_counter() - began), 0.0),
     )
-    for name, median in medians.items():
-        results[name].median_ms = median
-    chosen = min(medians, key=medians.__getitem__)
-    results[chosen].status = "chosen"
     for name, tracker in trackers.items():
         if name != chosen:
             tracker.close()  # type: ignore[attr-defined]

@@ -296,7 +296,7 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels on this CPU (otherwise bf16 is emulated)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -328,7 +328,7 @@ class Executor:
             )
         self.name = name or self.spec.composed
         self.device = torch.device(device)
-        if self.spec.autocast and self.device.type == "cpu" and not _cpu_has_bf16():
+        if self.spec.autocast and self.device.type == "cpu" and not cpu_has_bf16():
             _warn_once(
                 f"executor {self.name!r}: this CPU has no bf16 instructions (AVX-512 BF16 or "
                 "AMX), so bf16 runs emulated and slower than fp32; use 'fused' or 'openvino'"
