@@ -155,3 +155,74 @@ def test_torchvision_resnet50_folds_all_53_norms() -> None:
     folded, report = fold_batchnorm(model)
     assert report.layers == 53 and not report.skipped
     check_equal(model, folded, torch.randn(1, 3, 64, 64), atol=1e-4)
+
+
+# -- stand-ins for the real libraries' norm structures (torchvision and timm are not installed
+# by `make test`; benchmarks run the real ones) ----------------------------------------------
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's norm + activation in one module: batch norm, then ``drop`` (drop path / dropout),
+    then ``act``."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__(features)
+        self.drop = nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision.ops.misc.FrozenBatchNorm2d's structure (not headway's class): buffers only."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.eps = 1e-5
+        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0)):
+            self.register_buffer(name, torch.full((features,), value))
+        self.register_buffer("running_var", torch.ones(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
+class NormWithExtra(nn.BatchNorm2d):
+    """A norm subclass whose forward adds something headway cannot know about."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2 + 1
+
+
+class Structures(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn_act = nn.Conv2d(3, 6, 3, padding=1, bias=False), BatchNormAct2d(6)
+        self.conv2, self.frozen = nn.Conv2d(6, 6, 3, padding=1), FrozenBatchNorm2d(6)
+        self.conv3, self.sync = nn.Conv2d(6, 6, 1, bias=False), nn.SyncBatchNorm(6)
+        self.conv4, self.extra = nn.Conv2d(6, 6, 1), NormWithExtra(6)
+        self.aux = nn.Sequential(nn.Conv2d(6, 2, 1), nn.BatchNorm2d(2))  # training-only head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.frozen(self.conv2(self.bn_act(self.conv1(x))))
+        return self.extra(self.conv4(self.sync(self.conv3(x))))
+
+
+def test_real_library_norm_structures_fold_exactly_or_are_named() -> None:
+    torch.manual_seed(11)
+    model = randomise_norms(Structures(), seed=12)
+    generator = torch.Generator().manual_seed(13)
+    frozen = model.frozen
+    frozen.running_mean.copy_(torch.randn(6, generator=generator) * 0.1)
+    frozen.running_var.copy_(torch.rand(6, generator=generator) + 0.5)
+    frozen.weight.copy_(torch.rand(6, generator=generator) + 0.5)
+    folded, report = fold_batchnorm(model)
+    assert report.layers == 3  # bn_act (activation kept), frozen, sync
+    assert isinstance(folded.bn_act, nn.Sequential) and isinstance(folded.bn_act[1], nn.SiLU)
+    assert "forward of its own" in report.skipped["extra"]
+    assert "not reached by the traced forward" in report.skipped["aux.1"]
+    assert set(report.skipped) == {"extra", "aux.1"}
+    check_equal(model, folded, torch.randn(2, 3, 9, 7) + 0.3, atol=1e-5)

@@ -24,11 +24,44 @@ from headway.models.resnet import FrozenBatchNorm2d
 from headway.transforms.heads import TransformReport
 
 BATCH_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
+# forwards that compute the batch norm and nothing else (SyncBatchNorm in eval mode is one)
+_PLAIN_FORWARDS = {nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward, FrozenBatchNorm2d.forward}
+_FROZEN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """A batch norm by what it is, not its library: ``nn.BatchNorm2d`` and its subclasses
+    (timm's ``BatchNormAct2d``), ``SyncBatchNorm``, and any ``FrozenBatchNorm2d`` (headway's,
+    torchvision's: fixed statistics as buffers)."""
+    if isinstance(module, (*BATCH_NORMS, nn.SyncBatchNorm)):
+        return True
+    return (
+        type(module).__name__ == "FrozenBatchNorm2d"
+        and all(isinstance(getattr(module, name, None), torch.Tensor) for name in _FROZEN_BUFFERS)
+        and hasattr(module, "eps")
+    )
+
+
+def _remainder(norm: nn.Module) -> nn.Module | None:
+    """What stays of ``norm`` once its affine map is in the convolution: nothing for a plain
+    norm; timm's norm + activation (``BatchNormAct2d``: norm, then ``drop``, then ``act``) keeps
+    its drop and activation; None for any other forward of its own (it is left and named)."""
+    forward = type(norm).forward
+    if forward in _PLAIN_FORWARDS or type(norm).__name__ == "FrozenBatchNorm2d":
+        return nn.Identity()
+    drop, act = getattr(norm, "drop", None), getattr(norm, "act", None)
+    if (
+        isinstance(norm, nn.BatchNorm2d)
+        and isinstance(drop, nn.Module)
+        and isinstance(act, nn.Module)
+    ):
+        return nn.Sequential(drop, act)
+    return None
 
 
 def _fold_pair(conv: nn.Conv2d, norm: nn.Module) -> None:
     """Fold ``norm`` (applied after ``conv``) into ``conv``'s weight and bias, in place."""
-    if isinstance(norm, nn.BatchNorm2d) and norm.training:
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.training:
         raise ValueError("cannot fold a batch norm in training mode; call .eval() first")
     weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)
     bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
@@ -45,7 +78,7 @@ class _NormLeafTracer(torch.fx.Tracer):
     """torch.fx tracer that keeps batch norms (also headway's frozen one) as single calls."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, BATCH_NORMS) or super().is_leaf_module(module, qualified_name)
+        return is_batch_norm(module) or super().is_leaf_module(module, qualified_name)
 
 
 @dataclass
@@ -79,11 +112,16 @@ def _plan(module: nn.Module, prefix: str, plan: _FoldPlan) -> None:
         if node.op != "call_module":
             continue
         target = str(node.target)
-        if not isinstance(module.get_submodule(target), BATCH_NORMS):
+        norm = module.get_submodule(target)
+        if not is_batch_norm(norm):
             continue
         source = node.args[0] if node.args else None
         name = prefix + target
-        if calls[target] > 1:
+        if _remainder(norm) is None:
+            plan.unfolded[name] = (
+                f"{type(norm).__name__} has a forward of its own; folding would drop what it adds"
+            )
+        elif calls[target] > 1:
             plan.unfolded[name] = "the norm is called more than once"
         elif not (
             isinstance(source, torch.fx.Node)
@@ -110,10 +148,18 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, TransformReport]:
     model = copy.deepcopy(model).eval()
     plan = _FoldPlan()
     _plan(model, "", plan)
+    folded = {norm for _, norm in plan.pairs}
+    for name, module in model.named_modules():  # every norm is folded or named
+        if is_batch_norm(module) and name not in folded and name not in plan.unfolded:
+            plan.unfolded[name] = (
+                "not reached by the traced forward (a branch used only in training, or code "
+                "fx could not trace)"
+            )
     for conv_name, norm_name in plan.pairs:
-        _fold_pair(model.get_submodule(conv_name), model.get_submodule(norm_name))
+        norm = model.get_submodule(norm_name)
+        _fold_pair(model.get_submodule(conv_name), norm)
         parent_name, _, child = norm_name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, nn.Identity())
+        setattr(model.get_submodule(parent_name), child, _remainder(norm))
     notes = [f"{len(plan.pairs)} batch norms folded"]
     notes += [f"not folded: {name} ({why})" for name, why in plan.unfolded.items()]
     notes += [
