@@ -162,3 +162,53 @@ def test_gram_solver_gives_the_full_svds_ranks_and_errors(rank: str) -> None:
     torch.testing.assert_close(u.T @ u, torch.eye(5), rtol=0, atol=1e-5)
     with pytest.raises(InputError, match="unknown svd solver"):
         decompose_model(model, example, rank, svd="lapack")
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm's Conv2dSame: TensorFlow "same" padding computed from each input's size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in zip(
+            x.shape[:1:-1],
+            self.kernel_size[::-1],
+            self.stride[::-1],
+            self.dilation[::-1],
+            strict=True,
+        ):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return nn.functional.conv2d(
+            nn.functional.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation
+        )
+
+
+class StandardisedConv(nn.Conv2d):
+    """timm's StdConv2d-like: the weight is normalised in forward, so its raw weight's
+    decomposition is not what it computes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) * 0.5
+        return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (31, 29)])
+def test_runtime_padding_survives_the_decomposition(size: tuple[int, int]) -> None:
+    """tf_efficientnetv2's Conv2dSame failed with a size mismatch (111 vs 112)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        Conv2dSame(16, 32, 3, stride=2, bias=False),
+        nn.ReLU(),
+        StandardisedConv(32, 32, 3, padding=1),
+    ).eval()
+    x = torch.randn(1, 16, *size)
+    decomposed, report = decompose_model(model, x, "ratio:0.5", min_rank=1)
+    status = {r.name: (r.status, r.reason) for r in report.layers}
+    assert status["0"][0] == "decomposed", status
+    assert isinstance(decomposed[0][1], Conv2dSame)  # the core pads as the original did
+    assert status["2"][1] == "StandardisedConv has a forward of its own (not a plain convolution)"
+    with torch.no_grad():
+        assert decomposed(x).shape == model(x).shape
+    exact = tucker2_conv(model[0], 16, 32)  # full ranks: the same function
+    with torch.no_grad():
+        torch.testing.assert_close(exact(x), model[0](x), rtol=1e-4, atol=1e-5)

@@ -347,7 +347,15 @@ def _conv_shapes(
     return records
 
 
+def _runtime_padding(conv: nn.Conv2d) -> bool:
+    """timm's ``Conv2dSame``: TensorFlow "same" padding computed from each input, then a plain
+    convolution; the core of its decomposition keeps that forward."""
+    return type(conv).__name__ == "Conv2dSame"
+
+
 def _skip_reason(conv: nn.Conv2d) -> str | None:
+    if type(conv).forward is not nn.Conv2d.forward and not _runtime_padding(conv):
+        return f"{type(conv).__name__} has a forward of its own (not a plain convolution)"
     if conv.groups != 1:
         return "depthwise" if conv.groups == conv.in_channels else "grouped"
     if conv.kernel_size == (1, 1):
@@ -509,10 +517,17 @@ def _ranks_for_mac_budget(
 
 
 def tucker2_shell(conv: nn.Conv2d, rank_in: int, rank_out: int) -> nn.Sequential:
-    """The three-convolution structure for ``conv`` at the given ranks (weights to be loaded)."""
-    return nn.Sequential(
-        nn.Conv2d(conv.in_channels, rank_in, 1, bias=False),
-        nn.Conv2d(
+    """The three-convolution structure for ``conv`` at the given ranks (weights to be loaded).
+    A convolution that pads at run time (timm's ``Conv2dSame``) keeps its class for the core:
+    the bias-free 1×1 in front maps zeros to zeros, so padding after it is the same."""
+    if _runtime_padding(conv):
+        core = copy.deepcopy(conv)
+        kh, kw = conv.kernel_size
+        core.in_channels, core.out_channels = rank_in, rank_out
+        core.weight = nn.Parameter(conv.weight.new_empty(rank_out, rank_in, kh, kw))
+        core.register_parameter("bias", None)
+    else:
+        core = nn.Conv2d(
             rank_in,
             rank_out,
             conv.kernel_size,
@@ -521,7 +536,10 @@ def tucker2_shell(conv: nn.Conv2d, rank_in: int, rank_out: int) -> nn.Sequential
             dilation=conv.dilation,
             padding_mode=conv.padding_mode,
             bias=False,
-        ),
+        )
+    return nn.Sequential(
+        nn.Conv2d(conv.in_channels, rank_in, 1, bias=False),
+        core,
         nn.Conv2d(rank_out, conv.out_channels, 1, bias=conv.bias is not None),
     )
 
