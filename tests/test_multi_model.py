@@ -98,6 +98,58 @@ def test_any_traceable_model_is_cut_into_jobs_and_served_exactly() -> None:
         torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
 
 
+class StandInViT(nn.Module):
+    """timm's VisionTransformer call structure: ``forward(x, attn_mask=None)`` calls
+    ``forward_features`` then ``forward_head``; the blocks are a plain sequence."""
+
+    def __init__(self, dim: int = 16, depth: int = 3) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.blocks = nn.Sequential(
+            *(
+                nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+                for _ in range(depth)
+            )
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    @staticmethod
+    def block(dim: int) -> nn.Module:
+        return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+
+    def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        if attn_mask is not None:
+            x = x * attn_mask
+        return self.norm(self.blocks(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, attn_mask))
+
+
+def test_a_timm_style_vit_splits_into_jobs() -> None:
+    """Its forward takes one tensor and an optional mask: traced with the default (timm's ViT
+    was refused as "3 inputs")."""
+    torch.manual_seed(13)
+    model = StandInViT().eval()
+    x = torch.randn(2, 3, 16, 16)
+    jobs = split_jobs(model, "jobs:3", x)
+    with torch.inference_mode():
+        torch.testing.assert_close(run_jobs(jobs, x), model(x), rtol=0, atol=0)
+
+    class TwoInputs(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x + y
+
+    with pytest.raises(InputError, match=r"needs 2 inputs \(x, y\), not one tensor"):
+        split_jobs(TwoInputs(), "layers")
+
+
 def test_policy_errors() -> None:
     model = create_model("alexnet", num_classes=10, small_input=True)
     with pytest.raises(InputError, match="cannot split a model of"):

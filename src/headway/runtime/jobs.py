@@ -5,6 +5,7 @@ model family."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -59,18 +60,33 @@ def traced_stages(model: nn.Module) -> list[nn.Module]:
     the traced graph, i.e. ``model(x)`` for the one tensor input. Raises :class:`InputError`
     naming what blocks tracing (data-dependent control flow, several inputs or outputs)."""
     name = f"{type(model).__module__}.{type(model).__name__}"
+    parameters = list(inspect.signature(model.forward).parameters.values())
+    required = [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if len(required) != 1:
+        raise InputError(
+            f"cannot split {name} into jobs: its forward needs {len(required)} inputs "
+            f"({', '.join(required) or 'none'}), not one tensor"
+        )
+    # optional arguments (timm's ``attn_mask=None``) keep their defaults in the traced graph
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
     try:
-        traced = torch.fx.symbolic_trace(model)
+        traced = torch.fx.symbolic_trace(model, concrete_args=defaults or None)
     except Exception as error:  # fx raises many kinds for untraceable Python
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(
             f"cannot split {name} into jobs: torch.fx cannot trace it ({reason}); give it a "
             "layer_sequence() method or wrap its layers in an nn.Sequential"
         ) from None
+    for node in list(traced.graph.nodes):  # fx's checks that a defaulted argument kept it
+        if node.op == "call_function" and getattr(node.target, "__name__", "") == "_assert_is_none":
+            traced.graph.erase_node(node)
     nodes = list(traced.graph.nodes)
-    inputs = [n for n in nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        raise InputError(f"cannot split {name} into jobs: it takes {len(inputs)} inputs, not one")
+    inputs = [n for n in nodes if n.op == "placeholder" and n.target == required[0]]
     (output,) = [n for n in nodes if n.op == "output"]
     result = output.args[0]
     if not isinstance(result, torch.fx.Node):
