@@ -140,3 +140,46 @@ def test_real_timm_deit_small_is_adopted() -> None:
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         torch.testing.assert_close(adopt_vit(model)(x), model(x), rtol=0, atol=1e-4)
+
+
+class ResPostBlock(TimmBlock):
+    """timm's post-norm block: the same children, each branch normalised after it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.norm1(self.attn(x))
+        return x + self.norm2(self.mlp(x))
+
+
+class ReorderedBlock(TimmBlock):
+    """A block of the same children whose forward computes something else, under a name that
+    says nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm2(x + self.attn(self.norm1(x))))
+
+
+def test_post_norm_and_other_functions_are_refused_and_eps_is_carried() -> None:
+    """A post-norm timm ViT was adopted with logits 1.93x their size off; eps 1e-5 was read as
+    1e-6 (3.6e-3 relative)."""
+    torch.manual_seed(42)
+    post = TimmVisionTransformer()
+    post.blocks = nn.Sequential(*(ResPostBlock(48, 3) for _ in range(4)))
+    with pytest.raises(InputError, match=r"post-norm blocks \(ResPostBlock\)"):
+        adopt_vit(post)
+    reordered = TimmVisionTransformer()
+    reordered.blocks = nn.Sequential(*(ReorderedBlock(48, 3) for _ in range(4)))
+    with pytest.raises(InputError, match="computes something else"):
+        adopt_vit(reordered)
+    wide_eps = TimmVisionTransformer().eval()
+    for module in wide_eps.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = 1e-5
+    deit = adopt_vit(wide_eps).eval()
+    assert deit.config.norm_eps == 1e-5
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(deit(x), wide_eps(x), rtol=0, atol=1e-5)
+    mixed = TimmVisionTransformer()
+    mixed.norm.eps = 1e-5
+    with pytest.raises(InputError, match="LayerNorms with different eps"):
+        adopt_vit(mixed)

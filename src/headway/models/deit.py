@@ -28,6 +28,7 @@ class DeiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 1000
     in_chans: int = 3
+    norm_eps: float = 1e-6  # every LayerNorm's (timm's DeiT and ViT use 1e-6)
 
     @property
     def num_patches(self) -> int:
@@ -107,13 +108,13 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (LayerNorm eps 1e-6)."""
+    """Pre-norm transformer block."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(
@@ -156,9 +157,10 @@ class DeiT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, dim))
         self.blocks = nn.ModuleList(
-            Block(dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
+            Block(dim, config.num_heads, config.mlp_ratio, config.norm_eps)
+            for _ in range(config.depth)
         )
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.head = nn.Linear(dim, config.num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -275,6 +277,11 @@ def _vit_features(model: nn.Module) -> list[str]:
     act = getattr(getattr(block, "mlp", None), "act", None)
     if not isinstance(act, nn.GELU) or act.approximate != "none":
         problems.append(f"MLP activation {type(act).__name__} (headway's DeiT uses exact GELU)")
+    if "Post" in type(block).__name__:  # timm's ResPostBlock: norm after each residual branch
+        problems.append(f"post-norm blocks ({type(block).__name__})")
+    eps = {m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)}
+    if len(eps) > 1:
+        problems.append(f"LayerNorms with different eps ({', '.join(map(str, sorted(eps)))})")
     return problems
 
 
@@ -306,13 +313,39 @@ def adopt_vit(model: nn.Module) -> DeiT:
         mlp_ratio=block.mlp.fc1.out_features / dim,
         num_classes=model.head.out_features,
         in_chans=proj.in_channels,
+        norm_eps=float(model.norm.eps),
     )
     adopted = DeiT(config)
     state = {k: v for k, v in model.state_dict().items()}
     from headway.models.checkpoint import load_weights  # a cycle at import time otherwise
 
     load_weights(adopted, state, strict=True)
+    _check_same_function(model, adopted.eval(), config, name)
     return adopted.train(model.training)
+
+
+def _check_same_function(model: nn.Module, adopted: DeiT, config: DeiTConfig, name: str) -> None:
+    """Structure can hide a different computation (a block whose forward orders the same
+    children otherwise): both run one probe image, and a difference beyond fp32 rounding is
+    refused with its size."""
+    was_training = model.training
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, config.in_chans, config.img_size, config.img_size, generator=generator)
+    try:
+        model.eval()
+        with torch.no_grad():
+            expected, got = model(probe), adopted(probe)
+    finally:
+        model.train(was_training)
+    if not isinstance(expected, torch.Tensor) or expected.shape != got.shape:
+        raise InputError(f"{name} cannot run as headway's DeiT: its output is not the logits")
+    scale = float(expected.abs().max()) or 1.0
+    difference = float((got - expected).abs().max()) / scale
+    if difference > 1e-4:
+        raise InputError(
+            f"{name} cannot run as headway's DeiT: with its own weights headway's DeiT "
+            f"computes something else (largest difference {difference:.1e} of the logits' size)"
+        )
 
 
 def build_deit(name: str = "deit_tiny", **overrides: object) -> DeiT:
