@@ -212,3 +212,20 @@ def test_runtime_padding_survives_the_decomposition(size: tuple[int, int]) -> No
     exact = tucker2_conv(model[0], 16, 32)  # full ranks: the same function
     with torch.no_grad():
         torch.testing.assert_close(exact(x), model[0](x), rtol=1e-4, atol=1e-5)
+
+
+def test_inception_input_transform_survives_checkpoints_and_saving(tmp_path: Path) -> None:
+    """torchvision's ImageNet Inception-v3 weights need transform_input: one rule for every
+    path that loads a checkpoint, and a saved decomposed model keeps it."""
+    from headway.models.registry import checkpoint_overrides
+    from headway.transforms.tucker import TuckerReport, load_decomposed, save_decomposed
+
+    assert checkpoint_overrides("inception_v3", None, False, "w.pth") == {"transform_input": True}
+    assert checkpoint_overrides("inception_v3", 10, False, "w.pth") == {"transform_input": False}
+    assert checkpoint_overrides("inception_v3", None, True, "w.pth") == {}
+    assert checkpoint_overrides("inception_v3", None, False, None) == {}
+    assert checkpoint_overrides("vgg16", None, False, "w.pth") == {}
+    model = create_model("inception_v3", num_classes=10, transform_input=True).eval()
+    path = tmp_path / "inception.pt"
+    save_decomposed(path, model, TuckerReport("ratio:0.5"), "inception_v3", 10, False)
+    assert load_decomposed(path).transform_input

@@ -269,3 +269,25 @@ def test_fine_tuning_with_masks_leaves_the_model_alone() -> None:
     assert {"sparse_only_post_hoc", "sparse_only", "sparse_pruned"} <= set(row)
     assert result["finetune"]["epochs"] == 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_imagenet_folder_takes_the_weights_own_normalisation(tmp_path: Path) -> None:
+    """timm's vit_small expects mean = std = 0.5 (its pretrained_cfg), not ImageNet's."""
+    root = _image_folder(tmp_path / "imgs", ("3", "7"))
+    half = load_imagenet_folder(root, size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    images = torch.cat([half.train_images, half.test_images])
+    assert images.min() >= -1.0 - 1e-6 and images.max() <= 1.0 + 1e-6
+    imagenet = load_imagenet_folder(root, size=32)
+    assert not torch.allclose(torch.cat([imagenet.train_images, imagenet.test_images]), images)
+
+
+def test_vit_accuracy_model_without_images_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from headway.cli import app
+
+    result = CliRunner().invoke(
+        app, ["vit", "accuracy", str(tmp_path / "o"), "--model", "deit_small"]
+    )
+    assert result.exit_code == 1
+    assert "--model needs --images" in result.output

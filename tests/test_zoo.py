@@ -140,7 +140,10 @@ def test_external_models_come_from_their_library_or_say_how_to_install_it(
     assert parse_models("timm:deit_small_patch16_224") == [("timm:deit_small_patch16_224", 1)]
     with pytest.raises(InputError, match="or torchvision:<name>"):
         check_model_name("keras:resnet")
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # not installed
+    # not installed (both entries: where torchvision is installed and already imported,
+    # its submodule is found in sys.modules without the parent)
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
     with pytest.raises(InputError, match=r"pip install torchvision"):
         create_model("torchvision:resnet50")
     fake = types.ModuleType("torchvision.models")

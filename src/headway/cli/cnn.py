@@ -59,7 +59,12 @@ def compress_tucker(
     from rich.progress import Progress
 
     from headway.models import create_model
-    from headway.models.registry import check_model_name, default_input_size, is_external
+    from headway.models.registry import (
+        check_model_name,
+        checkpoint_overrides,
+        default_input_size,
+        is_external,
+    )
     from headway.transforms.tucker import (
         RankRule,
         check_decomposed_path,
@@ -78,11 +83,7 @@ def compress_tucker(
         output_file(out.with_suffix(".json"), "--out (report)")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        # torchvision's Inception-v3 ImageNet weights expect its input transform (it turns
-        # transform_input on when loading them): on for a 1000-class checkpoint, as there
-        extra = {}
-        if model == "inception_v3" and checkpoint is not None and not small_input:
-            extra = {"transform_input": num_classes == 1000}
+        extra = checkpoint_overrides(model, num_classes, small_input, checkpoint)
         if is_external(model) and small_input:
             raise InputError(f"--small-input is for headway's zoo, not {model}")
         network = create_model(model, num_classes=num_classes, small_input=small_input, **extra)

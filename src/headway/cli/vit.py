@@ -46,8 +46,9 @@ def vit_accuracy(
         Path | None, typer.Option(help="Your labelled folder ROOT/<class>/<image> instead.")
     ] = None,
     model: Annotated[
-        str, typer.Option(help="With --images: deit_tiny|small|base, or timm:<vit name>.")
-    ] = "deit_tiny",
+        str | None,
+        typer.Option(help="With --images: deit_tiny (default)|small|base, or timm:<vit name>."),
+    ] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="With --images: DeiT weights.")] = None,
     class_map: Annotated[
         Path | None, typer.Option(help="Folder names in output order, one per line.")
@@ -86,8 +87,11 @@ def vit_accuracy(
     if images is None:
         if checkpoint is not None:
             raise InputError("--checkpoint needs --images (the built-in run trains its own)")
+        if model is not None:
+            raise InputError("--model needs --images (the built-in run trains its own DeiT)")
         name = "deit_digits"
     else:
+        model = model or "deit_tiny"
         if not is_external(model):
             check_choice(model, [m for m in list_models("vit") if m != "deit_digits"], "DeiT model")
         if checkpoint is None:
@@ -96,8 +100,13 @@ def vit_accuracy(
             raise InputError(f"--calibration must be between 0 and 1, got {calibration}")
         name = model
     external = None
+    normalisation: dict[str, tuple[float, ...]] = {}
     if is_external(name):  # timm:<name>: its weights, run as headway's DeiT (adopt_vit)
-        external = adopt_vit(load_weights(create_external(name), checkpoint))
+        source = load_weights(create_external(name), checkpoint)
+        pretrained = getattr(source, "pretrained_cfg", None) or {}
+        # the weights' own normalisation (timm's vit_small: 0.5 / 0.5, not ImageNet's)
+        normalisation = {k: tuple(pretrained[k]) for k in ("mean", "std") if k in pretrained}
+        external = adopt_vit(source)
         config = external.config
     else:
         config = DEIT_CONFIGS[name]
@@ -113,8 +122,9 @@ def vit_accuracy(
                 load_weights(network, checkpoint)
             network = network.eval()
             data = load_imagenet_folder(
-                images, class_map, config.img_size, calibration_fraction=calibration
-            )
+                images, class_map, config.img_size, calibration_fraction=calibration,
+                **normalisation,
+            )  # fmt: skip
             console.print(
                 f"{len(data.train_labels)} calibration and {len(data.test_labels)} "
                 f"scored images from {shown(images)}"

@@ -139,6 +139,19 @@ def default_input_size(name: str, small_input: bool = False) -> int:
     return card.input_size
 
 
+def checkpoint_overrides(
+    name: str, num_classes: int | None, small_input: bool, checkpoint: object | None
+) -> dict[str, Any]:
+    """Constructor settings a checkpoint implies: torchvision's Inception-v3 ImageNet weights
+    expect its input transform (torchvision turns ``transform_input`` on when loading them), so
+    it is on for a 1000-class inception_v3 checkpoint at full input size. One rule for every
+    path that loads weights (compress, multirun, a saved decomposed model)."""
+    if name != "inception_v3" or checkpoint is None or small_input:
+        return {}
+    classes = num_classes if num_classes is not None else model_card(name).num_classes
+    return {"transform_input": classes == 1000}
+
+
 def create_model(
     name: str, num_classes: int | None = None, small_input: bool = False, **overrides: Any
 ) -> nn.Module:

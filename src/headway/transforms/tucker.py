@@ -587,6 +587,7 @@ def save_decomposed(
         "num_classes": num_classes,
         "small_input": small_input,
         "ranks": decomposed_ranks(report),
+        "transform_input": bool(getattr(model, "transform_input", False)),  # Inception-v3's
         "state_dict": model.state_dict(),
     }
     atomic_torch_save(path, payload)
@@ -598,8 +599,12 @@ def load_decomposed(path: str | Path) -> nn.Module:
     from headway.models.registry import create_model
 
     payload = read_torch_file(path, "decomposed model")
+    extra = {"transform_input": True} if payload.get("transform_input") else {}
     model = create_model(
-        payload["model"], num_classes=payload["num_classes"], small_input=payload["small_input"]
+        payload["model"],
+        num_classes=payload["num_classes"],
+        small_input=payload["small_input"],
+        **extra,
     )
     apply_ranks(model, payload["ranks"])
     model.load_state_dict(payload["state_dict"])

@@ -134,10 +134,14 @@ def load_imagenet_folder(
     crop_fraction: float = 0.875,
     calibration_fraction: float = 0.5,
     seed: int = 0,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
 ) -> ClassificationData:
     """Images for a pretrained classifier: shorter side resized (bicubic) to
-    size / crop_fraction, centre-cropped to size, ImageNet mean/std. The "train" split is the
-    calibration part (e.g. for averaging attention maps), the "test" split is scored."""
+    size / crop_fraction, centre-cropped to size, normalised by the weights' ``mean``/``std``
+    (ImageNet's by default; timm's ``pretrained_cfg`` says a model's own, e.g. 0.5 for
+    vit_small). The "train" split is the calibration part (e.g. for averaging attention maps),
+    the "test" split is scored."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: image folder does not exist")
@@ -148,8 +152,8 @@ def load_imagenet_folder(
         raise InputError(f"{root}: expected one sub-folder per class, found none")
     indices = _class_indices(root, folders, Path(class_map) if class_map else None)
     resized = round(size / crop_fraction)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
     images, labels = [], []
     for folder in folders:
         for path in sorted((root / folder).iterdir()):
@@ -166,7 +170,7 @@ def load_imagenet_folder(
             except (UnidentifiedImageError, OSError) as error:
                 raise InputError(f"{path}: cannot be read as an image ({error})") from None
             pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
-            images.append((pixels - mean) / std)
+            images.append((pixels - mean_t) / std_t)
             labels.append(indices[folder])
     if len(images) < 2:
         raise InputError(f"{root}: need at least 2 images (calibration and scoring)")

@@ -13,7 +13,13 @@ from torch import nn
 from headway.errors import InputError
 from headway.measure import torch_threads
 from headway.models.checkpoint import load_weights
-from headway.models.registry import check_model_name, create_model, is_external, list_models
+from headway.models.registry import (
+    check_model_name,
+    checkpoint_overrides,
+    create_model,
+    is_external,
+    list_models,
+)
 from headway.runtime.engines import compile_module
 from headway.runtime.jobs import ModelInstance, split_jobs
 from headway.runtime.multi_model import (
@@ -47,7 +53,10 @@ def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelI
     with torch.random.fork_rng():  # the weights depend on the seed alone; global state kept
         torch.manual_seed(spec.seed)
         small = spec.small_input and not is_external(spec.model)  # external: as the library builds
-        model = create_model(spec.model, num_classes=spec.num_classes, small_input=small).eval()
+        extra = checkpoint_overrides(spec.model, spec.num_classes, small, spec.checkpoint)
+        model = create_model(
+            spec.model, num_classes=spec.num_classes, small_input=small, **extra
+        ).eval()
     if spec.checkpoint is not None:
         load_weights(model, spec.checkpoint)
     example = torch.randn(
