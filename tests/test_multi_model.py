@@ -128,8 +128,10 @@ class StandInViT(nn.Module):
         x = x.mean(dim=1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x, attn_mask))
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, scale: float = 1.0
+    ) -> torch.Tensor:  # timm 1.0.31 passes more defaulted arguments on (is_causal=False)
+        return self.forward_head(self.forward_features(x, attn_mask)) * scale
 
 
 def test_a_timm_style_vit_splits_into_jobs() -> None:

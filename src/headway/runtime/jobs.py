@@ -122,7 +122,9 @@ def _stage(
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {source: graph.placeholder("x")}
 
-    def value(node: torch.fx.Node) -> torch.fx.Node:
+    def value(node: torch.fx.Node) -> torch.fx.Node | object:
+        if node.op == "placeholder" and node is not source:
+            return node.args[0] if node.args else None  # an optional argument's default
         if node not in env:  # a parameter or buffer read directly: read it here too
             env[node] = graph.get_attr(str(node.target))
         return env[node]
