@@ -68,7 +68,9 @@ def test_a_zoo_cnn_reloads_equal_to_eager(tmp_path: Path) -> None:
         (None, ["--executor", "heads"], "nothing of it exports as one graph"),
         (None, ["--executor", "warp"], "unknown executor 'warp'"),
         (None, ["--probes", "0"], "--probes"),
-        (None, ["--model", "nosuch"], "nosuch"),
+        (None, ["--model", "nosuch"], "only for the tracker"),
+        (None, ["--model", "vgg16", "--executor", "fused"], "only for the tracker"),
+        (None, ["--batch", "2"], "--batch: only for zoo models"),
     ],
 )
 def test_bad_export_input_is_one_line(

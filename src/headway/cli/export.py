@@ -24,9 +24,12 @@ def export_command(
         str, typer.Option(help="'tracker' (CSWinTT's stages) or a zoo model name (vgg16, …).")
     ] = "tracker",
     executor: Annotated[
-        str, typer.Option(help="Tracker: whose graph to export (eager, fused, spectral, …).")
-    ] = "spectral",
-    config: Annotated[str, typer.Option(help="Tracker: network size, default or tiny.")] = "tiny",
+        str | None,
+        typer.Option(help="Tracker: whose graph to export (spectral (default), eager, fused, …)."),
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option(help="Tracker: network size, tiny (default) or default.")
+    ] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Tracker: weights (.pth).")] = None,
     formats: Annotated[
         str, typer.Option(help=f"Comma-separated, from {', '.join(FORMATS)}.")
@@ -48,6 +51,18 @@ def export_command(
     at_least(probes, 1, "--probes")
     at_least(batch, 1, "--batch")
     at_least(input_size, 1, "--input-size")
+    # an option meant for the other kind of model is refused, not silently ignored
+    given = {"--executor": executor, "--config": config, "--checkpoint": checkpoint}
+    if model != "tracker":
+        misplaced = [name for name, value in given.items() if value is not None]
+    else:
+        zoo = {"--input-size": input_size, "--small-input": small_input or None}
+        misplaced = [name for name, value in zoo.items() if value is not None]
+        misplaced += ["--batch"] if batch != 1 else []
+        executor, config = executor or "spectral", config or "tiny"
+    if misplaced:
+        kind = "the tracker" if model != "tracker" else "zoo models"
+        raise InputError(f"{', '.join(misplaced)}: only for {kind} (--model {model})")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if model == "tracker":
@@ -63,8 +78,6 @@ def export_command(
             from headway.models.registry import check_model_name, create_model, default_input_size
 
             check_model_name(model)
-            if checkpoint is not None:
-                raise InputError("--checkpoint is for the tracker; zoo models export as built")
             module = create_model(model, small_input=small_input).eval()
             size = input_size or default_input_size(model, small_input)
             example = (torch.randn(batch, 3, size, size),)

@@ -34,12 +34,16 @@ from headway.measure import keeps_global_rng
 from headway.models.cswintt import CSWinTT, build_cswintt
 from headway.runtime.device import resolve_device
 from headway.tracking.auto import AUTO, tune_tracker
-from headway.tracking.backends import build_tracker, check_tracker_executor
+from headway.tracking.backends import (
+    build_tracker,
+    check_tracker_executor,
+    run_pass,
+    tracked_ms,
+    tracker_encoder,
+)
 from headway.tracking.executors import EXECUTORS, comparison_executors
-from headway.tracking.results import SequenceResult
 from headway.tracking.settings import STAGES
 from headway.tracking.synth import SynthSettings, render_sequence
-from headway.tracking.tracker import CSWinTTTracker
 from headway.tuning import DEFAULT_BUDGET_S, check_tuning_options
 
 TIMED_STAGES = STAGES[:5]
@@ -120,11 +124,6 @@ def _write_frames(images: list[np.ndarray]) -> tuple[Path, list[Path]]:
     return folder, paths
 
 
-def tracker_encoder(tracker: CSWinTTTracker | Any) -> Callable[..., torch.Tensor]:
-    """The encoder a tracker of either host runs (the C++ runner's loaded in this process)."""
-    return tracker.executor.encoder if isinstance(tracker, CSWinTTTracker) else tracker.encoder
-
-
 @keeps_global_rng
 def benchmark_executors(
     config: str = "default",
@@ -179,23 +178,18 @@ def benchmark_executors(
         reference = tracker_encoder(trackers["eager"])(probe_tokens, probe_mask).float()
     first_box = [float(v) for v in boxes[0]]
 
-    def one_pass(name: str) -> SequenceResult:
-        tracker = trackers[name]
-        progress = None if on_frame is None else lambda i: on_frame(i - 1) if i else None
-        if isinstance(tracker, CSWinTTTracker):
-            return tracker.run_frames(images.__getitem__, len(images), first_box, progress)
-        return tracker.run_frames(frame_files, first_box, progress)
+    progress = None if on_frame is None else lambda i: on_frame(i - 1) if i else None
 
     stage_times: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     frame_times: dict[str, list[float]] = {name: [] for name in names}
     tracked: dict[str, np.ndarray] = {}
     for round_index in range(rounds):
         for name in names if round_index % 2 == 0 else names[::-1]:
-            result = one_pass(name)
+            result = run_pass(trackers[name], images, frame_files, first_box, progress)
             tracked.setdefault(name, result.boxes[1:])  # the first round's boxes
+            frame_times[name] += list(tracked_ms(result, 1 + warmup))  # frame 0 initialises
             read = result.read_ms if result.read_ms is not None else np.zeros(len(images))
-            for index in range(1 + warmup, len(images)):  # frame 0 initialises
-                frame_times[name].append(result.frame_times[index] * 1e3 - read[index])
+            for index in range(1 + warmup, len(images)):
                 measured = {s: result.stage_times[s][index] for s in STAGES}
                 measured["load_preprocess"] -= read[index]
                 stage_times[name].append(measured)

@@ -11,8 +11,6 @@ are timed interleaved on the same frames; the fastest is chosen. fp32 candidates
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT
 from headway.runtime.engines import INSTALL_HINT, engine_available
-from headway.tracking.backends import build_tracker
+from headway.tracking.backends import build_tracker, run_pass, tracked_ms, tracker_encoder
 from headway.tracking.crop import check_init_box, read_frame
 from headway.tracking.executors import EXECUTORS, ExecutorSpec, cpu_has_bf16, resolve_executor
 from headway.tracking.settings import TrackerSettings
@@ -64,10 +62,6 @@ _BACKEND_ORDER = (
 )
 
 
-def _has_compiler() -> bool:
-    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
-
-
 def unusable_reason(spec: ExecutorSpec, device: torch.device, precision: str) -> str | None:
     """Why ``spec`` is not a candidate here, or None."""
     if spec.precision == "bf16" and precision == "fp32":
@@ -80,13 +74,12 @@ def unusable_reason(spec: ExecutorSpec, device: torch.device, precision: str) ->
         return "no bf16 instructions on this CPU (emulated, slower)"
     if spec.engine is not None and not engine_available(spec.engine):
         return f"not installed ({INSTALL_HINT})"
-    if spec.backend in ("inductor", "aoti") and not _has_compiler():
-        return "no C++ compiler for inductor"
-    if spec.host == "cpp":
-        from headway.native.build import built_runner
+    from headway.native.build import built_runner, find_compiler
 
-        if built_runner() is None:
-            return "headway-runner not built (headway runner build)"
+    if spec.backend in ("inductor", "aoti") and find_compiler() is None:
+        return "no C++ compiler for inductor"
+    if spec.host == "cpp" and built_runner() is None:
+        return "headway-runner not built (headway runner build)"
     return None
 
 
@@ -147,15 +140,9 @@ def tune_tracker(
     check_init_box(init_box, images[0].shape, f"--executor auto's first frame ({paths[0]})")
 
     def one_pass(tracker: object, count: int) -> tuple[np.ndarray, list[float]]:
-        """Boxes of the first ``count`` frames, and ms of the tracked ones after the warm-up
-        (reading the files left out)."""
-        if isinstance(tracker, CSWinTTTracker):
-            result = tracker.run_frames(images.__getitem__, count, init_box)
-        else:
-            result = tracker.run_frames(paths[:count], init_box)  # type: ignore[attr-defined]
-        read = result.read_ms if result.read_ms is not None else np.zeros(count)
-        first = min(1 + WARM_FRAMES, count - 1)
-        return result.boxes, list(result.frame_times[first:] * 1e3 - read[first:])
+        """Boxes of the first ``count`` frames, and ms of the tracked ones after the warm-up."""
+        result = run_pass(tracker, images[:count], paths, init_box)  # type: ignore[arg-type]
+        return result.boxes, list(tracked_ms(result, min(1 + WARM_FRAMES, count - 1)))
 
     checked = min(check_frames + 1, len(images))
 
@@ -199,11 +186,7 @@ def tune_tracker(
             continue
         try:
             with torch.inference_mode():
-                encoder = (
-                    tracker.executor.encoder
-                    if isinstance(tracker, CSWinTTTracker)
-                    else tracker.encoder  # type: ignore[attr-defined]
-                )
+                encoder = tracker_encoder(tracker)
                 diff = float((encoder(tokens, mask).float() - reference).abs().max())
             boxes, _ = one_pass(
                 tracker, checked

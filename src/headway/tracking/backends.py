@@ -4,13 +4,18 @@ executor name, so neither host imports the other (the table in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT
 from headway.tracking.executors import check_executor, resolve_executor
+from headway.tracking.results import SequenceResult
 from headway.tracking.settings import TrackerSettings
 from headway.tracking.tracker import CSWinTTTracker
 
@@ -46,3 +51,30 @@ def build_tracker(
 
         return NativeTracker(network, settings, device, short)
     return CSWinTTTracker(network, settings, device, short)
+
+
+def run_pass(
+    tracker: CSWinTTTracker | NativeTracker,
+    images: Seq[np.ndarray],
+    paths: Seq[Path],
+    init_box: Seq[float],
+    on_frame: Callable[[int], None] | None = None,
+) -> SequenceResult:
+    """One pass of either host over the same frames (the first initialises on ``init_box``):
+    the Python tracker is handed the decoded ``images``, the C++ runner reads ``paths`` itself
+    (its read times are in the result's ``read_ms``)."""
+    if isinstance(tracker, CSWinTTTracker):
+        return tracker.run_frames(images.__getitem__, len(images), init_box, on_frame)
+    return tracker.run_frames(list(paths)[: len(images)], init_box, on_frame)
+
+
+def tracked_ms(result: SequenceResult, first: int = 1) -> np.ndarray:
+    """Milliseconds of frames ``first`` … of a pass, reading image files left out (what a
+    Python tracker handed decoded images spends)."""
+    read = result.read_ms if result.read_ms is not None else np.zeros(len(result.frame_times))
+    return result.frame_times[first:] * 1e3 - read[first:]
+
+
+def tracker_encoder(tracker: CSWinTTTracker | Any) -> Callable[..., torch.Tensor]:
+    """The encoder a tracker of either host runs (the C++ runner's, loaded in this process)."""
+    return tracker.executor.encoder if isinstance(tracker, CSWinTTTracker) else tracker.encoder
