@@ -206,3 +206,78 @@ def test_update_intervals_follow_the_official_table() -> None:
     assert update_interval("trackingnet") == 25
     assert update_interval("lasot") == 200
     assert update_interval("otb") == 200
+
+
+def fake_otb_special(root: Path, seed: int = 7) -> None:
+    """OTB folders with the structures the two protocols treat differently: two targets
+    (Jogging), an empty first annotation (Human4), Tiger1 (first 5 frames dropped by the OTB
+    protocol), and a plain sequence."""
+    rng = np.random.default_rng(seed)
+    layout = {
+        "Jogging": {"groundtruth_rect.1.txt": 9, "groundtruth_rect.2.txt": 9},
+        "Human4": {"groundtruth_rect.1.txt": 0, "groundtruth_rect.2.txt": 8},
+        "Tiger1": {"groundtruth_rect.txt": 12},
+        "Basketball": {"groundtruth_rect.txt": 10},
+    }
+    for folder, files in layout.items():
+        frames = max(files.values())
+        (root / folder / "img").mkdir(parents=True)
+        for frame in range(1, frames + 1):
+            Image.new("RGB", (64, 48)).save(root / folder / "img" / f"{frame:04d}.jpg")
+        for file, count in files.items():
+            boxes = np.column_stack(
+                [rng.uniform(5, 30, (count, 2)), rng.uniform(8, 20, (count, 2))]
+            )
+            text = "".join(",".join(f"{v:.2f}" for v in box) + "\n" for box in boxes)
+            (root / folder / file).write_text(text)
+
+
+def test_otb_export_is_what_got10k_experiment_otb_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25, item 4: a run on `--format otb-got10k` exports under got10k's names and frame
+    counts, and ExperimentOTB.report() scores it as headway's `otb` convention does."""
+    from got10k.datasets.otb import OTB
+    from got10k.experiments import ExperimentOTB
+
+    # the toolkit fetches the OTB-2015 sequences a folder lacks: this one holds five
+    monkeypatch.setattr(OTB, "_download", lambda self, root_dir, version: root_dir)
+
+    root = tmp_path / "OTB100"
+    fake_otb_special(root)
+    sequences = load_dataset(root, "otb-got10k")
+    names = {s.name: len(s.frames) for s in sequences}
+    assert names == {"Basketball": 10, "Human4": 8, "Jogging.1": 9, "Jogging.2": 9, "Tiger1": 12}
+    rng = np.random.default_rng(3)
+    predictions = {
+        s.name: s.ground_truth + rng.normal(0, 3, s.ground_truth.shape) for s in sequences
+    }
+    run = tmp_path / "run"
+    write_run(run, predictions, "otb-got10k")
+    (run / "run.json").write_text('{"format": "otb-got10k"}')
+    export_results(run, tmp_path / "results" / "OTB2015" / "mine", "otb")
+    experiment = ExperimentOTB(
+        str(root), version=2015, result_dir=str(tmp_path / "results"),
+        report_dir=str(tmp_path / "reports"),
+    )  # fmt: skip
+    official = experiment.report(["mine"])["mine"]["overall"]
+    ours = evaluate_run(run, sequences, "otb").scores
+    assert abs(ours["AUC"] - 100 * official["success_score"]) < TOLERANCE
+    assert abs(ours["P"] - 100 * official["precision_score"]) < TOLERANCE
+
+    # the OTB protocol names and frames these sequences otherwise: refused by name
+    protocol_names = {s.name: len(s.frames) for s in load_dataset(root, "otb")}
+    assert protocol_names == {
+        "Basketball": 10, "Human4_2": 8, "Jogging_1": 9, "Jogging_2": 9, "Tiger1": 7,
+    }  # fmt: skip
+    otb_run = tmp_path / "otb_run"
+    write_run(otb_run, {n: np.ones((c, 4)) for n, c in protocol_names.items()}, "otb")
+    (otb_run / "run.json").write_text('{"format": "otb"}')
+    with pytest.raises(InputError, match=r"Human4_2, Jogging_1, Jogging_2, Tiger1.*otb-got10k"):
+        export_results(otb_run, tmp_path / "refused", "otb")
+    assert not (tmp_path / "refused").exists()
+    export_results(otb_run, tmp_path / "lasot_layout", "lasot")  # no such rule there
+    plain = tmp_path / "plain_run"
+    write_run(plain, {"Basketball": np.ones((10, 4))}, "otb")
+    (plain / "run.json").write_text('{"format": "otb"}')
+    assert export_results(plain, tmp_path / "plain", "otb").sequences == ["Basketball"]

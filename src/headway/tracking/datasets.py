@@ -15,7 +15,9 @@ import numpy as np
 
 from headway.errors import InputError
 
-FORMATS = ("otb", "got10k", "trackingnet", "lasot")
+# ``otb-got10k``: an OTB folder read as the got10k toolkit's ExperimentOTB reads it (every frame
+# of Tiger1; ``Jogging.1``, ``Human4`` names), for results its ``report()`` scores.
+FORMATS = ("otb", "got10k", "trackingnet", "lasot", "otb-got10k")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 # Template-update intervals of the cswintt_cls yaml (TEST.UPDATE_INTERVALS, keyed by the
@@ -41,7 +43,7 @@ def update_interval(format: str, split: str | None = None) -> int:
     """The official template-update interval for a dataset layout and split (GOT-10k test 200,
     as the run that produced the published GOT-10k numbers; GOT-10k val 200, TrackingNet 25,
     LaSOT 200, OTB 200). ``--update-interval 25`` gives the `baseline_cs` parameters' value."""
-    name = format.upper()
+    name = "OTB" if format == "otb-got10k" else format.upper()
     if format == "got10k":
         name = f"GOT10K_{(split or DEFAULT_SPLITS['got10k']).upper()}"
     return OFFICIAL_UPDATE_INTERVALS.get(name, FALLBACK_UPDATE_INTERVAL)
@@ -185,30 +187,46 @@ def _image_number(path: Path) -> int:
     return int(digits) if digits else -1
 
 
-def _otb_sequence(folder: Path, gt_path: Path, name: str) -> Sequence:
+def _otb_sequence(folder: Path, gt_path: Path, name: str, protocol: str = "otb") -> Sequence:
     frames = list_images(folder / "img")
     if folder.name in OTB_FRAME_RANGES:
         first, last = OTB_FRAME_RANGES[folder.name]
         frames = [f for f in frames if first <= _image_number(f) <= last]
     boxes = read_boxes(gt_path)
-    skip = OTB_SKIPPED_FIRST_FRAMES.get(folder.name, 0)
+    skip = OTB_SKIPPED_FIRST_FRAMES.get(folder.name, 0) if protocol == "otb" else 0
     boxes = _align(name, frames, boxes, gt_path)[skip:]
     return Sequence(name, frames[skip:], boxes, "otb")
 
 
-def catalog_otb(root: Path) -> dict[str, Loader]:
-    """``<root>/<Seq>/img/*.jpg`` and ``groundtruth_rect.txt`` (or ``.1.txt``/``.2.txt``, which
-    become ``<Seq>_1``/``<Seq>_2``, as pytracking names them); empty annotation files (Human4's
-    ``.1``) are not sequences, as in the OTB toolkit."""
+def catalog_otb(root: Path, protocol: str = "otb") -> dict[str, Loader]:
+    """``<root>/<Seq>/img/*.jpg`` and ``groundtruth_rect.txt`` (or ``.1.txt``/``.2.txt`` for
+    several targets); empty annotation files (Human4's ``.1``) are not sequences, as in the OTB
+    toolkit.
+
+    ``protocol="otb"`` names and frames sequences as the OTB toolkit and pytracking do
+    (``Jogging_1``, ``Human4_2``; Tiger1 from frame 6). ``protocol="got10k"`` as the got10k
+    toolkit's ExperimentOTB does: a folder with one non-empty annotation keeps its name
+    (``Human4``), several become ``<Seq>.1``, ``<Seq>.2`` numbered in order, and every frame
+    of Tiger1 is tracked."""
     catalog: dict[str, Loader] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for gt_path in sorted(folder.glob("groundtruth_rect*.txt")):
-            if not gt_path.read_text().strip():
-                continue
-            match = re.fullmatch(r"groundtruth_rect\.(\d+)\.txt", gt_path.name)
-            name = f"{folder.name}_{match.group(1)}" if match else folder.name
-            catalog[name] = partial(_otb_sequence, folder, gt_path, name)
+        annotated = [p for p in sorted(folder.glob("groundtruth*.txt")) if p.read_text().strip()]
+        for rank, gt_path in enumerate(annotated, start=1):
+            if protocol == "got10k":
+                name = f"{folder.name}.{rank}" if len(annotated) > 1 else folder.name
+            else:
+                match = re.fullmatch(r"groundtruth_rect\.(\d+)\.txt", gt_path.name)
+                if not match and gt_path.name != "groundtruth_rect.txt":
+                    continue
+                name = f"{folder.name}_{match.group(1)}" if match else folder.name
+            catalog[name] = partial(_otb_sequence, folder, gt_path, name, protocol)
     return catalog
+
+
+def otb_protocols_differ(name: str) -> bool:
+    """Whether sequence ``name`` of an OTB run (OTB protocol) is named or framed differently by
+    got10k's ExperimentOTB (a numbered target or a sequence whose first frames are dropped)."""
+    return bool(re.search(r"_\d+$", name)) or name in OTB_SKIPPED_FIRST_FRAMES
 
 
 def _got10k_sequence(folder: Path) -> Sequence:
@@ -323,8 +341,8 @@ def load_dataset(
         raise InputError(f"a split applies to got10k and trackingnet only, not to {format}")
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder does not exist")
-    if format == "otb":
-        catalog = catalog_otb(root)
+    if format in ("otb", "otb-got10k"):
+        catalog = catalog_otb(root, "got10k" if format == "otb-got10k" else "otb")
     elif format == "got10k":
         catalog = catalog_got10k(root, split or DEFAULT_SPLITS["got10k"])
     elif format == "trackingnet":

@@ -6,7 +6,10 @@
 - ``trackingnet``: ``<out>/<seq>.txt`` comma-separated, zipped flat into
   ``<out>/submission.zip`` for the evaluation server.
 - ``lasot`` / ``otb``: ``<out>/<seq>.txt`` comma-separated and ``<out>/times/<seq>_time.txt``,
-  what the got10k toolkit's OTB-style experiments read.
+  what the got10k toolkit's ``ExperimentLaSOT`` / ``ExperimentOTB`` read. ``otb`` needs its
+  names and frames: ``Jogging.1``, ``Human4``, every frame of Tiger1 — a run made with
+  ``--format otb-got10k``. An OTB-protocol run (``--format otb``) exports only if it holds no
+  sequence the two protocols treat differently, and is refused by name otherwise.
 
 Every file is written atomically; the run folder is only read.
 """
@@ -14,6 +17,7 @@ Every file is written atomically; the run folder is only read.
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,7 @@ import numpy as np
 
 from headway.errors import InputError
 from headway.io import atomic_write_bytes, atomic_write_text
+from headway.tracking.datasets import otb_protocols_differ
 from headway.tracking.results import read_boxes_file
 
 LAYOUTS = ("got10k", "trackingnet", "lasot", "otb")
@@ -59,6 +64,31 @@ def _times(run_dir: Path, name: str, frames: int) -> np.ndarray:
     return times
 
 
+def _run_format(run_dir: Path) -> str | None:
+    """The dataset format run.json records, or None where it records none."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("format") if isinstance(record, dict) else None
+
+
+def _check_otb_protocol(run_dir: Path, names: list[str]) -> None:
+    """Refuse an OTB-protocol run whose names or frames got10k's ExperimentOTB reads otherwise."""
+    if _run_format(run_dir) != "otb":
+        return
+    differ = [n for n in names if otb_protocols_differ(n)]
+    if differ:
+        shown_names = ", ".join(differ[:4]) + (
+            f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        )
+        raise InputError(
+            f"{run_dir} followed the OTB protocol, which got10k's ExperimentOTB (the otb layout) "
+            f"names or frames otherwise for {shown_names} (Jogging_1 is Jogging.1, Human4_2 is "
+            "Human4, Tiger1 starts at frame 1): track with --format otb-got10k for this layout"
+        )
+
+
 def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportSummary:
     """Write every sequence of ``run_dir`` in the submission layout ``layout`` under ``out``."""
     run_dir, out = Path(run_dir), Path(out)
@@ -69,6 +99,8 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
     if out.resolve() == run_dir.resolve():
         raise InputError(f"{out}: export into another folder than the run itself")
     names = _run_sequences(run_dir)
+    if layout == "otb":
+        _check_otb_protocol(run_dir, names)
     # read and check everything first, so a bad file leaves nothing half-exported
     runs = {}
     for name in names:
