@@ -5,6 +5,7 @@ one-line error when an engine is missing. Each test skips cleanly where its engi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -23,6 +24,7 @@ from headway.tracking.executors import build_executor, check_executor
 from headway.tracking.tracker import CSWinTTTracker
 from headway.transforms.sparse_attention import average_attention, masks_for_sparsity
 from headway.transforms.tucker import decompose_model
+from headway.vision.serving import ModelSpec, build_model
 from test_executors import FP32_ENCODER_TOL, encoder_inputs, random_network
 
 # fp32 engines reorder sums like the fused executor; the bf16 hint may run products in bf16
@@ -143,8 +145,76 @@ def test_multirun_jobs_run_by_an_engine(engine: str) -> None:
             "mt", {"a#0": spec, "a#1": spec, "a#2": spec}, requests=3, workers=2, coalesce=coalesce
         )
         assert not result.errors and set(result.last_outputs) == {"a#0", "a#1", "a#2"}
+        # the engine's own asynchronous requests chain the jobs (with coalescing: OpenVINO)
+        assert ("engine" in result.notes) == (coalesce == 1 or engine != "onnxruntime")
         for output in result.last_outputs.values():
             torch.testing.assert_close(output, expected, rtol=0, atol=TOLERANCES[engine][0])
+
+
+def _own_answer(spec: ModelSpec) -> torch.Tensor:
+    """The plain model's answer to its request (no jobs, no engine)."""
+
+    model, example = build_model(dataclasses.replace(spec, engine=None))
+    with torch.inference_mode():
+        return model(example)
+
+
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=needs(e)) for e in ENGINES])
+def test_chained_engine_jobs_give_every_instance_its_models_answer(engine: str) -> None:
+    """Issue 23: the MT runner on an engine chains asynchronous jobs through one FIFO — a mix
+    of models (one Tucker-2-decomposed), whole-model and layer-group jobs, closed and open
+    loop, fewer slots than instances: every request is served and every answer is the
+    model's own."""
+    from headway.runtime.chained import run_chained
+    from headway.vision.serving import ModelSpec, build_instance
+
+    specs = {
+        "vgg16#0": ModelSpec("vgg16", seed=1),
+        "vgg16#1": ModelSpec("vgg16", seed=1),
+        "alexnet#0": ModelSpec("alexnet", seed=2, decomposed="macs:0.5"),
+    }
+    expected = {name: _own_answer(spec) for name, spec in specs.items()}
+    tolerance = TOLERANCES[engine][1]
+    for policy, rate, depth in (("jobs:1", None, None), ("jobs:3", None, 2), ("jobs:2", 200.0, 1)):
+        built = {spec: build_instance(spec, name, policy) for name, spec in specs.items()}
+        instances = [
+            type(built[spec])(name, built[spec].jobs, built[spec].example)
+            for name, spec in specs.items()
+        ]
+        result = run_chained(instances, 3, engine, streams=2, depth=depth, rate=rate)
+        assert not result.errors, result.errors
+        assert {n: len(v) for n, v in result.latencies_ms.items()} == dict.fromkeys(specs, 3)
+        assert result.notes["in_flight_at_end"] == 0
+        for name, output in result.last_outputs.items():
+            scale = float(expected[name].abs().max())
+            assert float((output - expected[name]).abs().max()) <= tolerance * max(scale, 1.0)
+
+
+@needs("openvino")
+def test_plain_openvino_peer_serves_the_models_own_answers() -> None:
+    from headway.vision.serving import ModelSpec, run_peer
+
+    spec = ModelSpec("vgg16", decomposed="macs:0.5")
+    result = run_peer({"v#0": spec, "v#1": spec}, 2)
+    assert {n: len(v) for n, v in result.latencies_ms.items()} == {"v#0": 2, "v#1": 2}
+    assert result.notes["hint"] == "THROUGHPUT" and result.notes["streams"]
+    for output in result.last_outputs.values():
+        torch.testing.assert_close(output, _own_answer(spec), rtol=0, atol=1e-4)
+
+
+def test_chained_runner_refuses_bad_settings() -> None:
+    from headway.runtime.chained import run_chained
+    from headway.vision.serving import ModelSpec, run_mode
+
+    with pytest.raises(InputError, match="unknown engine"):
+        run_chained([], 1, "tensorrt")
+    with pytest.raises(InputError, match="one engine"):
+        run_mode("mt", {"a": ModelSpec("alexnet"), "b": ModelSpec("alexnet", engine="openvino")}, 1)
+    if engine_available("openvino"):
+        with pytest.raises(InputError, match="requests must be at least 1"):
+            run_chained([], 0, "openvino")
+        with pytest.raises(InputError, match="streams must be at least 1"):
+            run_chained([], 1, "openvino", streams=0)
 
 
 def test_an_unusable_export_cache_is_one_line(
@@ -201,3 +271,139 @@ def test_exports_from_several_threads_share_the_cache(tmp_path: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
         paths = list(pool.map(lambda i: export_onnx(models[i], (inputs[i],), tmp_path), range(4)))
     assert len(set(paths)) == 4 and all(p.is_file() for p in paths)
+
+
+@needs("openvino")
+def test_multirun_and_bench_multidnn_on_openvino(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`multirun --engine` runs the chained runner (whole-model jobs by default); `bench
+    multidnn --only engines` puts headway's rows beside plain OpenVINO and says the ratio."""
+    from typer.testing import CliRunner
+
+    from headway.cli import app
+    from headway.experiments import multidnn
+
+    out = tmp_path / "run.json"
+    args = ["multirun", "--models", "vgg16:2", "--engine", "openvino", "--requests", "2"]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "chained" in result.output
+    record = json.loads(out.read_text())
+    assert record["notes"]["engine"] == "openvino" and not record["errors"]
+
+    monkeypatch.setattr(multidnn, "HOMOGENEOUS", "vgg16:2")
+    monkeypatch.setattr(multidnn, "ENGINE_CASES", multidnn.ENGINE_CASES[2:5])
+    folder = tmp_path / "bench"
+    args = ["bench", "multidnn", "--only", "engines", "--requests", "2", "--rounds", "1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "MT openvino / OpenVINO THROUGHPUT throughput per round" in result.output
+    cases = json.loads((folder / "multidnn.json").read_text())["engines"]["cases"]
+    assert set(cases) == {"OpenVINO THROUGHPUT", "MT openvino", "Dcomp.(MT) openvino"}
+    assert all(c["throughput"] > 0 and not c["errors"] for c in cases.values())
+
+
+def _pruned_digits_deit(with_ids: bool) -> tuple[torch.nn.Module, list[int]]:
+    """The digits DeiT (random weights) with ~70% sparse masks and a 0.2 → 0.6 schedule."""
+    from headway.models.deit import build_deit
+    from headway.transforms.sparse_attention import additive_masks
+    from headway.transforms.token_pruning import SparsePrunedDeiT, keep_counts, pruning_ratios
+
+    torch.manual_seed(41)
+    model = build_deit("deit_digits").eval()
+    size = model.config.img_size
+    maps = average_attention(model, [torch.randn(6, 3, size, size)])
+    masks, _ = masks_for_sparsity(maps, 0.7)
+    counts = keep_counts(model.config.num_patches, pruning_ratios(model.config.depth, 0.2, 0.6))
+    return SparsePrunedDeiT(model, additive_masks(masks), counts, with_ids=with_ids), counts
+
+
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=needs(e)) for e in ENGINES])
+def test_sparse_pruned_deit_runs_on_the_engines_as_in_torch(engine: str) -> None:
+    """Issue 23: the masked, pruned DeiT exports as it is (TopK picks the kept tokens, so
+    shapes are static) and every engine keeps the same tokens and gives the same logits
+    (fp32 ≤ 1e-4 on fresh inputs; the bf16 hint only runs and keeps the token count)."""
+    pruned, counts = _pruned_digits_deit(with_ids=True)
+    size = pruned.model.config.img_size
+    first = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(5))
+    run = compile_module(engine, pruned, first)
+    for seed in (6, 7):  # fresh inputs, not the export's
+        images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode():
+            logits, ids = pruned(images)
+        got_logits, got_ids = run(images)
+        assert got_ids.shape == ids.shape == (3, counts[-1])
+        if engine == "openvino-bf16":
+            continue
+        assert torch.equal(got_ids.long(), ids)
+        torch.testing.assert_close(got_logits, logits, rtol=0, atol=1e-4)
+
+
+@needs("openvino")
+def test_bench_vit_and_vit_accuracy_on_engines() -> None:
+    """`bench vit --engines` times the pruned graph on each engine beside plain OpenVINO on the
+    dense model; `vit accuracy --engine` scores on the engine what torch scores."""
+    from headway.experiments.vit import accuracy_table, pruning_speedup
+    from headway.models.deit import build_deit
+    from headway.vision.data import ClassificationData
+
+    (row,) = pruning_speedup(
+        "deit_digits", batches=(2,), prune=(0.2, 0.6), min_run_time=0.05,
+        engines=("openvino",),
+    )  # fmt: skip
+    assert set(row["variants"]) == {
+        "sparse_only",
+        "sparse_pruned",
+        "sparse_pruned@openvino",
+        "openvino dense (f32, as its users run it)",
+        "openvino dense (bf16, as its users run it)",
+    }
+    assert row["max_diff"]["sparse_pruned@openvino"] < 1e-4
+    assert row["max_diff"]["openvino dense (f32, as its users run it)"] < 1e-4
+
+    torch.manual_seed(8)
+    model = build_deit("deit_digits").eval()
+    generator = torch.Generator().manual_seed(9)
+    images = torch.randn(30, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (30,), generator=generator)
+    data = ClassificationData(
+        images[:20], labels[:20], images[20:], labels[20:], [str(i) for i in range(10)]
+    )
+    scores = [
+        accuracy_table(model, data, (0.5,), (0.2, 0.6), other_prunes=(), engine=engine)
+        for engine in (None, "openvino")
+    ]
+    assert scores[1]["engine"] == "openvino"
+    assert scores[0]["rows"] == scores[1]["rows"] and scores[0]["dense"] == scores[1]["dense"]
+
+
+@pytest.mark.parametrize(
+    "engine", [pytest.param(e, marks=needs(e)) for e in ("openvino", "openvino-bf16")]
+)
+def test_chained_coalescing_gives_every_request_its_own_rows(engine: str) -> None:
+    """Beyond the paper, on OpenVINO: queued requests for the same job of a shared model run as
+    one batch and each gets its own rows back — the model's own answer — with whole-model and
+    layer-group jobs, and beside another model that never shares a batch."""
+    from headway.runtime.chained import run_chained
+    from headway.vision.serving import build_instance
+
+    specs = {f"vgg16#{i}": ModelSpec("vgg16", seed=3) for i in range(4)}
+    specs["alexnet#0"] = ModelSpec("alexnet", seed=4)
+    expected = {name: _own_answer(spec) for name, spec in specs.items()}
+    tolerance = TOLERANCES[engine][1]
+    for policy in ("jobs:1", "jobs:3"):
+        built = {spec: build_instance(spec, name, policy) for name, spec in specs.items()}
+        instances = [
+            type(built[spec])(name, built[spec].jobs, built[spec].example)
+            for name, spec in specs.items()
+        ]
+        result = run_chained(instances, 3, engine, coalesce=3)
+        assert not result.errors, result.errors
+        assert result.notes["coalesce"] == 3 and 1 <= result.notes["mean_batch"] <= 3
+        assert {n: len(v) for n, v in result.latencies_ms.items()} == dict.fromkeys(specs, 3)
+        for name, output in result.last_outputs.items():
+            scale = max(float(expected[name].abs().max()), 1.0)
+            assert float((output - expected[name]).abs().max()) <= tolerance * scale
+    with pytest.raises(InputError, match="needs OpenVINO"):
+        run_chained(instances, 1, "onnxruntime", coalesce=2)

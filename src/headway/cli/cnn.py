@@ -179,9 +179,12 @@ def multirun(
     decomposed: Annotated[str | None, typer.Option(help="Tucker-2 rank rule, e.g. vbmf")] = None,
     requests: Annotated[int, typer.Option(help="Requests per model instance.")] = 10,
     rate: Annotated[float | None, typer.Option(help="Requests/s per instance (open loop).")] = None,
-    workers: Annotated[int, typer.Option(help="MT pool workers.")] = 2,
+    workers: Annotated[int, typer.Option(help="MT pool workers (engine streams).")] = 2,
     threads: Annotated[int, typer.Option(help="Intra-op threads per worker / process.")] = 1,
-    jobs: Annotated[str, typer.Option(help="Job policy: layers, jobs:N, macs:N.")] = "jobs:8",
+    jobs: Annotated[
+        str | None,
+        typer.Option(help="Job policy: layers, jobs:N, macs:N (default jobs:8; engines jobs:1)."),
+    ] = None,
     coalesce: Annotated[
         int,
         typer.Option(help="MT, beyond the paper: batch up to N waiting requests for the same job."),
@@ -250,6 +253,7 @@ def multirun(
         + (f", Tucker-2 {shown(decomposed)}" if decomposed else "")
         + (f", coalescing up to {coalesce}" if coalesce > 1 else "")
         + (f", jobs run by {engine}" if engine else "")
+        + (" (chained asynchronous requests)" if "engine" in result.notes else "")
     )
     for column in ("instance", "mean ms", "p95 ms", "requests"):
         table.add_column(column, justify="left" if column == "instance" else "right")
@@ -375,14 +379,21 @@ def bench_multidnn(
     ] = Path("runs/multidnn"),
     requests: Annotated[int, typer.Option(help="Requests per instance.")] = 60,
     rounds: Annotated[int, typer.Option(help="Rounds in which the cases take turns.")] = 3,
-    only: Annotated[str | None, typer.Option(help="solo, homogeneous or heterogeneous.")] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(help="solo, homogeneous, heterogeneous, engines or engines-mix."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (MP: one CUDA context each).")] = "cpu",
 ) -> None:
     """Paper B's multi-DNN experiments (32×32 models): solo vs 6 at once; 8 × VGG-16 as
-    Ori.(MP), Dcomp.(MP), Dcomp.(MT) and beyond-paper variants; a heterogeneous mix."""
+    Ori.(MP), Dcomp.(MP), Dcomp.(MT) and beyond-paper variants; a heterogeneous mix; both on
+    OpenVINO, headway's MT runner beside OpenVINO served as its users serve it."""
     import json
 
     from headway.experiments.multidnn import (
+        ENGINE_CASES,
+        ENGINE_MIX_CASES,
+        ENGINE_PEERS,
         HETEROGENEOUS,
         HETEROGENEOUS_CASES,
         HOMOGENEOUS,
@@ -395,8 +406,9 @@ def bench_multidnn(
         solo_vs_crowd,
     )
     from headway.io import atomic_write_text
+    from headway.runtime.engines import INSTALL_HINT, engine_available
 
-    parts = ("solo", "homogeneous", "heterogeneous")
+    parts = ("solo", "homogeneous", "heterogeneous", "engines", "engines-mix")
     if only is not None:
         check_choice(only, parts, "--only part")
     output_folder(out, "OUT")
@@ -422,9 +434,17 @@ def bench_multidnn(
     settings = {
         "homogeneous": (HOMOGENEOUS, HOMOGENEOUS_CASES, requests, rounds),
         "heterogeneous": (HETEROGENEOUS, HETEROGENEOUS_CASES, max(2, requests // 12), 1),
+        "engines": (HOMOGENEOUS, ENGINE_CASES, requests, rounds),
+        "engines-mix": (HETEROGENEOUS, ENGINE_MIX_CASES, max(2, requests // 6), rounds),
     }
     for title, (models, cases, count, turns) in settings.items():
         if only not in (None, title):
+            continue
+        if title.startswith("engines") and not engine_available("openvino"):
+            console.print(f"{title}: skipped, OpenVINO is not installed ({INSTALL_HINT})")
+            continue
+        if title.startswith("engines") and device != "cpu":
+            console.print(f"{title}: skipped, the engines run on the CPU (device is {device})")
             continue
         result = run_cases(
             models,
@@ -448,6 +468,18 @@ def bench_multidnn(
                     f"{label} / Dcomp.(MP) throughput per round: "
                     + ", ".join(f"{r:.2f}×" for r in ratios)
                 )
+        for label, peer in ENGINE_PEERS.items():
+            if label in rows and peer in rows:
+                ratios = [
+                    t / b
+                    for t, b in zip(
+                        rows[label]["throughputs"], rows[peer]["throughputs"], strict=True
+                    )
+                ]
+                console.print(
+                    f"{label} / {peer} throughput per round: "
+                    + ", ".join(f"{r:.2f}×" for r in ratios)
+                )
         plot_cases(title, result, out / f"{title}.png")
         report[title] = result
     atomic_write_text(out / "multidnn.json", json.dumps(report, indent=2))
@@ -459,8 +491,11 @@ def bench_multidnn(
 def bench_engines(
     cases: Annotated[
         str,
-        typer.Option(help="Comma-separated: deit_tiny, vgg16, vgg16_tucker, cswintt_encoder."),
-    ] = "deit_tiny,vgg16,vgg16_tucker,cswintt_encoder",
+        typer.Option(
+            help="Comma-separated: deit_tiny, deit_tiny_pruned, vgg16, vgg16_tucker, "
+            "cswintt_encoder."
+        ),
+    ] = "deit_tiny,deit_tiny_pruned,vgg16,vgg16_tucker,cswintt_encoder",
     batches: Annotated[
         str, typer.Option(help="Comma-separated batch sizes (cswintt_encoder: batch 1 only).")
     ] = "1,32",

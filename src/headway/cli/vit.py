@@ -59,6 +59,12 @@ def vit_accuracy(
     finetune_epochs: Annotated[
         int, typer.Option(help="Fine-tune with each sparsity's masks first (0: post hoc).")
     ] = 0,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="Score the masked, pruned graph on onnxruntime, openvino or openvino-bf16."
+        ),
+    ] = None,
 ) -> None:
     """Paper C's Table 1 shape: sparse only vs sparse + pruning, on the built-in digits (a
     small DeiT trained here) or on your image folder with real DeiT weights."""
@@ -78,6 +84,10 @@ def vit_accuracy(
     from headway.vision.data import load_imagenet_folder
 
     output_folder(out, "OUT")
+    if engine is not None:
+        from headway.runtime.engines import require_engine
+
+        require_engine(engine)
     targets = fractions(sparsities, "--sparsities")
     schedules = [share_pair(part, "--prune") for part in prune.split(",") if part.strip()]
     if not schedules:
@@ -130,12 +140,13 @@ def vit_accuracy(
                 f"scored images from {shown(images)}"
             )
         table_data = accuracy_table(
-            network, data, targets, prune_pair, finetune, tuple(schedules[1:])
+            network, data, targets, prune_pair, finetune, tuple(schedules[1:]), engine
         )
         table_data["model"] = name
         atomic_write_text(out / "vit_accuracy.json", json.dumps(table_data, indent=2))
     print_table(
-        f"{name} top-1 % (dense {table_data['dense']:.1f}%), pruning {shown(prune)}",
+        f"{name} top-1 % (dense {table_data['dense']:.1f}%), pruning {shown(prune)}"
+        + (f", run by {engine}" if engine else ""),
         *accuracy_cells(table_data),
     )
     console.print(f"mean drop from pruning: {table_data['mean_drop_from_pruning']:.2f} points")
@@ -222,28 +233,48 @@ def bench_vit(
     sparsity: Annotated[float, typer.Option(help="Attention-mask sparsity.")] = 0.7,
     prune: Annotated[str, typer.Option(help="Pruning share START:END.")] = "0.1:0.9",
     batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+    engines: Annotated[
+        str | None,
+        typer.Option(
+            help="Also the masked, pruned graph on these engines (onnxruntime, openvino, "
+            "openvino-bf16) and, with OpenVINO, the dense model as its users run it."
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """Paper C's speed on this CPU: sparse attention + token pruning vs sparse attention alone,
-    timed side by side in one process (medians)."""
+    timed side by side in one process (medians); with --engines, on the engines too."""
     import json
 
     import torch
 
-    from headway.experiments.vit import pruning_speedup, speedup_table
+    from headway.experiments.vit import engine_speed_table, pruning_speedup, speedup_table
     from headway.io import atomic_write_text
 
     chosen = some_names(models, "--models", list_models("vit"), "DeiT model") or []
     (target,) = fractions(str(sparsity), "--sparsity")
     pair = share_pair(prune, "--prune")
     sizes = positive_ints(batches, "--batches")
+    from headway.runtime.engines import ENGINES, require_engine
+
+    chosen_engines = tuple(some_names(engines, "--engines", list(ENGINES), "engine") or ())
+    for engine in chosen_engines:
+        require_engine(engine)
     output_file(json_out, "--json")
-    results = {name: pruning_speedup(name, sizes, target, pair) for name in chosen}
+    results = {
+        name: pruning_speedup(name, sizes, target, pair, engines=chosen_engines) for name in chosen
+    }
     print_table(
         f"sparse ({target:.0%}) + pruning {shown(prune)} vs sparse only, "
         f"{torch.get_num_threads()} threads, median ms",
         *speedup_table(results),
         width=120,
     )
+    if chosen_engines:
+        print_table(
+            "every variant, interleaved (max |Δ|: logits vs the torch path it stands for)",
+            *engine_speed_table(results),
+            width=140,
+        )
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(results, indent=2))

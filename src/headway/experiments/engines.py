@@ -1,9 +1,12 @@
 """headway's models beside the inference engines users already have (ONNX Runtime, OpenVINO) on
-the same inputs, timed in alternating blocks in one process: DeiT-Tiny (dense), and VGG-16 at
-32×32, dense and Tucker-2-decomposed. Each row gives the median ms per call, the ratio to
-eager PyTorch and the largest difference from eager's output. The CSWinTT encoder (default
-configuration) is there too: headway's ``fused`` and ``spectral`` encoders beside the engines
-running the exported eager graph and the exported spectral graph."""
+the same inputs, timed in alternating blocks in one process: DeiT-Tiny dense and with paper C's
+static masks and token pruning (``deit_tiny_pruned``: its "eager" is headway's torch path), and
+VGG-16 at 32×32, dense and Tucker-2-decomposed. Each row gives the median ms per call, the
+ratio to eager PyTorch and the largest difference from eager's output. Beside headway's own
+paths: bf16 autocast in torch (where the CPU has bf16 instructions), and the module as
+OpenVINO's users run it (``ov.convert_model``, LATENCY hint, fp32 and bf16). The CSWinTT
+encoder (default configuration) is there too: headway's ``fused`` and ``spectral`` encoders
+beside the engines running the exported eager graph and the exported spectral graph."""
 
 from __future__ import annotations
 
@@ -21,12 +24,19 @@ from headway.measure import keeps_global_rng
 from headway.models.cswintt import build_cswintt, get_config
 from headway.models.registry import create_model
 from headway.runtime.engines import ENGINES, compile_module, engine_available
+from headway.tracking.executors import cpu_has_bf16
 from headway.transforms.heads import fuse_window_attention
 from headway.transforms.packing import pack_linear_weights
+from headway.transforms.sparse_attention import (
+    additive_masks,
+    average_attention,
+    masks_for_sparsity,
+)
 from headway.transforms.spectral import spectral_window_attention
+from headway.transforms.token_pruning import SparsePrunedDeiT, keep_counts, pruning_ratios
 from headway.transforms.tucker import decompose_model
 
-CASES = ("deit_tiny", "vgg16", "vgg16_tucker", "cswintt_encoder")
+CASES = ("deit_tiny", "deit_tiny_pruned", "vgg16", "vgg16_tucker", "cswintt_encoder")
 
 
 class _Encoder(nn.Module):
@@ -50,6 +60,8 @@ class EngineCase:
     headway: dict[str, nn.Module] = field(default_factory=dict)
     graphs: dict[str, nn.Module] = field(default_factory=dict)
     compilable: nn.Module | None = None  # what ``compiled`` gives torch.compile
+    # one image input: also bf16 autocast in torch, and the module as OpenVINO's users run it
+    single_image: bool = True
 
 
 def _case(name: str, batch: int) -> EngineCase:
@@ -71,6 +83,19 @@ def _case(name: str, batch: int) -> EngineCase:
             headway={"fused": fused, "spectral": spectral, "spectral + oneDNN linears": packed},
             graphs={"eager graph": eager, "spectral graph": spectral},
             compilable=spectral,
+            single_image=False,
+        )
+    if name == "deit_tiny_pruned":  # paper C: ~70% sparse static masks, pruning 0.1 → 0.9
+        model = create_model("deit_tiny").eval()
+        size = model.config.img_size
+        maps = average_attention(model, [torch.randn(8, 3, size, size)])
+        masks, _ = masks_for_sparsity(maps, 0.7)
+        schedule = pruning_ratios(model.config.depth, 0.1, 0.9)
+        pruned = SparsePrunedDeiT(
+            model, additive_masks(masks), keep_counts(model.config.num_patches, schedule)
+        )
+        return EngineCase(
+            pruned, (torch.randn(batch, 3, size, size),), graphs={"": pruned}, compilable=pruned
         )
     if name == "deit_tiny":
         model = create_model("deit_tiny").eval()
@@ -124,6 +149,7 @@ def compare_engines(
     PyTorch module compiled by inductor with freezing (compilation not timed; seconds to a
     minute per case), and every installed engine on each of the case's exported graphs."""
     engines = tuple(e for e in (engines or ENGINES) if engine_available(e))
+    bf16_torch = cpu_has_bf16()  # where bf16 would be emulated, it only measures the emulation
     rows = []
     for name in cases:
         # a tracker encodes one frame at a time: the encoder case runs at batch 1 only
@@ -141,12 +167,25 @@ def compare_engines(
             if compiled and case.compilable is not None:
                 program = torch.compile(case.compilable, dynamic=False, options={"freezing": True})
                 variants["compiled (inductor, freezing)"] = partial(program, *case.inputs)
+            if case.single_image and bf16_torch:
+                variants["eager bf16 (autocast)"] = partial(
+                    _autocast_bf16, case.model, *case.inputs
+                )
             for engine in engines:
                 for graph, module in case.graphs.items():
                     label = f"{engine} ({graph})" if graph else engine
                     variants[label] = partial(
                         compile_module(engine, module, case.inputs), *case.inputs
                     )
+            if case.single_image and any(e.startswith("openvino") for e in engines):
+                from headway.runtime.peers import openvino_compiled
+
+                for precision in ("f32", "bf16"):
+                    compiled_model = openvino_compiled(
+                        case.model, case.inputs[0], precision, "LATENCY"
+                    )
+                    label = f"openvino as its users run it ({precision}, LATENCY)"
+                    variants[label] = partial(_openvino_call, compiled_model, case.inputs[0])
             with torch.inference_mode():
                 differences = {
                     label: float((run().float() - expected).abs().max())
@@ -165,6 +204,17 @@ def compare_engines(
                     }
                 )
     return rows
+
+
+def _autocast_bf16(model: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """The module under CPU bf16 autocast (oneDNN bf16 kernels), answer back in fp32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(*inputs).float()
+
+
+def _openvino_call(compiled: Any, x: torch.Tensor) -> torch.Tensor:
+    """One synchronous call of an OpenVINO compiled model, as torch."""
+    return torch.from_numpy(compiled(x.numpy())[0].copy())
 
 
 def engines_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

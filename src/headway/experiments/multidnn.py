@@ -14,7 +14,7 @@ from headway.errors import InputError
 from headway.experiments.report import Section, markdown_table
 from headway.io import save_figure
 from headway.runtime.multi_model import RunResult
-from headway.vision.serving import ModelSpec, instance_names, parse_models, run_mode
+from headway.vision.serving import ModelSpec, instance_names, parse_models, run_mode, run_peer
 
 RANK = "macs:0.19"  # VGG-16: 81% fewer MACs
 MIX_RANK = "vbmf"  # per layer; a whole-model MAC budget is out of reach for ResNet-152's 1x1s
@@ -35,10 +35,71 @@ HETEROGENEOUS_CASES = [
     ("Dcomp.(MT)", "mt", MIX_RANK),
 ]
 SOLO_MODELS = ("alexnet", "squeezenet1_1", "vgg16", "regnet_y_32gf")
+# The engines (issue 23): headway's MT runner chaining OpenVINO's asynchronous jobs beside
+# OpenVINO served as its users serve it ("peer": ov.convert_model, THROUGHPUT hint, one async
+# request per instance), fp32 and bf16, dense and Tucker-2. Mode "peer@E" is that peer on
+# engine E's precision; "mt@E" headway's MT runner on E.
+ENGINE_CASES = [
+    ("Ori.(MP) torch", "mp", None),
+    ("MT torch", "mt", None),
+    ("OpenVINO THROUGHPUT", "peer@openvino", None),
+    ("MT openvino", "mt@openvino", None),
+    ("Dcomp.(MT) openvino", "mt@openvino", RANK),
+    ("Dcomp.(MT+coalesce) openvino", "mt+coalesce@openvino", RANK),
+    ("OpenVINO THROUGHPUT bf16", "peer@openvino-bf16", None),
+    ("MT openvino-bf16", "mt@openvino-bf16", None),
+    ("Dcomp.(MT) openvino-bf16", "mt@openvino-bf16", RANK),
+    ("Dcomp.(MT+coalesce) openvino-bf16", "mt+coalesce@openvino-bf16", RANK),
+    ("Dcomp. OpenVINO THROUGHPUT bf16", "peer@openvino-bf16", RANK),
+]
+
+ENGINE_MIX_CASES = [
+    ("OpenVINO THROUGHPUT", "peer@openvino", None),
+    ("MT openvino", "mt@openvino", None),
+    ("Dcomp.(MT) openvino", "mt@openvino", MIX_RANK),
+    ("OpenVINO THROUGHPUT bf16", "peer@openvino-bf16", None),
+    ("MT openvino-bf16", "mt@openvino-bf16", None),
+    ("Dcomp.(MT) openvino-bf16", "mt@openvino-bf16", MIX_RANK),
+]
+# each headway row and the plain-OpenVINO row it must beat (same precision, dense models)
+ENGINE_PEERS = {
+    "MT openvino": "OpenVINO THROUGHPUT",
+    "Dcomp.(MT) openvino": "OpenVINO THROUGHPUT",
+    "Dcomp.(MT+coalesce) openvino": "OpenVINO THROUGHPUT",
+    "MT openvino-bf16": "OpenVINO THROUGHPUT bf16",
+    "Dcomp.(MT) openvino-bf16": "OpenVINO THROUGHPUT bf16",
+    "Dcomp.(MT+coalesce) openvino-bf16": "OpenVINO THROUGHPUT bf16",
+}
 
 
-def specs_for(models: str, decomposed: str | None) -> dict[str, ModelSpec]:
-    return {n: ModelSpec(m, decomposed=decomposed) for n, m in instance_names(parse_models(models))}
+def specs_for(
+    models: str, decomposed: str | None, engine: str | None = None
+) -> dict[str, ModelSpec]:
+    return {
+        n: ModelSpec(m, decomposed=decomposed, engine=engine)
+        for n, m in instance_names(parse_models(models))
+    }
+
+
+def run_case(
+    models: str, mode: str, rank: str | None, requests: int, device: str = "cpu"
+) -> RunResult:
+    """One case of :func:`run_cases`: ``mode`` is ``mp``, ``mt``, ``mt+coalesce``, ``seq``,
+    ``batched``, ``mt@ENGINE`` or ``peer@ENGINE`` (plain OpenVINO at that engine's precision)."""
+    base, _, engine = mode.partition("@")
+    if base == "peer":
+        precision = "bf16" if engine == "openvino-bf16" else "f32"
+        return run_peer(specs_for(models, rank), requests, precision)
+    coalesce = coalesce_limit(models) if base == "mt+coalesce" else 1
+    return run_mode(
+        base.split("+")[0],
+        specs_for(models, rank, engine or None),
+        requests,
+        workers=WORKERS,
+        threads=1,
+        coalesce=coalesce,
+        device=device,
+    )
 
 
 def per_model_mean(result: RunResult) -> dict[str, float]:
@@ -94,18 +155,7 @@ def run_cases(
         for label, mode, rank in cases:
             if on_case is not None:
                 on_case(label if rounds == 1 else f"{label}, round {round_index + 1}/{rounds}")
-            coalesce = coalesce_limit(models) if mode == "mt+coalesce" else 1
-            runs[label].append(
-                run_mode(
-                    mode.split("+")[0],
-                    specs_for(models, rank),
-                    requests,
-                    workers=WORKERS,
-                    threads=1,
-                    coalesce=coalesce,
-                    device=device,
-                )
-            )
+            runs[label].append(run_case(models, mode, rank, requests, device))
     rows = {}
     for label, results in runs.items():
         means = [per_model_mean(r) for r in results]

@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ from headway.experiments.timing import interleaved_medians
 from headway.io import save_figure
 from headway.measure import keeps_global_rng
 from headway.models.deit import DeiT, build_deit
+from headway.runtime.engines import EngineModule, compile_module
 from headway.transforms.sparse_attention import (
     additive_masks,
     average_attention,
     masks_for_sparsity,
     sparsity,
 )
-from headway.transforms.token_pruning import keep_counts, pruning_ratios
+from headway.transforms.token_pruning import SparsePrunedDeiT, keep_counts, pruning_ratios
 from headway.vision.data import ClassificationData, digits
 from headway.vision.train import TrainSettings, train
 
@@ -56,12 +58,20 @@ def trained_digits_deit(
 
 @torch.no_grad()
 def _accuracy(
-    model: DeiT, data: ClassificationData, masks: torch.Tensor | None, counts: list[int] | None
+    model: DeiT,
+    data: ClassificationData,
+    masks: torch.Tensor | None,
+    counts: list[int] | None,
+    engine: str | None = None,
 ) -> float:
+    """Top-1 % on the test images; with ``engine``, the masked and pruned graph runs there
+    (exported once per batch shape)."""
+    run: Callable[[torch.Tensor], torch.Tensor] = SparsePrunedDeiT(model, masks, counts)
+    if engine is not None:
+        run = EngineModule(engine, run)
     correct = 0
     for start in range(0, len(data.test_labels), 256):
-        images = data.test_images[start : start + 256]
-        logits = model.head(model.forward_tokens(images, masks, counts))
+        logits = run(data.test_images[start : start + 256])
         correct += int((logits.argmax(1) == data.test_labels[start : start + 256]).sum())
     return 100.0 * correct / len(data.test_labels)
 
@@ -85,12 +95,14 @@ def accuracy_table(
     prune: tuple[float, float] = (0.1, 0.9),
     finetune: TrainSettings | None = None,
     other_prunes: tuple[tuple[float, float], ...] = ((0.1, 0.5),),
+    engine: str | None = None,
 ) -> dict[str, Any]:
     """Top-1 dense, sparse only and sparse + pruning at each sparsity (masks from the training
     images' averaged attention). ``prune`` is the schedule of the speed claims (0.1 → 0.9);
     each of ``other_prunes`` adds a column scored with the same masks. With ``finetune``, a copy
     of the model is first trained with each sparsity's masks on the training images (pruning
-    stays inference-only); the post-hoc sparse-only accuracy is kept beside it."""
+    stays inference-only); the post-hoc sparse-only accuracy is kept beside it. With
+    ``engine``, every score comes from the masked (and pruned) graph run by that engine."""
     batches = [data.train_images[i : i + 256] for i in range(0, len(data.train_labels), 256)]
     maps = average_attention(model, batches)
     counts = keep_counts(model.config.num_patches, pruning_ratios(model.config.depth, *prune))
@@ -107,17 +119,18 @@ def accuracy_table(
         row: dict[str, Any] = {"sparsity": target, "achieved": sparsity(masks)}
         scored = model
         if finetune is not None:
-            row["sparse_only_post_hoc"] = _accuracy(model, data, masks, None)
+            row["sparse_only_post_hoc"] = _accuracy(model, data, masks, None, engine)
             scored = copy.deepcopy(model)
             train(MaskedClassifier(scored, masks), data, finetune, show_progress=False)
             scored.eval()
-        row["sparse_only"] = _accuracy(scored, data, masks, None)
-        row["sparse_pruned"] = _accuracy(scored, data, masks, counts)
+        row["sparse_only"] = _accuracy(scored, data, masks, None, engine)
+        row["sparse_pruned"] = _accuracy(scored, data, masks, counts, engine)
         row["sparse_pruned_other"] = {
-            label: _accuracy(scored, data, masks, other) for label, other in other_counts.items()
+            label: _accuracy(scored, data, masks, other, engine)
+            for label, other in other_counts.items()
         }
         rows.append(row)
-    dense = _accuracy(model, data, None, None)
+    dense = _accuracy(model, data, None, None, engine)
     drop = sum(r["sparse_only"] - r["sparse_pruned"] for r in rows) / len(rows)
     return {
         "dense": dense,
@@ -127,6 +140,7 @@ def accuracy_table(
         "rows": rows,
         "mean_drop_from_pruning": drop,
         "finetune": asdict(finetune) if finetune is not None else None,
+        "engine": engine,
     }
 
 
@@ -242,9 +256,20 @@ def pruning_speedup(
     target_sparsity: float = 0.7,
     prune: tuple[float, float] = (0.1, 0.9),
     min_run_time: float = 2.0,
-) -> list[dict[str, float]]:
+    engines: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
     """Median CPU time of sparse-only vs sparse + pruning, timed in alternating blocks; both
-    use the same additive masks (converted once, as a deployment would)."""
+    use the same additive masks (converted once, as a deployment would).
+
+    With ``engines``, the same blocks also time the masked and pruned graph on each engine
+    and, where OpenVINO is among them, the dense model as OpenVINO's users run it
+    (``ov.convert_model``, LATENCY hint, fp32 and bf16): ``variants`` holds every median
+    (ms) and ``max_diff`` each variant's largest logit difference from the torch path it
+    stands for."""
+    from headway.runtime.engines import require_engine
+
+    for engine in engines:
+        require_engine(engine)
     torch.manual_seed(0)
     model = build_deit(name).eval()
     size = model.config.img_size
@@ -252,17 +277,35 @@ def pruning_speedup(
     masks, _ = masks_for_sparsity(maps, target_sparsity)
     additive = additive_masks(masks)
     counts = keep_counts(model.config.num_patches, pruning_ratios(model.config.depth, *prune))
+    pruned = SparsePrunedDeiT(model, additive, counts)
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, size, size)
+        variants: dict[str, Callable[[], Any]] = {
+            "sparse_only": lambda x=x: model.forward_tokens(x, additive),
+            "sparse_pruned": lambda x=x: model.forward_tokens(x, additive, counts),
+        }
         with torch.inference_mode():
-            timings = interleaved_medians(
-                {
-                    "sparse_only": lambda x=x: model.forward_tokens(x, additive),
-                    "sparse_pruned": lambda x=x: model.forward_tokens(x, additive, counts),
-                },
-                min_run_time=min_run_time,
-            )
+            expected = {"pruned": pruned(x), "dense": model(x)}
+        stands_for: dict[str, str] = {}
+        for engine in engines:
+            label = f"sparse_pruned@{engine}"
+            variants[label] = partial(compile_module(engine, pruned, x), x)
+            stands_for[label] = "pruned"
+        if any(e.startswith("openvino") for e in engines):
+            from headway.runtime.peers import openvino_compiled
+
+            for precision in ("f32", "bf16"):
+                label = f"openvino dense ({precision}, as its users run it)"
+                compiled = openvino_compiled(model, x, precision, "LATENCY")
+                variants[label] = partial(_openvino_call, compiled, x)
+                stands_for[label] = "dense"
+        with torch.inference_mode():
+            max_diff = {
+                label: float((variants[label]() - expected[kind]).abs().max())
+                for label, kind in stands_for.items()
+            }
+            timings = interleaved_medians(variants, min_run_time=min_run_time)
         rows.append(
             {
                 "batch": batch,
@@ -271,9 +314,16 @@ def pruning_speedup(
                 "speedup": timings["sparse_only"] / timings["sparse_pruned"],
                 "token_rows": sum(counts),
                 "token_rows_sparse_only": model.num_tokens * model.config.depth,
+                "variants": {label: value * 1e3 for label, value in timings.items()},
+                "max_diff": max_diff,
             }
         )
     return rows
+
+
+def _openvino_call(compiled: Any, x: torch.Tensor) -> torch.Tensor:
+    """One synchronous call of an OpenVINO compiled model, as torch (for timing and checks)."""
+    return torch.from_numpy(compiled(x.numpy())[0].copy())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +440,31 @@ def speedup_table(
         for name, rows in results.items()
         for r in rows
     ]
+    return header, cells
+
+
+def engine_speed_table(
+    results: dict[str, list[dict[str, Any]]],
+) -> tuple[list[str], list[list[str]]]:
+    """Every variant of :func:`pruning_speedup` run with engines: median ms, speed relative to
+    torch's sparse + pruning, and the largest logit difference from the path it stands for."""
+    header = ["model", "batch", "variant", "ms", "× torch sparse+pruning", "max |Δ|"]
+    cells = []
+    for name, rows in results.items():
+        for r in rows:
+            base = r["variants"]["sparse_pruned"]
+            for label, value in r["variants"].items():
+                diff = r["max_diff"].get(label)
+                cells.append(
+                    [
+                        name,
+                        str(r["batch"]),
+                        label,
+                        f"{value:.2f}",
+                        f"{base / value:.2f}×",
+                        "" if diff is None else f"{diff:.1e}",
+                    ]
+                )
     return header, cells
 
 

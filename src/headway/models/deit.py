@@ -184,8 +184,10 @@ class DeiT(nn.Module):
         masks: torch.Tensor | None = None,
         keep_counts: list[int] | None = None,
         on_attention: AttentionHook | None = None,
-    ) -> torch.Tensor:
-        """Run the blocks; return the final CLS feature (B, D).
+        return_ids: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Run the blocks; return the final CLS feature (B, D) and, with ``return_ids``, the
+        original ids (B, n) of the tokens the last block ran on.
 
         ``masks`` (L, H, N, N) static masks: bool (True = keep) or, faster, their additive form
         (:func:`headway.transforms.sparse_attention.additive_masks`). ``keep_counts[l]`` is how
@@ -223,7 +225,12 @@ class DeiT(nn.Module):
                 ids = order if ids is None else torch.gather(ids, 1, order)
                 if masks is not None:
                     pair_ids = (ids.unsqueeze(2) * n_all + ids.unsqueeze(1)).flatten()
-        return self.norm(x)[:, 0]
+        feature = self.norm(x)[:, 0]
+        if not return_ids:
+            return feature
+        if ids is None:
+            ids = torch.arange(n_all, device=x.device).expand(x.shape[0], n_all)
+        return feature, ids
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_tokens(images))

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import math
 
+import torch
+from torch import nn
+
 from headway.errors import InputError
 
 
@@ -50,3 +53,31 @@ def keep_counts(num_patches: int, ratios: list[float], of: str = "original") -> 
             raise InputError("the pruning schedule would leave no patch token")
         counts.append(present + 1)
     return counts
+
+
+class SparsePrunedDeiT(nn.Module):
+    """A DeiT with its static attention masks and pruning schedule fixed: ``images →
+    logits`` (and, with ``with_ids``, the ids of the tokens the last block ran on). This is
+    the graph the engines get. The keep counts are fixed by the schedule, so every shape is
+    static; only *which* tokens survive depends on the data (TopK picks them, Gather takes
+    them), and the ONNX exporter and the engines run that as it is."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        masks: torch.Tensor | None = None,
+        counts: list[int] | None = None,
+        with_ids: bool = False,
+    ) -> None:
+        super().__init__()
+        if counts is not None and min(counts) < 1:
+            raise InputError(f"every block needs at least one token, got counts {counts}")
+        self.model = model.eval()
+        self.counts = None if counts is None else list(counts)
+        self.with_ids = with_ids
+        self.register_buffer("masks", masks, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        feature, ids = self.model.forward_tokens(images, self.masks, self.counts, return_ids=True)
+        logits = self.model.head(feature)
+        return (logits, ids) if self.with_ids else logits

@@ -48,8 +48,14 @@ class ModelSpec:
     checkpoint: str | None = None  # weights loaded (strictly) before decomposing
 
 
-def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelInstance:
-    """Deterministically build (and optionally decompose) a model and cut it into jobs."""
+DEFAULT_POLICY = "jobs:8"
+# the engines' MT runner: every engine call costs ~0.5 ms beyond its compute here, so whole
+# models serve the most requests (docs/benchmarks.md, "Multi-DNN on the engines")
+ENGINE_POLICY = "jobs:1"
+
+
+def build_model(spec: ModelSpec) -> tuple[nn.Module, torch.Tensor]:
+    """Deterministically build (and optionally decompose) ``spec``'s model; with its request."""
     with torch.random.fork_rng():  # the weights depend on the seed alone; global state kept
         torch.manual_seed(spec.seed)
         small = spec.small_input and not is_external(spec.model)  # external: as the library builds
@@ -72,8 +78,17 @@ def build_instance(spec: ModelSpec, name: str, policy: str = "jobs:8") -> ModelI
         ) from None
     if spec.decomposed:
         model, _ = decompose_model(model, example, spec.decomposed)
+    return model.eval(), example
+
+
+def build_instance(
+    spec: ModelSpec, name: str, policy: str = DEFAULT_POLICY, open_engine: bool = True
+) -> ModelInstance:
+    """``spec``'s model cut into jobs, run by ``spec.engine`` unless ``open_engine`` is False
+    (the chained runner opens them itself)."""
+    model, example = build_model(spec)
     jobs = split_jobs(model, policy, example)
-    if spec.engine:
+    if spec.engine and open_engine:
         jobs = _engine_jobs(spec.engine, jobs, example)
     return ModelInstance(name, jobs, example)
 
@@ -95,7 +110,7 @@ def run_mode(
     requests: int,
     workers: int = 2,
     threads: int = 1,
-    policy: str = "jobs:8",
+    policy: str | None = None,
     device: torch.device | str = "cpu",
     rate: float | None = None,
     coalesce: int = 1,
@@ -103,29 +118,66 @@ def run_mode(
     """Run the instances in ``specs`` (name → spec) one way: ``mt``, ``mp``, ``seq`` or
     ``batched`` (``coalesce`` applies to ``mt``). In-process modes build each distinct spec
     once and let its copies share the weights (inference only reads them); ``mp`` builds one
-    model per process."""
+    model per process. ``mt`` with an engine chains the engine's asynchronous jobs
+    (:func:`headway.runtime.chained.run_chained`, ``workers`` engine streams of ``threads``
+    threads each; ONNX Runtime with coalescing keeps the threaded runner); ``policy``
+    defaults to ``jobs:8``, or whole models on an engine."""
     if mode not in ("mt", "mp", "seq", "batched"):
         raise InputError(f"unknown mode {mode!r}: use mt, mp, seq or batched")
+    engines = {spec.engine for spec in specs.values()}
+    if len(engines) > 1:
+        raise InputError("every instance runs on one engine (or none) in a run")
+    engine = engines.pop() if engines else None
+    if policy is None:
+        policy = ENGINE_POLICY if engine else DEFAULT_POLICY
     if mode == "mp":
         builders = {
             name: partial(build_instance, spec, name, "layers") for name, spec in specs.items()
         }
         return run_multiprocess(builders, requests, threads, device=device)
+    # the chained runner coalesces on OpenVINO; ONNX Runtime coalesces in the threaded runner
+    chained = (
+        mode == "mt" and engine is not None and (coalesce == 1 or engine.startswith("openvino"))
+    )
     device = torch.device(device)
     built: dict[ModelSpec, ModelInstance] = {}
     instances = []
     for name, spec in specs.items():
         if spec not in built:
-            built[spec] = build_instance(spec, spec.model, policy)
+            built[spec] = build_instance(spec, spec.model, policy, open_engine=not chained)
         shared = built[spec]
         instances.append(
             ModelInstance(name, [job.to(device) for job in shared.jobs], shared.example.to(device))
+        )
+    if chained:
+        from headway.runtime.chained import run_chained
+
+        return run_chained(
+            instances, requests, engine, workers, threads, rate=rate, coalesce=coalesce
         )
     # seq and batched get the cores of MT's workers; every mode restores the caller's count
     with torch_threads(threads if mode == "mt" else threads * workers):
         if mode == "mt":
             return run_multithread(instances, requests, workers, device, rate, threads, coalesce)
         return (run_sequential if mode == "seq" else run_batched)(instances, requests)
+
+
+def run_peer(
+    specs: dict[str, ModelSpec], requests: int, precision: str = "f32", hint: str = "THROUGHPUT"
+) -> RunResult:
+    """The same instances served by plain OpenVINO as its users run it
+    (:func:`headway.runtime.peers.run_openvino_peer`): each distinct model converted by
+    ``ov.convert_model`` once, one asynchronous request per instance. ``spec.engine`` is
+    ignored (the precision says what OpenVINO runs)."""
+    from headway.runtime.peers import run_openvino_peer
+
+    built: dict[ModelSpec, tuple[nn.Module, torch.Tensor]] = {}
+    for spec in specs.values():
+        if spec not in built:
+            built[spec] = build_model(spec)
+    builders = {spec: (lambda m=model: m) for spec, (model, _) in built.items()}
+    models = {name: (builders[spec], built[spec][1]) for name, spec in specs.items()}
+    return run_openvino_peer(models, requests, precision, hint)
 
 
 def parse_models(text: str) -> list[tuple[str, int]]:

@@ -1,0 +1,444 @@
+"""Paper B's multi-thread runtime on an inference engine, with no Python thread per job.
+
+The jobs of many model instances still pass through one FIFO queue, but an engine job is
+started asynchronously (OpenVINO ``InferRequest.start_async``, ONNX Runtime ``run_async``) and
+its completion callback does what a driver thread did: it queues that request's next job (or
+records the finished request and queues the instance's next one) and starts the oldest queued
+jobs while fewer than ``depth`` are in flight. Nothing blocks in Python while an engine
+computes, and the engine's own streams are the workers:
+
+- OpenVINO: every distinct job is compiled once with ``NUM_STREAMS = streams`` and
+  ``threads`` threads per stream; each instance owns one infer request per job, chained without
+  copies (a job's input tensor *is* the previous job's output tensor).
+- ONNX Runtime: ``run_async`` runs on a session's own pool thread, so every distinct job gets
+  ``streams`` sessions and instance *i* uses session *i* mod ``streams`` for all its jobs.
+
+Measured on the 2-core VM (docs/benchmarks.md, "Multi-DNN on the engines"): each engine call
+costs about half a millisecond on top of its compute, so here whole-model jobs (``jobs:1``)
+serve the most requests; finer jobs pay that once per job.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from headway.errors import InputError
+from headway.runtime.engines import export_onnx, require_engine
+from headway.runtime.jobs import ModelInstance
+from headway.runtime.multi_model import RunResult
+
+CHAIN_ENGINES = ("onnxruntime", "openvino", "openvino-bf16")
+
+
+@dataclass
+class _Link:
+    """One job of one instance: start it, and read its output once it has finished."""
+
+    start: Callable[[], None]
+    output: Callable[[], np.ndarray]
+
+
+class _OpenVINOJobs:
+    """Every distinct job module compiled once (shared by the copies of a model)."""
+
+    def __init__(self, engine: str, streams: int, threads: int) -> None:
+        import openvino as ov
+
+        self._ov = ov
+        self._core = ov.Core()
+        self._config = {
+            # the hint's other choices, with the stream count headway's workers give
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_PRECISION_HINT": "bf16" if engine == "openvino-bf16" else "f32",
+            "NUM_STREAMS": streams,
+            "INFERENCE_NUM_THREADS": streams * threads,
+        }
+        self._compiled: dict[int, Any] = {}
+        self._requests: list[Any] = []
+
+    def release(self) -> None:
+        """Drop the callbacks, which refer back to the requests: a cycle through OpenVINO's
+        C++ objects that Python's collector cannot see, so nothing would ever be freed."""
+        for request in self._requests:
+            request.set_callback(_ignore, None)
+        self._requests.clear()
+        self._compiled.clear()
+
+    def chain(
+        self, jobs: list[nn.Module], example: torch.Tensor, done: Callable[[int], None]
+    ) -> list[_Link]:
+        """One infer request per job, each fed by the previous one's output tensor;
+        ``done(k)`` runs on job ``k``'s completion (in the engine's callback thread)."""
+        links, previous, x = [], None, example
+        for index, job in enumerate(jobs):
+            compiled = self._compiled.get(id(job))
+            if compiled is None:
+                path = export_onnx(job, (x,))
+                compiled = self._compiled[id(job)] = self._core.compile_model(
+                    str(path), "CPU", self._config
+                )
+            request = compiled.create_infer_request()
+            self._requests.append(request)
+            if previous is None:
+                request.set_input_tensor(self._ov.Tensor(example.detach().contiguous().numpy()))
+            else:  # the previous request has run once, so its output tensor exists
+                request.set_input_tensor(previous.get_output_tensor())
+            request.infer()
+            request.set_callback(lambda _, k=index: done(k), None)
+            links.append(_Link(request.start_async, lambda r=request: r.get_output_tensor().data))
+            previous = request
+            with torch.no_grad():
+                x = job(x)
+        return links
+
+
+class _OpenVINOBatches:
+    """Coalescing on OpenVINO: a job run on a batch of waiting requests, compiled once per
+    (job, batch size), with a free list of infer requests per compiled model."""
+
+    def __init__(self, engine: str, streams: int, threads: int) -> None:
+        self._jobs = _OpenVINOJobs(engine, streams, threads)
+        self._compiled: dict[tuple[int, int], Any] = {}
+        self._free: dict[tuple[int, int], list[Any]] = {}
+        self._requests: list[Any] = []
+        self._lock = threading.Lock()
+
+    def prepare(self, job: nn.Module, shape: torch.Size, batch: int) -> None:
+        """Export and compile ``job`` for ``batch`` requests of ``shape`` (before timing)."""
+        key = (id(job), batch)
+        if key not in self._compiled:
+            example = torch.zeros(batch, *shape[1:])
+            path = export_onnx(job, (example,))
+            self._compiled[key] = self._jobs._core.compile_model(
+                str(path), "CPU", self._jobs._config
+            )
+            self._free[key] = []
+
+    def run(
+        self,
+        job: nn.Module,
+        arrays: list[np.ndarray],
+        done: Callable[[list[np.ndarray] | None, str | None], None],
+    ) -> None:
+        """Start ``job`` on the rows of ``arrays`` (one per request); ``done(rows, None)``
+        gets each request's output rows back, ``done(None, error)`` a failure."""
+        key = (id(job), len(arrays))
+        with self._lock:
+            free = self._free[key]
+            request = free.pop() if free else None
+        if request is None:
+            request = self._compiled[key].create_infer_request()
+            with self._lock:
+                self._requests.append(request)
+
+        def finished(_: object) -> None:
+            try:
+                out = request.get_output_tensor().data
+                rows = [np.array(out[j : j + 1]) for j in range(len(arrays))]
+            except Exception as error:  # reported with the instances' names
+                rows, message = None, f"{type(error).__name__}: {error}"
+            else:
+                message = None
+            with self._lock:
+                self._free[key].append(request)
+            done(rows, message)
+
+        request.set_callback(finished, None)
+        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        request.start_async({0: batch})
+
+    def release(self) -> None:
+        for request in self._requests:
+            request.set_callback(_ignore, None)
+        self._requests.clear()
+        self._free.clear()
+        self._compiled.clear()
+        self._jobs.release()
+
+
+class _OnnxRuntimeJobs:
+    """Every distinct job module opened ``streams`` times (ONNX Runtime's ``run_async`` runs
+    a session's calls on its one pool thread, one at a time)."""
+
+    def __init__(self, streams: int, threads: int) -> None:
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.streams, self.threads = streams, threads
+        self._sessions: dict[int, list[Any]] = {}
+        self._turn = 0
+
+    def release(self) -> None:
+        self._sessions.clear()
+
+    def _open(self, path: str) -> Any:
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self.threads + 1  # run_async needs a pool thread
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return self._ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def chain(
+        self, jobs: list[nn.Module], example: torch.Tensor, done: Callable[[int], None]
+    ) -> list[_Link]:
+        stream, self._turn = self._turn % self.streams, self._turn + 1
+        outputs: list[np.ndarray | None] = [None] * len(jobs)
+        links, x, first = [], example, example.detach().contiguous().numpy()
+        for index, job in enumerate(jobs):
+            sessions = self._sessions.get(id(job))
+            if sessions is None:
+                path = str(export_onnx(job, (x,)))
+                sessions = self._sessions[id(job)] = [self._open(path) for _ in range(self.streams)]
+            session = sessions[stream]
+            name = session.get_inputs()[0].name
+
+            def finished(results: Any, k: int, error: str) -> None:
+                outputs[k] = results[0] if results else None
+                done(k, error or None)
+
+            def start(k: int = index, session: Any = session, name: str = name) -> None:
+                source = first if k == 0 else outputs[k - 1]
+                session.run_async(None, {name: source}, finished, k)
+
+            links.append(_Link(start, lambda k=index: outputs[k]))
+            with torch.no_grad():
+                x = job(x)
+        return links
+
+
+def run_chained(
+    instances: list[ModelInstance],
+    requests: int,
+    engine: str,
+    streams: int = 2,
+    threads: int = 1,
+    depth: int | None = None,
+    rate: float | None = None,
+    coalesce: int = 1,
+) -> RunResult:
+    """Serve ``requests`` requests of every instance through one FIFO of engine jobs.
+
+    Args:
+        instances: models cut into jobs (plain modules; copies of one model share them).
+        engine: ``openvino``, ``openvino-bf16`` or ``onnxruntime``.
+        streams: the engine's parallel streams (the paper's workers).
+        threads: intra-op threads per stream.
+        depth: most jobs in flight at once (default: one per instance, i.e. the engine queues
+            them; fewer leaves streams idle while a callback starts the next job).
+        rate: requests per second per instance (open loop); None sends each instance's next
+            request when its last one returns.
+        coalesce: beyond the paper (OpenVINO): the oldest queued job also takes up to
+            ``coalesce`` − 1 other queued requests for the same job of a shared model and
+            runs them as one batch; nothing waits for a batch to fill.
+    """
+    if engine not in CHAIN_ENGINES:
+        raise InputError(f"unknown engine {engine!r}: choose from {', '.join(CHAIN_ENGINES)}")
+    if coalesce > 1 and engine == "onnxruntime":
+        raise InputError("coalescing engine jobs needs OpenVINO (openvino, openvino-bf16)")
+    require_engine(engine)
+    for value, what in ((requests, "requests"), (streams, "streams"), (threads, "threads")):
+        if value < 1:
+            raise InputError(f"{what} must be at least 1, got {value}")
+    depth = depth or len(instances)
+    if depth < 1:
+        raise InputError(f"depth must be at least 1, got {depth}")
+    if coalesce < 1:
+        raise InputError(f"coalesce must be at least 1, got {coalesce}")
+    result = RunResult("mt", {inst.name: [] for inst in instances})
+    result.notes = {"engine": engine, "streams": streams, "threads": threads, "depth": depth}
+    if coalesce > 1:
+        result.notes["coalesce"] = coalesce
+    builder = (
+        _OnnxRuntimeJobs(streams, threads)
+        if engine == "onnxruntime"
+        else _OpenVINOJobs(engine, streams, threads)
+    )
+    batches = _OpenVINOBatches(engine, streams, threads) if coalesce > 1 else None
+    batch_sizes: list[int] = []
+    outputs: list[np.ndarray | None] = [None] * len(instances)
+    lock = threading.Lock()
+    fifo: collections.deque[tuple[int, int]] = collections.deque()
+    in_flight = 0
+    served = [0] * len(instances)
+    waiting: list[collections.deque[float]] = [collections.deque() for _ in instances]
+    busy = [False] * len(instances)
+    finished = threading.Event()
+    remaining = [requests * len(instances)]
+
+    def start_jobs() -> None:  # holding the lock
+        nonlocal in_flight
+        while in_flight < depth and fifo:
+            i, k = fifo.popleft()
+            in_flight += 1
+            if batches is not None:
+                start_batch(i, k)
+                continue
+            try:
+                chains[i][k].start()
+            except Exception as error:  # reported with the instance's name
+                in_flight -= 1
+                fail(i, f"{type(error).__name__}: {error}")
+
+    def start_batch(i: int, k: int) -> None:  # holding the lock
+        job = instances[i].jobs[k]
+        members = [(i, k)]
+        for entry in list(fifo):
+            if len(members) == coalesce:
+                break
+            if entry[1] == k and instances[entry[0]].jobs[k] is job:
+                members.append(entry)
+                fifo.remove(entry)
+        batch_sizes.append(len(members))
+        arrays = [inputs[m][0] if n == 0 else outputs[m] for m, n in members]
+        try:
+            batches.run(job, arrays, lambda rows, error: batch_done(members, rows, error))
+        except Exception as error:  # reported with the instances' names
+            batch_done(members, None, f"{type(error).__name__}: {error}", locked=True)
+
+    def batch_done(
+        members: list[tuple[int, int]],
+        rows: list[np.ndarray] | None,
+        error: str | None,
+        locked: bool = False,
+    ) -> None:
+        nonlocal in_flight
+        with contextlib.nullcontext() if locked else lock:
+            in_flight -= 1
+            for index, (i, k) in enumerate(members):
+                if rows is None:
+                    fail(i, error or "the engine returned nothing")
+                    continue
+                outputs[i] = rows[index]
+                advance(i, k)
+            if not locked:
+                start_jobs()
+
+    def fail(i: int, message: str) -> None:  # holding the lock
+        name = instances[i].name
+        if name not in result.errors:
+            result.errors[name] = message
+            remaining[0] -= requests - served[i]
+            served[i] = requests
+            if remaining[0] <= 0:
+                finished.set()
+
+    def begin_next(i: int) -> None:  # holding the lock: the instance's next waiting request
+        if waiting[i] and instances[i].name not in result.errors:
+            busy[i] = True
+            fifo.append((i, 0))
+        else:
+            busy[i] = False
+
+    def advance(i: int, k: int) -> None:  # holding the lock: job k of instance i is done
+        if k + 1 < len(instances[i].jobs):
+            fifo.append((i, k + 1))
+            return
+        arrived = waiting[i].popleft()
+        result.latencies_ms[instances[i].name].append((time.perf_counter() - arrived) * 1e3)
+        served[i] += 1
+        remaining[0] -= 1
+        if remaining[0] <= 0:
+            finished.set()
+        if rate is None and served[i] < requests:
+            waiting[i].append(time.perf_counter())
+        begin_next(i)
+
+    def completed(i: int, k: int, error: str | None = None) -> None:
+        nonlocal in_flight
+        with lock:
+            in_flight -= 1
+            if error:
+                fail(i, error)
+            else:
+                advance(i, k)
+            start_jobs()
+
+    # every job's input shape, from one pass of each distinct model in torch
+    inputs: dict[int, list[np.ndarray]] = {}
+    chains: list[list[_Link]] = []
+    if batches is None:
+        chains = [
+            builder.chain(inst.jobs, inst.example, lambda k, e=None, i=i: completed(i, k, e))
+            for i, inst in enumerate(instances)
+        ]
+    else:
+        shapes: dict[int, list[torch.Size]] = {}
+        for i, inst in enumerate(instances):
+            inputs[i] = [inst.example.detach().contiguous().numpy()]
+            if id(inst.jobs[0]) not in shapes:
+                x, seen = inst.example, []
+                with torch.no_grad():
+                    for job in inst.jobs:
+                        seen.append(x.shape)
+                        x = job(x)
+                shapes[id(inst.jobs[0])] = seen
+                copies = sum(other.jobs[0] is inst.jobs[0] for other in instances)
+                for job, shape in zip(inst.jobs, seen, strict=True):
+                    for size in range(1, min(coalesce, copies) + 1):
+                        batches.prepare(job, shape, size)
+    began = time.perf_counter()
+    if rate is None:
+        with lock:
+            for i in range(len(instances)):
+                waiting[i].append(time.perf_counter())
+                begin_next(i)
+            start_jobs()
+    else:
+        threading.Thread(
+            target=_arrive, args=(lock, waiting, busy, begin_next, start_jobs, requests, rate),
+            daemon=True, name="headway-arrivals",
+        ).start()  # fmt: skip
+    finished.wait()
+    result.wall_s = time.perf_counter() - began
+    with lock:
+        result.notes["in_flight_at_end"] = in_flight
+    for i, inst in enumerate(instances):
+        if inst.name not in result.errors:
+            last = chains[i][-1].output() if batches is None else outputs[i]
+            result.last_outputs[inst.name] = torch.from_numpy(np.array(last))
+    if batch_sizes:
+        result.notes["mean_batch"] = float(np.mean(batch_sizes))
+    builder.release()
+    if batches is not None:
+        batches.release()
+    chains.clear()
+    return result
+
+
+def _ignore(_: object) -> None:
+    """A completion callback that refers to nothing."""
+
+
+def _arrive(
+    lock: threading.Lock,
+    waiting: list[collections.deque[float]],
+    busy: list[bool],
+    begin_next: Callable[[int], None],
+    start_jobs: Callable[[], None],
+    requests: int,
+    rate: float,
+) -> None:
+    """Open loop: every instance's request ``r`` arrives at ``r / rate`` seconds; one that
+    arrives while the instance is busy waits (its latency counts from its arrival)."""
+    start = time.perf_counter()
+    for r in range(requests):
+        time.sleep(max(0.0, start + r / rate - time.perf_counter()))
+        with lock:
+            for i in range(len(waiting)):
+                waiting[i].append(start + r / rate)
+                if not busy[i]:
+                    begin_next(i)
+            start_jobs()
+
+
+__all__ = ["CHAIN_ENGINES", "run_chained"]

@@ -1,0 +1,103 @@
+"""The peer every multi-model benchmark must beat: OpenVINO the way its own users serve many
+requests, without headway. ``ov.convert_model`` straight from the PyTorch module (shape fixed to
+the request's, as a careful user does), compiled with a performance hint, and one asynchronous
+infer request per model instance whose completion callback sends that instance's next request.
+One compiled model per distinct model, as OpenVINO needs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from headway.errors import InputError
+from headway.runtime.engines import require_engine
+from headway.runtime.multi_model import RunResult
+
+HINTS = ("THROUGHPUT", "LATENCY")
+
+
+def openvino_compiled(
+    module: nn.Module, example: torch.Tensor, precision: str = "f32", hint: str = "THROUGHPUT"
+) -> object:
+    """``module`` converted by OpenVINO itself and compiled for the CPU with ``hint``."""
+    require_engine("openvino")
+    if hint not in HINTS:
+        raise InputError(f"unknown OpenVINO hint {hint!r}: choose from {', '.join(HINTS)}")
+    import openvino as ov
+
+    with torch.no_grad():
+        converted = ov.convert_model(module.eval(), example_input=example)
+    converted.reshape(list(example.shape))
+    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
+    return ov.Core().compile_model(converted, "CPU", config)
+
+
+def run_openvino_peer(
+    models: dict[str, tuple[Callable[[], nn.Module], torch.Tensor]],
+    requests: int,
+    precision: str = "f32",
+    hint: str = "THROUGHPUT",
+) -> RunResult:
+    """Serve ``requests`` requests of every instance (name → (a function that builds its model,
+    its request input); instances with the same builder share one compiled model), each
+    instance sending its next request when the last returns."""
+    if requests < 1:
+        raise InputError(f"requests must be at least 1, got {requests}")
+    compiled: dict[object, object] = {}
+    for build, example in models.values():
+        if build not in compiled:
+            compiled[build] = openvino_compiled(build(), example, precision, hint)
+    names = list(models)
+    result = RunResult(f"openvino {hint.lower()}", {name: [] for name in names})
+    result.notes = {
+        "precision": precision,
+        "hint": hint,
+        "streams": sorted({int(c.get_property("NUM_STREAMS")) for c in compiled.values()}),
+    }
+    arrays = {name: example.detach().contiguous().numpy() for name, (_, example) in models.items()}
+    infer = {name: compiled[models[name][0]].create_infer_request() for name in names}
+    lock, finished = threading.Lock(), threading.Event()
+    started: dict[str, float] = {}
+    remaining = [requests * len(names)]
+
+    def done(name: str) -> None:
+        now = time.perf_counter()
+        with lock:
+            times = result.latencies_ms[name]
+            times.append((now - started[name]) * 1e3)
+            remaining[0] -= 1
+            if len(times) < requests:
+                started[name] = time.perf_counter()
+                infer[name].start_async({0: arrays[name]})
+            elif remaining[0] == 0:
+                finished.set()
+
+    for name in names:
+        infer[name].infer({0: arrays[name]})  # first-call work out of the timing
+        infer[name].set_callback(lambda _, n=name: done(n), None)
+    began = time.perf_counter()
+    with lock:
+        for name in names:
+            started[name] = time.perf_counter()
+            infer[name].start_async({0: arrays[name]})
+    finished.wait()
+    result.wall_s = time.perf_counter() - began
+    for name in names:
+        result.last_outputs[name] = torch.from_numpy(np.array(infer[name].get_output_tensor().data))
+        # the callback refers back to the requests through ``infer``: a cycle through C++
+        # objects that Python's collector cannot see, so break it
+        infer[name].set_callback(_ignore, None)
+    infer.clear()
+    return result
+
+
+def _ignore(_: object) -> None:
+    """A completion callback that refers to nothing."""
+
+
+__all__ = ["HINTS", "openvino_compiled", "run_openvino_peer"]
