@@ -20,7 +20,7 @@ from headway.models import create_model
 from headway.runtime import engines
 from headway.runtime.engines import ENGINES, compile_module, engine_available, export_onnx
 from headway.tracking.datasets import load_dataset
-from headway.tracking.executors import build_executor, check_executor
+from headway.tracking.executors import build_executor, check_executor, cpu_has_bf16
 from headway.tracking.tracker import CSWinTTTracker
 from headway.transforms.sparse_attention import average_attention, masks_for_sparsity
 from headway.transforms.tucker import decompose_model
@@ -257,7 +257,10 @@ def test_bench_engines_rows_agree_with_eager(tmp_path: Path) -> None:
         "compiled (inductor, freezing)",
         "onnxruntime",
     } <= variants
-    assert all(r["ms"] > 0 and r["max_diff"] < 1e-4 for r in rows)
+    assert all(r["ms"] > 0 for r in rows)
+    # fp32 paths agree to 1e-4; bf16 autocast (where the CPU has bf16) to bf16's precision
+    assert all(r["max_diff"] < (0.05 if "bf16" in r["variant"] else 1e-4) for r in rows)
+    assert ("eager bf16 (autocast)" in variants) == cpu_has_bf16()
 
 
 @needs("onnxruntime")
@@ -407,3 +410,19 @@ def test_chained_coalescing_gives_every_request_its_own_rows(engine: str) -> Non
             assert float((output - expected[name]).abs().max()) <= tolerance * scale
     with pytest.raises(InputError, match="needs OpenVINO"):
         run_chained(instances, 1, "onnxruntime", coalesce=2)
+
+
+@needs("openvino")
+def test_a_stalled_engine_ends_the_run_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine job that never comes back (a swallowed callback, a hung request) fails the
+    instances that wait for it with the reason after ``stall_s``; the run does not hang."""
+    from headway.runtime import chained
+    from headway.vision.serving import build_instance
+
+    def silent_chain(self: object, jobs: list, example: torch.Tensor, done: object) -> list:
+        return [chained._Link(lambda: None, lambda: np.zeros(1)) for _ in jobs]
+
+    monkeypatch.setattr(chained._OpenVINOJobs, "chain", silent_chain)
+    instance = build_instance(ModelSpec("alexnet"), "a#0", "jobs:1")
+    result = chained.run_chained([instance], 2, "openvino", stall_s=1.0)
+    assert result.errors == {"a#0": "the engine returned nothing for 1 s"}

@@ -225,6 +225,7 @@ def run_chained(
     depth: int | None = None,
     rate: float | None = None,
     coalesce: int = 1,
+    stall_s: float = 300.0,
 ) -> RunResult:
     """Serve ``requests`` requests of every instance through one FIFO of engine jobs.
 
@@ -240,6 +241,8 @@ def run_chained(
         coalesce: beyond the paper (OpenVINO): the oldest queued job also takes up to
             ``coalesce`` − 1 other queued requests for the same job of a shared model and
             runs them as one batch; nothing waits for a batch to fill.
+        stall_s: when no job has come back for this long, the unfinished instances fail
+            with that reason instead of the run waiting for ever.
     """
     if engine not in CHAIN_ENGINES:
         raise InputError(f"unknown engine {engine!r}: choose from {', '.join(CHAIN_ENGINES)}")
@@ -266,6 +269,7 @@ def run_chained(
     batches = _OpenVINOBatches(engine, streams, threads) if coalesce > 1 else None
     batch_sizes: list[int] = []
     outputs: list[np.ndarray | None] = [None] * len(instances)
+    progress = [0.0]  # when an engine job last came back
     lock = threading.Lock()
     fifo: collections.deque[tuple[int, int]] = collections.deque()
     in_flight = 0
@@ -312,6 +316,7 @@ def run_chained(
         locked: bool = False,
     ) -> None:
         nonlocal in_flight
+        progress[0] = time.perf_counter()
         with contextlib.nullcontext() if locked else lock:
             in_flight -= 1
             for index, (i, k) in enumerate(members):
@@ -355,13 +360,17 @@ def run_chained(
 
     def completed(i: int, k: int, error: str | None = None) -> None:
         nonlocal in_flight
+        progress[0] = time.perf_counter()
         with lock:
             in_flight -= 1
-            if error:
-                fail(i, error)
-            else:
-                advance(i, k)
-            start_jobs()
+            try:
+                if error:
+                    fail(i, error)
+                else:
+                    advance(i, k)
+                start_jobs()
+            except Exception as failure:  # an engine callback must never swallow it silently
+                fail(i, f"{type(failure).__name__}: {failure}")
 
     # every job's input shape, from one pass of each distinct model in torch
     inputs: dict[int, list[np.ndarray]] = {}
@@ -398,7 +407,14 @@ def run_chained(
             target=_arrive, args=(lock, waiting, busy, begin_next, start_jobs, requests, rate),
             daemon=True, name="headway-arrivals",
         ).start()  # fmt: skip
-    finished.wait()
+    progress[0] = time.perf_counter()
+    while not finished.wait(timeout=1.0):
+        if time.perf_counter() - progress[0] > stall_s:  # nothing came back: say so, not hang
+            with lock:
+                for i in range(len(instances)):
+                    if served[i] < requests:
+                        fail(i, f"the engine returned nothing for {stall_s:.0f} s")
+            break
     result.wall_s = time.perf_counter() - began
     with lock:
         result.notes["in_flight_at_end"] = in_flight
