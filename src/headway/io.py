@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -78,6 +80,50 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
         raise InputError(
             f"{what} {path} cannot be read (truncated or not a torch file): {reason}"
         ) from None
+
+
+def _manifest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".manifest")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(path: str | Path) -> None:
+    """Record a cached file's size and SHA-256 beside it (``<name>.manifest``), written after
+    the file itself: a cache entry without a matching manifest is never used."""
+    path = Path(path)
+    record = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    atomic_write_text(_manifest_path(path), json.dumps(record))
+
+
+def manifest_matches(path: str | Path) -> bool:
+    """Whether ``path`` is a file whose size and SHA-256 are the ones its manifest recorded
+    (a truncated, garbled, emptied or replaced cache entry is not)."""
+    path = Path(path)
+    try:
+        record = json.loads(_manifest_path(path).read_text())
+        if not path.is_file() or path.stat().st_size != record["size"]:
+            return False
+        return file_sha256(path) == record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def discard_cached(path: str | Path) -> None:
+    """Remove a cache entry (file or, by mistake, folder) and its manifest, whatever is left."""
+    path = Path(path)
+    for target in (_manifest_path(path), path):
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def save_figure(figure: Any, path: str | Path) -> Path:

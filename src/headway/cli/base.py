@@ -4,6 +4,7 @@ report, and the argument checks that run before any work starts."""
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -119,9 +120,10 @@ def at_least(value: float | None, minimum: float, option: str) -> None:
 
 
 def positive(value: float | None, option: str) -> None:
-    """``--option`` must be > 0 (None means "not given" and passes)."""
-    if value is not None and not value > 0:
-        raise InputError(f"{option} must be greater than 0, got {value}")
+    """``--option`` must be a finite number > 0 (None means "not given" and passes): ``inf``
+    seconds would time for ever, ``inf`` requests per second divide into zero."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise InputError(f"{option} must be a finite number greater than 0, got {value}")
 
 
 def fractions(text: str, option: str, low: float = 0.0, high: float = 1.0) -> tuple[float, ...]:

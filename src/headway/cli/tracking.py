@@ -60,6 +60,7 @@ def synth(
     output_folder(out, "OUT")
     at_least(sequences, 1, "--sequences")
     at_least(frames, 2, "--frames")
+    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
     settings = SynthSettings(frames=frames, appearance_change=appearance_change)
     steps = iter(track(range(sequences), description="synthesising", console=console))
     written = synthesize(out, sequences, seed, settings, on_sequence=lambda _: next(steps, None))
@@ -559,6 +560,7 @@ def bench_gpu_session(
 
     from headway.experiments.gpu_session import (
         check_docs,
+        check_record,
         render_markdown,
         run_session,
         update_docs,
@@ -577,6 +579,7 @@ def bench_gpu_session(
             record = json.loads(render.read_text())
         except json.JSONDecodeError as error:
             raise InputError(f"{render}: not a gpu_session.json ({error})") from None
+        record = check_record(record, str(render))
         console.print(f"wrote {shown(update_docs(record, docs))}")
         return
     check_choice(config, list(CONFIGS), "configuration")

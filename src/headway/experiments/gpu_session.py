@@ -162,6 +162,19 @@ def run_session(
     return record
 
 
+RECORD_KEYS = ("date", "device", "gpu", "torch", "cuda")
+
+
+def check_record(record: object, source: str) -> dict[str, Any]:
+    """``record`` as read from a gpu_session.json, or one line saying what it lacks."""
+    if not isinstance(record, dict):
+        raise InputError(f"{source}: not a gpu_session.json (it holds a {type(record).__name__})")
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        raise InputError(f"{source}: not a gpu_session.json (no {', '.join(missing)})")
+    return record
+
+
 def render_markdown(record: dict[str, Any]) -> str:
     """The docs block: what ran, the tables, the papers' numbers and the targets' verdicts."""
     lines = [

@@ -257,6 +257,8 @@ def run_chained(
         raise InputError(f"depth must be at least 1, got {depth}")
     if coalesce < 1:
         raise InputError(f"coalesce must be at least 1, got {coalesce}")
+    if coalesce > 1 and any(inst.example.shape[0] != 1 for inst in instances):
+        raise InputError("coalescing batches single-image requests: every request must be one")
     result = RunResult("mt", {inst.name: [] for inst in instances})
     result.notes = {"engine": engine, "streams": streams, "threads": threads, "depth": depth}
     if coalesce > 1:

@@ -24,7 +24,13 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.io import cache_root, locked_folder
+from headway.io import (
+    cache_root,
+    discard_cached,
+    locked_folder,
+    manifest_matches,
+    write_manifest,
+)
 
 ENGINES = ("onnxruntime", "openvino", "openvino-bf16")
 INSTALL_HINT = "pip install 'headway[engines]'"
@@ -81,7 +87,7 @@ def export_onnx(
     from the cache (a rerun with the same weights and shapes exports nothing)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"{type(module).__name__}-{module_fingerprint(module, args)}.onnx"
-    if path.is_file():
+    if manifest_matches(path):  # verified, never trusted: anything else is exported again
         return path
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -91,8 +97,9 @@ def export_onnx(
             "at a writable folder"
         ) from None
     with _export_lock, locked_folder(folder, wait=True):
-        if path.is_file():  # another caller exported it while we waited
+        if manifest_matches(path):  # another caller exported it while we waited
             return path
+        discard_cached(path)  # a damaged or half-written entry, if any
         temporary = path.with_suffix(".onnx.tmp")
         inputs = tuple(a.detach().contiguous() for a in args)
         with warnings.catch_warnings(), torch.no_grad():
@@ -100,7 +107,18 @@ def export_onnx(
             torch.onnx.export(module.eval(), inputs, str(temporary), dynamo=False,
                               opset_version=18, do_constant_folding=True)  # fmt: skip
         os.replace(temporary, path)
+        write_manifest(path)
     return path
+
+
+def _opened(path: Path, open_graph: Callable[[], Any]) -> Any:
+    """An engine's session for ``path``, or one line naming the file when it cannot open it."""
+    try:
+        return open_graph()
+    except Exception as error:  # both engines raise their own types for unreadable graphs
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        raise InputError(f"the engine cannot open {path}: {reason}") from None
 
 
 class EngineSession:
@@ -121,8 +139,11 @@ class EngineSession:
             # no spin-waiting after a run: torch's own operators run between engine calls and
             # a spinning pool would take their cores (measured: +14 ms per frame in the tracker)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = ort.InferenceSession(
-                str(onnx_path), options, providers=["CPUExecutionProvider"]
+            self._session = _opened(
+                onnx_path,
+                lambda: ort.InferenceSession(
+                    str(onnx_path), options, providers=["CPUExecutionProvider"]
+                ),
             )
             self._inputs = [i.name for i in self._session.get_inputs()]
             self._run: Callable[[list[Any]], list[Any]] = self._run_onnxruntime
@@ -131,7 +152,9 @@ class EngineSession:
 
             precision = "bf16" if engine == "openvino-bf16" else "f32"
             config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
-            self._compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+            self._compiled = _opened(
+                onnx_path, lambda: ov.Core().compile_model(str(onnx_path), "CPU", config)
+            )
             self._outputs = list(self._compiled.outputs)
             self._requests = threading.local()  # an infer request serves one thread at a time
             self._run = self._run_openvino

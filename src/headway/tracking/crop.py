@@ -23,6 +23,8 @@ def read_frame(path: Path) -> np.ndarray:
     if not Path(path).is_file():
         raise InputError(f"{path}: frame is missing")
     data = Path(path).read_bytes()
+    if not data:
+        raise InputError(f"{path}: frame is empty (0 bytes)")
     if _truncated(data):
         raise InputError(f"{path}: frame is truncated (the image file ends before its data)")
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)

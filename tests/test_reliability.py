@@ -1,0 +1,85 @@
+"""Reliability, round 3 (issue 24), the families fixed so far: cached engine exports are
+verified against a manifest and rebuilt when damaged, never opened as they are; frames that
+are empty files; values that would run for ever or that numpy cannot take (``inf`` seconds, a
+negative seed); a GPU record that is valid JSON but not a record. Each ends in one line and
+exit 1, or in a correct result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from headway.errors import InputError
+from headway.io import manifest_matches
+from headway.runtime.engines import engine_available, export_onnx
+from headway.tracking.crop import read_frame
+from test_cli_bad_input import assert_one_line_error
+
+
+def _damages(path: Path) -> dict[str, object]:
+    data = path.read_bytes()
+    return {
+        "truncated": data[: len(data) // 2],
+        "garbled": bytes(b ^ 0x5A for b in data[:64]) + data[64:],
+        "empty": b"",
+        "folder": None,
+    }
+
+
+@pytest.mark.skipif(not engine_available("onnxruntime"), reason="onnxruntime not installed")
+def test_damaged_cached_exports_are_rebuilt_not_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headway.runtime.engines import compile_module
+
+    monkeypatch.setenv("HEADWAY_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(24)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    x = torch.randn(2, 6)
+    with torch.inference_mode():
+        expected = model(x)
+    path = export_onnx(model, (x,))
+    assert manifest_matches(path)
+    for name, damage in _damages(path).items():
+        path.unlink()
+        if damage is None:
+            path.mkdir()  # a folder where the file was
+        else:
+            path.write_bytes(damage)
+        assert not manifest_matches(path), name
+        assert export_onnx(model, (x,)) == path and manifest_matches(path), name
+        torch.testing.assert_close(compile_module("onnxruntime", model, x)(x), expected)
+
+
+def test_an_empty_frame_is_one_line(tmp_path: Path) -> None:
+    frame = tmp_path / "00000001.jpg"
+    frame.write_bytes(b"")
+    with pytest.raises(InputError, match="frame is empty"):
+        read_frame(frame)
+
+
+def test_values_that_would_run_for_ever_or_break_numpy(tmp_path: Path) -> None:
+    assert_one_line_error(["synth", str(tmp_path / "d"), "--seed", "-1"], "--seed")
+    assert not (tmp_path / "d").exists()
+    assert_one_line_error(
+        ["bench", "engines", "--cases", "vgg16", "--seconds", "inf"], "--seconds", "finite"
+    )
+    assert_one_line_error(["multirun", "--models", "vgg16", "--rate", "inf"], "--rate", "finite")
+
+
+BLOCK = "# Benchmarks\n<!-- gpu-session:begin -->\nold\n<!-- gpu-session:end -->\n"
+
+
+@pytest.mark.parametrize("content", ["[]", "{}", '"text"'])
+def test_gpu_session_render_of_json_that_is_not_a_record(tmp_path: Path, content: str) -> None:
+    record = tmp_path / "gpu_session.json"
+    record.write_text(content)
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(BLOCK)
+    args = ["bench", "gpu-session", "--render", str(record), "--docs", str(docs)]
+    assert_one_line_error(args, "not a gpu_session.json")
+    assert docs.read_text() == BLOCK
+    json.loads(content)  # it was valid JSON all along
