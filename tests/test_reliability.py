@@ -83,3 +83,34 @@ def test_gpu_session_render_of_json_that_is_not_a_record(tmp_path: Path, content
     assert_one_line_error(args, "not a gpu_session.json")
     assert docs.read_text() == BLOCK
     json.loads(content)  # it was valid JSON all along
+
+
+def test_folders_and_names_that_cannot_be_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synth_dataset: Path
+) -> None:
+    """A cache that is a file (``runner build``), a lock name taken by a folder, a folder
+    given as a checkpoint, a sequence named twice: one line each, naming the problem."""
+    from headway.io import LOCK_NAME, locked_folder, read_torch_file
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with (
+        pytest.raises(InputError, match="cannot be used: Not a directory"),
+        locked_folder(a_file / "below"),
+    ):
+        pass
+    (tmp_path / "locked" / LOCK_NAME).mkdir(parents=True)
+    with (
+        pytest.raises(InputError, match="cannot be used: Is a directory"),
+        locked_folder(tmp_path / "locked"),
+    ):
+        pass
+    with pytest.raises(InputError, match="is a folder, not a file"):
+        read_torch_file(tmp_path)
+    monkeypatch.setenv("HEADWAY_CACHE", str(a_file))
+    assert_one_line_error(["runner", "build"], "cannot be used")
+    monkeypatch.delenv("HEADWAY_CACHE")
+    (name,) = [p.name for p in sorted(synth_dataset.iterdir()) if p.is_dir()][:1]
+    args = ["track", str(synth_dataset), "--out", str(tmp_path / "run"), "--config", "tiny"]
+    assert_one_line_error([*args, "--sequences", f"{name},{name}"], "more than once")
+    assert not (tmp_path / "run").exists()

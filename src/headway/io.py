@@ -68,6 +68,8 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load`` of a file headway or a user wrote: tensors and plain data only (never
     pickled code), with a one-line error when the file is missing, truncated or foreign."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist")
     try:
@@ -149,9 +151,14 @@ def locked_folder(folder: str | Path, wait: bool = False) -> Iterator[Path]:
     The lock dies with the process: nothing stale is left. Within one process, callers on
     several threads must serialise themselves (the lock is per open file)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_NAME
-    with open(lock_path, "a") as handle:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a")  # noqa: SIM115 - closed by the with below
+    except OSError as error:  # a file in the way, a folder named like the lock, read-only
+        where = error.filename or folder
+        raise InputError(f"{folder} cannot be used: {error.strerror} ({where})") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

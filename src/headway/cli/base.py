@@ -95,6 +95,9 @@ def some_names(
     chosen = [n.strip() for n in text.split(",") if n.strip()]
     if not chosen:
         raise InputError(f"{option} needs at least one name")
+    twice = sorted({n for n in chosen if chosen.count(n) > 1})
+    if twice:
+        raise InputError(f"{option} names {', '.join(twice)} more than once")
     for name in chosen if choices is not None else []:
         check_choice(name, choices, what)
     return chosen
