@@ -114,3 +114,50 @@ def test_folders_and_names_that_cannot_be_used(
     args = ["track", str(synth_dataset), "--out", str(tmp_path / "run"), "--config", "tiny"]
     assert_one_line_error([*args, "--sequences", f"{name},{name}"], "more than once")
     assert not (tmp_path / "run").exists()
+
+
+def test_text_files_that_are_not_numbers(tmp_path: Path) -> None:
+    """Ground truth, result boxes and time files share one reader: bytes that are not UTF-8
+    text, binary files, infinite values and non-numbers each name the file (and line)."""
+    from headway.tracking.datasets import read_boxes
+    from headway.tracking.results import read_boxes_file
+
+    gt = tmp_path / "groundtruth.txt"
+    cases = {
+        "UTF-16 text": "1,2,3,4\n5,6,7,8\n".encode("utf-16"),
+        "2: not UTF-8 text": b"1,2,3,4\n5,6,7,\xe9\n",
+        "binary": b"1,2,3,4\n\x00\x01\x02",
+        "is not finite": b"1,2,3,4\n1,2,inf,4\n",
+        "not a number": b"1,2,3,4\n1,2,x,4\n",
+    }
+    for expected, data in cases.items():
+        gt.write_bytes(data)
+        for reader in (read_boxes, read_boxes_file):
+            with pytest.raises(InputError, match=expected):
+                reader(gt)
+    gt.write_bytes("\ufeff1,2,3,4\nnan,nan,nan,nan\n".encode())  # a BOM; NaN = absent target
+    assert read_boxes(gt).shape == (2, 4)
+
+
+def test_weights_that_are_not_finite_are_refused(tmp_path: Path) -> None:
+    from headway.models.checkpoint import load_weights
+
+    model = torch.nn.Linear(3, 2)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["weight"][0, 1] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(state, path)
+    before = model.weight.detach().clone()
+    with pytest.raises(InputError, match=r"not finite .* in weight"):
+        load_weights(model, path)
+    assert torch.equal(model.weight, before)  # nothing loaded
+
+
+def test_checkpoint_builtin_next_to_a_file_named_builtin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synth_dataset: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "builtin").write_bytes(b"a user's file")
+    args = ["track", str(synth_dataset), "--out", str(tmp_path / "run"), "--config", "tiny"]
+    assert_one_line_error([*args, "--checkpoint", "./builtin"], "a file named builtin")
+    assert not (tmp_path / "run").exists()

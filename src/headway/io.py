@@ -7,7 +7,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -15,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from headway.errors import InputError
@@ -82,6 +85,51 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
         raise InputError(
             f"{what} {path} cannot be read (truncated or not a torch file): {reason}"
         ) from None
+
+
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """A text file's contents, or one line naming it when it is missing, a folder, binary or
+    not UTF-8 (a byte-order mark is dropped)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{what} {path} cannot be read: {error.strerror}") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise InputError(f"{what} {path} is UTF-16 text; headway reads UTF-8 (save it as UTF-8)")
+    if b"\x00" in data:
+        raise InputError(f"{what} {path} is binary, not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise InputError(f"{what} {path}:{line}: not UTF-8 text") from None
+
+
+def read_number_rows(
+    path: str | Path, columns: int, what: str = "file", allow_nan: bool = True
+) -> np.ndarray:
+    """Rows of ``columns`` numbers (separated by commas, tabs or spaces; blank lines skipped)
+    as float64 (rows, columns). One line names the file and line of anything else: text that
+    is not a number, a wrong count, an infinite value (and NaN unless ``allow_nan``: the
+    tracking conventions each have their rule for NaN rows)."""
+    rows = []
+    for number, line in enumerate(read_text_file(path, what).splitlines(), start=1):
+        fields = [f for f in re.split(r"[,\s]+", line.strip()) if f]
+        if not fields:
+            continue
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            raise InputError(f"{path}:{number}: not a number in {line.strip()!r}") from None
+        if len(values) != columns:
+            raise InputError(f"{path}:{number}: expected {columns} values, got {len(values)}")
+        if any(math.isinf(v) for v in values) or (not allow_nan and any(map(math.isnan, values))):
+            raise InputError(f"{path}:{number}: {line.strip()!r} is not finite")
+        rows.append(values)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, columns)
 
 
 def _manifest_path(path: Path) -> Path:

@@ -200,6 +200,11 @@ def track_command(
 
         require_ray()
     if checkpoint is not None and str(checkpoint) == "builtin":
+        if checkpoint.exists():  # the word and a file of that name: never guess which
+            raise InputError(
+                "--checkpoint builtin: a file named builtin is here too; give its path as "
+                f"{checkpoint.resolve()} for the file, or rename it to use the shipped weights"
+            )
         if config != "tiny":
             raise InputError("the built-in trained weights are for --config tiny")
         checkpoint = builtin_weights_path()

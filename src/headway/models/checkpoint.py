@@ -88,6 +88,23 @@ def check_state_dict(
         raise CheckpointMismatchError(source, missing, unexpected, wrong_shape)
 
 
+def check_finite(state: Mapping[str, Any], source: str) -> None:
+    """Refuse weights holding NaN or infinity: a model loaded with them answers with garbage
+    on every input (a tracker's boxes collapse to a constant) and nothing else says why."""
+    bad = [
+        name
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise InputError(
+            f"{source}: weights are not finite (NaN or infinity) in {', '.join(bad[:3])}{more}"
+        )
+
+
 def load_weights(
     model: nn.Module,
     checkpoint: str | Path | Mapping[str, Any],
@@ -104,6 +121,7 @@ def load_weights(
     else:
         source = "<state_dict>"
         state = extract_state_dict(checkpoint)
+    check_finite(state, source)
     if strict:
         check_state_dict(model, state, source)
         model.load_state_dict(state, strict=True)

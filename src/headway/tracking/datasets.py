@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from headway.errors import InputError
+from headway.io import read_number_rows, read_text_file
 
 # ``otb-got10k``: an OTB folder read as the got10k toolkit's ExperimentOTB reads it (every frame
 # of Tiger1; ``Jogging.1``, ``Human4`` names), for results its ``report()`` scores.
@@ -83,31 +84,20 @@ class Sequence:
 
 
 def read_boxes(path: Path) -> np.ndarray:
-    """Read one [x, y, w, h] per line, separated by commas, tabs or spaces. NaN is accepted."""
-    if not path.is_file():
+    """Read one [x, y, w, h] per line, separated by commas, tabs or spaces. NaN is accepted
+    (absent targets); infinite values, text and non-UTF-8 bytes are refused with the line."""
+    if not path.is_file() and not path.is_dir():
         raise InputError(f"{path}: ground-truth file is missing")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        text = line.strip()
-        if not text:
-            continue
-        fields = [f for f in re.split(r"[,\s]+", text) if f]
-        try:
-            values = [float(f) for f in fields]
-        except ValueError:
-            raise InputError(f"{path}:{number}: not a number in {text!r}") from None
-        if len(values) != 4:
-            raise InputError(f"{path}:{number}: expected 4 values x,y,w,h, got {len(values)}")
-        rows.append(values)
-    if not rows:
+    rows = read_number_rows(path, 4, "ground-truth file")
+    if not len(rows):
         raise InputError(f"{path}: ground-truth file is empty")
-    return np.asarray(rows, dtype=np.float64)
+    return rows
 
 
 def read_labels(path: Path, frames: int) -> np.ndarray:
     """Per-frame integer labels separated by commas or whitespace (LaSOT flags, GOT-10k cover
     and absence); exactly one per frame."""
-    text = path.read_text()
+    text = read_text_file(path, "label file")
     try:
         values = np.asarray([int(float(f)) for f in re.split(r"[,\s]+", text) if f], dtype=int)
     except ValueError:

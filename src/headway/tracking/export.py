@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from headway.errors import InputError
-from headway.io import atomic_write_bytes, atomic_write_text
+from headway.io import atomic_write_bytes, atomic_write_text, read_number_rows
 from headway.tracking.datasets import otb_protocols_differ
 from headway.tracking.results import read_boxes_file
 
@@ -58,7 +58,7 @@ def _times(run_dir: Path, name: str, frames: int) -> np.ndarray:
     path = run_dir / f"{name}_time.txt"
     if not path.is_file():
         return np.zeros(frames)
-    times = np.loadtxt(path, ndmin=1)
+    times = read_number_rows(path, 1, "time file", allow_nan=False)[:, 0]
     if len(times) != frames:
         raise InputError(f"{path}: {len(times)} times for {frames} boxes")
     return times

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from headway.errors import InputError
-from headway.io import atomic_write_text
+from headway.io import atomic_write_text, read_number_rows
 
 
 @dataclass
@@ -62,21 +62,11 @@ def write_sequence_result(
 
 
 def read_boxes_file(path: Path) -> np.ndarray:
-    """Read a result file written by headway or pytracking (tab or comma separated)."""
-    if not path.is_file():
+    """Read a result file written by headway or pytracking (tab or comma separated); NaN rows
+    are kept for each convention's rule, infinite values and text are refused with the line."""
+    if not path.is_file() and not path.is_dir():
         raise InputError(f"{path}: result file is missing")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            values = [float(v) for v in line.replace(",", " ").split()]
-        except ValueError:
-            raise InputError(f"{path}:{number}: not a number in {line.strip()!r}") from None
-        if len(values) != 4:
-            raise InputError(f"{path}:{number}: expected 4 values, got {len(values)}")
-        rows.append(values)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    return read_number_rows(path, 4, "result file")
 
 
 def read_stage_times(run_dir: Path, name: str) -> dict[str, Any] | None:

@@ -607,5 +607,8 @@ def load_decomposed(path: str | Path) -> nn.Module:
         **extra,
     )
     apply_ranks(model, payload["ranks"])
+    from headway.models.checkpoint import check_finite
+
+    check_finite(payload["state_dict"], str(path))
     model.load_state_dict(payload["state_dict"])
     return model
