@@ -171,7 +171,7 @@ def test_chained_engine_jobs_give_every_instance_its_models_answer(engine: str) 
     specs = {
         "vgg16#0": ModelSpec("vgg16", seed=1),
         "vgg16#1": ModelSpec("vgg16", seed=1),
-        "alexnet#0": ModelSpec("alexnet", seed=2, decomposed="macs:0.5"),
+        "alexnet#0": ModelSpec("alexnet", seed=2, decomposed="ratio:0.5"),
     }
     expected = {name: _own_answer(spec) for name, spec in specs.items()}
     tolerance = TOLERANCES[engine][1]
@@ -194,7 +194,7 @@ def test_chained_engine_jobs_give_every_instance_its_models_answer(engine: str) 
 def test_plain_openvino_peer_serves_the_models_own_answers() -> None:
     from headway.vision.serving import ModelSpec, run_peer
 
-    spec = ModelSpec("vgg16", decomposed="macs:0.5")
+    spec = ModelSpec("alexnet", seed=5)
     result = run_peer({"v#0": spec, "v#1": spec}, 2)
     assert {n: len(v) for n, v in result.latencies_ms.items()} == {"v#0": 2, "v#1": 2}
     assert result.notes["hint"] == "THROUGHPUT" and result.notes["streams"]
