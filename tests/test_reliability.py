@@ -107,8 +107,12 @@ def test_folders_and_names_that_cannot_be_used(
         pass
     with pytest.raises(InputError, match="is a folder, not a file"):
         read_torch_file(tmp_path)
+    from headway.native.build import find_compiler
+
     monkeypatch.setenv("HEADWAY_CACHE", str(a_file))
-    assert_one_line_error(["runner", "build"], "cannot be used")
+    # without a compiler the command stops earlier, at that (also one line)
+    expected = "cannot be used" if find_compiler() else "no C++ compiler"
+    assert_one_line_error(["runner", "build"], expected)
     monkeypatch.delenv("HEADWAY_CACHE")
     (name,) = [p.name for p in sorted(synth_dataset.iterdir()) if p.is_dir()][:1]
     args = ["track", str(synth_dataset), "--out", str(tmp_path / "run"), "--config", "tiny"]
