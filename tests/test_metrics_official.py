@@ -129,6 +129,9 @@ def test_exports_read_back_with_the_official_readers(tmp_path: Path) -> None:
             np.testing.assert_allclose(read, boxes, atol=1e-3)
     with pytest.raises(InputError, match="another folder"):
         export_results(run, run, "otb")
+    with pytest.raises(InputError, match="another folder"):
+        export_results(run, run / "x.txt", "otb")
+    assert not (run / "x.txt").exists()
     with pytest.raises(InputError, match="unknown layout"):
         export_results(run, tmp_path / "x", "vot")
 

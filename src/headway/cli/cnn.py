@@ -406,7 +406,7 @@ def bench_multidnn(
         solo_vs_crowd,
     )
     from headway.io import atomic_write_text
-    from headway.runtime.engines import INSTALL_HINT, engine_available
+    from headway.runtime.engines import INSTALL_HINT, engine_available, require_engine
 
     parts = ("solo", "homogeneous", "heterogeneous", "engines", "engines-mix")
     if only is not None:
@@ -415,6 +415,10 @@ def bench_multidnn(
     at_least(requests, 1, "--requests")
     at_least(rounds, 1, "--rounds")
     device = str(resolve_device(device))
+    if only is not None and only.startswith("engines"):  # asked for by name: never skipped
+        require_engine("openvino")
+        if device != "cpu":
+            raise InputError(f"--only {only} runs on the CPU (the engines'), not on {device}")
     report: dict[str, object] = {
         "device": device,
         "rank": RANK,

@@ -178,14 +178,14 @@ def compare_engines(
                         compile_module(engine, module, case.inputs), *case.inputs
                     )
             if case.single_image and any(e.startswith("openvino") for e in engines):
-                from headway.runtime.peers import openvino_compiled
+                from headway.runtime.peers import call_compiled, openvino_compiled
 
                 for precision in ("f32", "bf16"):
                     compiled_model = openvino_compiled(
                         case.model, case.inputs[0], precision, "LATENCY"
                     )
                     label = f"openvino as its users run it ({precision}, LATENCY)"
-                    variants[label] = partial(_openvino_call, compiled_model, case.inputs[0])
+                    variants[label] = partial(call_compiled, compiled_model, case.inputs[0])
             with torch.inference_mode():
                 differences = {
                     label: float((run().float() - expected).abs().max())
@@ -210,11 +210,6 @@ def _autocast_bf16(model: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
     """The module under CPU bf16 autocast (oneDNN bf16 kernels), answer back in fp32."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         return model(*inputs).float()
-
-
-def _openvino_call(compiled: Any, x: torch.Tensor) -> torch.Tensor:
-    """One synchronous call of an OpenVINO compiled model, as torch."""
-    return torch.from_numpy(compiled(x.numpy())[0].copy())
 
 
 def engines_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

@@ -293,12 +293,12 @@ def pruning_speedup(
             variants[label] = partial(compile_module(engine, pruned, x), x)
             stands_for[label] = "pruned"
         if any(e.startswith("openvino") for e in engines):
-            from headway.runtime.peers import openvino_compiled
+            from headway.runtime.peers import call_compiled, openvino_compiled
 
             for precision in ("f32", "bf16"):
                 label = f"openvino dense ({precision}, as its users run it)"
                 compiled = openvino_compiled(model, x, precision, "LATENCY")
-                variants[label] = partial(_openvino_call, compiled, x)
+                variants[label] = partial(call_compiled, compiled, x)
                 stands_for[label] = "dense"
         with torch.inference_mode():
             max_diff = {
@@ -319,11 +319,6 @@ def pruning_speedup(
             }
         )
     return rows
-
-
-def _openvino_call(compiled: Any, x: torch.Tensor) -> torch.Tensor:
-    """One synchronous call of an OpenVINO compiled model, as torch (for timing and checks)."""
-    return torch.from_numpy(compiled(x.numpy())[0].copy())
 
 
 # ---------------------------------------------------------------------------------------------

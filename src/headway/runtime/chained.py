@@ -14,7 +14,7 @@ computes, and the engine's own streams are the workers:
   ``streams`` sessions and instance *i* uses session *i* mod ``streams`` for all its jobs.
 
 Measured on the 2-core VM (docs/benchmarks.md, "Multi-DNN on the engines"): each engine call
-costs about half a millisecond on top of its compute, so here whole-model jobs (``jobs:1``)
+costs roughly 0.6 ms of core time on top of its compute, so here whole-model jobs (``jobs:1``)
 serve the most requests; finer jobs pay that once per job.
 """
 
@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,10 @@ class _OpenVINOJobs:
         self._compiled: dict[int, Any] = {}
         self._requests: list[Any] = []
 
+    def compile(self, path: Path) -> Any:
+        """The exported graph at ``path`` compiled with this run's streams and precision."""
+        return self._core.compile_model(str(path), "CPU", self._config)
+
     def release(self) -> None:
         """Drop the callbacks, which refer back to the requests: a cycle through OpenVINO's
         C++ objects that Python's collector cannot see, so nothing would ever be freed."""
@@ -83,10 +88,7 @@ class _OpenVINOJobs:
         for index, job in enumerate(jobs):
             compiled = self._compiled.get(id(job))
             if compiled is None:
-                path = export_onnx(job, (x,))
-                compiled = self._compiled[id(job)] = self._core.compile_model(
-                    str(path), "CPU", self._config
-                )
+                compiled = self._compiled[id(job)] = self.compile(export_onnx(job, (x,)))
             request = compiled.create_infer_request()
             self._requests.append(request)
             if previous is None:
@@ -118,10 +120,7 @@ class _OpenVINOBatches:
         key = (id(job), batch)
         if key not in self._compiled:
             example = torch.zeros(batch, *shape[1:])
-            path = export_onnx(job, (example,))
-            self._compiled[key] = self._jobs._core.compile_model(
-                str(path), "CPU", self._jobs._config
-            )
+            self._compiled[key] = self._jobs.compile(export_onnx(job, (example,)))
             self._free[key] = []
 
     def run(
@@ -263,12 +262,14 @@ def run_chained(
     result.notes = {"engine": engine, "streams": streams, "threads": threads, "depth": depth}
     if coalesce > 1:
         result.notes["coalesce"] = coalesce
-    builder = (
-        _OnnxRuntimeJobs(streams, threads)
-        if engine == "onnxruntime"
-        else _OpenVINOJobs(engine, streams, threads)
-    )
     batches = _OpenVINOBatches(engine, streams, threads) if coalesce > 1 else None
+    builder: _OnnxRuntimeJobs | _OpenVINOJobs | _OpenVINOBatches
+    if batches is not None:
+        builder = batches
+    elif engine == "onnxruntime":
+        builder = _OnnxRuntimeJobs(streams, threads)
+    else:
+        builder = _OpenVINOJobs(engine, streams, threads)
     batch_sizes: list[int] = []
     outputs: list[np.ndarray | None] = [None] * len(instances)
     progress = [0.0]  # when an engine job last came back
@@ -427,8 +428,6 @@ def run_chained(
     if batch_sizes:
         result.notes["mean_batch"] = float(np.mean(batch_sizes))
     builder.release()
-    if batches is not None:
-        batches.release()
     chains.clear()
     return result
 

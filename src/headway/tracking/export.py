@@ -43,7 +43,9 @@ class ExportSummary:
 
 def _run_sequences(run_dir: Path) -> list[str]:
     """Names of the sequences with a box file in ``run_dir``."""
-    names = sorted(p.stem for p in run_dir.glob("*.txt") if not p.stem.endswith("_time"))
+    names = sorted(
+        p.stem for p in run_dir.glob("*.txt") if p.is_file() and not p.stem.endswith("_time")
+    )
     if not names:
         raise InputError(f"{run_dir}: no result files (<sequence>.txt) to export")
     return names
@@ -96,7 +98,8 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
         raise InputError(f"unknown layout {layout!r}: choose from {', '.join(LAYOUTS)}")
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run folder does not exist")
-    if out.resolve() == run_dir.resolve():
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        # inside the run, its files would be read back as the run's own on the next export
         raise InputError(f"{out}: export into another folder than the run itself")
     names = _run_sequences(run_dir)
     if layout == "otb":

@@ -49,8 +49,9 @@ class ModelSpec:
 
 
 DEFAULT_POLICY = "jobs:8"
-# the engines' MT runner: every engine call costs ~0.5 ms beyond its compute here, so whole
-# models serve the most requests (docs/benchmarks.md, "Multi-DNN on the engines")
+# the engines' MT runner: every engine call costs ~0.6 ms of core time beyond its compute
+# here, so whole models serve the most requests (docs/benchmarks.md, "Multi-DNN on the
+# engines")
 ENGINE_POLICY = "jobs:1"
 
 
