@@ -4,6 +4,7 @@ folders that belong to one run: one process at a time, one set of settings."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from headway.errors import InputError
 
@@ -33,17 +33,103 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+# What the operating system's refusals mean to someone who asked headway to write a file.
+_WRITE_REASONS = {
+    errno.ENAMETOOLONG: "a name in the path is too long (at most {limit} bytes per name)",
+    errno.EISDIR: "a folder is in the way of the file",
+    errno.ENOTDIR: "a file is in the way of a folder on the path",
+    errno.EEXIST: "a file is in the way of a folder on the path",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "the file is larger than this system allows",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+NAME_MAX = 255  # bytes per file or folder name on the file systems headway is used on
+
+
+def environment_failure(error: OSError, path: str | Path | None = None) -> InputError | None:
+    """One line for an ``OSError`` the machine raised while headway wrote (or read) a file —
+    name too long, a folder where a file goes, no space, read-only — or None for anything
+    else (which would be a bug in headway)."""
+    reason = _WRITE_REASONS.get(error.errno or -1)
+    if reason is None:
+        return None
+    where = path if path is not None else (error.filename or "a file")
+    return InputError(f"cannot write {where}: {reason.format(limit=NAME_MAX)}")
+
+
+def check_name_lengths(path: str | Path, what: str) -> None:
+    """Refuse, before any work, a path with a file or folder name over ``NAME_MAX`` bytes
+    (the OS would refuse it only when the file is written, after the work was done)."""
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise InputError(
+                f"{what} {path}: the name {part[:40]}… is {len(os.fsencode(part))} bytes; "
+                f"at most {NAME_MAX} bytes per name"
+            )
+
+
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p`` with the OS's refusals as one line naming the folder."""
+    path = Path(path)
     try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        failure = environment_failure(error, path)
+        if failure is None:
+            raise
+        raise failure from None
+    return path
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder and a rename; on any failure the
+    temporary file is removed and the OS's refusal becomes one line naming ``path``."""
+    check_name_lengths(path, "file")
+    make_folder(path.parent)
+    temporary = None
+    try:
+        # the temporary's name is short whatever the file's: a 250-byte name still fits
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp"
+        )
+        os.close(handle)
         write(temporary)
         os.chmod(temporary, _file_mode())  # mkstemp makes 0600 files; honour the umask instead
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        failure = environment_failure(error, path) if isinstance(error, OSError) else None
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` (on the same file system) in ``target``'s place: the
+    old ``target``, if any, is moved aside first and removed after, so ``target`` is always
+    the old folder, the new one, or (only if the process dies between two renames) absent."""
+    aside = None
+    try:
+        if target.exists():
+            aside = target.with_name(f".{target.name[:40]}.old-{os.getpid()}")
+            os.replace(target, aside)
+        os.replace(new, target)
+    except OSError as error:
+        if aside is not None and not target.exists():
+            os.replace(aside, target)  # put the old one back
+            aside = None
+        failure = environment_failure(error, target)
+        if failure is None:
+            raise
+        raise failure from None
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def cache_root() -> Path:
@@ -64,12 +150,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save`` through a temporary file in the same folder and a rename."""
+    import torch
+
     _atomic(Path(path), lambda temporary: torch.save(obj, temporary))
 
 
 def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load`` of a file headway or a user wrote: tensors and plain data only (never
     pickled code), with a one-line error when the file is missing, truncated or foreign."""
+    import torch
+
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder, not a file")
@@ -106,6 +196,19 @@ def read_text_file(path: str | Path, what: str = "file") -> str:
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise InputError(f"{what} {path}:{line}: not UTF-8 text") from None
+
+
+def read_json_file(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """A JSON object headway wrote beside its results (run.json, stage times, records), or one
+    line naming the file when it is not UTF-8 text, not JSON, or not an object."""
+    text = read_text_file(path, what)
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{what} {path}:{error.lineno}: not JSON ({error.msg})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{what} {path} holds {type(record).__name__}, not a JSON object")
+    return record
 
 
 def read_number_rows(
@@ -177,15 +280,30 @@ def discard_cached(path: str | Path) -> None:
 
 
 def save_figure(figure: Any, path: str | Path) -> Path:
-    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+    """Lay out, write (creating the folder, atomically) and close a matplotlib figure; returns
+    the path written (``.png`` added to a name without a suffix)."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    if not path.suffix:
+        path = path.with_suffix(".png")  # what matplotlib would add; the caller prints this
+    kind = path.suffix.lstrip(".").lower()
+    try:
+        if kind not in figure.canvas.get_supported_filetypes():
+            supported = ", ".join(sorted(figure.canvas.get_supported_filetypes()))
+            raise InputError(f"{path}: cannot draw a .{kind} figure; use one of {supported}")
+        figure.tight_layout()
+        # the format comes from the final name: the temporary one ends in .tmp
+        _atomic(path, lambda temporary: figure.savefig(temporary, format=kind))
+    finally:
+        plt.close(figure)
     return path
+
+
+def atomic_write_with(path: str | Path, write: Any) -> None:
+    """Any writer (``write(temporary_path)``, e.g. PIL's ``Image.save``) through a temporary
+    file and a rename, with the OS's refusals as one line."""
+    _atomic(Path(path), write)
 
 
 LOCK_NAME = ".headway.lock"
@@ -241,12 +359,12 @@ def record_settings(
     not produce it."""
     path = Path(path)
     wanted = json.loads(json.dumps(settings))  # the JSON form is what is compared
-    if path.is_file():
+    if path.exists():
         try:
-            stored = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise InputError(f"{path} is not a JSON settings file; choose another folder") from None
-        changes = differing_settings(stored if isinstance(stored, dict) else {}, wanted)
+            stored = read_json_file(path, "settings file")
+        except InputError as error:
+            raise InputError(f"{error}; choose another folder") from None
+        changes = differing_settings(stored, wanted)
         if changes:
             raise InputError(
                 f"{path.parent} holds a {what} made with other settings ({'; '.join(changes)}); "

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from headway.errors import InputError
+from headway.io import check_name_lengths, environment_failure
 
 app = typer.Typer(
     help="headway: faster transformer and CNN inference with proof the answers did not change.",
@@ -43,19 +44,28 @@ errors = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., object])
 
 
+def report_error(error: Exception) -> None:
+    """Print ``error`` as one line on stderr and exit with status 1."""
+    errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
+
+
 def reports_errors(command: F) -> F:
-    """Turn bad input (:class:`InputError`) into one line on stderr and exit status 1; any
-    other exception is a bug in headway and keeps its traceback."""
+    """Turn bad input (:class:`InputError`) and the machine's refusals to write (no space,
+    read-only, a name too long) into one line on stderr and exit status 1; any other
+    exception is a bug in headway and keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return command(*args, **kwargs)
         except InputError as error:
-            errors.print(
-                f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(1) from None
+            report_error(error)
+        except OSError as error:  # the machine refused a write io did not see (a library's)
+            failure = environment_failure(error)
+            if failure is None:
+                raise
+            report_error(failure)
 
     return wrapper  # type: ignore[return-value]
 
@@ -173,6 +183,7 @@ def _check_writable_under(path: Path, option: str) -> None:
 
 def output_folder(path: Path, option: str) -> Path:
     """A folder to write into: absent (it will be made) or an existing, writable folder."""
+    check_name_lengths(path, option)
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path}: is a file, not a folder")
     if path.is_dir():
@@ -187,6 +198,7 @@ def output_file(path: Path | None, option: str) -> Path | None:
     """A file to (over)write: not a folder, and its folder exists or can be made."""
     if path is None:
         return None
+    check_name_lengths(path, option)
     if path.is_dir():
         raise InputError(f"{option} {path}: is a folder; give a file name")
     if path.exists() and not os.access(path, os.W_OK):

@@ -402,12 +402,12 @@ def runner_build(
 @reports_errors
 def runner_info() -> None:
     """Where the runner is, or why it is not there."""
-    from headway.native.build import build_plan, built_runner
+    from headway.native.build import build_plan, built_runner, runner_missing
 
     plan = build_plan()  # says what is missing when no compiler is found
     binary = built_runner(plan)
     if binary is None:
-        raise InputError("headway-runner is not built for this torch: run `headway runner build`")
+        raise InputError(runner_missing(plan))
     formats = ", ".join(("ppm", *plan.image_formats))
     console.print(f"{binary}\ncompiler {plan.compiler}; frames it reads: {formats}")
 
@@ -570,6 +570,7 @@ def bench_gpu_session(
         run_session,
         update_docs,
     )
+    from headway.io import read_text_file
     from headway.vision.serving import parse_models
 
     if docs is not None:
@@ -578,10 +579,11 @@ def bench_gpu_session(
     if render is not None:
         if docs is None:
             raise InputError("--render writes into --docs: give the file")
-        if not render.is_file():
+        if not render.exists():
             raise InputError(f"{render}: no such file")
+        text = read_text_file(render, "--render")
         try:
-            record = json.loads(render.read_text())
+            record = json.loads(text)
         except json.JSONDecodeError as error:
             raise InputError(f"{render}: not a gpu_session.json ({error})") from None
         record = check_record(record, str(render))

@@ -26,7 +26,7 @@ import torch
 from headway.errors import InputError
 from headway.experiments import multidnn, tracker_accuracy, tracker_executors, tucker, vit
 from headway.experiments.report import Section
-from headway.io import LOCK_NAME, atomic_write_text, locked_folder
+from headway.io import LOCK_NAME, atomic_write_text, locked_folder, read_json_file
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,9 @@ def _check_folder(out: Path) -> None:
     manifest = out / "manifest.json"
     if manifest.is_file():
         try:
-            stored = json.loads(manifest.read_text()).get("headway")
-        except (json.JSONDecodeError, AttributeError):
-            raise InputError(f"{manifest} is not a headway reproduce manifest") from None
+            stored = read_json_file(manifest, "reproduce manifest").get("headway")
+        except InputError as error:
+            raise InputError(f"{error}: not a headway reproduce manifest") from None
         if stored != version("headway"):
             raise InputError(
                 f"{out} holds a report from headway {stored} (this is {version('headway')}); "
@@ -262,7 +262,7 @@ def write_report(
     out: Path, mode: str, experiments: list[Experiment] | tuple[Experiment, ...] = EXPERIMENTS
 ) -> Path:
     """Assemble ``report.md`` from the finished experiments' JSON (and the failures)."""
-    env = json.loads((out / "manifest.json").read_text())
+    env = read_json_file(out / "manifest.json", "reproduce manifest")
     command = "headway reproduce " + ("--quick " if mode == "quick" else "") + str(out)
     lines = [
         f"# headway reproduce ({mode})",
@@ -276,7 +276,7 @@ def write_report(
     ]
     ray_record = out / f"ray.{mode}.json"
     if ray_record.is_file():
-        parallel = json.loads(ray_record.read_text()).get("parallel_on_ray", [])
+        parallel = read_json_file(ray_record, "Ray record").get("parallel_on_ray", [])
         if parallel:
             lines += [
                 "",
@@ -289,7 +289,7 @@ def write_report(
         lines += ["", f"## Paper {experiment.paper}: {experiment.title}", ""]
         done, failure = folder / f"{mode}.json", folder / f"{mode}.error.txt"
         if done.is_file():
-            section = json.loads(done.read_text())
+            section = read_json_file(done, "finished part")
             total += section.get("seconds", 0.0)
             lines.append(section["markdown"])
             for plot in section.get("plots", []):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from headway.experiments.report import Section, markdown_table, pct
-from headway.io import atomic_write_text
+from headway.io import atomic_write_text, atomic_write_with
 from headway.models.cswintt import CSWinTT
 from headway.models.pretrained import builtin_weights_path, load_tracker_network
 from headway.tracking.crop import read_frame
@@ -171,15 +171,19 @@ def draw_track(
     chosen = np.linspace(0, len(sequence) - 1, panels).round().astype(int)
     strip = np.concatenate([annotated(int(i)) for i in chosen], axis=1)
     strip_path = Path(strip_path)
-    strip_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(strip).save(strip_path)
+    atomic_write_with(strip_path, lambda temporary: Image.fromarray(strip).save(temporary, "PNG"))
     written = [strip_path]
     if gif_path is not None:
         images = []
         for index in range(0, len(sequence), gif_step):
             frame = annotated(index)
             images.append(Image.fromarray(frame).resize((frame.shape[1] // 2, frame.shape[0] // 2)))
-        images[0].save(gif_path, save_all=True, append_images=images[1:], duration=80, loop=0)
+        atomic_write_with(
+            gif_path,
+            lambda temporary: images[0].save(
+                temporary, "GIF", save_all=True, append_images=images[1:], duration=80, loop=0
+            ),
+        )
         written.append(Path(gif_path))
     return written
 

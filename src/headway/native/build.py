@@ -9,7 +9,8 @@ and says, for a frame it cannot read, which package to install.
 
 The binary is kept under ``$HEADWAY_CACHE/native`` (default ``~/.cache/headway/native``) in a
 folder named by a hash of the source, the torch version and the flags, so an upgrade of either
-rebuilds instead of running a stale binary; a build writes to a temporary name and renames.
+rebuilds instead of running a stale binary; a build writes to a temporary name and renames, then
+records the binary's size and SHA-256 (a damaged binary is never run: it is built again).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from headway.errors import InputError
-from headway.io import cache_root, locked_folder
+from headway.io import cache_root, discard_cached, locked_folder, manifest_matches, write_manifest
 
 SOURCE = Path(__file__).parent / "cpp" / "headway_runner.cpp"
 BINARY_NAME = "headway-runner"
@@ -107,26 +108,35 @@ def build_plan(compiler: str | None = None) -> BuildPlan:
     return BuildPlan(compiler, tuple(flags), tuple(libraries), tuple(formats))
 
 
+def runner_path(plan: BuildPlan) -> Path:
+    """Where the runner for ``plan`` is (or would be) cached."""
+    return native_cache_dir() / plan.key / BINARY_NAME
+
+
 def built_runner(plan: BuildPlan | None = None) -> Path | None:
-    """The runner binary for this source and torch, if it has been built."""
+    """The runner binary for this source and torch, if it has been built and is the file the
+    build wrote (size and SHA-256 as its manifest records; a garbled, truncated or replaced
+    binary is not the runner)."""
     try:
         plan = plan or build_plan()
     except InputError:
         return None
-    path = native_cache_dir() / plan.key / BINARY_NAME
-    return path if path.is_file() else None
+    path = runner_path(plan)
+    return path if manifest_matches(path) and os.access(path, os.X_OK) else None
 
 
 def build_runner(force: bool = False) -> Path:
-    """Build the runner (about 20 s) unless this source and torch already have one."""
+    """Build the runner (about 20 s) unless this source and torch already have a verified one;
+    a damaged cached binary is built again."""
     plan = build_plan()
-    folder = native_cache_dir() / plan.key
-    binary = folder / BINARY_NAME
-    if binary.is_file() and not force:
+    binary = runner_path(plan)
+    folder = binary.parent
+    if built_runner(plan) is not None and not force:
         return binary
     with locked_folder(folder, wait=True):
-        if binary.is_file() and not force:  # built by another process while we waited
+        if built_runner(plan) is not None and not force:  # built by another process meanwhile
             return binary
+        discard_cached(binary)
         temporary = folder / f".{BINARY_NAME}.building"
         command = [plan.compiler, *plan.flags, str(SOURCE), "-o", str(temporary), *plan.libraries]
         done = subprocess.run(command, capture_output=True, text=True)
@@ -137,6 +147,7 @@ def build_runner(force: bool = False) -> Path:
             first = next((ln for ln in done.stderr.splitlines() if "error" in ln), "see the log")
             raise InputError(f"headway-runner did not build ({first.strip()}); full log: {log}")
         os.replace(temporary, binary)
+        write_manifest(binary)  # last: a binary without a matching manifest is never run
     return binary
 
 
@@ -148,8 +159,19 @@ def require_runner() -> Path:
         raise InputError(f"executor needs the C++ runner: {error}") from None
     binary = built_runner(plan)
     if binary is None:
-        raise InputError(
-            "the C++ runner is not built for this torch yet: run `headway runner build` "
-            "(about 20 s; `make setup` does it when a compiler is present)"
-        )
+        raise InputError(runner_missing(plan))
     return binary
+
+
+def runner_missing(plan: BuildPlan) -> str:
+    """Why there is no runner to use: never built, or the cached file is damaged."""
+    path = runner_path(plan)
+    if path.exists():
+        return (
+            f"the cached C++ runner {path} is damaged (not the file its build wrote); run "
+            "`headway runner build` to build it again"
+        )
+    return (
+        "the C++ runner is not built for this torch yet: run `headway runner build` "
+        "(about 20 s; `make setup` does it when a compiler is present)"
+    )

@@ -18,6 +18,7 @@ Three recipes (the ``cpp*`` executors):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -28,7 +29,13 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.io import atomic_write_text, locked_folder
+from headway.io import (
+    atomic_write_text,
+    discard_cached,
+    locked_folder,
+    manifest_matches,
+    write_manifest,
+)
 from headway.models.cswintt import CSWinTT, CyclicWindowEncoderLayer, EncoderContext
 from headway.runtime.engines import module_fingerprint
 from headway.tracking.executors import (
@@ -113,13 +120,14 @@ def _aoti_package(module: nn.Module, example: tuple[torch.Tensor, ...]) -> Path:
     from headway.native.build import native_cache_dir
 
     folder = native_cache_dir() / "aoti"
-    key = module_fingerprint(module, example)
+    key = aoti_key(module, example)
     path = folder / f"{getattr(module, 'method', type(module).__name__)}-{AOTI_FORMAT}-{key}.pt2"
-    if path.is_file():
+    if manifest_matches(path):  # verified, never trusted: anything else is compiled again
         return path
     with locked_folder(folder, wait=True):
-        if path.is_file():
+        if manifest_matches(path):
             return path
+        discard_cached(path)
         log.warning("cpp-aoti: compiling %s with AOTInductor (once; cached)", path.name)
         temporary = path.with_suffix(".building.pt2")
         try:
@@ -137,7 +145,19 @@ def _aoti_package(module: nn.Module, example: tuple[torch.Tensor, ...]) -> Path:
                 "runs the same graph without it"
             ) from error
         os.replace(temporary, path)
+        write_manifest(path)  # last: a package without a matching manifest is never loaded
     return path
+
+
+def aoti_key(module: nn.Module, example: tuple[torch.Tensor, ...]) -> str:
+    """The cache key of an AOTInductor package: the module and input shapes (as for engine
+    exports), plus what the compiled code is specific to: the inputs' device (and GPU model)
+    and the CPU instruction set the kernels were generated for."""
+    devices = sorted({str(t.device) for t in example})
+    gpus = [torch.cuda.get_device_name(d) for d in devices if d.startswith("cuda")]
+    digest = hashlib.sha256(module_fingerprint(module, example).encode())
+    digest.update(f"{devices}|{gpus}|{torch.backends.cpu.get_cpu_capability()}".encode())
+    return digest.hexdigest()[:24]
 
 
 class AOTICompileError(InputError):

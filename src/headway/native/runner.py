@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
 import warnings
@@ -27,8 +28,27 @@ from headway.tracking.results import SequenceResult
 from headway.tracking.settings import IMAGENET_MEAN, IMAGENET_STD, STAGES, TrackerSettings
 
 
-class NativeRunError(RuntimeError):
-    """The runner failed for a reason other than bad input (its message is kept)."""
+class NativeRunError(InputError):
+    """The runner failed for a reason other than bad input: its exit status (or the signal
+    that ended it) and the tail of what it printed, in one line."""
+
+
+def _ending(status: int, output: Path) -> str:
+    """How the runner ended, in words: a signal by name, an exit status, or silence."""
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"was killed by {name}"
+    if status != 0:
+        return f"failed (exit status {status})"
+    return f"exited 0 without writing its results ({output.name})"
+
+
+def _tail(lines: list[str], keep: int = 3) -> str:
+    """The last lines the runner printed, joined on one line (or that it printed nothing)."""
+    return " | ".join(lines[-keep:])[-600:] if lines else "it printed nothing"
 
 
 class NativeTracker:
@@ -128,12 +148,19 @@ class NativeTracker:
         job += "".join(f"frame {Path(f)}\n" for f in frames)
         job_file = self._folder / "job.txt"
         job_file.write_text(job)
-        process = subprocess.Popen(
-            [str(self.binary), "track", str(job_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        try:
+            process = subprocess.Popen(
+                [str(self.binary), "track", str(job_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+        except OSError as error:
+            raise NativeRunError(
+                f"headway-runner {self.binary} cannot be started ({error.strerror}); run "
+                "`headway runner build --force`"
+            ) from None
         messages = []
         assert process.stderr is not None
         for line in process.stderr:
@@ -143,12 +170,17 @@ class NativeTracker:
             else:
                 messages.append(line.rstrip())
         status = process.wait()
-        message = "; ".join(m.removeprefix("headway-runner: ") for m in messages if m)
+        said = [m.removeprefix("headway-runner: ") for m in messages if m.strip()]
         if status == 2:
-            raise InputError(message or "headway-runner refused its input")
+            raise InputError("; ".join(said) or "headway-runner refused its input")
         if status != 0 or not output.is_file():
-            raise NativeRunError(f"headway-runner failed (exit {status}): {message}")
-        return json.loads(output.read_text())
+            raise NativeRunError(f"headway-runner {_ending(status, output)}: {_tail(said)}")
+        try:
+            return json.loads(output.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise NativeRunError(
+                f"headway-runner wrote unreadable results to {output}: {_tail(said)}"
+            ) from None
 
     def run_frames(
         self,

@@ -22,7 +22,7 @@ from headway.errors import InputError
 from headway.models.cswintt import CSWinTT
 from headway.runtime.engines import INSTALL_HINT, engine_available
 from headway.tracking.backends import build_tracker, run_pass, tracked_ms, tracker_encoder
-from headway.tracking.crop import check_init_box, read_frame
+from headway.tracking.crop import check_frame_size, check_init_box, read_frame
 from headway.tracking.executors import EXECUTORS, ExecutorSpec, cpu_has_bf16, resolve_executor
 from headway.tracking.settings import TrackerSettings
 from headway.tracking.tracker import CSWinTTTracker
@@ -137,6 +137,8 @@ def tune_tracker(
     # graphs optimise themselves on their first calls, for every pass as for every sequence)
     paths = list(frames[: max(check_frames, WARM_FRAMES + TIMED_FRAMES) + 1])
     images = [read_frame(path) for path in paths]
+    for index, (image, path) in enumerate(zip(images, paths, strict=True)):
+        check_frame_size(image, images[0].shape if index else None, path)
     check_init_box(init_box, images[0].shape, f"--executor auto's first frame ({paths[0]})")
 
     def one_pass(tracker: object, count: int) -> tuple[np.ndarray, list[float]]:

@@ -23,10 +23,15 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from headway.errors import InputError
-from headway.io import locked_folder, record_settings
+from headway.io import locked_folder
 from headway.tracking.datasets import Sequence
 from headway.tracking.results import SequenceResult, is_complete, write_sequence_result
-from headway.tracking.runner import TrackRunSummary, record_entries, run_environment
+from headway.tracking.runner import (
+    TrackRunSummary,
+    check_result_names,
+    record_entries,
+    start_run_record,
+)
 
 RAY_HINT = "pip install 'headway[cluster]'"
 # Fault injection for tests: "<sequence>:<marker file>" makes a worker process exit the first
@@ -109,8 +114,9 @@ def track_dataset_ray(
     run_dir = Path(run_dir)
     settings = {**(info or {}), "format": dataset_format, "threads": recipe.threads}
     settings["device"] = recipe.device
+    check_result_names(run_dir, [s.name for s in sequences])
     with locked_folder(run_dir):
-        record_settings(run_dir / "run.json", settings, "tracking run", run_environment())
+        start_run_record(run_dir, settings, sequences)
         started_here = not ray.is_initialized()
         if started_here:
             if address is not None:

@@ -4,7 +4,12 @@ mask, ImageNet normalisation, and mapping a predicted box back to the image."""
 from __future__ import annotations
 
 import math
+import os
+import sys
+import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,8 +23,17 @@ from headway.tracking.settings import IMAGENET_MEAN, IMAGENET_STD
 MAX_BOX_TO_IMAGE = 4
 
 
+# The smallest frame side the tracker takes: a box keeps ``box_margin`` (10) pixels inside the
+# image, so smaller frames give boxes outside them (the C++ runner has the same limit).
+MIN_FRAME_SIDE = 16
+
+_stderr_lock = threading.Lock()
+
+
 def read_frame(path: Path) -> np.ndarray:
-    """Read an image as RGB uint8 (H, W, 3); a clear error when missing or unreadable."""
+    """Read an image as RGB uint8 (H, W, 3) with the pixels as stored (an EXIF orientation tag
+    is not applied: libjpeg in the C++ runner does not, and the benchmarks' boxes are drawn on
+    the stored pixels); a clear error when missing, empty, truncated or damaged."""
     if not Path(path).is_file():
         raise InputError(f"{path}: frame is missing")
     data = Path(path).read_bytes()
@@ -27,10 +41,62 @@ def read_frame(path: Path) -> np.ndarray:
         raise InputError(f"{path}: frame is empty (0 bytes)")
     if _truncated(data):
         raise InputError(f"{path}: frame is truncated (the image file ends before its data)")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if data[:2] == b"\xff\xd8":
+        image, warning = _decode_jpeg_reporting_damage(buffer, flags)
+        if warning:
+            raise InputError(f"{path}: frame is damaged (libjpeg: {warning})")
+    else:
+        image = cv2.imdecode(buffer, flags)
     if image is None:
         raise InputError(f"{path}: frame cannot be decoded as an image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _decode_jpeg_reporting_damage(buffer: np.ndarray, flags: int) -> tuple[Any, str]:
+    """Decode a JPEG with OpenCV and return libjpeg's damage warning, if any. libjpeg prints
+    "Corrupt JPEG data: …" to the process's stderr and fills the rest of the frame with grey;
+    OpenCV offers no other way to hear it, so stderr is caught around the call (one decode at
+    a time; any other text that lands there meanwhile is passed on). Extraneous bytes before a
+    marker leave the image whole (cameras write them) and are not damage."""
+    with _stderr_lock, tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(caught.fileno(), 2)
+            image = cv2.imdecode(buffer, flags)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        text = caught.read().decode("utf-8", "replace")
+    damage, other = "", []
+    for line in text.splitlines():
+        harmless = "extraneous bytes before marker" in line
+        if not damage and not harmless and ("Corrupt JPEG" in line or "Premature end" in line):
+            damage = line.strip()
+        elif line.strip() and not harmless:
+            other.append(line)
+    if other:
+        sys.stderr.write("\n".join(other) + "\n")
+    return image, damage
+
+
+def check_frame_size(image: np.ndarray, first_shape: tuple[int, ...] | None, path: Path) -> None:
+    """A frame is at least ``MIN_FRAME_SIDE`` pixels per side and, after the first, the size
+    of the sequence's first frame (boxes are tracked in one image coordinate system)."""
+    height, width = image.shape[:2]
+    if width < MIN_FRAME_SIDE or height < MIN_FRAME_SIDE:
+        raise InputError(
+            f"{path}: frame is {width}x{height}; the tracker needs at least {MIN_FRAME_SIDE} "
+            "pixels per side"
+        )
+    if first_shape is not None and tuple(first_shape[:2]) != (height, width):
+        raise InputError(
+            f"{path}: frame is {width}x{height} but the sequence's first frame is "
+            f"{first_shape[1]}x{first_shape[0]}"
+        )
 
 
 def _truncated(data: bytes) -> bool:

@@ -19,7 +19,7 @@ from headway.io import read_number_rows, read_text_file
 # ``otb-got10k``: an OTB folder read as the got10k toolkit's ExperimentOTB reads it (every frame
 # of Tiger1; ``Jogging.1``, ``Human4`` names), for results its ``report()`` scores.
 FORMATS = ("otb", "got10k", "trackingnet", "lasot", "otb-got10k")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")  # what the C++ runner reads too
 
 # Template-update intervals of the cswintt_cls yaml (TEST.UPDATE_INTERVALS, keyed by the
 # upper-cased dataset name); a name it does not list (OTB, NFS, GOT10K_VAL, ...) falls back to

@@ -11,13 +11,16 @@
   ``--format otb-got10k``. An OTB-protocol run (``--format otb``) exports only if it holds no
   sequence the two protocols treat differently, and is refused by name otherwise.
 
-Every file is written atomically; the run folder is only read.
+The export is complete or absent (a temporary folder that takes ``out``'s place); the run
+folder is only read.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from headway.errors import InputError
-from headway.io import atomic_write_bytes, atomic_write_text, read_number_rows
+from headway.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_name_lengths,
+    make_folder,
+    read_json_file,
+    read_number_rows,
+    replace_folder,
+)
 from headway.tracking.datasets import otb_protocols_differ
-from headway.tracking.results import read_boxes_file
 
 LAYOUTS = ("got10k", "trackingnet", "lasot", "otb")
 
@@ -41,14 +51,42 @@ class ExportSummary:
     files: list[Path]
 
 
-def _run_sequences(run_dir: Path) -> list[str]:
-    """Names of the sequences with a box file in ``run_dir``."""
+def _run_record(run_dir: Path) -> dict:
+    """run.json of the run (empty for a folder of result files from elsewhere)."""
+    path = run_dir / "run.json"
+    return read_json_file(path, "run record") if path.exists() else {}
+
+
+def _run_sequences(run_dir: Path, record: dict) -> list[str]:
+    """The sequences the run tracked: those run.json counts frames for, else (results from
+    another tool) those with a box file."""
+    frames = record.get("frames")
+    if isinstance(frames, dict) and frames:
+        return sorted(frames)
     names = sorted(
         p.stem for p in run_dir.glob("*.txt") if p.is_file() and not p.stem.endswith("_time")
     )
     if not names:
         raise InputError(f"{run_dir}: no result files (<sequence>.txt) to export")
     return names
+
+
+def _check_complete(run_dir: Path, record: dict, names: list[str]) -> None:
+    """Refuse a run that failed on some sequences or did not finish them: a submission that
+    silently lacks sequences scores them as lost."""
+    problems = record.get("problems") or {}
+    if problems:
+        first, reason = next(iter(problems.items()))
+        raise InputError(
+            f"{run_dir}: run.json lists {len(problems)} sequence(s) that failed ({first}: "
+            f"{reason}); fix them and rerun `headway track` into this folder, then export"
+        )
+    unfinished = [n for n in names if not (run_dir / f"{n}.txt").is_file()]
+    if unfinished:
+        raise InputError(
+            f"{run_dir}: {len(unfinished)} sequence(s) not finished ({', '.join(unfinished[:3])}"
+            f"{' …' if len(unfinished) > 3 else ''}); rerun `headway track` into this folder"
+        )
 
 
 def _box_text(boxes: np.ndarray) -> str:
@@ -66,18 +104,9 @@ def _times(run_dir: Path, name: str, frames: int) -> np.ndarray:
     return times
 
 
-def _run_format(run_dir: Path) -> str | None:
-    """The dataset format run.json records, or None where it records none."""
-    try:
-        record = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return record.get("format") if isinstance(record, dict) else None
-
-
 def _check_otb_protocol(run_dir: Path, names: list[str]) -> None:
     """Refuse an OTB-protocol run whose names or frames got10k's ExperimentOTB reads otherwise."""
-    if _run_format(run_dir) != "otb":
+    if _run_record(run_dir).get("format") != "otb":
         return
     differ = [n for n in names if otb_protocols_differ(n)]
     if differ:
@@ -91,8 +120,17 @@ def _check_otb_protocol(run_dir: Path, names: list[str]) -> None:
         )
 
 
+EXPORT_MARK = ".headway-export.json"
+
+
 def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportSummary:
-    """Write every sequence of ``run_dir`` in the submission layout ``layout`` under ``out``."""
+    """Write every sequence of ``run_dir`` in the submission layout ``layout`` as the folder
+    ``out``: complete or absent. Every box is checked first (finite, one per frame of the
+    sequence as run.json counts them; runs with failed or unfinished sequences are refused),
+    the files are written into a temporary folder beside ``out`` and that folder then takes
+    ``out``'s place, so no stale sequence of an earlier export survives and an interrupted
+    export leaves the earlier one (or nothing), never a mix. ``out`` may be absent, empty, or
+    an earlier headway export; anything else is refused."""
     run_dir, out = Path(run_dir), Path(out)
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}: choose from {', '.join(LAYOUTS)}")
@@ -101,34 +139,61 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         # inside the run, its files would be read back as the run's own on the next export
         raise InputError(f"{out}: export into another folder than the run itself")
-    names = _run_sequences(run_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARK).is_file():
+        raise InputError(
+            f"{out}: holds files that are not a headway export (the export replaces the whole "
+            "folder); choose an empty or new folder"
+        )
+    record = _run_record(run_dir)
+    names = _run_sequences(run_dir, record)
+    _check_complete(run_dir, record, names)
     if layout == "otb":
         _check_otb_protocol(run_dir, names)
+    frames = record.get("frames") if isinstance(record.get("frames"), dict) else {}
     # read and check everything first, so a bad file leaves nothing half-exported
     runs = {}
     for name in names:
-        boxes = read_boxes_file(run_dir / f"{name}.txt")
+        path = run_dir / f"{name}.txt"
+        boxes = read_number_rows(path, 4, "result file", allow_nan=False)
+        if name in frames and len(boxes) != frames[name]:
+            raise InputError(
+                f"{path}: {len(boxes)} boxes for a sequence of {frames[name]} frames (run.json)"
+            )
         runs[name] = (boxes, _times(run_dir, name, len(boxes)))
-    targets: dict[Path, str] = {}
+    targets: dict[str, str] = {}
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
         for name, (boxes, times) in runs.items():
             text = _box_text(boxes)
             time_text = "".join(f"{t:.8f}\n" for t in times)
             if layout == "got10k":
-                targets[out / name / f"{name}_001.txt"] = text
-                targets[out / name / f"{name}_time.txt"] = time_text
+                targets[f"{name}/{name}_001.txt"] = text
+                targets[f"{name}/{name}_time.txt"] = time_text
             elif layout == "trackingnet":
-                targets[out / f"{name}.txt"] = text
+                targets[f"{name}.txt"] = text
                 bundle.writestr(f"{name}.txt", text)
             else:
-                targets[out / f"{name}.txt"] = text
-                targets[out / "times" / f"{name}_time.txt"] = time_text
-    written: list[Path] = []
-    for path, content in targets.items():
-        atomic_write_text(path, content)  # makes the folders
-        written.append(path)
+                targets[f"{name}.txt"] = text
+                targets[f"times/{name}_time.txt"] = time_text
+    check_name_lengths(out, "--out")
+    for relative in targets:
+        check_name_lengths(relative, "export file")
+    staging = Path(
+        tempfile.mkdtemp(dir=make_folder(out.absolute().parent), prefix=f".{out.name[:40]}.")
+    )
+    try:
+        for relative, content in targets.items():
+            atomic_write_text(staging / relative, content)  # makes the folders
+        if layout == "trackingnet":
+            atomic_write_bytes(staging / "submission.zip", archive.getvalue())
+        mark = {"run": str(run_dir.resolve()), "layout": layout, "sequences": names}
+        atomic_write_text(staging / EXPORT_MARK, json.dumps(mark, indent=2))
+        replace_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    written = [out / relative for relative in targets]
     if layout == "trackingnet":
-        atomic_write_bytes(out / "submission.zip", archive.getvalue())
         written.append(out / "submission.zip")
     return ExportSummary(layout, names, written)

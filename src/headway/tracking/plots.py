@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from headway.io import make_folder, save_figure
 from headway.tracking.metrics import EvalResult
 
 PLOTS = {
@@ -20,8 +21,7 @@ PLOTS = {
 
 def plot_curves(results: dict[str, EvalResult], out_dir: str | Path) -> list[Path]:
     """One PNG per curve kind, one line per run, the score in the legend. Returns the paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(out_dir)
     written = []
     for kind, (xlabel, ylabel, score) in PLOTS.items():
         runs = {label: r for label, r in results.items() if kind in r.curves}
@@ -42,9 +42,5 @@ def plot_curves(results: dict[str, EvalResult], out_dir: str | Path) -> list[Pat
         axes.grid(alpha=0.3)
         axes.legend(loc="best", fontsize=8)
         axes.set_title(f"{ylabel} plot ({next(iter(runs.values())).convention})")
-        figure.tight_layout()
-        path = out_dir / f"{kind}_plot.png"
-        figure.savefig(path)
-        plt.close(figure)
-        written.append(path)
+        written.append(save_figure(figure, out_dir / f"{kind}_plot.png"))
     return written

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from headway.errors import InputError
-from headway.io import atomic_write_text, read_number_rows
+from headway.io import atomic_write_text, read_json_file, read_number_rows
 
 
 @dataclass
@@ -33,6 +33,11 @@ class SequenceResult:
 # CSWinTT's writer: comma-separated for got10k/trackingnet, tab-separated otherwise. headway keeps
 # three decimals everywhere (the official tab files truncate to integers, which loses accuracy).
 DELIMITERS = {"got10k": ",", "trackingnet": ","}
+
+
+def result_file_names(name: str) -> tuple[str, str, str]:
+    """The files a tracked sequence leaves in its run folder: boxes, times, stage times."""
+    return f"{name}.txt", f"{name}_time.txt", f"{name}_stages.json"
 
 
 def box_path(run_dir: Path, name: str) -> Path:
@@ -71,4 +76,4 @@ def read_boxes_file(path: Path) -> np.ndarray:
 
 def read_stage_times(run_dir: Path, name: str) -> dict[str, Any] | None:
     path = run_dir / f"{name}_stages.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_file(path, "stage times") if path.exists() else None

@@ -4,6 +4,7 @@ the per-stage time breakdown (the paper's Table 1) and the benchmark scores."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -20,13 +21,21 @@ from rich.progress import (
 )
 
 from headway.errors import InputError
-from headway.io import atomic_write_text, locked_folder, record_settings
+from headway.io import (
+    NAME_MAX,
+    atomic_write_text,
+    locked_folder,
+    read_json_file,
+    read_number_rows,
+    record_settings,
+)
 from headway.tracking.datasets import Sequence
 from headway.tracking.metrics import EvalResult, evaluate
 from headway.tracking.results import (
     is_complete,
     read_boxes_file,
     read_stage_times,
+    result_file_names,
     write_sequence_result,
 )
 from headway.tracking.tracker import STAGES, CSWinTTTracker
@@ -73,14 +82,44 @@ def track_dataset(
         "threads": torch.get_num_threads(),
         "device": str(tracker.device),
     }
+    check_result_names(run_dir, [s.name for s in sequences])
     with locked_folder(run_dir):
-        record_settings(run_dir / "run.json", settings, "tracking run", run_environment())
+        start_run_record(run_dir, settings, sequences)
         if notes:
             record_entries(run_dir / "run.json", notes)
         summary = _track_missing(tracker, sequences, run_dir, dataset_format, show_progress)
         summary.failed = {**(unloadable or {}), **summary.failed}
         record_entries(run_dir / "run.json", {"problems": summary.failed})
         return summary
+
+
+def check_result_names(run_dir: Path, names: list[str]) -> None:
+    """Before any work: every result file the run will write has a name the file system takes,
+    and no two sequences write the same file (``a``'s time file is ``a_time.txt``, which a
+    sequence named ``a_time`` would overwrite with its boxes)."""
+    owners: dict[str, str] = {}
+    for name in names:
+        for file_name in result_file_names(name):
+            if len(os.fsencode(file_name)) > NAME_MAX:
+                raise InputError(
+                    f"sequence {name[:40]}…: its result file {file_name[:40]}… would be "
+                    f"{len(os.fsencode(file_name))} bytes long; at most {NAME_MAX} per name"
+                )
+            other = owners.setdefault(file_name, name)
+            if other != name:
+                raise InputError(
+                    f"sequences {other!r} and {name!r} would both write {run_dir / file_name}; "
+                    "rename one of them or track them into different folders"
+                )
+
+
+def start_run_record(run_dir: Path, settings: dict[str, object], sequences: list[Sequence]) -> None:
+    """``run.json``: the settings (compared on resume), and each sequence's frame count (what a
+    complete result file holds; export-results checks the boxes against it)."""
+    record_settings(run_dir / "run.json", settings, "tracking run", run_environment())
+    frames = read_json_file(run_dir / "run.json", "run record").get("frames", {})
+    frames.update({sequence.name: len(sequence) for sequence in sequences})
+    record_entries(run_dir / "run.json", {"frames": frames})
 
 
 def run_environment() -> dict[str, str]:
@@ -94,7 +133,7 @@ def run_environment() -> dict[str, str]:
 
 def record_entries(path: Path, entries: dict[str, object]) -> None:
     """Replace these entries of ``run.json`` (not settings: never compared), e.g. ``problems``."""
-    record = json.loads(path.read_text())
+    record = read_json_file(path, "run record")
     record.update(json.loads(json.dumps(entries)))
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
 
@@ -174,8 +213,9 @@ def stage_breakdown(run_dir: str | Path, names: list[str]) -> StageBreakdown:
         for stage in STAGES:
             per_stage[stage].extend(record["stage_ms"].get(stage, [])[1:])
         times = run_dir / f"{name}_time.txt"
-        if times.is_file():
-            frame_times.extend(float(v) * 1e3 for v in times.read_text().split()[1:])
+        if times.exists():
+            seconds = read_number_rows(times, 1, "time file", allow_nan=False)[1:, 0]
+            frame_times.extend(float(v) * 1e3 for v in seconds)
     frames = len(frame_times)
     stage_ms = {k: float(np.mean(v)) if v else 0.0 for k, v in per_stage.items()}
     return StageBreakdown(stage_ms, float(np.mean(frame_times)) if frames else 0.0, frames)

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from headway.errors import InputError
-from headway.io import atomic_write_text
+from headway.io import atomic_write_bytes, atomic_write_text, make_folder
 
 
 @dataclass(frozen=True)
@@ -185,11 +185,20 @@ def synthesize(
         name = f"synth{seed:04d}_{index:03d}"
         frames, boxes, events = render_sequence(np.random.default_rng([seed, index]), settings)
         folder = out / name
-        (folder / "img").mkdir(parents=True, exist_ok=True)
+        images = make_folder(folder / "img")
+        (folder / "groundtruth_rect.txt").unlink(missing_ok=True)  # until the frames are whole
+        written = set()
         quality = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
         for number, frame in enumerate(frames, start=1):
-            path = folder / "img" / f"{number:04d}.jpg"
-            cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), quality)
+            path = images / f"{number:04d}.jpg"
+            ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), quality)
+            if not ok:
+                raise InputError(f"{path}: OpenCV could not encode the frame")
+            atomic_write_bytes(path, encoded.tobytes())
+            written.add(path.name)
+        for stale in images.iterdir():  # frames of an earlier, longer sequence of this name
+            if stale.name not in written and stale.is_file():
+                stale.unlink()
         lines = "".join(",".join(str(int(v)) for v in box) + "\n" for box in boxes)
         atomic_write_text(folder / "groundtruth_rect.txt", lines)
         names.append(name)

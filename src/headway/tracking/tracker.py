@@ -14,6 +14,7 @@ from headway.models.cswintt import CSWinTT, Features
 from headway.runtime.device import StageTimer
 from headway.tracking.crop import (
     Preprocessor,
+    check_frame_size,
     check_init_box,
     clip_box,
     map_box_back,
@@ -119,9 +120,14 @@ class CSWinTTTracker:
     ) -> SequenceResult:
         """Track a whole sequence from its first ground-truth box (one-pass evaluation)."""
 
+        first_shape: tuple[int, ...] | None = None
+
         def load(index: int) -> np.ndarray:
+            nonlocal first_shape
             image = read_frame(sequence.frames[index])
+            check_frame_size(image, None if index == 0 else first_shape, sequence.frames[index])
             if index == 0:
+                first_shape = image.shape
                 check_init_box(
                     sequence.init_box, image.shape, f"{sequence.name} ({sequence.frames[0]})"
                 )

@@ -58,6 +58,7 @@
 #ifdef HEADWAY_HAVE_JPEG
 #include <csetjmp>
 #include <jpeglib.h>
+#include <jerror.h>
 #endif
 #ifdef HEADWAY_HAVE_PNG
 #include <png.h>
@@ -116,9 +117,22 @@ struct JpegError {
   jpeg_error_mgr manager;
   std::jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
+  char warning[JMSG_LENGTH_MAX] = {0};
 };
 
-void jpeg_quiet(j_common_ptr) {}  // warnings (e.g. "premature end") are not printed
+void jpeg_quiet(j_common_ptr) {}  // nothing is printed: warnings are kept, then refused
+
+// A warning that the data is damaged ("Corrupt JPEG data: premature end of data segment", a
+// bad Huffman code, "Premature end of JPEG file") means libjpeg filled part of the frame with
+// grey: the frame is refused, as in the Python tracker. Extraneous bytes before a marker leave
+// the image whole and are let through (cameras write them).
+void jpeg_warn(j_common_ptr info, int level) {
+  if (level >= 0) return;  // trace messages, not warnings
+  auto* error = reinterpret_cast<JpegError*>(info->err);
+  info->err->num_warnings++;
+  if (info->err->msg_code == JWRN_EXTRANEOUS_DATA || error->warning[0] != 0) return;
+  (*info->err->format_message)(info, error->warning);
+}
 
 void jpeg_fail(j_common_ptr info) {
   auto* error = reinterpret_cast<JpegError*>(info->err);
@@ -132,6 +146,7 @@ Image decode_jpeg(const std::vector<uint8_t>& data, const std::string& path) {
   info.err = jpeg_std_error(&error.manager);
   error.manager.error_exit = jpeg_fail;
   error.manager.output_message = jpeg_quiet;
+  error.manager.emit_message = jpeg_warn;
   Image image;
   if (setjmp(error.jump)) {
     jpeg_destroy_decompress(&info);
@@ -151,6 +166,8 @@ Image decode_jpeg(const std::vector<uint8_t>& data, const std::string& path) {
   }
   jpeg_finish_decompress(&info);
   jpeg_destroy_decompress(&info);
+  if (error.warning[0] != 0)
+    throw InputError(path + ": frame is damaged (libjpeg: " + error.warning + ")");
   return image;
 }
 #endif
@@ -207,6 +224,52 @@ Image decode_ppm(const std::vector<uint8_t>& data, const std::string& path) {
   return image;
 }
 
+// Uncompressed BMP (BI_RGB, 24 or 32 bits per pixel, either row order), as OpenCV writes it.
+Image decode_bmp(const std::vector<uint8_t>& data, const std::string& path) {
+  auto u16 = [&](size_t at) { return static_cast<uint32_t>(data[at] | (data[at + 1] << 8)); };
+  auto u32 = [&](size_t at) { return u16(at) | (u16(at + 2) << 16); };
+  if (data.size() < 54) throw InputError(path + ": frame is truncated (the image file ends before its data)");
+  const uint32_t offset = u32(10), bits = u16(28), compression = u32(30);
+  const int32_t width = static_cast<int32_t>(u32(18)), signed_height = static_cast<int32_t>(u32(22));
+  if (compression != 0 || (bits != 24 && bits != 32))
+    throw InputError(path + ": the runner reads uncompressed 24- or 32-bit BMP frames only (this one has " +
+                     std::to_string(bits) + " bits, compression " + std::to_string(compression) + ")");
+  const bool bottom_up = signed_height > 0;
+  const int64_t height = bottom_up ? signed_height : -static_cast<int64_t>(signed_height);
+  if (width < 1 || height < 1 || width > 1000000 || height > 1000000)
+    throw InputError(path + ": frame cannot be decoded as an image (bad BMP size)");
+  const size_t step = bits / 8, row_bytes = (static_cast<size_t>(width) * step + 3) & ~static_cast<size_t>(3);
+  if (offset + row_bytes * static_cast<size_t>(height) > data.size())
+    throw InputError(path + ": frame is truncated (the image file ends before its data)");
+  Image image;
+  image.width = width;
+  image.height = static_cast<int>(height);
+  image.pixels.resize(static_cast<size_t>(width) * image.height * 3);
+  for (int y = 0; y < image.height; ++y) {
+    const uint8_t* row = data.data() + offset + row_bytes * static_cast<size_t>(bottom_up ? image.height - 1 - y : y);
+    uint8_t* out = image.pixels.data() + static_cast<size_t>(y) * width * 3;
+    for (int x = 0; x < width; ++x) {
+      out[3 * x] = row[step * x + 2];  // stored B, G, R
+      out[3 * x + 1] = row[step * x + 1];
+      out[3 * x + 2] = row[step * x];
+    }
+  }
+  return image;
+}
+
+// Same limits as headway.tracking.crop.check_frame_size.
+constexpr int kMinFrameSide = 16;
+
+void check_frame_size(const Image& image, const Image* first, const std::string& path) {
+  const std::string size = std::to_string(image.width) + "x" + std::to_string(image.height);
+  if (image.width < kMinFrameSide || image.height < kMinFrameSide)
+    throw InputError(path + ": frame is " + size + "; the tracker needs at least " +
+                     std::to_string(kMinFrameSide) + " pixels per side");
+  if (first != nullptr && (image.width != first->width || image.height != first->height))
+    throw InputError(path + ": frame is " + size + " but the sequence's first frame is " +
+                     std::to_string(first->width) + "x" + std::to_string(first->height));
+}
+
 Image read_frame(const std::string& path) {
   std::vector<uint8_t> data = read_bytes(path);
   if (truncated(data)) throw InputError(path + ": frame is truncated (the image file ends before its data)");
@@ -225,7 +288,8 @@ Image read_frame(const std::string& path) {
 #endif
   }
   if (starts_with(data, "P6", 2)) return decode_ppm(data, path);
-  throw InputError(path + ": frame cannot be decoded as an image (the runner reads JPEG, PNG and PPM)");
+  if (starts_with(data, "BM", 2)) return decode_bmp(data, path);
+  throw InputError(path + ": frame cannot be decoded as an image (the runner reads JPEG, PNG, PPM and BMP)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -881,11 +945,15 @@ int command_track(const std::string& job_path) {
   std::map<std::string, std::vector<double>> stages;
   for (const auto& name : kStages) stages[name];
   const bool progress = job.get("progress", "0") == "1";
+  Image first_frame;  // its size: every later frame must have it
   for (size_t index = 0; index < job.frames.size(); ++index) {
     const auto began = std::chrono::steady_clock::now();
     Image image = read_frame(job.frames[index]);
+    check_frame_size(image, index == 0 ? nullptr : &first_frame, job.frames[index]);
     const double read = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began).count();
     if (index == 0) {
+      first_frame.width = image.width;
+      first_frame.height = image.height;
       check_init_box(init_box, image, job.get("name", "sequence") + " (" + job.frames[0] + ")");
       tracker.initialize(image, init_box);
       boxes.push_back(init_box);
