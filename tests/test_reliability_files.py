@@ -132,9 +132,7 @@ def test_synth_over_a_longer_dataset_leaves_no_frame_without_ground_truth(
 
     runner = CliRunner()
     assert runner.invoke(app, ["synth", str(tmp_path / "d"), "--sequences", "1"]).exit_code == 0
-    result = runner.invoke(
-        app, ["synth", str(tmp_path / "d"), "--sequences", "1", "--frames", "5"]
-    )
+    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "--sequences", "1", "--frames", "5"])
     assert result.exit_code == 0, result.output
     (sequence,) = load_dataset(tmp_path / "d", "otb")
     assert len(sequence.frames) == 5 == len(sequence.ground_truth)
@@ -147,7 +145,7 @@ def test_a_plot_name_without_suffix_is_written_and_printed_as_png(tmp_path: Path
 
     written = save_figure(Figure(), tmp_path / "plot")
     assert written == tmp_path / "plot.png" and written.is_file()
-    with pytest.raises(InputError, match="cannot draw a .xyz figure"):
+    with pytest.raises(InputError, match=r"cannot draw a \.xyz figure"):
         save_figure(Figure(), tmp_path / "plot.xyz")
 
 
@@ -188,7 +186,7 @@ def test_half_a_jpeg_with_an_end_marker_is_damaged(tmp_path: Path) -> None:
     data = _jpeg(image)
     frame = tmp_path / "0001.jpg"
     frame.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
-    with pytest.raises(InputError, match="frame is damaged .*libjpeg"):
+    with pytest.raises(InputError, match=r"frame is damaged .*libjpeg"):
         read_frame(frame)
     frame.write_bytes(data)
     assert read_frame(frame).shape == (96, 128, 3)
