@@ -92,3 +92,43 @@ def test_track_command_on_ray_and_without_ray(
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     result = runner.invoke(app, [*args[:3], str(tmp_path / "other"), "--ray"])
     assert result.exit_code == 1 and "pip install 'headway[cluster]'" in result.output
+
+
+def test_ray_addresses_are_checked_and_reached_within_a_bound(
+    synth_dataset: Path, tmp_path: Path
+) -> None:
+    """A malformed address, ray:// without the Ray client, and a port where nothing listens:
+    one line each, within seconds (Ray itself retries a closed port for minutes)."""
+    import importlib.util
+    import time
+
+    from test_cli_bad_input import assert_one_line_error
+
+    args = ["track", str(synth_dataset), "--out", str(tmp_path / "run"), "--config", "tiny"]
+    assert_one_line_error([*args, "--ray-address", "not an address"], "expected auto, HOST:PORT")
+    assert_one_line_error([*args, "--ray-address", "host:99999"], "expected auto")
+    if importlib.util.find_spec("grpc") is None:
+        assert_one_line_error([*args, "--ray-address", "ray://127.0.0.1:10001"], "ray[client]")
+    began = time.perf_counter()
+    assert_one_line_error([*args, "--ray-address", "127.0.0.1:1"], "cannot reach", "127.0.0.1:1")
+    reproduce = ["reproduce", str(tmp_path / "out"), "--quick", "--only", "tracker_speed"]
+    assert_one_line_error([*reproduce, "--ray-address", "127.0.0.1:1"], "cannot reach")
+    assert time.perf_counter() - began < 60
+    assert not (tmp_path / "run" / "synth0007_000.txt").exists()
+
+
+def test_a_worker_that_cannot_be_replaced_ends_the_run_with_its_cause(
+    synth_dataset: Path, tmp_path: Path
+) -> None:
+    """Every worker fails to build its tracker (its checkpoint is not there on the node): the
+    run ends, each sequence reported with the real cause in plain text, instead of waiting for
+    a replacement that never starts."""
+    sequences = load_dataset(synth_dataset, "otb")
+    recipe = TrackerRecipe(config="tiny", checkpoint=str(tmp_path / "gone.pth"), threads=1)
+    summary = track_dataset_ray(
+        recipe, sequences, tmp_path / "ray", "otb", workers=1, show_progress=False
+    )
+    assert summary.tracked == []
+    assert sorted(summary.failed) == sorted(s.name for s in sequences)
+    for reason in summary.failed.values():
+        assert "gone.pth" in reason and "\x1b[" not in reason, reason

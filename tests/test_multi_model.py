@@ -254,11 +254,18 @@ def test_a_failing_model_is_named_and_does_not_stop_the_others() -> None:
 
 @pytest.mark.slow
 def test_multiprocess_baseline_keeps_finished_results() -> None:
+    import os
+    import time
+
     specs = {"alexnet#0": ModelSpec("alexnet"), "bad#0": ModelSpec("no_such_model")}
     builders = {name: partial(build_instance, spec, name) for name, spec in specs.items()}
+    builders["dies#0"] = partial(os._exit, 3)  # killed while building: it never says so
+    began = time.perf_counter()
     result = run_multiprocess(builders, requests=2, threads_per_process=1, timeout_s=120)
+    assert time.perf_counter() - began < 100  # nobody waited out the 120 s for the dead one
     assert len(result.latencies_ms["alexnet#0"]) == 2
     assert "bad#0" in result.errors and "no_such_model" in result.errors["bad#0"]
+    assert result.errors["dies#0"] == "process exited with code 3"
 
 
 def test_experiment_cases_take_turns_over_rounds() -> None:

@@ -56,6 +56,7 @@ def compress_tucker(
     seed: Annotated[int, typer.Option(help="Seed of random weights and the probe batch.")] = 0,
 ) -> None:
     """Tucker-2-decompose a model's K×K convolutions; print the per-layer table and totals."""
+    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
     from rich.progress import Progress
 
     from headway.models import create_model

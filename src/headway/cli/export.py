@@ -44,6 +44,7 @@ def export_command(
 ) -> None:
     """Write ONNX / OpenVINO IR / TorchScript / AOTInductor files of what headway runs, each
     reloaded and compared with eager on fresh inputs (max |Δ| in verification.json)."""
+    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
     from headway.runtime.deploy import ExportPart, check_formats, check_target, export_parts
 
     chosen = check_formats([f.strip() for f in formats.split(",") if f.strip()])

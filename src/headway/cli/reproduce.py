@@ -34,9 +34,11 @@ def reproduce(
     output_folder(out, "OUT")
     chosen = some_names(only, "--only")
     if ray or ray_address is not None:
-        from headway.tracking.cluster import require_ray
+        from headway.tracking.cluster import check_ray_address, require_ray
 
         require_ray()
+        if ray_address is not None:
+            check_ray_address(ray_address)
 
     def started(experiment: Experiment, index: int, total: int) -> None:
         console.print(

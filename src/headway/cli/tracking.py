@@ -175,6 +175,7 @@ def track_command(
     ] = None,
 ) -> None:
     """Track every sequence of a dataset; reruns skip sequences already complete."""
+    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
     from headway.models.pretrained import builtin_weights_path
     from headway.tracking.backends import build_tracker
     from headway.tracking.runner import stage_breakdown, track_dataset
@@ -196,9 +197,11 @@ def track_command(
             "then pass the executor it chose (run.json 'auto') to the Ray run"
         )
     if ray or ray_address is not None:
-        from headway.tracking.cluster import require_ray
+        from headway.tracking.cluster import check_ray_address, require_ray
 
         require_ray()
+        if ray_address is not None:
+            check_ray_address(ray_address)
     if checkpoint is not None and str(checkpoint) == "builtin":
         if checkpoint.exists():  # the word and a file of that name: never guess which
             raise InputError(
@@ -435,6 +438,7 @@ def bench_tracker(
 ) -> None:
     """Time every executor on the same frames: encoder, FPS, stages, GFLOP/s, differences
     (``auto`` among them: its choice, made first, is timed like the others)."""
+    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
     import json
 
     from rich.console import Console
@@ -448,13 +452,13 @@ def bench_tracker(
     at_least(warmup, 0, "--warmup")
     at_least(rounds, 1, "--rounds")
     output_file(json_out, "--json")
+    torch_device = resolve_device(device)
     if executors is None:
         from headway.native.build import built_runner
 
         chosen = comparison_executors(device, runner=built_runner() is not None)
     else:
         chosen = some_names(executors, "--executors") or ["eager"]
-    torch_device = resolve_device(device)
     for name in chosen:
         check_executor_option(name, torch_device, precision, None, tune_seconds)
     allocator_tuned = keep_freed_memory()  # same for every executor measured
@@ -627,6 +631,7 @@ def train_tracker_command(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pth.")] = True,
 ) -> None:
     """Train a tracker on synthetic sequences: boxes (L1 + GIoU), then the confidence head."""
+    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

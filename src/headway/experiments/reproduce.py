@@ -192,18 +192,16 @@ def _run_with_ray(
     experiments: tuple[Experiment, ...],
     address: str | None,
 ) -> tuple[Path, list[Outcome]]:
-    from headway.tracking.cluster import require_ray
+    from headway.tracking.cluster import plain_ray_message, ray_session
 
-    ray = require_ray()
     mode = "quick" if quick else "full"
     chosen = [e for e in experiments if not only or e.key in only]
     parallel = [e for e in chosen if not e.timed and not (out / e.key / f"{mode}.json").is_file()]
     outcomes: dict[str, Outcome] = {}
-    if parallel:
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        try:
+    # connected even when every part left is timed (and so runs here, alone): an address
+    # given is checked, never silently ignored
+    if parallel or address is not None:
+        with ray_session(address) as ray:
             task = ray.remote(num_cpus=1)(_ray_part)
             refs = {task.remote(e, out / e.key, quick): e for e in parallel}
             for index, experiment in enumerate(parallel):
@@ -215,13 +213,10 @@ def _run_with_ray(
                 try:
                     outcome = ray.get(ready[0])
                 except ray.exceptions.RayError as error:
-                    outcome = Outcome(experiment.key, "failed", error=str(error).splitlines()[0])
+                    outcome = Outcome(experiment.key, "failed", error=plain_ray_message(error))
                 outcomes[experiment.key] = outcome
                 if on_end is not None:
                     on_end(outcome)
-        finally:
-            if started_here:
-                ray.shutdown()
     rest = tuple(e for e in chosen if e.key not in outcomes)
     _, serial = _run(out, quick, [e.key for e in rest], on_start, on_end, rest)
     outcomes.update({o.key: o for o in serial})

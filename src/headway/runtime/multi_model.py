@@ -295,6 +295,27 @@ def _process_main(
         queue.put((name, [], traceback.format_exc(limit=3)))
 
 
+def _await_start(start: Any, processes: dict[str, Any], timeout_s: float) -> bool:
+    """Wait until every process has built its model (True), or until one fails or dies while
+    building (False: the barrier is broken so the others start without it at once — a process
+    killed before it could say so would otherwise hold them all for ``timeout_s``)."""
+    broken = threading.Event()
+
+    def wait() -> None:
+        try:
+            start.wait(timeout=timeout_s)
+        except threading.BrokenBarrierError:
+            broken.set()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    while waiter.is_alive():
+        waiter.join(0.2)
+        if waiter.is_alive() and any(not p.is_alive() for p in processes.values()):
+            start.abort()  # one died before the start: nobody waits for it
+    return not broken.is_set()
+
+
 def run_multiprocess(
     builders: dict[str, Callable[[], ModelInstance]],
     requests: int,
@@ -322,9 +343,7 @@ def run_multiprocess(
         process.start()
     result = RunResult("mp", {name: [] for name in builders})
     result.notes = {"threads_per_process": threads_per_process}
-    try:
-        start.wait(timeout=timeout_s)
-    except threading.BrokenBarrierError:
+    if not _await_start(start, processes, timeout_s):
         result.notes["start"] = "a process failed while building; the others started without it"
     began = time.perf_counter()
     pending = set(builders)
