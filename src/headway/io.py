@@ -72,6 +72,15 @@ def check_name_lengths(path: str | Path, what: str) -> None:
             )
 
 
+def check_file_targets(folder: str | Path, names: list[str] | tuple[str, ...]) -> None:
+    """Refuse, before any work, a folder standing where a file of ``folder`` will be written
+    (it would only fail at the end, after the work)."""
+    for name in names:
+        target = Path(folder) / name
+        if target.is_dir() and not target.is_symlink():
+            raise InputError(f"{target} is a folder, where headway writes a file; move it away")
+
+
 def make_folder(path: str | Path) -> Path:
     """``mkdir -p`` with the OS's refusals as one line naming the folder."""
     path = Path(path)
@@ -175,6 +184,16 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
         raise InputError(
             f"{what} {path} cannot be read (truncated or not a torch file): {reason}"
         ) from None
+
+
+def require_folder(path: str | Path, what: str) -> Path:
+    """``path`` if it is a folder, else one line saying whether it is missing or a file."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise InputError(f"{path}: {what} is a file, not a folder")
+    raise InputError(f"{path}: {what} does not exist")
 
 
 def read_text_file(path: str | Path, what: str = "file") -> str:

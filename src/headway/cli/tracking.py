@@ -25,6 +25,7 @@ from headway.cli.base import (
     train_app,
 )
 from headway.errors import InputError
+from headway.io import require_folder
 from headway.models import CONFIGS, build_cswintt, load_weights
 from headway.runtime.device import keep_freed_memory, resolve_device
 from headway.tracking.backends import check_tracker_executor
@@ -320,8 +321,7 @@ def eval_command(
     check_choice(format, FORMATS, "dataset format")
     check_choice(convention, CONVENTIONS, "convention")
     for run in runs:
-        if not run.is_dir():
-            raise InputError(f"{run}: run folder does not exist")
+        require_folder(run, "run folder")
         output_folder(run, "RUN")
     if plots is not None:
         output_folder(plots, "--plots")
@@ -374,8 +374,7 @@ def export_results_command(
     from headway.tracking.export import LAYOUTS, export_results
 
     check_choice(to, LAYOUTS, "layout")
-    if not run.is_dir():
-        raise InputError(f"{run}: run folder does not exist")
+    require_folder(run, "run folder")
     output_folder(out, "--out")
     summary = export_results(run, out, to)
     console.print(
@@ -405,14 +404,23 @@ def runner_build(
 @reports_errors
 def runner_info() -> None:
     """Where the runner is, or why it is not there."""
-    from headway.native.build import build_plan, built_runner, runner_missing
+    import subprocess
 
-    plan = build_plan()  # says what is missing when no compiler is found
-    binary = built_runner(plan)
+    from headway.native.build import build_plan, built_runner, prebuilt_runner, runner_missing
+
+    prebuilt = prebuilt_runner()
+    try:
+        plan = build_plan()
+    except InputError:  # no compiler: a runner built earlier is still usable
+        if prebuilt is None:
+            raise
+        plan = None
+    binary = built_runner(plan) if plan is not None else prebuilt
     if binary is None:
-        raise InputError(runner_missing(plan))
-    formats = ", ".join(("ppm", *plan.image_formats))
-    console.print(f"{binary}\ncompiler {plan.compiler}; frames it reads: {formats}")
+        raise InputError(runner_missing(plan))  # type: ignore[arg-type]
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True)
+    compiler = plan.compiler if plan is not None else "none now (built earlier)"
+    console.print(f"{binary}\n{version.stdout.strip()}\ncompiler {compiler}")
 
 
 @bench_app.command("tracker")

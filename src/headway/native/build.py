@@ -16,6 +16,7 @@ records the binary's size and SHA-256 (a damaged binary is never run: it is buil
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,7 +27,14 @@ from pathlib import Path
 import torch
 
 from headway.errors import InputError
-from headway.io import cache_root, discard_cached, locked_folder, manifest_matches, write_manifest
+from headway.io import (
+    atomic_write_text,
+    cache_root,
+    discard_cached,
+    locked_folder,
+    manifest_matches,
+    write_manifest,
+)
 
 SOURCE = Path(__file__).parent / "cpp" / "headway_runner.cpp"
 BINARY_NAME = "headway-runner"
@@ -113,16 +121,43 @@ def runner_path(plan: BuildPlan) -> Path:
     return native_cache_dir() / plan.key / BINARY_NAME
 
 
+def _origin() -> dict[str, str]:
+    """What a binary must have been built from to be used: this source and this torch."""
+    return {"source": hashlib.sha256(SOURCE.read_bytes()).hexdigest(), "torch": torch.__version__}
+
+
+def _verified(path: Path) -> bool:
+    return manifest_matches(path) and os.access(path, os.X_OK)
+
+
 def built_runner(plan: BuildPlan | None = None) -> Path | None:
     """The runner binary for this source and torch, if it has been built and is the file the
     build wrote (size and SHA-256 as its manifest records; a garbled, truncated or replaced
-    binary is not the runner)."""
+    binary is not the runner). Without a compiler (the plan cannot be made) a runner built
+    earlier from this source and torch is still found and used."""
     try:
         plan = plan or build_plan()
     except InputError:
-        return None
+        return prebuilt_runner()
     path = runner_path(plan)
-    return path if manifest_matches(path) and os.access(path, os.X_OK) else None
+    return path if _verified(path) else None
+
+
+def prebuilt_runner() -> Path | None:
+    """A verified runner in the cache built from this source and torch, whichever compiler
+    built it (for machines where the compiler has gone since)."""
+    origin = _origin()
+    for binary in sorted(native_cache_dir().glob(f"*/{BINARY_NAME}")):
+        try:
+            built_from = json.loads((binary.parent / ORIGIN_NAME).read_text())
+        except (OSError, ValueError):
+            continue
+        if built_from == origin and _verified(binary):
+            return binary
+    return None
+
+
+ORIGIN_NAME = "origin.json"
 
 
 def build_runner(force: bool = False) -> Path:
@@ -147,6 +182,7 @@ def build_runner(force: bool = False) -> Path:
             first = next((ln for ln in done.stderr.splitlines() if "error" in ln), "see the log")
             raise InputError(f"headway-runner did not build ({first.strip()}); full log: {log}")
         os.replace(temporary, binary)
+        atomic_write_text(folder / ORIGIN_NAME, json.dumps(_origin()))
         write_manifest(binary)  # last: a binary without a matching manifest is never run
     return binary
 
@@ -156,6 +192,9 @@ def require_runner() -> Path:
     try:
         plan = build_plan()
     except InputError as error:
+        prebuilt = prebuilt_runner()
+        if prebuilt is not None:
+            return prebuilt
         raise InputError(f"executor needs the C++ runner: {error}") from None
     binary = built_runner(plan)
     if binary is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from headway.errors import InputError
-from headway.io import read_number_rows, read_text_file
+from headway.io import read_number_rows, read_text_file, require_folder
 
 # ``otb-got10k``: an OTB folder read as the got10k toolkit's ExperimentOTB reads it (every frame
 # of Tiger1; ``Jogging.1``, ``Human4`` names), for results its ``report()`` scores.
@@ -100,7 +100,7 @@ def read_labels(path: Path, frames: int) -> np.ndarray:
     text = read_text_file(path, "label file")
     try:
         values = np.asarray([int(float(f)) for f in re.split(r"[,\s]+", text) if f], dtype=int)
-    except ValueError:
+    except (ValueError, OverflowError):  # text, or inf / NaN
         raise InputError(f"{path}: expected integer labels, one per frame") from None
     if len(values) != frames:
         raise InputError(f"{path}: {len(values)} labels for {frames} frames")
@@ -111,7 +111,7 @@ def read_resolution(path: Path) -> tuple[int, int] | None:
     """(width, height) from a GOT-10k ``meta_info.ini`` line ``resolution: (W, H)``."""
     if not path.is_file():
         return None
-    for line in path.read_text().splitlines():
+    for line in read_text_file(path, "meta_info file").splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "resolution":
             numbers = re.findall(r"\d+", value)
@@ -242,7 +242,8 @@ def catalog_got10k(root: Path, split: str = "val") -> dict[str, Loader]:
     split_dir = root / split if (root / split).is_dir() else root
     list_file = split_dir / "list.txt"
     if list_file.is_file():
-        names = [n.strip() for n in list_file.read_text().splitlines() if n.strip()]
+        text = read_text_file(list_file, "sequence list")
+        names = [n.strip() for n in text.splitlines() if n.strip()]
     else:
         names = sorted(p.name for p in split_dir.iterdir() if (p / "groundtruth.txt").is_file())
     return {name: partial(_got10k_sequence, split_dir / name) for name in names}
@@ -329,8 +330,7 @@ def load_dataset(
         raise InputError(f"unknown dataset format {format!r}: choose from {', '.join(FORMATS)}")
     if split is not None and format not in ("got10k", "trackingnet"):
         raise InputError(f"a split applies to got10k and trackingnet only, not to {format}")
-    if not root.is_dir():
-        raise InputError(f"{root}: dataset folder does not exist")
+    require_folder(root, "dataset folder")
     if format in ("otb", "otb-got10k"):
         catalog = catalog_otb(root, "got10k" if format == "otb-got10k" else "otb")
     elif format == "got10k":
@@ -340,7 +340,8 @@ def load_dataset(
     else:
         catalog = catalog_lasot(root)
     if not catalog:
-        raise InputError(f"{root}: no {format} sequences found")
+        where = f" in split {split!r}" if split is not None else ""
+        raise InputError(f"{root}: no {format} sequences found{where}")
     wanted = list(catalog) if names is None else list(names)
     unknown = [n for n in wanted if n not in catalog]
     if unknown:

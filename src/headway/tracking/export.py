@@ -36,6 +36,7 @@ from headway.io import (
     read_json_file,
     read_number_rows,
     replace_folder,
+    require_folder,
 )
 from headway.tracking.datasets import otb_protocols_differ
 
@@ -134,8 +135,7 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
     run_dir, out = Path(run_dir), Path(out)
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}: choose from {', '.join(LAYOUTS)}")
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: run folder does not exist")
+    require_folder(run_dir, "run folder")
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         # inside the run, its files would be read back as the run's own on the next export
         raise InputError(f"{out}: export into another folder than the run itself")

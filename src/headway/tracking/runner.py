@@ -24,10 +24,12 @@ from headway.errors import InputError
 from headway.io import (
     NAME_MAX,
     atomic_write_text,
+    check_file_targets,
     locked_folder,
     read_json_file,
     read_number_rows,
     record_settings,
+    require_folder,
 )
 from headway.tracking.datasets import Sequence
 from headway.tracking.metrics import EvalResult, evaluate
@@ -98,7 +100,9 @@ def check_result_names(run_dir: Path, names: list[str]) -> None:
     and no two sequences write the same file (``a``'s time file is ``a_time.txt``, which a
     sequence named ``a_time`` would overwrite with its boxes)."""
     owners: dict[str, str] = {}
+    check_file_targets(run_dir, ["run.json", "metrics.json"])
     for name in names:
+        check_file_targets(run_dir, result_file_names(name))
         for file_name in result_file_names(name):
             if len(os.fsencode(file_name)) > NAME_MAX:
                 raise InputError(
@@ -228,8 +232,7 @@ def evaluate_run(
 ) -> EvalResult:
     """Score the result files in ``run_dir`` against the sequences' ground truth."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: run folder does not exist")
+    require_folder(run_dir, "run folder")
     dataset = sequences[0].dataset if sequences else "otb"
     predictions = {s.name: read_boxes_file(run_dir / f"{s.name}.txt") for s in sequences}
     for sequence in sequences:

@@ -33,7 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from headway.errors import InputError
-from headway.io import atomic_torch_save, atomic_write_text, locked_folder, read_torch_file
+from headway.io import (
+    atomic_torch_save,
+    atomic_write_text,
+    check_file_targets,
+    locked_folder,
+    read_torch_file,
+)
 from headway.measure import keeps_global_rng, torch_threads
 from headway.models.cswintt import CSWinTT, build_cswintt
 from headway.tracking.crop import sample_target
@@ -342,6 +348,7 @@ def train_tracker(
     ``out/weights.json`` (settings, final losses). Returns the weights path."""
     settings = settings or TrackerTrainSettings()
     settings.validate()
+    check_file_targets(out, ("checkpoint.pth", "weights.pth", "weights.json"))
     with locked_folder(out), torch_threads(settings.threads):
         return _train(Path(out), settings, resume, checkpoint_every, on_step)
 
@@ -423,7 +430,10 @@ def _train(
         torch.nn.utils.clip_grad_norm_(trained, settings.grad_clip)
         optimizer.step()
         if not math.isfinite(metrics["loss"]):
-            raise RuntimeError(f"training diverged at step {step} (loss {metrics['loss']})")
+            raise InputError(
+                f"training diverged at step {step} (loss {metrics['loss']}); train again with "
+                "a lower --lr"
+            )
         metrics = {"step": float(step), "stage": float(stage), "lr": lr, **metrics}
         history.append(metrics)
         if on_step is not None:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from headway.errors import InputError
+from headway.io import require_folder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 
@@ -78,8 +79,7 @@ def load_image_folder(
 ) -> ClassificationData:
     """``root/<class>/*.jpg|png...``; each image resized to size×size RGB."""
     root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: image folder does not exist")
+    require_folder(root, "image folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise InputError(f"{root}: expected one sub-folder per class, found {len(classes)}")
@@ -143,8 +143,7 @@ def load_imagenet_folder(
     vit_small). The "train" split is the calibration part (e.g. for averaging attention maps),
     the "test" split is scored."""
     root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: image folder does not exist")
+    require_folder(root, "image folder")
     if not 0.0 < calibration_fraction < 1.0:
         raise InputError(f"calibration fraction must be in (0, 1), got {calibration_fraction}")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
