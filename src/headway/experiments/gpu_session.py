@@ -25,7 +25,7 @@ import torch
 
 from headway.errors import InputError
 from headway.experiments.report import markdown_table
-from headway.io import atomic_write_text
+from headway.io import atomic_write_text, read_text_file
 from headway.tracking.executors import comparison_executors, resolve_executor
 
 BEGIN, END = "<!-- gpu-session:begin -->", "<!-- gpu-session:end -->"
@@ -271,7 +271,7 @@ def check_docs(docs: str | Path) -> str:
     docs = Path(docs)
     if not docs.is_file():
         raise InputError(f"--docs {docs}: no such file")
-    text = docs.read_text()
+    text = read_text_file(docs, "--docs")
     if BEGIN not in text or END not in text.split(BEGIN, 1)[1]:
         raise InputError(f"--docs {docs}: has no {BEGIN} … {END} block to replace")
     return text

@@ -297,7 +297,7 @@ def write_report(
                 f"raw data: `{experiment.key}/{mode}.json`.",
             ]
         elif failure.is_file():
-            last = failure.read_text().strip().splitlines()[-1]
+            last = failure.read_text(errors="replace").strip().splitlines()[-1]
             lines.append(f"**Failed:** `{last}` (traceback in `{experiment.key}/{failure.name}`).")
         else:
             lines.append("Not run.")

@@ -200,7 +200,8 @@ def catalog_otb(root: Path, protocol: str = "otb") -> dict[str, Loader]:
     of Tiger1 is tracked."""
     catalog: dict[str, Loader] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        annotated = [p for p in sorted(folder.glob("groundtruth*.txt")) if p.read_text().strip()]
+        # bytes: an unreadable file is named when its sequence is read, not here
+        annotated = [p for p in sorted(folder.glob("groundtruth*.txt")) if p.read_bytes().strip()]
         for rank, gt_path in enumerate(annotated, start=1):
             if protocol == "got10k":
                 name = f"{folder.name}.{rank}" if len(annotated) > 1 else folder.name
@@ -298,7 +299,8 @@ def catalog_lasot(root: Path) -> dict[str, Loader]:
     out_of_view.txt}``; ``testing_set.txt`` in ``root``, if present, selects the sequences."""
     selection = root / "testing_set.txt"
     if selection.is_file():
-        names = [n.strip() for n in selection.read_text().splitlines() if n.strip()]
+        text = read_text_file(selection, "sequence list")
+        names = [n.strip() for n in text.splitlines() if n.strip()]
         folders = [root / n.rsplit("-", 1)[0] / n for n in names]
     else:
         folders = sorted(p for p in root.glob("*/*") if (p / "groundtruth.txt").is_file())

@@ -49,7 +49,7 @@ def is_complete(run_dir: Path, name: str, num_frames: int) -> bool:
     path = box_path(run_dir, name)
     if not path.is_file():
         return False
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]  # bytes: see eval
     return len(lines) == num_frames
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from headway.errors import InputError
-from headway.io import require_folder
+from headway.io import read_text_file, require_folder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 
@@ -113,7 +113,8 @@ def _class_indices(root: Path, folders: list[str], class_map: Path | None) -> di
     if class_map is not None:
         if not class_map.is_file():
             raise InputError(f"{class_map}: class map file does not exist")
-        names = [line.split()[0] for line in class_map.read_text().splitlines() if line.strip()]
+        text = read_text_file(class_map, "class map")
+        names = [line.split()[0] for line in text.splitlines() if line.strip()]
         order = {name: index for index, name in enumerate(names)}
         missing = [f for f in folders if f not in order]
         if missing:
