@@ -439,3 +439,48 @@ def test_an_interrupted_export_leaves_the_earlier_one(
     assert result.exit_code == 1 and "no space left" in result.output, result.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_runner_built_earlier_is_used_when_the_compiler_has_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headway.io import write_manifest
+    from headway.native import build as native_build
+
+    monkeypatch.setenv("HEADWAY_CACHE", str(tmp_path / "cache"))
+    binary = tmp_path / "cache" / "native" / "0123456789abcdef" / native_build.BINARY_NAME
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\necho 'headway-runner 1 (test)'\n")
+    binary.chmod(0o755)
+    (binary.parent / native_build.ORIGIN_NAME).write_text(json.dumps(native_build._origin()))
+    write_manifest(binary)
+    monkeypatch.setattr(native_build, "find_compiler", lambda: None)
+    assert native_build.require_runner() == binary
+    result = CliRunner().invoke(app, ["runner", "info"])
+    assert result.exit_code == 0 and "built earlier" in result.output, result.output
+    (binary.parent / native_build.ORIGIN_NAME).write_text('{"source": "other", "torch": "0"}')
+    assert_one_line_error(["runner", "info"], "no C++ compiler")
+
+
+def test_folders_and_files_in_the_wrong_place_are_named_before_work(
+    tmp_path: Path, synth_dataset: Path
+) -> None:
+    (tmp_path / "train" / "checkpoint.pth").mkdir(parents=True)
+    assert_one_line_error(
+        ["train", "tracker", str(tmp_path / "train"), "--box-steps", "1"], "checkpoint.pth"
+    )
+    (tmp_path / "file").write_text("x")
+    args = ["--out", str(tmp_path / "run"), "--config", "tiny"]
+    assert_one_line_error(["track", str(tmp_path / "file"), *args], "is a file, not a folder")
+    split = ["--format", "got10k", "--split", "nosuch"]
+    assert_one_line_error(["track", str(synth_dataset), *split, *args], "split 'nosuch'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_label_files_with_infinity_are_one_line(tmp_path: Path) -> None:
+    from headway.tracking.datasets import read_labels
+
+    labels = tmp_path / "cover.label"
+    labels.write_text("1\ninf\n")
+    with pytest.raises(InputError, match="integer labels"):
+        read_labels(labels, 2)
