@@ -47,6 +47,8 @@ _WRITE_REASONS = {
     errno.EPERM: "permission denied",
 }
 
+_WRITING = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EISDIR}
+
 NAME_MAX = 255  # bytes per file or folder name on the file systems headway is used on
 
 
@@ -58,7 +60,8 @@ def environment_failure(error: OSError, path: str | Path | None = None) -> Input
     if reason is None:
         return None
     where = path if path is not None else (error.filename or "a file")
-    return InputError(f"cannot write {where}: {reason.format(limit=NAME_MAX)}")
+    verb = "write" if error.errno in _WRITING else "use"  # EACCES etc. happen on reads too
+    return InputError(f"cannot {verb} {where}: {reason.format(limit=NAME_MAX)}")
 
 
 def check_name_lengths(path: str | Path, what: str) -> None:

@@ -392,9 +392,10 @@ def runner_build(
     from headway.native.build import build_plan, build_runner
 
     plan = build_plan()
-    formats = ", ".join(("ppm", *plan.image_formats))
-    if not plan.image_formats:
-        formats += " (install libjpeg-dev / libpng-dev and rebuild for JPEG / PNG)"
+    formats = ", ".join(("ppm", "bmp", *plan.image_formats))
+    missing = [f"lib{n}-dev" for n in ("jpeg", "png") if n not in plan.image_formats]
+    if missing:
+        formats += f" (install {' and '.join(missing)}, then rebuild, for the other formats)"
     with console.status("compiling headway-runner"):
         binary = build_runner(force)
     console.print(f"headway-runner: {binary} (frames it reads: {formats})")
