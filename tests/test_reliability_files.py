@@ -484,3 +484,23 @@ def test_label_files_with_infinity_are_one_line(tmp_path: Path) -> None:
     labels.write_text("1\ninf\n")
     with pytest.raises(InputError, match="integer labels"):
         read_labels(labels, 2)
+
+
+def test_a_full_disk_while_saving_weights_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    from headway.io import atomic_torch_save
+
+    real_open = builtins.open
+
+    def full_disk(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "w" in mode and str(file).endswith(".tmp"):
+            return real_open("/dev/full", mode, *args, **kwargs)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_disk)
+    with pytest.raises(InputError, match="no space left"):
+        atomic_torch_save(tmp_path / "weights.pth", {"w": torch.zeros(1000)})
+    assert list(tmp_path.iterdir()) == []

@@ -164,7 +164,13 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save`` through a temporary file in the same folder and a rename."""
     import torch
 
-    _atomic(Path(path), lambda temporary: torch.save(obj, temporary))
+    def save(temporary: str) -> None:
+        # through a Python file: a full disk is then an OSError (torch's own writer raises a
+        # RuntimeError without the reason)
+        with open(temporary, "wb") as stream:
+            torch.save(obj, stream)
+
+    _atomic(Path(path), save)
 
 
 def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
