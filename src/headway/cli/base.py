@@ -126,10 +126,35 @@ def positive_ints(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+INT_LIMIT = 2**31 - 1  # what the C and C++ libraries under headway take as a count
+THREAD_LIMIT = 1024  # threads, workers, streams: far above any machine's cores, far below harm
+
+
 def at_least(value: float | None, minimum: float, option: str) -> None:
-    """``--option`` must be ≥ ``minimum`` (None means "not given" and passes)."""
+    """``--option`` must be ≥ ``minimum`` (None means "not given" and passes); a whole number
+    must also fit the C libraries' counts (at most 2³¹ − 1)."""
     if value is not None and value < minimum:
         raise InputError(f"{option} must be at least {minimum}, got {value}")
+    if isinstance(value, int) and value > INT_LIMIT:
+        raise InputError(f"{option} must be at most {INT_LIMIT}, got {value}")
+
+
+def thread_count(value: int | None, option: str) -> None:
+    """A count of threads, workers or streams: 1 to ``THREAD_LIMIT`` (each one is an OS
+    thread or process: a billion of them would exhaust the machine, not speed it up)."""
+    at_least(value, 1, option)
+    if value is not None and value > THREAD_LIMIT:
+        raise InputError(f"{option} must be at most {THREAD_LIMIT}, got {value}")
+
+
+SEED_LIMIT = 2**32  # numpy's legacy generators and many tools take seeds below this
+
+
+def check_seed(seed: int | None, option: str = "--seed") -> None:
+    """A seed every generator headway feeds takes: 0 ≤ seed < 2³² (numpy refuses negatives;
+    torch and numpy's legacy generators overflow on larger ones)."""
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise InputError(f"{option} must be between 0 and {SEED_LIMIT - 1}, got {seed}")
 
 
 def positive(value: float | None, option: str) -> None:

@@ -15,6 +15,7 @@ from headway.cli.base import (
     at_least,
     bench_app,
     check_choice,
+    check_seed,
     compress_app,
     console,
     errors,
@@ -26,6 +27,7 @@ from headway.cli.base import (
     reports_errors,
     shown,
     some_names,
+    thread_count,
 )
 from headway.errors import InputError
 from headway.models import list_models, load_weights
@@ -56,7 +58,7 @@ def compress_tucker(
     seed: Annotated[int, typer.Option(help="Seed of random weights and the probe batch.")] = 0,
 ) -> None:
     """Tucker-2-decompose a model's K×K convolutions; print the per-layer table and totals."""
-    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
+    check_seed(seed)
     from rich.progress import Progress
 
     from headway.models import create_model
@@ -215,8 +217,8 @@ def multirun(
     check_choice(mode, ("mt", "mp", "seq", "batched"), "mode")
     at_least(requests, 1, "--requests")
     positive(rate, "--rate")
-    at_least(workers, 1, "--workers")
-    at_least(threads, 1, "--threads")
+    thread_count(workers, "--workers")
+    thread_count(threads, "--threads")
     at_least(input_size, 1, "--input-size")
     if coalesce < 1 or (coalesce > 1 and mode != "mt"):
         raise InputError("--coalesce takes N ≥ 1 and applies to --mode mt only")

@@ -10,7 +10,7 @@ from typing import Annotated
 import torch
 import typer
 
-from headway.cli.base import app, at_least, check_choice, console, reports_errors, shown
+from headway.cli.base import app, at_least, check_choice, check_seed, console, reports_errors, shown
 from headway.errors import InputError
 from headway.models import CONFIGS, build_cswintt, load_weights
 from headway.runtime.deploy import DEFAULT_FORMATS, FORMATS
@@ -44,7 +44,7 @@ def export_command(
 ) -> None:
     """Write ONNX / OpenVINO IR / TorchScript / AOTInductor files of what headway runs, each
     reloaded and compared with eager on fresh inputs (max |Δ| in verification.json)."""
-    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
+    check_seed(seed)
     from headway.runtime.deploy import ExportPart, check_formats, check_target, export_parts
 
     chosen = check_formats([f.strip() for f in formats.split(",") if f.strip()])

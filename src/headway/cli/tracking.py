@@ -14,6 +14,7 @@ from headway.cli.base import (
     at_least,
     bench_app,
     check_choice,
+    check_seed,
     console,
     output_file,
     output_folder,
@@ -22,6 +23,7 @@ from headway.cli.base import (
     runner_app,
     shown,
     some_names,
+    thread_count,
     train_app,
 )
 from headway.errors import InputError
@@ -61,7 +63,7 @@ def synth(
     output_folder(out, "OUT")
     at_least(sequences, 1, "--sequences")
     at_least(frames, 2, "--frames")
-    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
+    check_seed(seed)
     settings = SynthSettings(frames=frames, appearance_change=appearance_change)
     steps = iter(track(range(sequences), description="synthesising", console=console))
     written = synthesize(out, sequences, seed, settings, on_sequence=lambda _: next(steps, None))
@@ -176,7 +178,7 @@ def track_command(
     ] = None,
 ) -> None:
     """Track every sequence of a dataset; reruns skip sequences already complete."""
-    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
+    check_seed(seed)
     from headway.models.pretrained import builtin_weights_path
     from headway.tracking.backends import build_tracker
     from headway.tracking.runner import stage_breakdown, track_dataset
@@ -186,8 +188,8 @@ def track_command(
     check_choice(config, list(CONFIGS), "configuration")
     output_folder(out, "--out")
     at_least(interval_option, 1, "--update-interval")
-    at_least(threads, 1, "--threads")
-    at_least(ray_workers, 1, "--ray-workers")
+    thread_count(threads, "--threads")
+    thread_count(ray_workers, "--ray-workers")
     if ray_workers is not None and not ray:
         raise InputError("--ray-workers sizes a local Ray instance: add --ray")
     torch_device = resolve_device(device)
@@ -447,7 +449,7 @@ def bench_tracker(
 ) -> None:
     """Time every executor on the same frames: encoder, FPS, stages, GFLOP/s, differences
     (``auto`` among them: its choice, made first, is timed like the others)."""
-    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
+    check_seed(seed)
     import json
 
     from rich.console import Console
@@ -640,7 +642,7 @@ def train_tracker_command(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pth.")] = True,
 ) -> None:
     """Train a tracker on synthetic sequences: boxes (L1 + GIoU), then the confidence head."""
-    at_least(seed, 0, "--seed")  # numpy's generators take no negative seeds
+    check_seed(seed)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -654,7 +656,7 @@ def train_tracker_command(
 
     check_choice(config, list(CONFIGS), "configuration")
     output_folder(out, "OUT")
-    at_least(threads, 1, "--threads")
+    thread_count(threads, "--threads")
     positive(lr, "--lr")
     settings = TrackerTrainSettings(
         config=config,

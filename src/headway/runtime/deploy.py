@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
+from headway.io import atomic_write_text, make_folder
 from headway.runtime.engines import INSTALL_HINT, engine_available
 from headway.tuning import first_line
 
@@ -157,8 +158,8 @@ def export_parts(
     check_target(folder)
     if probes < 1:
         raise InputError(f"probes must be ≥ 1, got {probes}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    make_folder(folder.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name[:40]}.", dir=folder.parent))
     record: dict[str, Any] = {
         "command": command,
         **(description or {}),
@@ -203,7 +204,7 @@ def export_parts(
         if "onnx" not in formats:  # the intermediate of the OpenVINO IR
             for leftover in staging.glob("*.onnx"):
                 leftover.unlink()
-        (staging / "verification.json").write_text(json.dumps(record, indent=2))
+        atomic_write_text(staging / "verification.json", json.dumps(record, indent=2))
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
