@@ -504,3 +504,17 @@ def test_a_full_disk_while_saving_weights_is_one_line(
     with pytest.raises(InputError, match="no space left"):
         atomic_torch_save(tmp_path / "weights.pth", {"w": torch.zeros(1000)})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_folder_has_the_permissions_of_a_plain_folder(
+    tracked_run: Path, tmp_path: Path
+) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        assert _export(tracked_run, tmp_path / "export").exit_code == 0
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "export").stat().st_mode) == 0o755

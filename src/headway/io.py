@@ -25,12 +25,16 @@ from headway.errors import InputError
 _umask_lock = threading.Lock()
 
 
-def _file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file under the process's umask."""
+def _umask() -> int:
     with _umask_lock:
         umask = os.umask(0)
         os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the process's umask."""
+    return 0o666 & ~_umask()
 
 
 # What the operating system's refusals mean to someone who asked headway to write a file.
@@ -119,6 +123,21 @@ def _atomic(path: Path, write: Any) -> None:
         if failure is None:
             raise
         raise failure from None
+
+
+def staging_folder(target: Path) -> Path:
+    """A new hidden folder beside ``target`` to build it in (then :func:`replace_folder`),
+    with the permissions a plain ``mkdir`` would give (``mkdtemp`` makes 0700 folders)."""
+    parent = make_folder(target.absolute().parent)
+    try:
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name[:40]}."))
+    except OSError as error:
+        failure = environment_failure(error, parent)
+        if failure is None:
+            raise
+        raise failure from None
+    os.chmod(staging, 0o777 & ~_umask())
+    return staging
 
 
 def replace_folder(new: Path, target: Path) -> None:

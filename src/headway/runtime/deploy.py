@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.io import atomic_write_text, make_folder
+from headway.io import atomic_write_text, staging_folder
 from headway.runtime.engines import INSTALL_HINT, engine_available
 from headway.tuning import first_line
 
@@ -158,8 +157,7 @@ def export_parts(
     check_target(folder)
     if probes < 1:
         raise InputError(f"probes must be ≥ 1, got {probes}")
-    make_folder(folder.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name[:40]}.", dir=folder.parent))
+    staging = staging_folder(folder)
     record: dict[str, Any] = {
         "command": command,
         **(description or {}),

@@ -285,6 +285,7 @@ def _track_on_ray(
             sequence = pending.pop(0)
             in_flight[actor.track.remote(sequence)] = (actor, sequence)
 
+    live = len(actors)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, disable=not show_progress) as progress:
         bar = progress.add_task(f"sequences on {count} Ray workers", total=len(todo))
@@ -299,7 +300,9 @@ def _track_on_ray(
                 message = plain_ray_message(error)
                 failed[sequence.name] = f"worker failed after {max_retries} retries: {message}"
                 actor = _replace_worker(ray, actor, actor_class, recipe)
-                if actor is None:  # no worker can take its place: the run ends with the cause
+                if actor is None:  # none can take its place: the others go on without it
+                    live -= 1
+                if live == 0:  # no worker left: the run ends, every sequence left with the cause
                     cause = failed[sequence.name]
                     failed.update({s.name: f"not tracked: {cause}" for s in pending})
                     progress.advance(bar, len(pending))

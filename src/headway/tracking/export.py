@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +31,11 @@ from headway.io import (
     atomic_write_bytes,
     atomic_write_text,
     check_name_lengths,
-    make_folder,
     read_json_file,
     read_number_rows,
     replace_folder,
     require_folder,
+    staging_folder,
 )
 from headway.tracking.datasets import otb_protocols_differ
 
@@ -180,9 +179,7 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
     check_name_lengths(out, "--out")
     for relative in targets:
         check_name_lengths(relative, "export file")
-    staging = Path(
-        tempfile.mkdtemp(dir=make_folder(out.absolute().parent), prefix=f".{out.name[:40]}.")
-    )
+    staging = staging_folder(out)
     try:
         for relative, content in targets.items():
             atomic_write_text(staging / relative, content)  # makes the folders
