@@ -11,8 +11,9 @@
   ``--format otb-got10k``. An OTB-protocol run (``--format otb``) exports only if it holds no
   sequence the two protocols treat differently, and is refused by name otherwise.
 
-The export is complete or absent (a temporary folder that takes ``out``'s place); the run
-folder is only read.
+The export is complete or absent (a temporary folder that takes ``out``'s place); it holds the
+layout's files and a hidden ``.headway-export.json`` (the run, layout and sequences), by which a
+later export knows it may replace the folder. The run folder is only read.
 """
 
 from __future__ import annotations
