@@ -6,7 +6,7 @@ One compiled model per distinct model, as OpenVINO needs."""
 
 from __future__ import annotations
 
-import threading
+import queue
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +44,9 @@ def call_compiled(compiled: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(compiled(x.numpy())[0].copy())
 
 
+STALL_S = 300.0  # no request finished for this long: something is wrong, not slow
+
+
 def run_openvino_peer(
     models: dict[str, tuple[Callable[[], nn.Module], torch.Tensor]],
     requests: int,
@@ -68,31 +71,28 @@ def run_openvino_peer(
     }
     arrays = {name: example.detach().contiguous().numpy() for name, (_, example) in models.items()}
     infer = {name: compiled[models[name][0]].create_infer_request() for name in names}
-    lock, finished = threading.Lock(), threading.Event()
+    # A completion callback only says "done"; this thread records the time and starts the
+    # request's next inference. Restarting a request from inside its own callback, the
+    # shorter way, can lose a completion in OpenVINO (and then waits for ever).
+    completed: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
     started: dict[str, float] = {}
-    remaining = [requests * len(names)]
-
-    def done(name: str) -> None:
-        now = time.perf_counter()
-        with lock:
-            times = result.latencies_ms[name]
-            times.append((now - started[name]) * 1e3)
-            remaining[0] -= 1
-            if len(times) < requests:
-                started[name] = time.perf_counter()
-                infer[name].start_async({0: arrays[name]})
-            elif remaining[0] == 0:
-                finished.set()
-
     for name in names:
         infer[name].infer({0: arrays[name]})  # first-call work out of the timing
-        infer[name].set_callback(lambda _, n=name: done(n), None)
+        infer[name].set_callback(lambda _, n=name: completed.put((n, time.perf_counter())), None)
     began = time.perf_counter()
-    with lock:
-        for name in names:
+    for name in names:
+        started[name] = time.perf_counter()
+        infer[name].start_async({0: arrays[name]})
+    for _ in range(requests * len(names)):
+        try:
+            name, finished_at = completed.get(timeout=STALL_S)
+        except queue.Empty:
+            raise RuntimeError(f"OpenVINO finished no request within {STALL_S:.0f} s") from None
+        times = result.latencies_ms[name]
+        times.append((finished_at - started[name]) * 1e3)
+        if len(times) < requests:
             started[name] = time.perf_counter()
             infer[name].start_async({0: arrays[name]})
-    finished.wait()
     result.wall_s = time.perf_counter() - began
     for name in names:
         result.last_outputs[name] = torch.from_numpy(np.array(infer[name].get_output_tensor().data))
