@@ -70,41 +70,52 @@ def run_openvino_peer(
         "streams": sorted({int(c.get_property("NUM_STREAMS")) for c in compiled.values()}),
     }
     arrays = {name: example.detach().contiguous().numpy() for name, (_, example) in models.items()}
-    infer = {name: compiled[models[name][0]].create_infer_request() for name in names}
-    # A completion callback only says "done"; this thread records the time and starts the
-    # request's next inference. Restarting a request from inside its own callback, the
-    # shorter way, can lose a completion in OpenVINO (and then waits for ever).
+    # OpenVINO's AsyncInferQueue, one request per instance of each compiled model, as its users
+    # serve: the callback only reports (OpenVINO threads then never wait for Python), this
+    # thread restarts the instance, and wait_all() (without the GIL) lets every callback end
+    # before the compiled models are destroyed. Plain requests whose Python callbacks were
+    # still being released then deadlocked that destructor (twice in full test runs).
+    require_engine("openvino")
+    import openvino as ov
+
+    queues = {
+        build: ov.AsyncInferQueue(model, sum(models[n][0] is build for n in names))
+        for build, model in compiled.items()
+    }
     completed: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
+    outputs: dict[str, np.ndarray] = {}
+
+    def on_done(request: Any, name: str) -> None:
+        outputs[name] = np.array(request.get_output_tensor().data)  # tiny: the class scores
+        completed.put((name, time.perf_counter()))
+
+    for build, jobs in queues.items():
+        example_name = next(n for n in names if models[n][0] is build)
+        for index in range(len(jobs)):
+            jobs[index].infer({0: arrays[example_name]})  # first-call work out of the timing
+        jobs.set_callback(on_done)
     started: dict[str, float] = {}
-    for name in names:
-        infer[name].infer({0: arrays[name]})  # first-call work out of the timing
-        infer[name].set_callback(lambda _, n=name: completed.put((n, time.perf_counter())), None)
     began = time.perf_counter()
-    for name in names:
-        started[name] = time.perf_counter()
-        infer[name].start_async({0: arrays[name]})
-    for _ in range(requests * len(names)):
-        try:
-            name, finished_at = completed.get(timeout=STALL_S)
-        except queue.Empty:
-            raise RuntimeError(f"OpenVINO finished no request within {STALL_S:.0f} s") from None
-        times = result.latencies_ms[name]
-        times.append((finished_at - started[name]) * 1e3)
-        if len(times) < requests:
+    try:
+        for name in names:
             started[name] = time.perf_counter()
-            infer[name].start_async({0: arrays[name]})
-    result.wall_s = time.perf_counter() - began
-    for name in names:
-        result.last_outputs[name] = torch.from_numpy(np.array(infer[name].get_output_tensor().data))
-        # the callback refers back to the requests through ``infer``: a cycle through C++
-        # objects that Python's collector cannot see, so break it
-        infer[name].set_callback(_ignore, None)
-    infer.clear()
+            queues[models[name][0]].start_async({0: arrays[name]}, name)
+        for _ in range(requests * len(names)):
+            try:
+                name, finished_at = completed.get(timeout=STALL_S)
+            except queue.Empty:
+                raise RuntimeError(f"OpenVINO finished no request within {STALL_S:.0f} s") from None
+            times = result.latencies_ms[name]
+            times.append((finished_at - started[name]) * 1e3)
+            if len(times) < requests:
+                started[name] = time.perf_counter()
+                queues[models[name][0]].start_async({0: arrays[name]}, name)
+        result.wall_s = time.perf_counter() - began
+    finally:
+        for jobs in queues.values():
+            jobs.wait_all()
+    result.last_outputs = {name: torch.from_numpy(outputs[name]) for name in names}
     return result
-
-
-def _ignore(_: object) -> None:
-    """A completion callback that refers to nothing."""
 
 
 __all__ = ["HINTS", "call_compiled", "openvino_compiled", "run_openvino_peer"]
