@@ -88,16 +88,24 @@ def check_file_targets(folder: str | Path, names: list[str] | tuple[str, ...]) -
             raise InputError(f"{target} is a folder, where headway writes a file; move it away")
 
 
-def make_folder(path: str | Path) -> Path:
-    """``mkdir -p`` with the OS's refusals as one line naming the folder."""
-    path = Path(path)
+@contextlib.contextmanager
+def os_refusals_named(path: str | Path) -> Iterator[None]:
+    """Within the block, an ``OSError`` the machine raises (no space, a folder in the way…)
+    becomes one line naming ``path``; any other exception passes unchanged."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        yield
     except OSError as error:
         failure = environment_failure(error, path)
         if failure is None:
             raise
         raise failure from None
+
+
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p`` with the OS's refusals as one line naming the folder."""
+    path = Path(path)
+    with os_refusals_named(path):
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -107,35 +115,28 @@ def _atomic(path: Path, write: Any) -> None:
     check_name_lengths(path, "file")
     make_folder(path.parent)
     temporary = None
-    try:
-        # the temporary's name is short whatever the file's: a 250-byte name still fits
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp"
-        )
-        os.close(handle)
-        write(temporary)
-        os.chmod(temporary, _file_mode())  # mkstemp makes 0600 files; honour the umask instead
-        os.replace(temporary, path)
-    except BaseException as error:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
-        failure = environment_failure(error, path) if isinstance(error, OSError) else None
-        if failure is None:
+    with os_refusals_named(path):
+        try:
+            # the temporary's name is short whatever the file's: a 250-byte name still fits
+            handle, temporary = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp"
+            )
+            os.close(handle)
+            write(temporary)
+            os.chmod(temporary, _file_mode())  # mkstemp makes 0600 files; honour the umask
+            os.replace(temporary, path)
+        except BaseException:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
             raise
-        raise failure from None
 
 
 def staging_folder(target: Path) -> Path:
     """A new hidden folder beside ``target`` to build it in (then :func:`replace_folder`),
     with the permissions a plain ``mkdir`` would give (``mkdtemp`` makes 0700 folders)."""
     parent = make_folder(target.absolute().parent)
-    try:
+    with os_refusals_named(parent):
         staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name[:40]}."))
-    except OSError as error:
-        failure = environment_failure(error, parent)
-        if failure is None:
-            raise
-        raise failure from None
     os.chmod(staging, 0o777 & ~_umask())
     return staging
 
@@ -146,18 +147,17 @@ def replace_folder(new: Path, target: Path) -> None:
     the old folder, the new one, or (only if the process dies between two renames) absent."""
     aside = None
     try:
-        if target.exists():
-            aside = target.with_name(f".{target.name[:40]}.old-{os.getpid()}")
-            os.replace(target, aside)
-        os.replace(new, target)
-    except OSError as error:
-        if aside is not None and not target.exists():
-            os.replace(aside, target)  # put the old one back
-            aside = None
-        failure = environment_failure(error, target)
-        if failure is None:
-            raise
-        raise failure from None
+        with os_refusals_named(target):
+            try:
+                if target.exists():
+                    aside = target.with_name(f".{target.name[:40]}.old-{os.getpid()}")
+                    os.replace(target, aside)
+                os.replace(new, target)
+            except OSError:
+                if aside is not None and not target.exists():
+                    os.replace(aside, target)  # put the old one back
+                    aside = None
+                raise
     finally:
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)

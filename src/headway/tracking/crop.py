@@ -28,6 +28,7 @@ MAX_BOX_TO_IMAGE = 4
 MIN_FRAME_SIDE = 16
 
 _stderr_lock = threading.Lock()
+_caught: Any = None  # one file that catches stderr around JPEG decodes, opened on first use
 
 
 def read_frame(path: Path) -> np.ndarray:
@@ -60,17 +61,22 @@ def _decode_jpeg_reporting_damage(buffer: np.ndarray, flags: int) -> tuple[Any, 
     OpenCV offers no other way to hear it, so stderr is caught around the call (one decode at
     a time; any other text that lands there meanwhile is passed on). Extraneous bytes before a
     marker leave the image whole (cameras write them) and are not damage."""
-    with _stderr_lock, tempfile.TemporaryFile() as caught:
+    global _caught
+    with _stderr_lock:
+        if _caught is None:  # once, not per frame: this runs in the tracking loop
+            _caught = tempfile.TemporaryFile()  # noqa: SIM115 - lives with the process
+        _caught.seek(0)
+        _caught.truncate()
         sys.stderr.flush()
         saved = os.dup(2)
         try:
-            os.dup2(caught.fileno(), 2)
+            os.dup2(_caught.fileno(), 2)
             image = cv2.imdecode(buffer, flags)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        caught.seek(0)
-        text = caught.read().decode("utf-8", "replace")
+        _caught.seek(0)
+        text = _caught.read().decode("utf-8", "replace")
     damage, other = "", []
     for line in text.splitlines():
         harmless = "extraneous bytes before marker" in line
