@@ -266,7 +266,11 @@ def test_a_stage_aotinductor_cannot_compile_is_named(tmp_path: Path, monkeypatch
     assert not list((tmp_path / "native" / "aoti").glob("*.pt2"))  # nothing half-written
 
 
-def test_without_a_compiler_the_executors_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_compiler_the_executors_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an empty cache: a runner built earlier (``make setup`` builds one) would be used instead
+    monkeypatch.setenv("HEADWAY_CACHE", str(tmp_path))
     monkeypatch.setattr(native_build, "find_compiler", lambda: None)
     with pytest.raises(InputError, match="no C\\+\\+ compiler"):
         check_tracker_executor("cpp", "cpu")
