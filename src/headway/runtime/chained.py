@@ -2,10 +2,14 @@
 
 The jobs of many model instances still pass through one FIFO queue, but an engine job is
 started asynchronously (OpenVINO ``InferRequest.start_async``, ONNX Runtime ``run_async``) and
-its completion callback does what a driver thread did: it queues that request's next job (or
-records the finished request and queues the instance's next one) and starts the oldest queued
-jobs while fewer than ``depth`` are in flight. Nothing blocks in Python while an engine
-computes, and the engine's own streams are the workers:
+its completion callback only reports. One thread (the caller's) takes the reports in order:
+it queues that request's next job (or records the finished request and queues the instance's
+next one) and starts the oldest queued jobs while fewer than ``depth`` are in flight. No worker
+thread blocks in Python while an engine computes, and the engine's own streams are the workers.
+The callbacks start nothing: restarting a request from inside its own callback lost a
+completion once in the peer (``peers.py``), and before the models go every request is waited
+for with the GIL released, so no engine thread is left waiting for Python while a compiled
+model's destructor joins it (a deadlock seen twice with callbacks still running).
 
 - OpenVINO: every distinct job is compiled once with ``NUM_STREAMS = streams`` and
   ``threads`` threads per stream; each instance owns one infer request per job, chained without
@@ -21,7 +25,7 @@ serve the most requests; finer jobs pay that once per job.
 from __future__ import annotations
 
 import collections
-import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -72,8 +76,11 @@ class _OpenVINOJobs:
         return self._core.compile_model(str(path), "CPU", self._config)
 
     def release(self) -> None:
-        """Drop the callbacks, which refer back to the requests: a cycle through OpenVINO's
+        """Wait for every request (the GIL released, so a callback still running can end),
+        then drop the callbacks, which refer back to the requests: a cycle through OpenVINO's
         C++ objects that Python's collector cannot see, so nothing would ever be freed."""
+        if not _settled(self._requests):
+            return  # a request never came back: keep it (a leak) rather than hang here
         for request in self._requests:
             request.set_callback(_ignore, None)
         self._requests.clear()
@@ -157,6 +164,8 @@ class _OpenVINOBatches:
         request.start_async({0: batch})
 
     def release(self) -> None:
+        if not _settled(self._requests):
+            return  # as in _OpenVINOJobs.release
         for request in self._requests:
             request.set_callback(_ignore, None)
         self._requests.clear()
@@ -273,7 +282,9 @@ def run_chained(
     batch_sizes: list[int] = []
     outputs: list[np.ndarray | None] = [None] * len(instances)
     progress = [0.0]  # when an engine job last came back
-    lock = threading.Lock()
+    lock = threading.Lock()  # the open loop's arrivals thread shares the FIFO with this one
+    # what the engines' callbacks report, handled in order by this thread
+    reports: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
     fifo: collections.deque[tuple[int, int]] = collections.deque()
     in_flight = 0
     served = [0] * len(instances)
@@ -307,29 +318,26 @@ def run_chained(
                 fifo.remove(entry)
         batch_sizes.append(len(members))
         arrays = [inputs[m][0] if n == 0 else outputs[m] for m, n in members]
+
+        def report(rows: list[np.ndarray] | None, error: str | None) -> None:
+            reports.put(lambda: batch_done(members, rows, error))
+
         try:
-            batches.run(job, arrays, lambda rows, error: batch_done(members, rows, error))
+            batches.run(job, arrays, report)
         except Exception as error:  # reported with the instances' names
-            batch_done(members, None, f"{type(error).__name__}: {error}", locked=True)
+            batch_done(members, None, f"{type(error).__name__}: {error}")
 
     def batch_done(
-        members: list[tuple[int, int]],
-        rows: list[np.ndarray] | None,
-        error: str | None,
-        locked: bool = False,
-    ) -> None:
+        members: list[tuple[int, int]], rows: list[np.ndarray] | None, error: str | None
+    ) -> None:  # holding the lock
         nonlocal in_flight
-        progress[0] = time.perf_counter()
-        with contextlib.nullcontext() if locked else lock:
-            in_flight -= 1
-            for index, (i, k) in enumerate(members):
-                if rows is None:
-                    fail(i, error or "the engine returned nothing")
-                    continue
-                outputs[i] = rows[index]
-                advance(i, k)
-            if not locked:
-                start_jobs()
+        in_flight -= 1
+        for index, (i, k) in enumerate(members):
+            if rows is None:
+                fail(i, error or "the engine returned nothing")
+                continue
+            outputs[i] = rows[index]
+            advance(i, k)
 
     def fail(i: int, message: str) -> None:  # holding the lock
         name = instances[i].name
@@ -361,28 +369,25 @@ def run_chained(
             waiting[i].append(time.perf_counter())
         begin_next(i)
 
-    def completed(i: int, k: int, error: str | None = None) -> None:
+    def completed(i: int, k: int, error: str | None = None) -> None:  # holding the lock
         nonlocal in_flight
-        progress[0] = time.perf_counter()
-        with lock:
-            in_flight -= 1
-            try:
-                if error:
-                    fail(i, error)
-                else:
-                    advance(i, k)
-                start_jobs()
-            except Exception as failure:  # an engine callback must never swallow it silently
-                fail(i, f"{type(failure).__name__}: {failure}")
+        in_flight -= 1
+        if error:
+            fail(i, error)
+        else:
+            advance(i, k)
 
     # every job's input shape, from one pass of each distinct model in torch
     inputs: dict[int, list[np.ndarray]] = {}
     chains: list[list[_Link]] = []
     if batches is None:
         chains = [
-            builder.chain(inst.jobs, inst.example, lambda k, e=None, i=i: completed(i, k, e))
+            builder.chain(
+                inst.jobs, inst.example,
+                lambda k, e=None, i=i: reports.put(lambda: completed(i, k, e)),
+            )
             for i, inst in enumerate(instances)
-        ]
+        ]  # fmt: skip
     else:
         shapes: dict[int, list[torch.Size]] = {}
         for i, inst in enumerate(instances):
@@ -411,13 +416,26 @@ def run_chained(
             daemon=True, name="headway-arrivals",
         ).start()  # fmt: skip
     progress[0] = time.perf_counter()
-    while not finished.wait(timeout=1.0):
-        if time.perf_counter() - progress[0] > stall_s:  # nothing came back: say so, not hang
-            with lock:
+    while not finished.is_set():
+        try:
+            report = reports.get(timeout=1.0)
+        except queue.Empty:
+            if time.perf_counter() - progress[0] > stall_s:  # nothing came back: say so
+                with lock:
+                    for i in range(len(instances)):
+                        if served[i] < requests:
+                            fail(i, f"the engine returned nothing for {stall_s:.0f} s")
+                break
+            continue
+        progress[0] = time.perf_counter()
+        with lock:
+            try:
+                report()
+                start_jobs()
+            except Exception as failure:  # named with the instances, never swallowed
                 for i in range(len(instances)):
                     if served[i] < requests:
-                        fail(i, f"the engine returned nothing for {stall_s:.0f} s")
-            break
+                        fail(i, f"{type(failure).__name__}: {failure}")
     result.wall_s = time.perf_counter() - began
     with lock:
         result.notes["in_flight_at_end"] = in_flight
@@ -434,6 +452,15 @@ def run_chained(
 
 def _ignore(_: object) -> None:
     """A completion callback that refers to nothing."""
+
+
+SETTLE_MS = 10_000  # how long one request may take to come back once the run has ended
+
+
+def _settled(requests: list[Any]) -> bool:
+    """Whether every OpenVINO request has come back, its callback included (``wait_for``
+    releases the GIL, so a callback waiting for it can end)."""
+    return all(request.wait_for(SETTLE_MS) for request in requests)
 
 
 def _arrive(
