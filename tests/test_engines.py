@@ -426,3 +426,35 @@ def test_a_stalled_engine_ends_the_run_with_the_reason(monkeypatch: pytest.Monke
     instance = build_instance(ModelSpec("alexnet"), "a#0", "jobs:1")
     result = chained.run_chained([instance], 2, "openvino", stall_s=1.0)
     assert result.errors == {"a#0": "the engine returned nothing for 1 s"}
+
+
+@needs("openvino")
+def test_requests_that_never_came_back_are_kept_not_waited_on_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before the compiled models go, every request is waited for (GIL released) so no
+    callback is left running into their destructors; one that never comes back within
+    ``SETTLE_S`` is kept (its callback untouched) instead of the release hanging."""
+    from headway.runtime import chained
+
+    class Request:
+        def __init__(self, comes_back: bool) -> None:
+            self.comes_back, self.callbacks, self.waited_ms = comes_back, [], []
+
+        def wait_for(self, timeout_ms: int) -> bool:
+            self.waited_ms.append(timeout_ms)
+            return self.comes_back
+
+        def set_callback(self, callback: object, userdata: object) -> None:
+            self.callbacks.append(callback)
+
+    monkeypatch.setattr(chained, "SETTLE_S", 0.05)
+    jobs = chained._OpenVINOJobs("openvino", 1, 1)
+    done, hung = Request(True), Request(False)
+    jobs._requests = [done, hung]
+    jobs.release()
+    assert jobs._requests == [done, hung] and not done.callbacks and not hung.callbacks
+    assert 0 <= hung.waited_ms[0] <= 50
+    jobs._requests = [done]
+    jobs.release()
+    assert jobs._requests == [] and done.callbacks == [chained._ignore]

@@ -454,13 +454,18 @@ def _ignore(_: object) -> None:
     """A completion callback that refers to nothing."""
 
 
-SETTLE_MS = 10_000  # how long one request may take to come back once the run has ended
+SETTLE_S = 10.0  # how long the requests may take, all together, to come back after a run
 
 
 def _settled(requests: list[Any]) -> bool:
-    """Whether every OpenVINO request has come back, its callback included (``wait_for``
-    releases the GIL, so a callback waiting for it can end)."""
-    return all(request.wait_for(SETTLE_MS) for request in requests)
+    """Whether every OpenVINO request has come back, its callback included, within
+    ``SETTLE_S`` (``wait_for`` releases the GIL, so a callback waiting for it can end)."""
+    deadline = time.perf_counter() + SETTLE_S
+    for request in requests:
+        left_ms = max(0, int((deadline - time.perf_counter()) * 1e3))
+        if not request.wait_for(left_ms):
+            return False
+    return True
 
 
 def _arrive(
