@@ -434,8 +434,9 @@ def test_requests_that_never_came_back_are_kept_not_waited_on_forever(
 ) -> None:
     """Before the compiled models go, every request is waited for (GIL released) so no
     callback is left running into their destructors; one that never comes back within
-    ``SETTLE_S`` is kept (its callback untouched) instead of the release hanging."""
-    from headway.runtime import chained
+    ``SETTLE_S`` keeps its callback instead of the release hanging, and every request is
+    retired (kept alive a while), not freed at once."""
+    from headway.runtime import chained, engines
 
     class Request:
         def __init__(self, comes_back: bool) -> None:
@@ -453,8 +454,9 @@ def test_requests_that_never_came_back_are_kept_not_waited_on_forever(
     done, hung = Request(True), Request(False)
     jobs._requests = [done, hung]
     jobs.release()
-    assert jobs._requests == [done, hung] and not done.callbacks and not hung.callbacks
+    assert not done.callbacks and not hung.callbacks  # a callback may still run: left alone
     assert 0 <= hung.waited_ms[0] <= 50
+    assert any(done in objects for _, objects in engines._retired)  # kept alive a while
     jobs._requests = [done]
     jobs.release()
     assert jobs._requests == [] and done.callbacks == [chained._ignore]

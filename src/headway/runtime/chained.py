@@ -7,9 +7,11 @@ it queues that request's next job (or records the finished request and queues th
 next one) and starts the oldest queued jobs while fewer than ``depth`` are in flight. No worker
 thread blocks in Python while an engine computes, and the engine's own streams are the workers.
 The callbacks start nothing: restarting a request from inside its own callback lost a
-completion once in the peer (``peers.py``), and before the models go every request is waited
-for with the GIL released, so no engine thread is left waiting for Python while a compiled
-model's destructor joins it (a deadlock seen twice with callbacks still running).
+completion once in the peer (``peers.py``). A request is started again only once its previous
+run has fully ended (OpenVINO puts a request's callback back only after it returns), its
+callback is set once, and before the models go every request is waited for with the GIL
+released, so no engine thread is left waiting for Python while a compiled model's destructor
+joins it (a deadlock seen twice with callbacks still running).
 
 - OpenVINO: every distinct job is compiled once with ``NUM_STREAMS = streams`` and
   ``threads`` threads per stream; each instance owns one infer request per job, chained without
@@ -30,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.runtime.engines import export_onnx, require_engine
+from headway.runtime.engines import export_onnx, require_engine, retire
 from headway.runtime.jobs import ModelInstance
 from headway.runtime.multi_model import RunResult
 
@@ -78,12 +81,13 @@ class _OpenVINOJobs:
     def release(self) -> None:
         """Wait for every request (the GIL released, so a callback still running can end),
         then drop the callbacks, which refer back to the requests: a cycle through OpenVINO's
-        C++ objects that Python's collector cannot see, so nothing would ever be freed."""
-        if not _settled(self._requests):
-            return  # a request never came back: keep it (a leak) rather than hang here
-        for request in self._requests:
-            request.set_callback(_ignore, None)
-        self._requests.clear()
+        C++ objects that Python's collector cannot see, so nothing would ever be freed. The
+        requests and compiled models are retired, not freed here (``engines.retire``)."""
+        if _settled(self._requests):  # else a request never came back: its callback stays
+            for request in self._requests:
+                request.set_callback(_ignore, None)
+        retire([*self._requests, *self._compiled.values()])
+        self._requests = []
         self._compiled.clear()
 
     def chain(
@@ -104,11 +108,22 @@ class _OpenVINOJobs:
                 request.set_input_tensor(previous.get_output_tensor())
             request.infer()
             request.set_callback(lambda _, k=index: done(k), None)
-            links.append(_Link(request.start_async, lambda r=request: r.get_output_tensor().data))
+            links.append(
+                _Link(partial(_restart, request), lambda r=request: r.get_output_tensor().data)
+            )
             previous = request
             with torch.no_grad():
                 x = job(x)
         return links
+
+
+@dataclass
+class _BatchRun:
+    """One infer request of a batch-size model and what its current run reports to."""
+
+    request: Any
+    count: int = 0
+    done: Callable[[list[np.ndarray] | None, str | None], None] | None = None
 
 
 class _OpenVINOBatches:
@@ -141,34 +156,40 @@ class _OpenVINOBatches:
         key = (id(job), len(arrays))
         with self._lock:
             free = self._free[key]
-            request = free.pop() if free else None
-        if request is None:
-            request = self._compiled[key].create_infer_request()
+            run = free.pop() if free else None
+        if run is None:
+            # one callback for the request's life: replacing a callback while OpenVINO still
+            # holds the previous one would free a Python object on its thread, without the GIL
+            run = _BatchRun(self._compiled[key].create_infer_request())
+            run.request.set_callback(lambda _, r=run, k=key: self._finished(k, r), None)
             with self._lock:
-                self._requests.append(request)
-
-        def finished(_: object) -> None:
-            try:
-                out = request.get_output_tensor().data
-                rows = [np.array(out[j : j + 1]) for j in range(len(arrays))]
-            except Exception as error:  # reported with the instances' names
-                rows, message = None, f"{type(error).__name__}: {error}"
-            else:
-                message = None
-            with self._lock:
-                self._free[key].append(request)
-            done(rows, message)
-
-        request.set_callback(finished, None)
+                self._requests.append(run.request)
+        run.count, run.done = len(arrays), done
         batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        request.start_async({0: batch})
+        _restart(run.request, {0: batch})
+
+    def _finished(self, key: tuple[int, int], run: _BatchRun) -> None:
+        """``run``'s completion, in OpenVINO's callback thread: copy the rows out, free the
+        request, report."""
+        count, done = run.count, run.done
+        try:
+            out = run.request.get_output_tensor().data
+            rows = [np.array(out[j : j + 1]) for j in range(count)]
+        except Exception as error:  # reported with the instances' names
+            rows, message = None, f"{type(error).__name__}: {error}"
+        else:
+            message = None
+        with self._lock:
+            self._free[key].append(run)
+        done(rows, message)
 
     def release(self) -> None:
-        if not _settled(self._requests):
-            return  # as in _OpenVINOJobs.release
-        for request in self._requests:
-            request.set_callback(_ignore, None)
-        self._requests.clear()
+        """As :meth:`_OpenVINOJobs.release`."""
+        if _settled(self._requests):
+            for request in self._requests:
+                request.set_callback(_ignore, None)
+        retire([*self._requests, *self._compiled.values()])
+        self._requests = []
         self._free.clear()
         self._compiled.clear()
         self._jobs.release()
@@ -283,8 +304,9 @@ def run_chained(
     outputs: list[np.ndarray | None] = [None] * len(instances)
     progress = [0.0]  # when an engine job last came back
     lock = threading.Lock()  # the open loop's arrivals thread shares the FIFO with this one
-    # what the engines' callbacks report, handled in order by this thread
-    reports: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+    # what the engines' callbacks report (its handling, the instances it concerns), handled in
+    # order by this thread
+    reports: queue.SimpleQueue[tuple[Callable[[], None], list[int]]] = queue.SimpleQueue()
     fifo: collections.deque[tuple[int, int]] = collections.deque()
     in_flight = 0
     served = [0] * len(instances)
@@ -320,7 +342,7 @@ def run_chained(
         arrays = [inputs[m][0] if n == 0 else outputs[m] for m, n in members]
 
         def report(rows: list[np.ndarray] | None, error: str | None) -> None:
-            reports.put(lambda: batch_done(members, rows, error))
+            reports.put((lambda: batch_done(members, rows, error), [m for m, _ in members]))
 
         try:
             batches.run(job, arrays, report)
@@ -384,7 +406,7 @@ def run_chained(
         chains = [
             builder.chain(
                 inst.jobs, inst.example,
-                lambda k, e=None, i=i: reports.put(lambda: completed(i, k, e)),
+                lambda k, e=None, i=i: reports.put((lambda: completed(i, k, e), [i])),
             )
             for i, inst in enumerate(instances)
         ]  # fmt: skip
@@ -418,7 +440,7 @@ def run_chained(
     progress[0] = time.perf_counter()
     while not finished.is_set():
         try:
-            report = reports.get(timeout=1.0)
+            report, concerned = reports.get(timeout=1.0)
         except queue.Empty:
             if time.perf_counter() - progress[0] > stall_s:  # nothing came back: say so
                 with lock:
@@ -433,9 +455,8 @@ def run_chained(
                 report()
                 start_jobs()
             except Exception as failure:  # named with the instances, never swallowed
-                for i in range(len(instances)):
-                    if served[i] < requests:
-                        fail(i, f"{type(failure).__name__}: {failure}")
+                for i in concerned:
+                    fail(i, f"{type(failure).__name__}: {failure}")
     result.wall_s = time.perf_counter() - began
     with lock:
         result.notes["in_flight_at_end"] = in_flight
@@ -452,6 +473,15 @@ def run_chained(
 
 def _ignore(_: object) -> None:
     """A completion callback that refers to nothing."""
+
+
+def _restart(request: Any, inputs: dict[int, np.ndarray] | None = None) -> None:
+    """Start an OpenVINO request again once its previous run has fully ended. Its callback
+    reports before it returns, and OpenVINO puts the callback back on the request only after
+    that; a run started and finished in between would come back with no callback, a lost
+    completion. ``wait`` releases the GIL and returns at once for a request that is done."""
+    request.wait()
+    request.start_async(inputs)
 
 
 SETTLE_S = 10.0  # how long the requests may take, all together, to come back after a run

@@ -11,10 +11,12 @@ Both engines are optional: ``pip install 'headway[engines]'``.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +41,38 @@ EXPORT_FORMAT = 1  # bump when the export recipe changes, so cached files are no
 # one export at a time in this process (workers may meet new shapes together); other processes
 # sharing the cache wait on its folder lock
 _export_lock = threading.Lock()
+
+
+# OpenVINO objects a run has finished with are kept this long before they may be freed. A
+# request's ``wait`` returns when its result is ready, but the engine thread that ran it still
+# holds its task for a moment; freeing the compiled model then either joins that thread from
+# itself ("Resource deadlock avoided", an abort) or, holding the GIL, joins a thread that waits
+# for the GIL to drop a Python callback (a hang). Both were reproduced here by running the
+# chained runner in a loop; the cyclic collector frees such objects at any later allocation.
+RETIRE_S = 1.0
+_retired: list[tuple[float, list[Any]]] = []
+_retired_lock = threading.Lock()
+
+
+def retire(objects: list[Any]) -> None:
+    """Keep ``objects`` (compiled models, infer requests, queues) alive for ``RETIRE_S``
+    after a run, and free those retired earlier than that."""
+    now = time.monotonic()
+    with _retired_lock:
+        _retired.append((now, objects))
+        keep = [entry for entry in _retired if now - entry[0] < RETIRE_S]
+        old = [entry for entry in _retired if now - entry[0] >= RETIRE_S]
+        _retired[:] = keep
+    del old  # freed here, long after their engine threads went idle
+
+
+@atexit.register
+def _free_retired() -> None:
+    """At exit, let the last run's engine threads go idle before the objects go."""
+    with _retired_lock:
+        if _retired:
+            time.sleep(max(0.0, RETIRE_S - (time.monotonic() - _retired[-1][0])))
+        _retired.clear()
 
 
 def engine_available(engine: str) -> bool:

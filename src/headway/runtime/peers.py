@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.runtime.engines import require_engine
+from headway.runtime.engines import require_engine, retire
 from headway.runtime.multi_model import RunResult
 
 HINTS = ("THROUGHPUT", "LATENCY")
@@ -114,6 +114,7 @@ def run_openvino_peer(
     finally:
         for jobs in queues.values():
             jobs.wait_all()
+        retire([*queues.values(), *compiled.values()])  # freed once their threads are idle
     result.last_outputs = {name: torch.from_numpy(outputs[name]) for name in names}
     return result
 
