@@ -158,8 +158,9 @@ class _OpenVINOBatches:
             free = self._free[key]
             run = free.pop() if free else None
         if run is None:
-            # one callback for the request's life: replacing a callback while OpenVINO still
-            # holds the previous one would free a Python object on its thread, without the GIL
+            # one callback for the request's life, set before it first runs: a callback
+            # replaced while a run is finishing is freed on OpenVINO's thread instead (its
+            # last task keeps it), which then needs the GIL
             run = _BatchRun(self._compiled[key].create_infer_request())
             run.request.set_callback(lambda _, r=run, k=key: self._finished(k, r), None)
             with self._lock:
