@@ -460,3 +460,27 @@ def test_requests_that_never_came_back_are_kept_not_waited_on_forever(
     jobs._requests = [done]
     jobs.release()
     assert jobs._requests == [] and done.callbacks == [chained._ignore]
+
+
+@needs("openvino")
+def test_back_to_back_chained_runs_neither_abort_nor_hang() -> None:
+    """Engine objects freed while OpenVINO's threads still held their last tasks aborted the
+    process ("Resource deadlock avoided") or hung it within a few dozen back-to-back runs;
+    they are retired for a while now. A hang here ends the process with a traceback."""
+    import faulthandler
+
+    from headway.runtime.chained import run_chained
+    from headway.runtime.jobs import ModelInstance
+    from headway.vision.serving import build_instance
+
+    shared = build_instance(ModelSpec("alexnet"), "a", "jobs:1", open_engine=False)
+    instances = [ModelInstance(f"a#{i}", shared.jobs, shared.example) for i in range(3)]
+    faulthandler.dump_traceback_later(300, exit=True)
+    try:
+        for _ in range(8):
+            for engine in ("openvino", "openvino-bf16"):
+                for coalesce in (1, 2):
+                    result = run_chained(instances, 3, engine, coalesce=coalesce)
+                    assert not result.errors, result.errors
+    finally:
+        faulthandler.cancel_dump_traceback_later()
