@@ -79,14 +79,7 @@ class _OpenVINOJobs:
         return self._core.compile_model(str(path), "CPU", self._config)
 
     def release(self) -> None:
-        """Wait for every request (the GIL released, so a callback still running can end),
-        then drop the callbacks, which refer back to the requests: a cycle through OpenVINO's
-        C++ objects that Python's collector cannot see, so nothing would ever be freed. The
-        requests and compiled models are retired, not freed here (``engines.retire``)."""
-        if _settled(self._requests):  # else a request never came back: its callback stays
-            for request in self._requests:
-                request.set_callback(_ignore, None)
-        retire([*self._requests, *self._compiled.values()])
+        _release_openvino(self._requests, list(self._compiled.values()))
         self._requests = []
         self._compiled.clear()
 
@@ -185,11 +178,7 @@ class _OpenVINOBatches:
         done(rows, message)
 
     def release(self) -> None:
-        """As :meth:`_OpenVINOJobs.release`."""
-        if _settled(self._requests):
-            for request in self._requests:
-                request.set_callback(_ignore, None)
-        retire([*self._requests, *self._compiled.values()])
+        _release_openvino(self._requests, list(self._compiled.values()))
         self._requests = []
         self._free.clear()
         self._compiled.clear()
@@ -474,6 +463,17 @@ def run_chained(
 
 def _ignore(_: object) -> None:
     """A completion callback that refers to nothing."""
+
+
+def _release_openvino(requests: list[Any], compiled: list[Any]) -> None:
+    """Wait for every request (the GIL released, so a callback still running can end), then
+    drop the callbacks, which refer back to the requests: a cycle through OpenVINO's C++
+    objects that Python's collector cannot see, so nothing would ever be freed. The requests
+    and compiled models are retired, not freed here (``engines.retire``)."""
+    if _settled(requests):  # else a request never came back: its callback stays
+        for request in requests:
+            request.set_callback(_ignore, None)
+    retire([*requests, *compiled])
 
 
 def _restart(request: Any, inputs: dict[int, np.ndarray] | None = None) -> None:
