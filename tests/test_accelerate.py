@@ -81,16 +81,16 @@ def test_the_chosen_candidate_computes_what_the_module_does() -> None:
 
 
 def test_a_rewrite_that_changes_the_answers_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    from headway import acceleration
+    from headway import ways
 
-    real_fold = acceleration.fold_batchnorm
+    real_fold = ways.fold_batchnorm
 
     def wrong_fold(model):  # as fold_batchnorm did on timm's BatchNormAct2d: activation lost
         folded, report = real_fold(model)
         folded.stem[2] = nn.Identity()
         return folded, report
 
-    monkeypatch.setattr(acceleration, "fold_batchnorm", wrong_fold)
+    monkeypatch.setattr(ways, "fold_batchnorm", wrong_fold)
     model = stand_in(1)
     fast = headway.accelerate(model, torch.randn(1, 3, 16, 16), budget_s=10)
     status = {c.name: c for c in fast.report.candidates}

@@ -3,3 +3,9 @@
 
 class InputError(ValueError):
     """Input that cannot be used as given: names the thing (file, line, option) and the problem."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first non-blank line (or its type's name), for one-line reasons."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 
 _umask_lock = threading.Lock()
 
@@ -205,7 +205,7 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for unreadable files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         if reason.startswith("Weights only load failed"):
             reason = "it holds objects other than tensors and plain data, which headway does not "
             reason += "unpickle (that could run code)"

@@ -16,20 +16,20 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 from headway.io import atomic_write_text, cache_root
 
 log = logging.getLogger(__name__)
 
-PLAN_FORMAT = 1  # bump when what a plan holds changes, so older plans are tuned again
+PLAN_FORMAT = 2  # bump when what a plan holds changes, so older plans are tuned again
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_BUDGET_S = 60.0
 
@@ -192,8 +192,7 @@ def load_plan(key: str, known: Callable[[str], bool]) -> TuningPlan | None:
         if not known(plan.chosen):
             raise ValueError(f"it chose {plan.chosen!r}, which is not available")
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        log.warning("tuning plan %s cannot be trusted (%s): tuning again", path, reason)
+        log.warning("tuning plan %s cannot be trusted (%s): tuning again", path, first_line(error))
         return None
     plan.cached = True
     return plan
@@ -216,21 +215,56 @@ def time_interleaved(
     runs: Mapping[str, Callable[[], list[float]]],
     budget_s: float,
     min_rounds: int = 2,
-    max_rounds: int = 6,
+    max_rounds: int | None = 6,
 ) -> dict[str, float]:
-    """Median milliseconds per name: each round calls every ``runs[name]()`` once (it returns
-    the milliseconds of the frames or calls it timed), in alternating order so a drift of the
-    machine's speed hits all alike; rounds go on while the budget lasts (at least
-    ``min_rounds``)."""
+    """The one interleaved timer: median per name, where each round calls every
+    ``runs[name]()`` once (it returns the times of the frames, calls or blocks it timed), in
+    alternating order so a drift of the machine's speed hits all alike; rounds go on while
+    the budget lasts (at least ``min_rounds``, at most ``max_rounds``)."""
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
     began = time.perf_counter()
-    for round_index in range(max_rounds):
+    round_index = 0
+    while max_rounds is None or round_index < max_rounds:
         if round_index >= min_rounds and time.perf_counter() - began > budget_s:
             break
         for name in names if round_index % 2 == 0 else names[::-1]:
             samples[name] += runs[name]()
+        round_index += 1
     return {name: float(np.median(values)) for name, values in samples.items()}
+
+
+def interleaved_medians(
+    variants: Mapping[str, Callable[[], object]],
+    min_run_time: float = 2.0,
+    block_seconds: float = 0.05,
+    min_rounds: int = 7,
+) -> dict[str, float]:
+    """Median seconds per call of each variant: :func:`time_interleaved` over blocks of about
+    ``block_seconds`` of calls (torch.utils.benchmark timers) until every variant has had
+    ``min_run_time`` seconds (and ``min_rounds`` blocks)."""
+    from torch.utils.benchmark import Timer
+
+    threads = torch.get_num_threads()
+    blocks: dict[str, Callable[[], list[float]]] = {}
+    for name, run in variants.items():
+        timer = Timer("run()", globals={"run": run}, num_threads=threads)
+        timer.timeit(number=1)  # warm-up: first-call allocations, lazy initialisation
+        number = max(1, int(block_seconds / max(timer.timeit(number=1).mean, 1e-9)))
+        blocks[name] = lambda timer=timer, number=number: [timer.timeit(number=number).mean]
+    return time_interleaved(blocks, min_run_time * len(blocks), min_rounds, max_rounds=None)
+
+
+def call_ms(run: Callable[..., Any], args: Sequence[Any], calls: int = 3) -> list[float]:
+    """Milliseconds of each of ``calls`` calls of ``run(*args)`` (under inference mode): one
+    timing pass of a candidate that is called like a module."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(calls):
+            began = time.perf_counter()
+            run(*args)
+            times.append((time.perf_counter() - began) * 1e3)
+    return times
 
 
 def choose_fastest(
@@ -248,7 +282,103 @@ def choose_fastest(
     return chosen
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's first line (or its type), for one-line reasons."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+Built = TypeVar("Built")
+
+
+@dataclass
+class Trial(Generic[Built]):
+    """What :func:`tune` needs to know of one kind of candidate.
+
+    - ``build(name)``: the candidate, ready to check (raises when it cannot be built);
+    - ``check(name, built)``: its numbers against the reference (``max_abs_diff``, …) and why
+      it is rejected, or None when it is within tolerance (raises when it cannot run);
+    - ``time(built)``: one timing pass, in milliseconds per call or frame;
+    - ``skip(name)``: why it is not a candidate here, or None;
+    - ``close(built)``: release what it holds (threads, processes) when it is not chosen.
+    """
+
+    build: Callable[[str], Built]
+    check: Callable[[str, Built], tuple[dict[str, float], str | None]]
+    time: Callable[[Built], list[float]]
+    skip: Callable[[str], str | None] = lambda name: None
+    close: Callable[[Built], None] = lambda built: None
+
+
+def tune(
+    candidates: Sequence[str],
+    trial: Trial[Built],
+    key: str,
+    *,
+    precision: str,
+    tolerance: float,
+    budget_s: float,
+    reference: str,
+    diff_label: str = "max |Δ|",
+    use_cache: bool = True,
+    on_candidate: Callable[[str], None] | None = None,
+) -> tuple[TuningPlan, Built]:
+    """The one tuning loop: the plan cached under ``key`` (its choice built), or each
+    candidate in turn skipped, built, checked (``reference`` first: a failure there is raised),
+    then those within tolerance timed interleaved within what is left of ``budget_s``; the
+    fastest is chosen, the others closed, and the plan cached."""
+    if use_cache:
+        cached = load_plan(key, candidates.__contains__)
+        if cached is not None:
+            return cached, trial.build(cached.chosen)
+    began = time.perf_counter()
+    results: dict[str, CandidateResult] = {}
+    kept: dict[str, Built] = {}
+    for name in dict.fromkeys([reference, *candidates]):
+        reason = trial.skip(name) if name != reference else None
+        if reason is None and time.perf_counter() - began > budget_s:
+            reason = "tuning budget spent"
+        if reason is not None:
+            results[name] = CandidateResult(name, "skipped", reason)
+            continue
+        if on_candidate is not None and name != reference:
+            on_candidate(name)
+        started = time.perf_counter()
+        built: Built | None = None
+        try:
+            built = trial.build(name)
+            numbers, rejected = trial.check(name, built)
+        except Exception as error:  # engines, compilers and the runner fail in many ways
+            if name == reference:
+                raise
+            if built is not None:
+                trial.close(built)
+            results[name] = CandidateResult(name, "failed", first_line(error))
+            continue
+        result = CandidateResult(name, "passed", build_s=time.perf_counter() - started)
+        for field_name, value in numbers.items():
+            setattr(result, field_name, value)
+        if rejected is not None:
+            result.status, result.reason = "rejected", rejected
+            trial.close(built)
+        else:
+            kept[name] = built
+        results[name] = result
+    if not kept:  # the reference itself rejected: its answers are not repeatable
+        reasons = "; ".join(f"{r.name}: {r.status} ({r.reason})" for r in results.values())
+        raise InputError(f"no way of running the model meets the tolerance: {reasons}")
+    chosen = choose_fastest(
+        results,
+        {name: (lambda b=built: trial.time(b)) for name, built in kept.items()},
+        max(budget_s - (time.perf_counter() - began), 0.0),
+    )
+    for name, built in kept.items():
+        if name != chosen:
+            trial.close(built)
+    plan = TuningPlan(
+        chosen=chosen,
+        precision=precision,
+        tolerance=tolerance,
+        budget_s=budget_s,
+        tune_s=time.perf_counter() - began,
+        key=key,
+        candidates=list(results.values()),
+        reference=reference,
+        diff_label=diff_label,
+    )
+    save_plan(plan)
+    return plan, kept[chosen]

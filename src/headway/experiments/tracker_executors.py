@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,11 @@ from headway.tracking.backends import (
     check_tracker_executor,
     run_pass,
     tracked_ms,
-    tracker_encoder,
 )
 from headway.tracking.executors import EXECUTORS, comparison_executors
 from headway.tracking.settings import STAGES
 from headway.tracking.synth import SynthSettings, render_sequence
-from headway.tuning import DEFAULT_BUDGET_S, check_tuning_options
+from headway.tuning import DEFAULT_BUDGET_S, check_tuning_options, time_interleaved
 
 TIMED_STAGES = STAGES[:5]
 
@@ -125,6 +125,28 @@ def _write_frames(images: list[np.ndarray]) -> tuple[Path, list[Path]]:
 
 
 @keeps_global_rng
+def _encoder_probe(
+    network: CSWinTT, device: torch.device, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random encoder tokens of one frame (seeded), the search region's last rows padded."""
+    config = network.config
+    generator = torch.Generator(device).manual_seed(seed)
+    tokens = torch.randn(config.num_tokens, 1, config.d_model, device=device, generator=generator)
+    mask = torch.zeros(1, config.num_tokens, dtype=torch.bool, device=device)
+    mask[0, -config.search_grid * 2 :] = True
+    return tokens, mask
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
 def benchmark_executors(
     config: str = "default",
     device: str = "cpu",
@@ -158,58 +180,46 @@ def benchmark_executors(
     )
     frame_folder, frame_files = _write_frames(images)
     trackers = {n: build_tracker(network, None, torch_device, n) for n in names if n != AUTO}
+    first_box = [float(v) for v in boxes[0]]
     plan = None
     if AUTO in names:
         plan, trackers[AUTO] = tune_tracker(
-            network, frame_files, [float(v) for v in boxes[0]], None, torch_device, precision,
-            budget_s=tune_seconds,
-        )  # fmt: skip
-
-    probe_tokens = torch.randn(
-        network.config.num_tokens,
-        1,
-        network.config.d_model,
-        device=torch_device,
-        generator=torch.Generator(torch_device).manual_seed(seed),
-    )
-    probe_mask = torch.zeros(1, network.config.num_tokens, dtype=torch.bool, device=torch_device)
-    probe_mask[0, -network.config.search_grid * 2 :] = True
+            network, frame_files, first_box, None, torch_device, precision, budget_s=tune_seconds
+        )
+    probe_tokens, probe_mask = _encoder_probe(network, torch_device, seed)
     with torch.inference_mode():
-        reference = tracker_encoder(trackers["eager"])(probe_tokens, probe_mask).float()
-    first_box = [float(v) for v in boxes[0]]
+        reference = trackers["eager"].encoder(probe_tokens, probe_mask).float()
 
     progress = None if on_frame is None else lambda i: on_frame(i - 1) if i else None
-
     stage_times: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    frame_times: dict[str, list[float]] = {name: [] for name in names}
     tracked: dict[str, np.ndarray] = {}
-    for round_index in range(rounds):
-        for name in names if round_index % 2 == 0 else names[::-1]:
-            result = run_pass(trackers[name], images, frame_files, first_box, progress)
-            tracked.setdefault(name, result.boxes[1:])  # the first round's boxes
-            frame_times[name] += list(tracked_ms(result, 1 + warmup))  # frame 0 initialises
-            read = result.read_ms if result.read_ms is not None else np.zeros(len(images))
-            for index in range(1 + warmup, len(images)):
-                measured = {s: result.stage_times[s][index] for s in STAGES}
-                measured["load_preprocess"] -= read[index]
-                stage_times[name].append(measured)
 
+    def one_pass(name: str) -> list[float]:
+        """ms of the timed frames of one pass; its stage times kept, its first boxes too."""
+        result = run_pass(trackers[name], images, frame_files, first_box, progress)
+        tracked.setdefault(name, result.boxes[1:])  # the first round's boxes
+        read = result.read_ms if result.read_ms is not None else np.zeros(len(images))
+        for index in range(1 + warmup, len(images)):
+            measured = {s: result.stage_times[s][index] for s in STAGES}
+            measured["load_preprocess"] -= read[index]
+            stage_times[name].append(measured)
+        return list(tracked_ms(result, 1 + warmup))  # frame 0 initialises
+
+    passes = {name: partial(one_pass, name) for name in names}
+    frame_ms = time_interleaved(passes, 0.0, min_rounds=rounds, max_rounds=rounds)
     flops = encoder_flops(network, torch_device)
     results = []
     for name in names:
         with torch.inference_mode():
-            output = tracker_encoder(trackers[name])(probe_tokens, probe_mask).float()
-        encoder_ms = float(np.median([t["encoder"] for t in stage_times[name]]))
+            output = trackers[name].encoder(probe_tokens, probe_mask).float()
+        medians = {s: float(np.median([t.get(s, 0.0) for t in stage_times[name]])) for s in STAGES}
         results.append(
             ExecutorResult(
                 name=f"auto→{plan.chosen}" if name == AUTO and plan is not None else name,
-                encoder_ms=encoder_ms,
-                frame_ms=float(np.median(frame_times[name])),
-                stage_ms={
-                    s: float(np.median([t.get(s, 0.0) for t in stage_times[name]]))
-                    for s in TIMED_STAGES
-                },
-                encoder_gflops=flops / encoder_ms / 1e6,
+                encoder_ms=medians["encoder"],
+                frame_ms=frame_ms[name],
+                stage_ms={s: medians[s] for s in TIMED_STAGES},
+                encoder_gflops=flops / medians["encoder"] / 1e6,
                 max_encoder_diff=float((output - reference).abs().max()),
                 max_box_diff_px=float(np.abs(tracked[name] - tracked["eager"]).max()),
             )
@@ -223,22 +233,60 @@ def benchmark_executors(
         )
         for dtype in (torch.float32, torch.bfloat16)
     }
-    environment = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None,
-    }
     return TrackerBenchmark(
-        config, str(torch_device), frames, warmup, rounds, flops / 1e9, peaks, environment,
-        results, plan.to_json() if plan is not None else None,
-    )  # fmt: skip
+        config,
+        str(torch_device),
+        frames,
+        warmup,
+        rounds,
+        flops / 1e9,
+        peaks,
+        _environment(torch_device),
+        results,
+        plan.to_json() if plan is not None else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The section of `headway reproduce`'s report
 # ---------------------------------------------------------------------------------------------
+
+
+def executors_table(bench: TrackerBenchmark) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of ``headway bench tracker``'s main table: one row per executor."""
+    header = ["executor", "enc ms", "×enc", "frame ms", "FPS", "×FPS", "GFLOP/s", "%peak"]
+    header += ["max Δenc", "max Δbox px"]
+    eager, peaks = bench.results[0], bench.matmul_peak_gflops
+    rows = []
+    for r in bench.results:
+        # a bf16 executor may run fp32 where the CPU lacks bf16 (OpenVINO's hint does): its
+        # attainable peak is the higher of the two
+        peak = max(peaks.values()) if "bf16" in r.name else peaks["float32"]
+        rows.append(
+            [
+                r.name,
+                f"{r.encoder_ms:.2f}",
+                f"{eager.encoder_ms / r.encoder_ms:.2f}",
+                f"{r.frame_ms:.2f}",
+                f"{r.fps:.2f}",
+                f"{r.fps / eager.fps:.2f}",
+                f"{r.encoder_gflops:.1f}",
+                f"{100 * r.encoder_gflops / peak:.0f}%",
+                f"{r.max_encoder_diff:.2e}",
+                f"{r.max_box_diff_px:.3f}",
+            ]
+        )
+    return header, rows
+
+
+def stages_table(bench: TrackerBenchmark) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each executor's ms per frame by stage (share of the stages' sum)."""
+    rows = []
+    for r in bench.results:
+        total = sum(r.stage_ms.values()) or 1.0
+        cells = [f"{r.stage_ms[s]:.2f} ({100 * r.stage_ms[s] / total:.0f}%)" for s in TIMED_STAGES]
+        rows.append([r.name, *cells])
+    return ["executor", *TIMED_STAGES], rows
 
 
 def section(folder: Path, quick: bool) -> Section:

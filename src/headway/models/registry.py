@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 from headway.models.classic import VGG, AlexNet, SqueezeNet
 from headway.models.cswintt import CONFIGS, build_cswintt
 from headway.models.deit import DEIT_CONFIGS, build_deit
@@ -122,8 +122,7 @@ def create_external(name: str, num_classes: int | None = None) -> nn.Module:
             return library.get_model(model_name, weights=None, **extra)
         return library.create_model(model_name, pretrained=False, **extra)
     except (ValueError, RuntimeError, KeyError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"{name}: {source} cannot build it ({message})") from None
+        raise InputError(f"{name}: {source} cannot build it ({first_line(error)})") from None
 
 
 def default_input_size(name: str, small_input: bool = False) -> int:

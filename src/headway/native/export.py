@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 from headway.io import (
     atomic_write_text,
     discard_cached,
@@ -139,7 +139,7 @@ def _aoti_package(module: nn.Module, example: tuple[torch.Tensor, ...]) -> Path:
                 )
         except Exception as error:  # export and inductor raise many kinds
             temporary.unlink(missing_ok=True)
-            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            first = first_line(error)
             raise AOTICompileError(
                 f"AOTInductor could not compile {path.name} ({first}); executor 'cpp-spectral' "
                 "runs the same graph without it"
@@ -185,9 +185,8 @@ def export_native_model(
     device = next(network.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
 
-    channels_last = spec.graph in ("fused", "spectral")  # as rewrite_network laid them out
     aoti = spec.backend == "aoti"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = spec.memory_format  # as rewrite_network laid them out
 
     def images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.randn(1, 3, size, size, device=device, generator=generator)
@@ -234,7 +233,7 @@ def export_native_model(
         "num_templates": config.num_templates,
         "enc_layers": config.enc_layers,
         "num_heads": config.num_heads,
-        "channels_last": int(channels_last),
+        "channels_last": int(memory_format is torch.channels_last),
         "torch": torch.__version__,
     }
     atomic_write_text(folder / "manifest.txt", "".join(f"{k} {v}\n" for k, v in manifest.items()))

@@ -188,9 +188,13 @@ class NativeTracker:
         init_box: Seq[float],
         on_frame: Callable[[int], None] | None = None,
         name: str = "sequence",
+        images: Seq[np.ndarray] | None = None,
     ) -> SequenceResult:
         """The frame loop of :meth:`CSWinTTTracker.run_frames`, run by the C++ runner over the
-        image files ``frames`` (it reads them itself); ``read_ms`` says how long each read took."""
+        image files ``frames`` (it reads them itself, so decoded ``images`` only say how many:
+        ``read_ms`` says how long each read took)."""
+        if images is not None:
+            frames = list(frames)[: len(images)]
         raw = self.run_job(frames, [float(v) for v in init_box], name, on_frame)
         return SequenceResult(
             np.asarray(raw["boxes"], dtype=np.float64).reshape(-1, 4),
@@ -204,7 +208,7 @@ class NativeTracker:
         self, sequence: Sequence, on_frame: Callable[[int], None] | None = None
     ) -> SequenceResult:
         """Track a whole sequence from its first ground-truth box (one-pass evaluation)."""
-        return self.run_frames(sequence.frames, sequence.init_box, on_frame, sequence.name)
+        return self.run_frames(sequence.frames, sequence.init_box, on_frame, name=sequence.name)
 
     def close(self) -> None:
         """Remove the exported model (also done when the tracker is collected)."""

@@ -23,10 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 from headway.io import atomic_write_text, staging_folder
 from headway.runtime.engines import INSTALL_HINT, engine_available
-from headway.tuning import first_line
 
 FORMATS = {
     "onnx": ".onnx",
@@ -97,6 +96,30 @@ def output_tensors(value: Any) -> list[torch.Tensor]:
     return [v for v in value if isinstance(v, torch.Tensor)]
 
 
+def reference_outputs(
+    run: Callable[..., Any], inputs: Sequence[tuple[torch.Tensor, ...]]
+) -> list[list[torch.Tensor]]:
+    """``run``'s outputs on each of ``inputs``, as fp32 tensors (the reference a fast path is
+    held to; the caller picks the grad mode)."""
+    return [[o.float() for o in output_tensors(run(*args))] for args in inputs]
+
+
+def max_difference(
+    run: Callable[..., Any],
+    inputs: Sequence[tuple[torch.Tensor, ...]],
+    references: Sequence[Sequence[torch.Tensor]],
+) -> float:
+    """The largest |Δ| of ``run``'s outputs to ``references`` over ``inputs``: the one check
+    of a fast path's answers on probes (``accelerate``, ``export``; the caller picks the grad
+    mode)."""
+    diff = 0.0
+    for args, expected in zip(inputs, references, strict=True):
+        got = output_tensors(run(*args))
+        for g, e in zip(got, expected, strict=True):
+            diff = max(diff, float((g.float() - e).abs().max()))
+    return diff
+
+
 def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
     """Write ``part`` as ``fmt`` to ``path`` and return a callable that runs the written file."""
     module, example = part.module.eval(), tuple(a.contiguous() for a in part.example)
@@ -105,8 +128,14 @@ def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
         if fmt in ("onnx", "openvino"):
             onnx_path = path.with_suffix(".onnx")
             if not onnx_path.exists():
-                torch.onnx.export(module, example, str(onnx_path), dynamo=False,
-                                  opset_version=18, do_constant_folding=True)  # fmt: skip
+                torch.onnx.export(
+                    module,
+                    example,
+                    str(onnx_path),
+                    dynamo=False,
+                    opset_version=18,
+                    do_constant_folding=True,
+                )
             if fmt == "onnx":
                 import onnxruntime as ort
 
@@ -167,26 +196,17 @@ def export_parts(
     }
     try:
         for part in parts:
+            inputs = [probe_inputs(part.example, seed) for seed in range(probes)]
             with torch.no_grad():
-                references = [
-                    [
-                        o.float()
-                        for o in output_tensors(part.module(*probe_inputs(part.example, seed)))
-                    ]
-                    for seed in range(probes)
-                ]
+                references = reference_outputs(part.module, inputs)
             for fmt in formats:
                 if on_part is not None:
                     on_part(f"{part.name} → {fmt}")
                 path = staging / f"{part.name}{FORMATS[fmt]}"
                 try:
                     run = _write(fmt, part, path)
-                    diff = 0.0
                     with torch.no_grad():
-                        for seed, expected in enumerate(references):
-                            got = run(*probe_inputs(part.example, seed))
-                            for g, e in zip(got, expected, strict=True):
-                                diff = max(diff, float((g.float() - e).abs().max()))
+                        diff = max_difference(run, inputs, references)
                 except InputError:
                     raise
                 except Exception as error:  # exporters and engines raise many kinds

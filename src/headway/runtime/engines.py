@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 from headway.io import (
     cache_root,
     discard_cached,
@@ -138,8 +138,14 @@ def export_onnx(
         inputs = tuple(a.detach().contiguous() for a in args)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation notices of the exporter
-            torch.onnx.export(module.eval(), inputs, str(temporary), dynamo=False,
-                              opset_version=18, do_constant_folding=True)  # fmt: skip
+            torch.onnx.export(
+                module.eval(),
+                inputs,
+                str(temporary),
+                dynamo=False,
+                opset_version=18,
+                do_constant_folding=True,
+            )
         os.replace(temporary, path)
         write_manifest(path)
     return path
@@ -150,9 +156,7 @@ def _opened(path: Path, open_graph: Callable[[], Any]) -> Any:
     try:
         return open_graph()
     except Exception as error:  # both engines raise their own types for unreadable graphs
-        text = str(error).strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
-        raise InputError(f"the engine cannot open {path}: {reason}") from None
+        raise InputError(f"the engine cannot open {path}: {first_line(error)}") from None
 
 
 class EngineSession:
@@ -214,9 +218,12 @@ class EngineModule(nn.Module):
     unwrapped. Usable wherever the module was, e.g. as a job of the multi-model runtime."""
 
     def __init__(
-        self, engine: str, module: nn.Module, cache_dir: Path | None = None,
+        self,
+        engine: str,
+        module: nn.Module,
+        cache_dir: Path | None = None,
         threads: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         require_engine(engine)
         self.engine, self.cache_dir, self.threads = engine, cache_dir, threads
@@ -238,9 +245,12 @@ class EngineModule(nn.Module):
 
 
 def compile_module(
-    engine: str, module: nn.Module, example: Sequence[torch.Tensor] | torch.Tensor,
-    cache_dir: Path | None = None, threads: int | None = None,
-) -> EngineModule:  # fmt: skip
+    engine: str,
+    module: nn.Module,
+    example: Sequence[torch.Tensor] | torch.Tensor,
+    cache_dir: Path | None = None,
+    threads: int | None = None,
+) -> EngineModule:
     """``module`` run by ``engine``, exported and opened now for inputs shaped like
     ``example`` (so the first real call is not the slow one).
 

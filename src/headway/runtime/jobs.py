@@ -13,7 +13,7 @@ import torch.fx
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 
 
 @dataclass
@@ -77,7 +77,7 @@ def traced_stages(model: nn.Module) -> list[nn.Module]:
     try:
         traced = torch.fx.symbolic_trace(model, concrete_args=defaults or None)
     except Exception as error:  # fx raises many kinds for untraceable Python
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise InputError(
             f"cannot split {name} into jobs: torch.fx cannot trace it ({reason}); give it a "
             "layer_sequence() method or wrap its layers in an nn.Sequential"

@@ -11,7 +11,6 @@ are timed interleaved on the same frames; the fastest is chosen. fp32 candidates
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,24 +19,20 @@ import torch
 
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT
-from headway.runtime.engines import INSTALL_HINT, engine_available
-from headway.tracking.backends import build_tracker, run_pass, tracked_ms, tracker_encoder
+from headway.tracking.backends import Tracker, build_tracker, run_pass, tracked_ms
 from headway.tracking.crop import check_frame_size, check_init_box, read_frame
-from headway.tracking.executors import EXECUTORS, ExecutorSpec, cpu_has_bf16, resolve_executor
+from headway.tracking.executors import EXECUTORS, ExecutorSpec, resolve_executor
 from headway.tracking.settings import TrackerSettings
-from headway.tracking.tracker import CSWinTTTracker
 from headway.tuning import (
     DEFAULT_BUDGET_S,
-    CandidateResult,
+    Trial,
     TuningPlan,
     check_tuning_options,
-    choose_fastest,
-    first_line,
-    load_plan,
     plan_key,
-    save_plan,
+    tune,
     weights_digest,
 )
+from headway.ways import slow_here, why_not
 
 AUTO = "auto"
 # encoder max |Δ| to eager (fp32 executors reorder sums only; bf16 keeps ~3 digits), and the
@@ -63,17 +58,13 @@ _BACKEND_ORDER = (
 
 
 def unusable_reason(spec: ExecutorSpec, device: torch.device, precision: str) -> str | None:
-    """Why ``spec`` is not a candidate here, or None."""
+    """Why ``spec`` is not a candidate here, or None: :func:`headway.ways.why_not`, and what
+    would only waste the budget (bf16 not asked for or emulated, no compiler, no runner)."""
     if spec.precision == "bf16" and precision == "fp32":
         return "bf16 (add --precision bf16)"
-    if spec.requires_cuda and device.type != "cuda":
-        return "needs CUDA"
-    if spec.cpu_only and device.type != "cpu":
-        return "CPU only"
-    if spec.autocast and device.type == "cpu" and not cpu_has_bf16():
-        return "no bf16 instructions on this CPU (emulated, slower)"
-    if spec.engine is not None and not engine_available(spec.engine):
-        return f"not installed ({INSTALL_HINT})"
+    reason = why_not(spec.way, device) or slow_here(spec.way, device)
+    if reason is not None:
+        return reason
     from headway.native.build import built_runner, find_compiler
 
     if spec.backend in ("inductor", "aoti") and find_compiler() is None:
@@ -86,6 +77,102 @@ def unusable_reason(spec: ExecutorSpec, device: torch.device, precision: str) ->
 def _order(name: str) -> tuple[int, int]:
     spec = EXECUTORS[name]
     return _GRAPH_ORDER.index(spec.graph), _BACKEND_ORDER.index(spec.backend)
+
+
+class _TrackerTrial:
+    """The tracker's side of :func:`headway.tuning.tune`: every candidate tracks the same
+    first frames; eager's pass (the reference, checked first) reads and checks the frames and
+    records the reference boxes and the encoder's input. Nothing is read for a cached plan."""
+
+    def __init__(
+        self,
+        network: CSWinTT,
+        settings: TrackerSettings | None,
+        device: torch.device,
+        frames: list[Path],
+        init_box: list[float],
+        check_frames: int,
+        precision: str,
+        tolerance: float,
+    ) -> None:
+        self.network, self.settings, self.device = network, settings, device
+        self.frames, self.init_box, self.check_frames = frames, init_box, check_frames
+        self.precision = precision
+        self.limits = (tolerance, BOX_TOLERANCE_PX[precision])
+        self.paths: list[Path] = []
+        self.images: list[np.ndarray] = []
+        self.checked = 0
+        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.reference_boxes = np.zeros((0, 4))
+        self.reference = torch.zeros(0)
+
+    def read(self) -> None:
+        """Checked on the first ``check_frames`` tracked frames; timed on up to TIMED_FRAMES
+        more, after WARM_FRAMES per pass (the C++ runner starts a fresh process, whose
+        TorchScript graphs optimise themselves on their first calls, for every pass as for
+        every sequence)."""
+        self.paths = list(self.frames[: max(self.check_frames, WARM_FRAMES + TIMED_FRAMES) + 1])
+        self.images = [read_frame(path) for path in self.paths]
+        for index, (image, path) in enumerate(zip(self.images, self.paths, strict=True)):
+            check_frame_size(image, self.images[0].shape if index else None, path)
+        where = f"--executor auto's first frame ({self.paths[0]})"
+        check_init_box(self.init_box, self.images[0].shape, where)
+        self.checked = min(self.check_frames + 1, len(self.images))
+
+    def skip(self, name: str) -> str | None:
+        return unusable_reason(EXECUTORS[name], self.device, self.precision)
+
+    def time(self, tracker: Tracker) -> list[float]:
+        return self.one_pass(tracker, len(self.images))[1]
+
+    def close(self, tracker: Tracker) -> None:
+        tracker.close()
+
+    def one_pass(self, tracker: Tracker, count: int) -> tuple[np.ndarray, list[float]]:
+        """Boxes of the first ``count`` frames, and ms of the tracked ones after the warm-up."""
+        result = run_pass(tracker, self.images[:count], self.paths, self.init_box)
+        return result.boxes, list(tracked_ms(result, min(1 + WARM_FRAMES, count - 1)))
+
+    def build(self, name: str) -> Tracker:
+        return build_tracker(self.network, self.settings, self.device, name)
+
+    def check(self, name: str, tracker: Tracker) -> tuple[dict[str, float], str | None]:
+        if self.probe is None:  # the reference, checked first: read the frames, record
+            self.read()
+            return self._record(tracker)
+        with torch.inference_mode():
+            encoded = tracker.encoder(*self.probe).float()
+            diff = float((encoded - self.reference).abs().max())
+        boxes, _ = self.one_pass(tracker, self.checked)  # also the warm-up (compiling, exporting)
+        box_diff = float(np.abs(boxes - self.reference_boxes).max())
+        numbers = {"max_abs_diff": diff, "max_box_diff_px": box_diff}
+        tolerance, box_tolerance = self.limits
+        if diff <= tolerance and box_diff <= box_tolerance:
+            return numbers, None
+        return numbers, (
+            f"max |Δ| {diff:.2e} (tolerance {tolerance:.0e}), box {box_diff:.3f} px "
+            f"(tolerance {box_tolerance} px)"
+        )
+
+    def _record(self, eager: Tracker) -> tuple[dict[str, float], str | None]:
+        probes: list[tuple[torch.Tensor, torch.Tensor]] = []
+        executor = eager.executor  # type: ignore[attr-defined]
+        run_encoder = executor.encoder
+
+        def recording_encoder(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            if not probes:
+                probes.append((tokens.clone(), mask.clone()))
+            return run_encoder(tokens, mask)
+
+        executor.encoder = recording_encoder
+        try:
+            self.reference_boxes, _ = self.one_pass(eager, self.checked)
+        finally:
+            del executor.encoder  # back to the method
+        self.probe = probes[0]
+        with torch.inference_mode():
+            self.reference = run_encoder(*self.probe).float()
+        return {"max_abs_diff": 0.0, "max_box_diff_px": 0.0}, None
 
 
 def tune_tracker(
@@ -101,7 +188,7 @@ def tune_tracker(
     use_cache: bool = True,
     on_candidate: Callable[[str], None] | None = None,
     candidates: list[str] | None = None,
-) -> tuple[TuningPlan, CSWinTTTracker | object]:
+) -> tuple[TuningPlan, Tracker]:
     """Choose the executor for ``network`` on the frames ``frames`` (image files; the first
     ``check_frames`` + 1 are used, the first initialises on ``init_box``). Returns the plan and
     the chosen tracker, ready (the caller closes it). ``candidates``: only these (default:
@@ -111,7 +198,6 @@ def tune_tracker(
         raise InputError("--executor auto needs a sequence of at least 2 frames to check on")
     device = torch.device(device)
     tolerance = tolerance if tolerance is not None else TOLERANCE[precision]
-    box_tolerance = BOX_TOLERANCE_PX[precision]
     config = network.config
     from headway.native.build import built_runner
 
@@ -126,112 +212,19 @@ def tune_tracker(
             "candidates": candidates,
         }
     )
-    if use_cache:
-        plan = load_plan(key, lambda name: name in EXECUTORS)
-        if plan is not None:
-            return plan, build_tracker(network, settings, device, plan.chosen)
-
-    began = time.perf_counter()
-    # checked on the first check_frames tracked frames; timed on up to TIMED_FRAMES more,
-    # after WARM_FRAMES per pass (the C++ runner starts a fresh process, whose TorchScript
-    # graphs optimise themselves on their first calls, for every pass as for every sequence)
-    paths = list(frames[: max(check_frames, WARM_FRAMES + TIMED_FRAMES) + 1])
-    images = [read_frame(path) for path in paths]
-    for index, (image, path) in enumerate(zip(images, paths, strict=True)):
-        check_frame_size(image, images[0].shape if index else None, path)
-    check_init_box(init_box, images[0].shape, f"--executor auto's first frame ({paths[0]})")
-
-    def one_pass(tracker: object, count: int) -> tuple[np.ndarray, list[float]]:
-        """Boxes of the first ``count`` frames, and ms of the tracked ones after the warm-up."""
-        result = run_pass(tracker, images[:count], paths, init_box)  # type: ignore[arg-type]
-        return result.boxes, list(tracked_ms(result, min(1 + WARM_FRAMES, count - 1)))
-
-    checked = min(check_frames + 1, len(images))
-
-    results: dict[str, CandidateResult] = {}
-    trackers: dict[str, object] = {}
-    eager = build_tracker(network, settings, device, "eager")
-    assert isinstance(eager, CSWinTTTracker)
-    trackers["eager"] = eager
-    probe: list[tuple[torch.Tensor, torch.Tensor]] = []
-    run_encoder = eager.executor.encoder
-
-    def recording_encoder(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if not probe:
-            probe.append((tokens.clone(), mask.clone()))
-        return run_encoder(tokens, mask)
-
-    eager.executor.encoder = recording_encoder  # type: ignore[method-assign]
-    reference_boxes, _ = one_pass(eager, checked)
-    del eager.executor.encoder  # back to the method
-    tokens, mask = probe[0]
-    with torch.inference_mode():
-        reference = run_encoder(tokens, mask).float()
-    results["eager"] = CandidateResult("eager", "passed", max_abs_diff=0.0, max_box_diff_px=0.0)
-
     names = [resolve_executor(n)[0] for n in candidates] if candidates else list(EXECUTORS)
-    for name in sorted((n for n in dict.fromkeys(names) if n != "eager"), key=_order):
-        reason = unusable_reason(EXECUTORS[name], device, precision)
-        if reason is not None:
-            results[name] = CandidateResult(name, "skipped", reason)
-            continue
-        if time.perf_counter() - began > budget_s:
-            results[name] = CandidateResult(name, "skipped", "tuning budget spent")
-            continue
-        if on_candidate is not None:
-            on_candidate(name)
-        built = time.perf_counter()
-        try:
-            tracker = build_tracker(network, settings, device, name)
-        except Exception as error:  # an engine, compiler or runner may fail in many ways
-            results[name] = CandidateResult(name, "failed", first_line(error))
-            continue
-        try:
-            with torch.inference_mode():
-                encoder = tracker_encoder(tracker)
-                diff = float((encoder(tokens, mask).float() - reference).abs().max())
-            boxes, _ = one_pass(
-                tracker, checked
-            )  # also the warm-up (tracing, compiling, exporting)
-        except Exception as error:
-            tracker.close()  # type: ignore[attr-defined]
-            results[name] = CandidateResult(name, "failed", first_line(error))
-            continue
-        box_diff = float(np.abs(boxes - reference_boxes).max())
-        result = CandidateResult(
-            name,
-            "passed",
-            max_abs_diff=diff,
-            max_box_diff_px=box_diff,
-            build_s=time.perf_counter() - built,
-        )
-        if not (diff <= tolerance and box_diff <= box_tolerance):
-            result.status = "rejected"
-            result.reason = (
-                f"max |Δ| {diff:.2e} (tolerance {tolerance:.0e}), box {box_diff:.3f} px "
-                f"(tolerance {box_tolerance} px)"
-            )
-            tracker.close()  # type: ignore[attr-defined]
-        else:
-            trackers[name] = tracker
-        results[name] = result
-
-    chosen = choose_fastest(
-        results,
-        {name: (lambda t=t: one_pass(t, len(images))[1]) for name, t in trackers.items()},
-        max(budget_s - (time.perf_counter() - began), 0.0),
+    ordered = ["eager", *sorted((n for n in dict.fromkeys(names) if n != "eager"), key=_order)]
+    trial = _TrackerTrial(
+        network, settings, device, frames, init_box, check_frames, precision, tolerance
     )
-    for name, tracker in trackers.items():
-        if name != chosen:
-            tracker.close()  # type: ignore[attr-defined]
-    plan = TuningPlan(
-        chosen=chosen,
+    return tune(
+        ordered,
+        Trial(trial.build, trial.check, trial.time, trial.skip, trial.close),
+        key,
         precision=precision,
         tolerance=tolerance,
         budget_s=budget_s,
-        tune_s=time.perf_counter() - began,
-        key=key,
-        candidates=list(results.values()),
+        reference="eager",
+        use_cache=use_cache,
+        on_candidate=on_candidate,
     )
-    save_plan(plan)
-    return plan, trackers[chosen]

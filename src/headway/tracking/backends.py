@@ -7,20 +7,40 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT
+from headway.tracking.datasets import Sequence
 from headway.tracking.executors import check_executor, resolve_executor
 from headway.tracking.results import SequenceResult
 from headway.tracking.settings import TrackerSettings
 from headway.tracking.tracker import CSWinTTTracker
 
-if TYPE_CHECKING:
-    from headway.native.runner import NativeTracker
+
+class Tracker(Protocol):
+    """What both hosts are: the Python :class:`CSWinTTTracker` and the C++ runner's
+    :class:`~headway.native.runner.NativeTracker`, called with the same arguments."""
+
+    def run_frames(
+        self,
+        frames: Seq[str | Path],
+        init_box: Seq[float],
+        on_frame: Callable[[int], None] | None = None,
+        name: str = "sequence",
+        images: Seq[np.ndarray] | None = None,
+    ) -> SequenceResult: ...
+
+    def run_sequence(
+        self, sequence: Sequence, on_frame: Callable[[int], None] | None = None
+    ) -> SequenceResult: ...
+
+    def encoder(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
 
 
 def check_tracker_executor(name: str, device: torch.device | str) -> None:
@@ -40,7 +60,7 @@ def build_tracker(
     settings: TrackerSettings | None = None,
     device: torch.device | str = "cpu",
     executor: str = "eager",
-) -> CSWinTTTracker | NativeTracker:
+) -> Tracker:
     """The tracker for ``executor``: :class:`CSWinTTTracker` for the Python host, the C++
     runner's :class:`~headway.native.runner.NativeTracker` for ``cpp``/``aoti`` backends. Both
     have ``run_frames``, ``run_sequence`` and ``close``."""
@@ -54,7 +74,7 @@ def build_tracker(
 
 
 def run_pass(
-    tracker: CSWinTTTracker | NativeTracker,
+    tracker: Tracker,
     images: Seq[np.ndarray],
     paths: Seq[Path],
     init_box: Seq[float],
@@ -63,9 +83,7 @@ def run_pass(
     """One pass of either host over the same frames (the first initialises on ``init_box``):
     the Python tracker is handed the decoded ``images``, the C++ runner reads ``paths`` itself
     (its read times are in the result's ``read_ms``)."""
-    if isinstance(tracker, CSWinTTTracker):
-        return tracker.run_frames(images.__getitem__, len(images), init_box, on_frame)
-    return tracker.run_frames(list(paths)[: len(images)], init_box, on_frame)
+    return tracker.run_frames(list(paths)[: len(images)], init_box, on_frame, images=images)
 
 
 def tracked_ms(result: SequenceResult, first: int = 1) -> np.ndarray:
@@ -73,8 +91,3 @@ def tracked_ms(result: SequenceResult, first: int = 1) -> np.ndarray:
     Python tracker handed decoded images spends)."""
     read = result.read_ms if result.read_ms is not None else np.zeros(len(result.frame_times))
     return result.frame_times[first:] * 1e3 - read[first:]
-
-
-def tracker_encoder(tracker: CSWinTTTracker | Any) -> Callable[..., torch.Tensor]:
-    """The encoder a tracker of either host runs (the C++ runner's, loaded in this process)."""
-    return tracker.executor.encoder if isinstance(tracker, CSWinTTTracker) else tracker.encoder

@@ -33,17 +33,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 from headway.models.cswintt import CSWinTT, Features
 from headway.runtime.deploy import ExportPart
 from headway.runtime.engines import EngineModule, require_engine
 from headway.runtime.pool import StreamWorkerPool
 from headway.tracking.settings import STAGE_METHODS
-from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
-from headway.transforms.fork import fork_heads
-from headway.transforms.heads import fuse_window_attention, set_head_dispatch, split_heads
-from headway.transforms.packing import pack_linear_weights
-from headway.transforms.spectral import spectral_window_attention
+from headway.transforms.heads import set_head_dispatch
+from headway.ways import BACKENDS as WAY_BACKENDS
+from headway.ways import (
+    PRECISIONS,
+    Way,
+    apply_rewrites,
+    cpu_has_bf16,
+    precision_context,
+    why_not,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +58,31 @@ GRAPHS = {
     "fused": "fused window attention, folded batch norms, channels-last convolutions",
     "spectral": "fused, with the w > 1 heads per DFT bin of their window",
 }
-PRECISIONS = ("fp32", "bf16")
-BACKENDS = {
-    "eager": "PyTorch, operator by operator",
-    "torchscript": "traced to TorchScript once per input shape",
-    "inductor": "torch.compile (inductor; freezing where the executor owns a copy)",
-    "cudagraph": "each stage captured once as a CUDA graph, then replayed (CUDA only)",
-    "onnxruntime": "exported to ONNX per stage, run by ONNX Runtime (CPU)",
-    "openvino": "exported to ONNX per stage, run by OpenVINO (CPU)",
-    "cpp": "TorchScript stages run by the C++ runner headway-runner",
-    "aoti": "AOTInductor packages (torch.export, freezing) run by headway-runner",
+# each graph as rewrites of :data:`headway.ways.REWRITES` (each applies where its row says:
+# the heads are forked for TorchScript and split elsewhere, packing is eager fp32 only, the
+# engines choose their own layouts)
+GRAPH_REWRITES: dict[str, tuple[str, ...]] = {
+    "plain": (),
+    "heads": ("split", "fork"),
+    "fused": ("fuse", "fold", "channels-last"),
+    "spectral": ("spectral", "fold", "channels-last", "pack"),
 }
-ENGINE_BACKENDS = ("onnxruntime", "openvino")
-NATIVE_BACKENDS = ("cpp", "aoti")
+BACKENDS = {name: backend.summary for name, backend in WAY_BACKENDS.items()}
 
 
 @dataclass(frozen=True)
 class ExecutorSpec:
-    """One executor: its graph, precision and backend (the host follows from the backend)."""
+    """One executor: its graph, precision and backend (the host follows from the backend);
+    :attr:`way` is the same point in :mod:`headway.ways`' vocabulary, which answers the rest."""
 
     graph: str
     precision: str = "fp32"
     backend: str = "eager"
     summary: str = field(default="", compare=False)
+
+    @property
+    def way(self) -> Way:
+        return Way(GRAPH_REWRITES[self.graph], self.precision, self.backend)
 
     @property
     def composed(self) -> str:
@@ -86,32 +93,30 @@ class ExecutorSpec:
     @property
     def host(self) -> str:
         """``cpp`` when headway-runner runs the frame loop, else ``python``."""
-        return "cpp" if self.backend in NATIVE_BACKENDS else "python"
+        return self.way.host
 
     @property
     def requires_cuda(self) -> bool:
-        return self.backend == "cudagraph"
+        return self.way.requires_cuda
 
     @property
     def cpu_only(self) -> bool:
-        return self.backend in ENGINE_BACKENDS
+        return self.way.cpu_only
 
     @property
     def engine(self) -> str | None:
         """The :mod:`headway.runtime.engines` name for the engine backends."""
-        if self.backend not in ENGINE_BACKENDS:
-            return None
-        return self.backend + ("-bf16" if self.precision == "bf16" else "")
+        return self.way.engine
 
     @property
     def autocast(self) -> bool:
         """bf16 by torch autocast (the engines and the runner carry their own precision)."""
-        return self.precision == "bf16" and self.backend in (
-            "eager",
-            "torchscript",
-            "inductor",
-            "cudagraph",
-        )
+        return self.way.autocast
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout the graph's backbone takes its images in."""
+        return self.way.memory_format
 
     @property
     def owns_copy(self) -> bool:
@@ -249,41 +254,25 @@ def resolve_executor(name: str) -> tuple[str, ExecutorSpec]:
 
 def check_executor(name: str, device: torch.device | str) -> ExecutorSpec:
     """The spec for ``name``, or one line saying why it cannot run here (unknown, CUDA-only on
-    the CPU, an engine on a GPU or not installed). The C++ runner's own check (is it built?)
-    is :func:`headway.tracking.backends.check_tracker_executor`'s."""
+    the CPU, an engine on a GPU or not installed: :func:`headway.ways.why_not`). The C++
+    runner's own check (is it built?) is in :mod:`headway.tracking.backends`."""
     _, spec = resolve_executor(name)
-    device_type = torch.device(device).type
-    if spec.requires_cuda and device_type != "cuda":
-        raise InputError(
-            f"executor {name!r} needs CUDA (device is {device}); on CPU use 'fused' or 'fused-bf16'"
-        )
-    if spec.cpu_only:
-        if device_type != "cpu":
-            raise InputError(f"executor {name!r} runs on the CPU only (device is {device})")
-        assert spec.engine is not None
-        require_engine(spec.engine)
-    return spec
+    reason = why_not(spec.way, device)
+    if reason is None:
+        return spec
+    if spec.requires_cuda and torch.device(device).type != "cuda":
+        reason += f" (device is {device}); on CPU use 'fused' or 'fused-bf16'"
+    elif spec.cpu_only and torch.device(device).type != "cpu":
+        reason += f" (device is {device})"
+    if spec.engine is not None and reason.startswith("not installed"):
+        require_engine(spec.engine)  # the engines' own line, with what it installs
+    raise InputError(f"executor {name!r} {reason}")
 
 
 def rewrite_network(spec: ExecutorSpec, network: CSWinTT) -> CSWinTT:
     """The network ``spec`` runs: ``network`` itself for the plain graph, else a rewritten copy
     (with its heads run in order; :class:`Executor` gives them a pool or a fork)."""
-    if spec.graph == "plain":
-        return network
-    if spec.graph == "heads":
-        if spec.backend == "torchscript":
-            return fork_heads(network)[0]
-        return split_heads(network)[0]
-    attention = fuse_window_attention if spec.graph == "fused" else spectral_window_attention
-    rewritten = fold_batchnorm(attention(network)[0])[0]
-    if spec.backend not in ENGINE_BACKENDS:  # the engines choose their own layouts
-        rewritten = rewritten.to(memory_format=torch.channels_last)
-    if spec.autocast:
-        return cast_matmul_weights(rewritten, torch.bfloat16)[0]
-    if spec.graph == "spectral" and spec.backend == "eager":
-        # packed oneDNN weights neither serialise, export nor compile: eager fp32 only
-        return pack_linear_weights(rewritten)[0]
-    return rewritten
+    return apply_rewrites(spec.way, network)  # type: ignore[return-value]
 
 
 _warned: set[str] = set()
@@ -296,18 +285,11 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (otherwise bf16 is emulated)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _warn_compile_failed(error: Exception, consequence: str) -> None:
     """One printed line saying that torch.compile failed, why, and what runs instead."""
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    warnings.warn(f"torch.compile failed ({message}); {consequence}", RuntimeWarning, stacklevel=4)
+    warnings.warn(
+        f"torch.compile failed ({first_line(error)}); {consequence}", RuntimeWarning, stacklevel=4
+    )
 
 
 class Executor:
@@ -334,8 +316,7 @@ class Executor:
                 "AMX), so bf16 runs emulated and slower than fp32; use 'fused' or 'openvino'"
             )
         self.dtype = torch.bfloat16 if self.spec.autocast else torch.float32
-        channels_last = self.spec.graph in ("fused", "spectral") and not self.spec.cpu_only
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = self.spec.memory_format
         self.config = network.config
         self._closers: list[Callable[[], None]] = []
         self.network = rewrite_network(self.spec, network).to(self.device).eval()
@@ -352,11 +333,8 @@ class Executor:
     @contextlib.contextmanager
     def precision(self) -> Iterator[None]:
         """Context every stage runs in (autocast for the bf16 torch executors)."""
-        if not self.spec.autocast:
+        with precision_context(self.spec.way, self.device.type):
             yield
-        else:
-            with torch.autocast(self.device.type, dtype=self.dtype):
-                yield
 
     def _run(self, stage: str, *args: torch.Tensor) -> Any:
         if self.spec.backend == "cudagraph":  # the graph already ran under the right precision

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -113,36 +114,51 @@ class CSWinTTTracker:
         """Release the executor's threads or graphs."""
         self.executor.close()
 
+    def encoder(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder stage as this tracker's executor runs it."""
+        return self.executor.encoder(tokens, padding_mask)
+
     def run_sequence(
         self,
         sequence: Sequence,
         on_frame: Callable[[int], None] | None = None,
     ) -> SequenceResult:
         """Track a whole sequence from its first ground-truth box (one-pass evaluation)."""
+        return self.run_frames(sequence.frames, sequence.init_box, on_frame, name=sequence.name)
 
+    def run_frames(
+        self,
+        frames: Seq[str | Path],
+        init_box: Seq[float],
+        on_frame: Callable[[int], None] | None = None,
+        name: str = "sequence",
+        images: Seq[np.ndarray] | None = None,
+    ) -> SequenceResult:
+        """Track the image files ``frames`` from ``init_box`` (every frame read and checked),
+        or the already decoded and checked ``images`` of those files."""
+        if images is not None:
+            return self._frame_loop(images.__getitem__, len(images), init_box, on_frame)
         first_shape: tuple[int, ...] | None = None
 
         def load(index: int) -> np.ndarray:
             nonlocal first_shape
-            image = read_frame(sequence.frames[index])
-            check_frame_size(image, None if index == 0 else first_shape, sequence.frames[index])
+            image = read_frame(frames[index])
+            check_frame_size(image, None if index == 0 else first_shape, frames[index])
             if index == 0:
                 first_shape = image.shape
-                check_init_box(
-                    sequence.init_box, image.shape, f"{sequence.name} ({sequence.frames[0]})"
-                )
+                check_init_box(init_box, image.shape, f"{name} ({frames[0]})")
             return image
 
-        return self.run_frames(load, len(sequence), sequence.init_box, on_frame)
+        return self._frame_loop(load, len(frames), init_box, on_frame)
 
-    def run_frames(
+    def _frame_loop(
         self,
         load: Callable[[int], np.ndarray],
         count: int,
         init_box: Seq[float],
         on_frame: Callable[[int], None] | None = None,
     ) -> SequenceResult:
-        """The frame loop every host shares: frame ``i`` is ``load(i)`` (called inside the timed
+        """The frame loop: frame ``i`` is ``load(i)`` (called inside the timed
         ``load_preprocess`` stage), the first initialises on ``init_box``, the others are
         tracked; ``on_frame(i)`` runs after each frame, outside its time."""
         boxes = np.zeros((count, 4))

@@ -20,6 +20,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from headway.errors import first_line
 from headway.models.resnet import FrozenBatchNorm2d
 from headway.transforms.heads import TransformReport
 
@@ -99,8 +100,7 @@ def _plan(module: nn.Module, prefix: str, plan: _FoldPlan) -> None:
         graph = _NormLeafTracer().trace(module)
     except Exception as error:  # fx raises many kinds for untraceable Python
         if has_forward and list(module.children()):
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            plan.untraced[prefix.rstrip(".") or "<model>"] = reason[:160]
+            plan.untraced[prefix.rstrip(".") or "<model>"] = first_line(error)[:160]
         for name, child in module.named_children():
             _plan(child, f"{prefix}{name}.", plan)
         return

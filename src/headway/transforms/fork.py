@@ -22,6 +22,7 @@ import warnings
 import torch
 from torch import nn
 
+from headway.errors import first_line
 from headway.models.cswintt import CSWinTT, EncoderContext
 from headway.transforms.heads import SplitHeads, TransformReport, WindowHead
 
@@ -132,7 +133,7 @@ def script_forker(heads: list[torch.jit.ScriptModule], cuda: bool) -> torch.jit.
             return torch.jit.script(StreamHeadForker(heads))
         except Exception as error:  # TorchScript raises several kinds for unsupported types
             warnings.warn(
-                f"per-head CUDA streams could not be scripted ({str(error).splitlines()[0]}); "
+                f"per-head CUDA streams could not be scripted ({first_line(error)}); "
                 "the forked heads share the caller's stream",
                 RuntimeWarning,
                 stacklevel=3,

@@ -40,7 +40,7 @@ from tensorly.decomposition import partial_tucker
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 from headway.io import atomic_torch_save, atomic_write_text, read_torch_file
 
 # ---------------------------------------------------------------------------------------------
@@ -338,8 +338,7 @@ def _conv_shapes(
             model(example)
     except RuntimeError as error:
         size = "×".join(str(v) for v in example.shape[-2:])
-        first = str(error).strip().splitlines()[0]
-        raise InputError(f"the model cannot run on a {size} input: {first}") from None
+        raise InputError(f"the model cannot run on a {size} input: {first_line(error)}") from None
     finally:
         for hook in hooks:
             hook.remove()

@@ -10,7 +10,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 from headway.measure import torch_threads
 from headway.models.checkpoint import load_weights
 from headway.models.registry import (
@@ -73,7 +73,7 @@ def build_model(spec: ModelSpec) -> tuple[nn.Module, torch.Tensor]:
         with torch.inference_mode():
             model(example)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
+        first = first_line(error)
         raise InputError(
             f"{spec.model} cannot run on a {spec.input_size}×{spec.input_size} input: {first}"
         ) from None
