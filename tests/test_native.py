@@ -253,6 +253,36 @@ def test_track_and_bench_commands_run_the_runner(
 
 
 @needs_compiler
+def test_track_cpp_compiles_at_most_two_probes_before_its_first_frame(
+    jpeg_runner: Path, synth_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build plan's library probes (a program each) are made once per compiler: the name
+    is checked and resolved on the way to the first frame without compiling them again."""
+    probes: list[str] = []
+    at_first_frame: list[int] = []
+    real_links, real_run_job = native_build._links, NativeTracker.run_job
+
+    def counted_links(compiler: str, header: str, library: str) -> bool:
+        probes.append(library)
+        return real_links(compiler, header, library)
+
+    def first_frame(self, *args, **kwargs):
+        at_first_frame.append(len(probes))
+        return real_run_job(self, *args, **kwargs)
+
+    monkeypatch.setattr(native_build, "_links", counted_links)
+    monkeypatch.setattr(NativeTracker, "run_job", first_frame)
+    native_build._plan_for.cache_clear()  # as in a fresh process
+    result = CliRunner().invoke(
+        app,
+        ["track", str(synth_dataset), "--out", str(tmp_path / "run"), "--config", "tiny",
+         "--checkpoint", "builtin", "--no-progress", "--executor", "cpp"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert at_first_frame and at_first_frame[0] <= 2, (at_first_frame, probes)
+
+
+@needs_compiler
 def test_a_stage_aotinductor_cannot_compile_is_named(tmp_path: Path, monkeypatch) -> None:
     from headway.native import export
 

@@ -15,6 +15,7 @@ records the binary's size and SHA-256 (a damaged binary is never run: it is buil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -87,12 +88,19 @@ def _links(compiler: str, header: str, library: str) -> bool:
 
 
 def build_plan(compiler: str | None = None) -> BuildPlan:
-    """The compile command for this machine, or an error saying what is missing."""
-    from torch.utils.cpp_extension import include_paths, library_paths
-
+    """The compile command for this machine, or an error saying what is missing. Made once
+    per compiler in a process: its probes compile two programs, and every check of a C++
+    executor asks for the plan."""
     compiler = compiler or find_compiler()
     if compiler is None:
         raise InputError(f"headway-runner cannot be built: no C++ compiler found; {COMPILER_HINT}")
+    return _plan_for(compiler)
+
+
+@functools.lru_cache(maxsize=8)
+def _plan_for(compiler: str) -> BuildPlan:
+    from torch.utils.cpp_extension import include_paths, library_paths
+
     lib_dir = library_paths()[0]
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     flags = ["-O2", "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
