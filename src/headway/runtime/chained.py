@@ -278,187 +278,229 @@ def run_chained(
         raise InputError(f"coalesce must be at least 1, got {coalesce}")
     if coalesce > 1 and any(inst.example.shape[0] != 1 for inst in instances):
         raise InputError("coalescing batches single-image requests: every request must be one")
-    result = RunResult("mt", {inst.name: [] for inst in instances})
-    result.notes = {"engine": engine, "streams": streams, "threads": threads, "depth": depth}
-    if coalesce > 1:
-        result.notes["coalesce"] = coalesce
-    batches = _OpenVINOBatches(engine, streams, threads) if coalesce > 1 else None
-    builder: _OnnxRuntimeJobs | _OpenVINOJobs | _OpenVINOBatches
-    if batches is not None:
-        builder = batches
-    elif engine == "onnxruntime":
-        builder = _OnnxRuntimeJobs(streams, threads)
-    else:
-        builder = _OpenVINOJobs(engine, streams, threads)
-    batch_sizes: list[int] = []
-    outputs: list[np.ndarray | None] = [None] * len(instances)
-    progress = [0.0]  # when an engine job last came back
-    lock = threading.Lock()  # the open loop's arrivals thread shares the FIFO with this one
-    # what the engines' callbacks report (its handling, the instances it concerns), handled in
-    # order by this thread
-    reports: queue.SimpleQueue[tuple[Callable[[], None], list[int]]] = queue.SimpleQueue()
-    fifo: collections.deque[tuple[int, int]] = collections.deque()
-    in_flight = 0
-    served = [0] * len(instances)
-    waiting: list[collections.deque[float]] = [collections.deque() for _ in instances]
-    busy = [False] * len(instances)
-    finished = threading.Event()
-    remaining = [requests * len(instances)]
+    run = _ChainedRun(instances, requests, engine, streams, threads, depth, coalesce)
+    return run.serve(rate, stall_s)
 
-    def start_jobs() -> None:  # holding the lock
-        nonlocal in_flight
-        while in_flight < depth and fifo:
-            i, k = fifo.popleft()
-            in_flight += 1
-            if batches is not None:
-                start_batch(i, k)
+
+class _ChainedRun:
+    """One run of :func:`run_chained`: the FIFO, what is in flight and what each instance
+    has served. The engines' callbacks only put reports on ``reports``; the caller's thread
+    handles them in order holding ``lock``, which the open loop's arrivals thread shares.
+    Every method named "holding the lock" must be called with it held."""
+
+    def __init__(
+        self,
+        instances: list[ModelInstance],
+        requests: int,
+        engine: str,
+        streams: int,
+        threads: int,
+        depth: int,
+        coalesce: int,
+    ) -> None:
+        self.instances = instances
+        self.requests = requests
+        self.depth = depth
+        self.coalesce = coalesce
+        self.rate: float | None = None  # requests per second per instance; None: closed loop
+        self.result = RunResult("mt", {inst.name: [] for inst in instances})
+        self.result.notes = {
+            "engine": engine,
+            "streams": streams,
+            "threads": threads,
+            "depth": depth,
+        }
+        if coalesce > 1:
+            self.result.notes["coalesce"] = coalesce
+        self.batches = _OpenVINOBatches(engine, streams, threads) if coalesce > 1 else None
+        self.builder: _OnnxRuntimeJobs | _OpenVINOJobs | _OpenVINOBatches
+        if self.batches is not None:
+            self.builder = self.batches
+        elif engine == "onnxruntime":
+            self.builder = _OnnxRuntimeJobs(streams, threads)
+        else:
+            self.builder = _OpenVINOJobs(engine, streams, threads)
+        self.batch_sizes: list[int] = []
+        self.outputs: list[np.ndarray | None] = [None] * len(instances)
+        self.progress = 0.0  # when an engine job last came back
+        self.lock = threading.Lock()  # the open loop's arrivals thread shares the FIFO
+        # what the engines' callbacks report (its handling, the instances it concerns),
+        # handled in order by the serving thread
+        self.reports: queue.SimpleQueue[tuple[Callable[[], None], list[int]]] = queue.SimpleQueue()
+        self.fifo: collections.deque[tuple[int, int]] = collections.deque()
+        self.in_flight = 0
+        self.served = [0] * len(instances)
+        self.waiting: list[collections.deque[float]] = [collections.deque() for _ in instances]
+        self.busy = [False] * len(instances)
+        self.finished = threading.Event()
+        self.remaining = requests * len(instances)
+        # every job's input shape, from one pass of each distinct model in torch
+        self.inputs: dict[int, list[np.ndarray]] = {}
+        self.chains: list[list[_Link]] = []
+        if self.batches is None:
+            assert not isinstance(self.builder, _OpenVINOBatches)
+            self.chains = [
+                self.builder.chain(inst.jobs, inst.example, partial(self._report_job, i))
+                for i, inst in enumerate(instances)
+            ]
+        else:
+            self._prepare_batches(self.batches)
+
+    def _report_job(self, i: int, k: int, error: str | None = None) -> None:
+        """An engine's callback: job ``k`` of instance ``i`` came back (report only)."""
+        self.reports.put((lambda: self.completed(i, k, error), [i]))
+
+    def _prepare_batches(self, batches: _OpenVINOBatches) -> None:
+        shapes: dict[int, list[torch.Size]] = {}
+        for i, inst in enumerate(self.instances):
+            self.inputs[i] = [inst.example.detach().contiguous().numpy()]
+            if id(inst.jobs[0]) in shapes:
+                continue
+            x, seen = inst.example, []
+            with torch.no_grad():
+                for job in inst.jobs:
+                    seen.append(x.shape)
+                    x = job(x)
+            shapes[id(inst.jobs[0])] = seen
+            copies = sum(other.jobs[0] is inst.jobs[0] for other in self.instances)
+            for job, shape in zip(inst.jobs, seen, strict=True):
+                for size in range(1, min(self.coalesce, copies) + 1):
+                    batches.prepare(job, shape, size)
+
+    def start_jobs(self) -> None:  # holding the lock
+        while self.in_flight < self.depth and self.fifo:
+            i, k = self.fifo.popleft()
+            self.in_flight += 1
+            if self.batches is not None:
+                self.start_batch(self.batches, i, k)
                 continue
             try:
-                chains[i][k].start()
+                self.chains[i][k].start()
             except Exception as error:  # reported with the instance's name
-                in_flight -= 1
-                fail(i, f"{type(error).__name__}: {error}")
+                self.in_flight -= 1
+                self.fail(i, f"{type(error).__name__}: {error}")
 
-    def start_batch(i: int, k: int) -> None:  # holding the lock
-        job = instances[i].jobs[k]
+    def start_batch(self, batches: _OpenVINOBatches, i: int, k: int) -> None:  # holding the lock
+        job = self.instances[i].jobs[k]
         members = [(i, k)]
-        for entry in list(fifo):
-            if len(members) == coalesce:
+        for entry in list(self.fifo):
+            if len(members) == self.coalesce:
                 break
-            if entry[1] == k and instances[entry[0]].jobs[k] is job:
+            if entry[1] == k and self.instances[entry[0]].jobs[k] is job:
                 members.append(entry)
-                fifo.remove(entry)
-        batch_sizes.append(len(members))
-        arrays = [inputs[m][0] if n == 0 else outputs[m] for m, n in members]
+                self.fifo.remove(entry)
+        self.batch_sizes.append(len(members))
+        arrays = [self.inputs[m][0] if n == 0 else self.outputs[m] for m, n in members]
 
         def report(rows: list[np.ndarray] | None, error: str | None) -> None:
-            reports.put((lambda: batch_done(members, rows, error), [m for m, _ in members]))
+            handle = partial(self.batch_done, members, rows, error)
+            self.reports.put((handle, [m for m, _ in members]))
 
         try:
             batches.run(job, arrays, report)
         except Exception as error:  # reported with the instances' names
-            batch_done(members, None, f"{type(error).__name__}: {error}")
+            self.batch_done(members, None, f"{type(error).__name__}: {error}")
 
     def batch_done(
-        members: list[tuple[int, int]], rows: list[np.ndarray] | None, error: str | None
+        self, members: list[tuple[int, int]], rows: list[np.ndarray] | None, error: str | None
     ) -> None:  # holding the lock
-        nonlocal in_flight
-        in_flight -= 1
+        self.in_flight -= 1
         for index, (i, k) in enumerate(members):
             if rows is None:
-                fail(i, error or "the engine returned nothing")
+                self.fail(i, error or "the engine returned nothing")
                 continue
-            outputs[i] = rows[index]
-            advance(i, k)
+            self.outputs[i] = rows[index]
+            self.advance(i, k)
 
-    def fail(i: int, message: str) -> None:  # holding the lock
-        name = instances[i].name
-        if name not in result.errors:
-            result.errors[name] = message
-            remaining[0] -= requests - served[i]
-            served[i] = requests
-            if remaining[0] <= 0:
-                finished.set()
+    def fail(self, i: int, message: str) -> None:  # holding the lock
+        name = self.instances[i].name
+        if name not in self.result.errors:
+            self.result.errors[name] = message
+            self.remaining -= self.requests - self.served[i]
+            self.served[i] = self.requests
+            if self.remaining <= 0:
+                self.finished.set()
 
-    def begin_next(i: int) -> None:  # holding the lock: the instance's next waiting request
-        if waiting[i] and instances[i].name not in result.errors:
-            busy[i] = True
-            fifo.append((i, 0))
+    def begin_next(self, i: int) -> None:  # holding the lock: the instance's next request
+        if self.waiting[i] and self.instances[i].name not in self.result.errors:
+            self.busy[i] = True
+            self.fifo.append((i, 0))
         else:
-            busy[i] = False
+            self.busy[i] = False
 
-    def advance(i: int, k: int) -> None:  # holding the lock: job k of instance i is done
-        if k + 1 < len(instances[i].jobs):
-            fifo.append((i, k + 1))
+    def advance(self, i: int, k: int) -> None:  # holding the lock: job k of instance i is done
+        if k + 1 < len(self.instances[i].jobs):
+            self.fifo.append((i, k + 1))
             return
-        arrived = waiting[i].popleft()
-        result.latencies_ms[instances[i].name].append((time.perf_counter() - arrived) * 1e3)
-        served[i] += 1
-        remaining[0] -= 1
-        if remaining[0] <= 0:
-            finished.set()
-        if rate is None and served[i] < requests:
-            waiting[i].append(time.perf_counter())
-        begin_next(i)
+        arrived = self.waiting[i].popleft()
+        latency_ms = (time.perf_counter() - arrived) * 1e3
+        self.result.latencies_ms[self.instances[i].name].append(latency_ms)
+        self.served[i] += 1
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.finished.set()
+        if self.rate is None and self.served[i] < self.requests:
+            self.waiting[i].append(time.perf_counter())
+        self.begin_next(i)
 
-    def completed(i: int, k: int, error: str | None = None) -> None:  # holding the lock
-        nonlocal in_flight
-        in_flight -= 1
+    def completed(self, i: int, k: int, error: str | None = None) -> None:  # holding the lock
+        self.in_flight -= 1
         if error:
-            fail(i, error)
+            self.fail(i, error)
         else:
-            advance(i, k)
+            self.advance(i, k)
 
-    # every job's input shape, from one pass of each distinct model in torch
-    inputs: dict[int, list[np.ndarray]] = {}
-    chains: list[list[_Link]] = []
-    if batches is None:
-        chains = [
-            builder.chain(
-                inst.jobs, inst.example,
-                lambda k, e=None, i=i: reports.put((lambda: completed(i, k, e), [i])),
-            )
-            for i, inst in enumerate(instances)
-        ]  # fmt: skip
-    else:
-        shapes: dict[int, list[torch.Size]] = {}
-        for i, inst in enumerate(instances):
-            inputs[i] = [inst.example.detach().contiguous().numpy()]
-            if id(inst.jobs[0]) not in shapes:
-                x, seen = inst.example, []
-                with torch.no_grad():
-                    for job in inst.jobs:
-                        seen.append(x.shape)
-                        x = job(x)
-                shapes[id(inst.jobs[0])] = seen
-                copies = sum(other.jobs[0] is inst.jobs[0] for other in instances)
-                for job, shape in zip(inst.jobs, seen, strict=True):
-                    for size in range(1, min(coalesce, copies) + 1):
-                        batches.prepare(job, shape, size)
-    began = time.perf_counter()
-    if rate is None:
-        with lock:
-            for i in range(len(instances)):
-                waiting[i].append(time.perf_counter())
-                begin_next(i)
-            start_jobs()
-    else:
-        threading.Thread(
-            target=_arrive, args=(lock, waiting, busy, begin_next, start_jobs, requests, rate),
-            daemon=True, name="headway-arrivals",
-        ).start()  # fmt: skip
-    progress[0] = time.perf_counter()
-    while not finished.is_set():
-        try:
-            report, concerned = reports.get(timeout=1.0)
-        except queue.Empty:
-            if time.perf_counter() - progress[0] > stall_s:  # nothing came back: say so
-                with lock:
-                    for i in range(len(instances)):
-                        if served[i] < requests:
-                            fail(i, f"the engine returned nothing for {stall_s:.0f} s")
-                break
-            continue
-        progress[0] = time.perf_counter()
-        with lock:
+    def serve(self, rate: float | None, stall_s: float) -> RunResult:
+        """Send the requests (closed loop, or ``rate`` per second per instance), handle the
+        reports until every request is served or failed, then release the engines."""
+        self.rate = rate
+        began = time.perf_counter()
+        if rate is None:
+            with self.lock:
+                for i in range(len(self.instances)):
+                    self.waiting[i].append(time.perf_counter())
+                    self.begin_next(i)
+                self.start_jobs()
+        else:
+            threading.Thread(
+                target=_arrive,
+                args=(self, self.requests, rate),
+                daemon=True,
+                name="headway-arrivals",
+            ).start()
+        self.progress = time.perf_counter()
+        while not self.finished.is_set():
             try:
-                report()
-                start_jobs()
-            except Exception as failure:  # named with the instances, never swallowed
-                for i in concerned:
-                    fail(i, f"{type(failure).__name__}: {failure}")
-    result.wall_s = time.perf_counter() - began
-    with lock:
-        result.notes["in_flight_at_end"] = in_flight
-    for i, inst in enumerate(instances):
-        if inst.name not in result.errors:
-            last = chains[i][-1].output() if batches is None else outputs[i]
-            result.last_outputs[inst.name] = torch.from_numpy(np.array(last))
-    if batch_sizes:
-        result.notes["mean_batch"] = float(np.mean(batch_sizes))
-    builder.release()
-    chains.clear()
-    return result
+                report, concerned = self.reports.get(timeout=1.0)
+            except queue.Empty:
+                if time.perf_counter() - self.progress > stall_s:  # nothing came back: say so
+                    with self.lock:
+                        for i in range(len(self.instances)):
+                            if self.served[i] < self.requests:
+                                self.fail(i, f"the engine returned nothing for {stall_s:.0f} s")
+                    break
+                continue
+            self.progress = time.perf_counter()
+            with self.lock:
+                try:
+                    report()
+                    self.start_jobs()
+                except Exception as failure:  # named with the instances, never swallowed
+                    for i in concerned:
+                        self.fail(i, f"{type(failure).__name__}: {failure}")
+        result = self.result
+        result.wall_s = time.perf_counter() - began
+        with self.lock:
+            result.notes["in_flight_at_end"] = self.in_flight
+        for i, inst in enumerate(self.instances):
+            if inst.name not in result.errors:
+                last = self.chains[i][-1].output() if self.batches is None else self.outputs[i]
+                result.last_outputs[inst.name] = torch.from_numpy(np.array(last))
+        if self.batch_sizes:
+            result.notes["mean_batch"] = float(np.mean(self.batch_sizes))
+        self.builder.release()
+        self.chains.clear()
+        return result
 
 
 def _ignore(_: object) -> None:
@@ -499,26 +541,18 @@ def _settled(requests: list[Any]) -> bool:
     return True
 
 
-def _arrive(
-    lock: threading.Lock,
-    waiting: list[collections.deque[float]],
-    busy: list[bool],
-    begin_next: Callable[[int], None],
-    start_jobs: Callable[[], None],
-    requests: int,
-    rate: float,
-) -> None:
+def _arrive(run: _ChainedRun, requests: int, rate: float) -> None:
     """Open loop: every instance's request ``r`` arrives at ``r / rate`` seconds; one that
     arrives while the instance is busy waits (its latency counts from its arrival)."""
     start = time.perf_counter()
     for r in range(requests):
         time.sleep(max(0.0, start + r / rate - time.perf_counter()))
-        with lock:
-            for i in range(len(waiting)):
-                waiting[i].append(start + r / rate)
-                if not busy[i]:
-                    begin_next(i)
-            start_jobs()
+        with run.lock:
+            for i in range(len(run.waiting)):
+                run.waiting[i].append(start + r / rate)
+                if not run.busy[i]:
+                    run.begin_next(i)
+            run.start_jobs()
 
 
 __all__ = ["CHAIN_ENGINES", "run_chained"]
