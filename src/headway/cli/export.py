@@ -12,7 +12,8 @@ import typer
 
 from headway.cli.base import app, at_least, check_choice, check_seed, console, reports_errors, shown
 from headway.errors import InputError
-from headway.models import CONFIGS, build_cswintt, load_weights
+from headway.models import CONFIGS
+from headway.models.pretrained import load_tracker_network
 from headway.runtime.deploy import DEFAULT_FORMATS, FORMATS
 
 
@@ -70,9 +71,7 @@ def export_command(
             from headway.tracking.executors import stage_exports
 
             check_choice(config, list(CONFIGS), "configuration")
-            network = build_cswintt(config).eval()
-            if checkpoint is not None:
-                load_weights(network, checkpoint)
+            network = load_tracker_network(checkpoint or "random", seed, config)
             parts = stage_exports(network, executor)
             what = {"model": f"CSWinTT {config}", "executor": executor}
         else:
@@ -94,9 +93,14 @@ def export_command(
     command = shlex.join(["headway", "export", str(out), *options])
     with console.status("exporting") as status:
         record = export_parts(
-            parts, out, chosen, probes, command, what,
+            parts,
+            out,
+            chosen,
+            probes,
+            command,
+            what,
             on_part=lambda name: status.update(f"exporting {name}"),
-        )  # fmt: skip
+        )
     worst = max(entry["max_abs_diff"] for entry in record["files"].values())
     console.print(
         f"wrote {len(record['files'])} files to {shown(out)}; largest difference to eager on "

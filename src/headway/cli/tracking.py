@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import typer
@@ -19,6 +19,7 @@ from headway.cli.base import (
     output_file,
     output_folder,
     positive,
+    print_table,
     reports_errors,
     runner_app,
     shown,
@@ -28,9 +29,10 @@ from headway.cli.base import (
 )
 from headway.errors import InputError
 from headway.io import require_folder
-from headway.models import CONFIGS, build_cswintt, load_weights
+from headway.models import CONFIGS
+from headway.models.cswintt import CSWinTT
 from headway.runtime.device import keep_freed_memory, resolve_device
-from headway.tracking.backends import check_tracker_executor
+from headway.tracking.backends import Tracker, check_tracker_executor
 from headway.tracking.datasets import (
     FORMATS,
     Sequence,
@@ -42,6 +44,9 @@ from headway.tracking.executors import comparison_executors, executor_names, res
 from headway.tracking.metrics import CONVENTIONS
 from headway.tracking.settings import TrackerSettings
 from headway.tuning import DEFAULT_BUDGET_S, TuningPlan
+
+if TYPE_CHECKING:
+    from headway.tracking.runner import TrackRunSummary
 
 
 @app.command()
@@ -131,10 +136,16 @@ def choose_executor(
 
     with console.status("--executor auto: checking eager") as status:
         plan, tracker = tune_tracker(
-            network, list(sequence.frames), [float(v) for v in sequence.init_box], settings,
-            device, precision, tolerance, tune_seconds,
+            network,
+            list(sequence.frames),
+            [float(v) for v in sequence.init_box],
+            settings,
+            device,
+            precision,
+            tolerance,
+            tune_seconds,
             on_candidate=lambda name: status.update(f"--executor auto: checking {name}"),
-        )  # fmt: skip
+        )
     print_plan(plan)
     return plan, tracker
 
@@ -179,10 +190,7 @@ def track_command(
 ) -> None:
     """Track every sequence of a dataset; reruns skip sequences already complete."""
     check_seed(seed)
-    from headway.models.pretrained import builtin_weights_path
-    from headway.tracking.backends import build_tracker
-    from headway.tracking.runner import stage_breakdown, track_dataset
-    from headway.tracking.settings import TrackerSettings
+    from headway.tracking.runner import TrackerRecipe, track_with_recipe
 
     check_choice(format, FORMATS, "dataset format")
     check_choice(config, list(CONFIGS), "configuration")
@@ -190,117 +198,130 @@ def track_command(
     at_least(interval_option, 1, "--update-interval")
     thread_count(threads, "--threads")
     thread_count(ray_workers, "--ray-workers")
-    if ray_workers is not None and not ray:
-        raise InputError("--ray-workers sizes a local Ray instance: add --ray")
     torch_device = resolve_device(device)
     auto = check_executor_option(executor, torch_device, precision, tolerance, tune_seconds)
-    if auto and (ray or ray_address is not None):
+    on_ray = ray or ray_address is not None
+    check_ray_options(on_ray, ray_workers, ray_address, auto)
+    checkpoint = builtin_checkpoint(checkpoint, config)
+    selected, unloadable = load_some(dataset, format, split, sequences)
+    keep_freed_memory()
+    weights = str(checkpoint) if checkpoint else f"random (seed {seed})"
+    interval = interval_option or update_interval(format, split)
+    info = {"config": config, "weights": weights, "update_interval": interval, "executor": executor}
+    info |= {"auto_precision": precision} if auto else {}
+    problems = {s.name: s.reason for s in unloadable}
+    path = str(checkpoint) if checkpoint else None
+    recipe = TrackerRecipe(config, path, seed, executor, interval, threads or 1, str(torch_device))
+    what = f"{len(selected)} sequences with CSWinTT ({config})"
+    if on_ray:
+        from headway.tracking.cluster import track_dataset_ray
+
+        where = ray_address or f"a local Ray instance ({ray_workers or 'all'} CPUs)"
+        console.print(
+            f"tracking {what} on {where}, weights {shown(weights)}, executor {executor}, "
+            f"{recipe.threads} thread(s) per worker"
+        )
+        summary = track_dataset_ray(
+            recipe, selected, out, format, info, ray_address, ray_workers, progress, problems
+        )
+    else:
+        if threads:
+            torch.set_num_threads(threads)
+
+        def choose(network: CSWinTT, settings: TrackerSettings) -> tuple[TuningPlan, Tracker]:
+            choice = (precision, tolerance, tune_seconds)
+            return choose_executor(network, selected[0], settings, torch_device, *choice)
+
+        def announce(running: str) -> None:
+            console.print(
+                f"tracking {what}, weights {shown(weights)}, executor {running}, "
+                f"{torch_device}, {torch.get_num_threads()} threads, update interval {interval}"
+            )
+
+        chooser = choose if auto else None
+        summary = track_with_recipe(
+            recipe, selected, out, format, info, chooser, announce, progress, problems
+        )
+    print_run(summary, [s.name for s in selected], out)
+    report_failures(summary.failed, len(selected) + len(unloadable), out)
+
+
+def load_some(
+    dataset: Path, format: str, split: str | None, sequences: str | None
+) -> tuple[list[Sequence], list[SkippedSequence]]:
+    """The sequences of ``dataset`` (only ``--sequences`` where given) and those that could
+    not be loaded; one line when none could."""
+    unloadable: list[SkippedSequence] = []
+    names = some_names(sequences, "--sequences")
+    selected = load_dataset(dataset, format, split, names, skipped=unloadable)
+    if not selected:
+        problems = "; ".join(f"{s.name}: {s.reason}" for s in unloadable[:3])
+        raise InputError(f"no sequence of {dataset} could be loaded: {problems}")
+    return selected, unloadable
+
+
+def print_run(summary: TrackRunSummary, names: list[str], out: Path) -> None:
+    """What a track run skipped, and the per-stage time of what it has."""
+    from headway.tracking.runner import stage_breakdown
+
+    if summary.skipped:
+        console.print(f"skipped {len(summary.skipped)} complete sequences already in {shown(out)}")
+    done = [name for name in names if name not in summary.failed]
+    if done:
+        breakdown = stage_breakdown(out, done)
+        title = f"Per-frame time by stage ({breakdown.frames} tracked frames)"
+        print_table(title, *breakdown.table())
+
+
+def check_ray_options(
+    on_ray: bool, ray_workers: int | None, ray_address: str | None, auto: bool
+) -> None:
+    """--ray-workers only with --ray; --executor auto never on Ray; Ray installed and its
+    address well-formed."""
+    if ray_workers is not None and not on_ray:
+        raise InputError("--ray-workers sizes a local Ray instance: add --ray")
+    if auto and on_ray:
         raise InputError(
             "--executor auto chooses for the machine it runs on: run it once without --ray, "
             "then pass the executor it chose (run.json 'auto') to the Ray run"
         )
-    if ray or ray_address is not None:
+    if on_ray:
         from headway.tracking.cluster import check_ray_address, require_ray
 
         require_ray()
         if ray_address is not None:
             check_ray_address(ray_address)
-    if checkpoint is not None and str(checkpoint) == "builtin":
-        if checkpoint.exists():  # the word and a file of that name: never guess which
-            raise InputError(
-                "--checkpoint builtin: a file named builtin is here too; give its path as "
-                f"{checkpoint.resolve()} for the file, or rename it to use the shipped weights"
-            )
-        if config != "tiny":
-            raise InputError("the built-in trained weights are for --config tiny")
-        checkpoint = builtin_weights_path()
-    unloadable: list[SkippedSequence] = []
-    selected = load_dataset(
-        dataset, format, split, some_names(sequences, "--sequences"), skipped=unloadable
-    )
-    if not selected:
-        raise InputError(
-            f"no sequence of {dataset} could be loaded: "
-            + "; ".join(f"{s.name}: {s.reason}" for s in unloadable[:3])
-        )
-    keep_freed_memory()
-    weights = str(checkpoint) if checkpoint else f"random (seed {seed})"
-    interval = interval_option or update_interval(format, split)
-    info = {"config": config, "weights": weights, "update_interval": interval, "executor": executor}
-    if auto:
-        info["auto_precision"] = precision
-    problems = {s.name: s.reason for s in unloadable}
-    if ray or ray_address is not None:
-        from headway.tracking.cluster import TrackerRecipe, track_dataset_ray
 
-        recipe = TrackerRecipe(
-            config, str(checkpoint) if checkpoint else None, seed, executor, interval,
-            threads or 1, str(torch_device),
-        )  # fmt: skip
-        where = ray_address or f"a local Ray instance ({ray_workers or 'all'} CPUs)"
-        console.print(
-            f"tracking {len(selected)} sequences with CSWinTT ({config}) on {where}, weights "
-            f"{shown(weights)}, executor {executor}, {recipe.threads} thread(s) per worker"
-        )
-        summary = track_dataset_ray(
-            recipe, selected, out, format, info, ray_address, ray_workers,
-            show_progress=progress, unloadable=problems,
-        )  # fmt: skip
-    else:
-        if threads:
-            torch.set_num_threads(threads)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            network = build_cswintt(config)
-        if checkpoint is not None:
-            load_weights(network, checkpoint)
-        tracker_settings = TrackerSettings(update_interval=interval)
-        notes: dict[str, object] = {}
-        if auto:
-            plan, tracker = choose_executor(
-                network, selected[0], tracker_settings, torch_device, precision, tolerance,
-                tune_seconds,
-            )  # fmt: skip
-            notes["auto"] = plan.to_json()
-            running = f"{plan.chosen} (chosen by auto)"
-        else:
-            tracker = build_tracker(network, tracker_settings, torch_device, executor)
-            running = executor
-        console.print(
-            f"tracking {len(selected)} sequences with CSWinTT ({config}), weights "
-            f"{shown(weights)}, executor {running}, {torch_device}, "
-            f"{torch.get_num_threads()} threads, update interval {interval}"
-        )
-        try:
-            summary = track_dataset(
-                tracker, selected, out, format, info, show_progress=progress,
-                unloadable=problems, notes=notes,
-            )  # fmt: skip
-        finally:
-            tracker.close()
-    if summary.skipped:
-        console.print(f"skipped {len(summary.skipped)} complete sequences already in {shown(out)}")
-    done = [s.name for s in selected if s.name not in summary.failed]
-    if done:
-        breakdown = stage_breakdown(out, done)
-        table = Table(title=f"Per-frame time by stage ({breakdown.frames} tracked frames)")
-        table.add_column("stage")
-        table.add_column("ms / frame", justify="right")
-        table.add_column("share", justify="right")
-        shares = breakdown.shares()
-        for stage, ms in breakdown.stage_ms.items():
-            table.add_row(stage, f"{ms:.2f}", f"{shares[stage]:.1f}%")
-        table.add_row("[bold]frame (wall)", f"{breakdown.frame_ms:.2f}", f"{breakdown.fps:.2f} FPS")
-        console.print(table)
-    if summary.failed:
-        for name, reason in summary.failed.items():
-            console.print(f"  not tracked: {name}: {reason}", markup=False)
-        name, reason = next(iter(summary.failed.items()))
+
+def builtin_checkpoint(checkpoint: Path | None, config: str) -> Path | None:
+    """``--checkpoint builtin`` as the shipped weights' path (refused beside a file of that
+    name, and for another configuration than tiny); any other value as it is."""
+    if checkpoint is None or str(checkpoint) != "builtin":
+        return checkpoint
+    if checkpoint.exists():  # the word and a file of that name: never guess which
         raise InputError(
-            f"{len(summary.failed)} of {len(selected) + len(unloadable)} sequence(s) could not "
-            f"be tracked (the others are in {out}; 'problems' in run.json lists these, and a "
-            f"rerun tries them again); first: {name}: {reason}"
+            "--checkpoint builtin: a file named builtin is here too; give its path as "
+            f"{checkpoint.resolve()} for the file, or rename it to use the shipped weights"
         )
+    if config != "tiny":
+        raise InputError("the built-in trained weights are for --config tiny")
+    from headway.models.pretrained import builtin_weights_path
+
+    return builtin_weights_path()
+
+
+def report_failures(failed: dict[str, str], total: int, out: Path) -> None:
+    """Each sequence that could not be tracked on a line, then one error naming the first."""
+    if not failed:
+        return
+    for name, reason in failed.items():
+        console.print(f"  not tracked: {name}: {reason}", markup=False)
+    name, reason = next(iter(failed.items()))
+    raise InputError(
+        f"{len(failed)} of {total} sequence(s) could not be tracked (the others are in {out}; "
+        f"'problems' in run.json lists these, and a rerun tries them again); first: "
+        f"{name}: {reason}"
+    )
 
 
 @app.command("eval")
@@ -452,10 +473,13 @@ def bench_tracker(
     check_seed(seed)
     import json
 
-    from rich.console import Console
     from rich.progress import Progress
 
-    from headway.experiments.tracker_executors import TIMED_STAGES, benchmark_executors
+    from headway.experiments.tracker_executors import (
+        benchmark_executors,
+        executors_table,
+        stages_table,
+    )
     from headway.io import atomic_write_text
 
     check_choice(config, list(CONFIGS), "configuration")
@@ -473,68 +497,31 @@ def bench_tracker(
     for name in chosen:
         check_executor_option(name, torch_device, precision, None, tune_seconds)
     allocator_tuned = keep_freed_memory()  # same for every executor measured
-    wide = Console(width=max(console.width, 132))
     with Progress(console=console, transient=True) as progress:
         total = (frames + warmup) * rounds * len(set(chosen) | {"eager"})
         task = progress.add_task("frames (all executors)", total=total)
         bench = benchmark_executors(
-            config, device, chosen, frames, warmup, seed, lambda _: progress.advance(task), rounds,
-            precision, tune_seconds,
-        )  # fmt: skip
+            config,
+            device,
+            chosen,
+            frames,
+            warmup,
+            seed,
+            lambda _: progress.advance(task),
+            rounds,
+            precision,
+            tune_seconds,
+        )
     if bench.auto_plan is not None:
         print_plan(TuningPlan.from_json(bench.auto_plan))
-    eager = bench.results[0]
-    table = Table(
-        title=f"CSWinTT {config} on {bench.device} ({bench.environment['threads']} threads), "
+    title = (
+        f"CSWinTT {config} on {bench.device} ({bench.environment['threads']} threads), "
         f"median of {frames} frames × {rounds} passes; encoder {bench.encoder_gflop:.2f} "
         "GFLOP/frame"
     )
-    columns = (
-        "executor",
-        "enc ms",
-        "×enc",
-        "frame ms",
-        "FPS",
-        "×FPS",
-        "GFLOP/s",
-        "%peak",
-        "max Δenc",
-        "max Δbox px",
-    )
-    for column in columns:
-        table.add_column(column, justify="left" if column == "executor" else "right")
-    for r in bench.results:
-        # a bf16 executor may run fp32 where the CPU lacks bf16 (OpenVINO's hint does): its
-        # attainable peak is the higher of the two
-        peaks = bench.matmul_peak_gflops
-        peak = max(peaks.values()) if "bf16" in r.name else peaks["float32"]
-        table.add_row(
-            r.name,
-            f"{r.encoder_ms:.2f}",
-            f"{eager.encoder_ms / r.encoder_ms:.2f}",
-            f"{r.frame_ms:.2f}",
-            f"{r.fps:.2f}",
-            f"{r.fps / eager.fps:.2f}",
-            f"{r.encoder_gflops:.1f}",
-            f"{100 * r.encoder_gflops / peak:.0f}%",
-            f"{r.max_encoder_diff:.2e}",
-            f"{r.max_box_diff_px:.3f}",
-        )
-    wide.print(table)
-    stages = Table(title="Stage breakdown, ms per frame (share of the stages' sum)")
-    stages.add_column("executor")
-    for stage in TIMED_STAGES:
-        stages.add_column(stage, justify="right")
-    for r in bench.results:
-        stage_sum = sum(r.stage_ms.values()) or 1.0
-        stages.add_row(
-            r.name,
-            *(
-                f"{r.stage_ms[s]:.2f} ({100 * r.stage_ms[s] / stage_sum:.0f}%)"
-                for s in TIMED_STAGES
-            ),
-        )
-    wide.print(stages)
+    print_table(title, *executors_table(bench), width=132)
+    title = "Stage breakdown, ms per frame (share of the stages' sum)"
+    print_table(title, *stages_table(bench), width=132)
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in bench.matmul_peak_gflops.items())
     console.print(f"measured matmul peak (tokens × FFN weight): {peaks}")
     if json_out is not None:
@@ -619,9 +606,20 @@ def bench_gpu_session(
         if resolve_executor(name)[1].host != "cpp":  # the session builds the runner itself
             check_tracker_executor(name, torch_device)
     record = run_session(
-        out, device, config, chosen, compiled, frames, warmup, rounds, budget, tests,
-        multidnn_models, multidnn_requests, lambda part: console.print(f"[bold]{part}[/bold] …"),
-    )  # fmt: skip
+        out,
+        device,
+        config,
+        chosen,
+        compiled,
+        frames,
+        warmup,
+        rounds,
+        budget,
+        tests,
+        multidnn_models,
+        multidnn_requests,
+        lambda part: console.print(f"[bold]{part}[/bold] …"),
+    )
     console.print(render_markdown(record))
     if docs is not None:
         console.print(f"wrote {shown(update_docs(record, docs))}")

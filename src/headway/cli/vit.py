@@ -27,7 +27,7 @@ from headway.cli.base import (
     vit_app,
 )
 from headway.errors import InputError
-from headway.models import list_models, load_weights
+from headway.models import list_models
 
 
 @vit_app.command("accuracy")
@@ -68,20 +68,8 @@ def vit_accuracy(
 ) -> None:
     """Paper C's Table 1 shape: sparse only vs sparse + pruning, on the built-in digits (a
     small DeiT trained here) or on your image folder with real DeiT weights."""
-    import json
-    from dataclasses import replace
-
-    from headway.experiments.vit import (
-        MASK_FINETUNING,
-        accuracy_cells,
-        accuracy_table,
-        trained_digits_deit,
-    )
-    from headway.io import atomic_write_text, locked_folder
-    from headway.models.deit import DEIT_CONFIGS, adopt_vit, build_deit
-    from headway.models.registry import create_external, is_external
-    from headway.transforms.token_pruning import keep_counts, pruning_ratios
-    from headway.vision.data import load_imagenet_folder
+    from headway.experiments.vit import accuracy_cells, vit_accuracy_run
+    from headway.models.registry import is_external
 
     output_folder(out, "OUT")
     if engine is not None:
@@ -92,7 +80,6 @@ def vit_accuracy(
     schedules = [share_pair(part, "--prune") for part in prune.split(",") if part.strip()]
     if not schedules:
         raise InputError("--prune needs at least one START:END schedule")
-    prune_pair = schedules[0]
     at_least(finetune_epochs, 0, "--finetune-epochs")
     if images is None:
         if checkpoint is not None:
@@ -109,41 +96,19 @@ def vit_accuracy(
         if not 0 < calibration < 1:
             raise InputError(f"--calibration must be between 0 and 1, got {calibration}")
         name = model
-    external = None
-    normalisation: dict[str, tuple[float, ...]] = {}
-    if is_external(name):  # timm:<name>: its weights, run as headway's DeiT (adopt_vit)
-        source = load_weights(create_external(name), checkpoint)
-        pretrained = getattr(source, "pretrained_cfg", None) or {}
-        # the weights' own normalisation (timm's vit_small: 0.5 / 0.5, not ImageNet's)
-        normalisation = {k: tuple(pretrained[k]) for k in ("mean", "std") if k in pretrained}
-        external = adopt_vit(source)
-        config = external.config
-    else:
-        config = DEIT_CONFIGS[name]
-    for pair in schedules:  # checked now, before any training
-        keep_counts(config.num_patches, pruning_ratios(config.depth, *pair))
-    finetune = replace(MASK_FINETUNING, epochs=finetune_epochs) if finetune_epochs else None
-    with locked_folder(out):
-        if images is None:
-            network, data = trained_digits_deit(out)
-        else:
-            network = external if external is not None else build_deit(model)
-            if external is None:
-                load_weights(network, checkpoint)
-            network = network.eval()
-            data = load_imagenet_folder(
-                images, class_map, config.img_size, calibration_fraction=calibration,
-                **normalisation,
-            )  # fmt: skip
-            console.print(
-                f"{len(data.train_labels)} calibration and {len(data.test_labels)} "
-                f"scored images from {shown(images)}"
-            )
-        table_data = accuracy_table(
-            network, data, targets, prune_pair, finetune, tuple(schedules[1:]), engine
-        )
-        table_data["model"] = name
-        atomic_write_text(out / "vit_accuracy.json", json.dumps(table_data, indent=2))
+    table_data = vit_accuracy_run(
+        out,
+        name,
+        targets,
+        schedules,
+        finetune_epochs,
+        engine,
+        images,
+        checkpoint,
+        class_map,
+        calibration,
+        announce=lambda text: console.print(text, markup=False),
+    )
     print_table(
         f"{name} top-1 % (dense {table_data['dense']:.1f}%), pruning {shown(prune)}"
         + (f", run by {engine}" if engine else ""),

@@ -5,10 +5,11 @@ the wall-clock speedup of sparse + pruning over sparse only."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from headway.experiments.report import Section, markdown_table, pct
 from headway.experiments.timing import interleaved_medians
-from headway.io import save_figure
+from headway.io import atomic_write_text, locked_folder, save_figure
 from headway.measure import keeps_global_rng
-from headway.models.deit import DeiT, build_deit
+from headway.models.checkpoint import load_weights
+from headway.models.deit import DEIT_CONFIGS, DeiT, adopt_vit, build_deit
+from headway.models.registry import create_external, is_external
 from headway.runtime.engines import EngineModule, compile_module
 from headway.transforms.sparse_attention import (
     additive_masks,
@@ -29,12 +32,71 @@ from headway.transforms.sparse_attention import (
     sparsity,
 )
 from headway.transforms.token_pruning import SparsePrunedDeiT, keep_counts, pruning_ratios
-from headway.vision.data import ClassificationData, digits
+from headway.vision.data import ClassificationData, digits, load_imagenet_folder
 from headway.vision.train import TrainSettings, train
 
 DIGITS_TRAINING = TrainSettings(epochs=25, lr=2e-3, optimizer="adam", weight_decay=0.05)
 # Fine-tuning with the masks: a few epochs at a quarter of the training learning rate.
 MASK_FINETUNING = TrainSettings(epochs=5, lr=5e-4, optimizer="adam", weight_decay=0.05)
+
+
+def vit_accuracy_run(
+    out: Path,
+    name: str,
+    targets: list[float],
+    schedules: list[tuple[float, float]],
+    finetune_epochs: int = 0,
+    engine: str | None = None,
+    images: Path | None = None,
+    checkpoint: Path | None = None,
+    class_map: Path | None = None,
+    calibration: float = 0.5,
+    announce: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``headway vit accuracy``: the table of :func:`accuracy_table` for the built-in digits
+    (``images`` None: a small DeiT trained in ``out``) or for the DeiT ``name`` with the weights
+    ``checkpoint`` on a labelled image folder (``timm:<name>``: timm's model adopted as
+    headway's DeiT, with its own normalisation); written to ``out/vit_accuracy.json``."""
+    external: DeiT | None = None
+    normalisation: dict[str, tuple[float, ...]] = {}
+    if is_external(name):  # timm:<name>: its weights, run as headway's DeiT (adopt_vit)
+        source = load_weights(create_external(name), checkpoint)  # type: ignore[arg-type]
+        pretrained = getattr(source, "pretrained_cfg", None) or {}
+        # the weights' own normalisation (timm's vit_small: 0.5 / 0.5, not ImageNet's)
+        normalisation = {k: tuple(pretrained[k]) for k in ("mean", "std") if k in pretrained}
+        external = adopt_vit(source)
+        config = external.config
+    else:
+        config = DEIT_CONFIGS[name]
+    for pair in schedules:  # checked now, before any training
+        keep_counts(config.num_patches, pruning_ratios(config.depth, *pair))
+    finetune = replace(MASK_FINETUNING, epochs=finetune_epochs) if finetune_epochs else None
+    with locked_folder(out):
+        if images is None:
+            network, data = trained_digits_deit(out)
+        else:
+            network = external if external is not None else build_deit(name)
+            if external is None:
+                load_weights(network, checkpoint)  # type: ignore[arg-type]
+            network = network.eval()
+            data = load_imagenet_folder(
+                images,
+                class_map,
+                config.img_size,
+                calibration_fraction=calibration,
+                **normalisation,
+            )
+            if announce is not None:
+                announce(
+                    f"{len(data.train_labels)} calibration and {len(data.test_labels)} "
+                    f"scored images from {images}"
+                )
+        table_data = accuracy_table(
+            network, data, targets, schedules[0], finetune, tuple(schedules[1:]), engine
+        )
+        table_data["model"] = name
+        atomic_write_text(out / "vit_accuracy.json", json.dumps(table_data, indent=2))
+    return table_data
 
 
 @keeps_global_rng

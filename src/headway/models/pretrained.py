@@ -28,12 +28,16 @@ def builtin_weights_path(name: str = "cswintt_tiny") -> Path:
     return path
 
 
-def load_tracker_network(checkpoint: str | Path | None = None, seed: int = 0) -> CSWinTT:
-    """The tiny network with the built-in (or given) weights; ``checkpoint='random'`` gives the
-    random-weight network of ``seed`` (the global random state is left as it was)."""
+def load_tracker_network(
+    checkpoint: str | Path | None = None, seed: int = 0, config: str = "tiny"
+) -> CSWinTT:
+    """CSWinTT ``config`` in eval mode, with the weights of ``checkpoint``: a file (a ``Path``
+    is always one), None for the built-in tiny-tracker weights, or ``"random"`` for the random
+    initialisation of ``seed`` (the global random state is left as it was). The one way
+    ``track``, ``export``, the Ray worker and the experiments build the tracker network."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        network = build_cswintt("tiny")
-    if checkpoint != "random":
-        load_weights(network, checkpoint or builtin_weights_path())
+        network = build_cswintt(config)
+    if isinstance(checkpoint, Path) or checkpoint != "random":
+        load_weights(network, checkpoint if checkpoint is not None else builtin_weights_path())
     return network.eval()

@@ -19,7 +19,6 @@ import re
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from headway.io import locked_folder
 from headway.tracking.datasets import Sequence
 from headway.tracking.results import SequenceResult, is_complete, write_sequence_result
 from headway.tracking.runner import (
+    TrackerRecipe,
     TrackRunSummary,
     check_result_names,
     record_entries,
@@ -143,35 +143,12 @@ def ray_session(address: str | None, cpus: int | None = None) -> Iterator[Any]:
         ray.shutdown()
 
 
-@dataclass(frozen=True)
-class TrackerRecipe:
-    """How a worker builds its tracker (picklable: names and paths, no tensors)."""
-
-    config: str = "default"
-    checkpoint: str | None = None
-    seed: int = 0
-    executor: str = "eager"
-    update_interval: int = 200
-    threads: int = 1
-    device: str = "cpu"
-
-
 class _Worker:
     """The actor body: one tracker, many sequences."""
 
     def __init__(self, recipe: TrackerRecipe) -> None:
-        from headway.models import build_cswintt, load_weights
-        from headway.tracking.backends import build_tracker
-        from headway.tracking.settings import TrackerSettings
-
         torch.set_num_threads(recipe.threads)
-        with torch.random.fork_rng():
-            torch.manual_seed(recipe.seed)
-            network = build_cswintt(recipe.config)
-        if recipe.checkpoint is not None:
-            load_weights(network, recipe.checkpoint)
-        settings = TrackerSettings(update_interval=recipe.update_interval)
-        self.tracker = build_tracker(network, settings, recipe.device, recipe.executor)
+        self.tracker = recipe.tracker()
 
     def track(self, sequence: Sequence) -> tuple[str, Any]:
         """("ok", result fields) or ("error", message) for unreadable input (not retried)."""
@@ -196,9 +173,9 @@ def track_dataset_ray(
     info: dict[str, object] | None = None,
     address: str | None = None,
     workers: int | None = None,
-    max_retries: int = 2,
     show_progress: bool = True,
     unloadable: dict[str, str] | None = None,
+    max_retries: int = 2,
 ) -> TrackRunSummary:
     """:func:`~headway.tracking.runner.track_dataset` with the sequences tracked by Ray actors.
 
@@ -274,8 +251,12 @@ def _track_on_ray(
         need = f"{recipe.threads} CPU(s)" + (" and a GPU" if gpus else "")
         raise InputError(f"the Ray cluster has no room for a worker ({need}); it has {free}")
     count = max(1, min(len(todo), workers or placeable, placeable))
-    actor_class = ray.remote(num_cpus=recipe.threads, num_gpus=gpus, max_restarts=max_retries,
-                             max_task_retries=max_retries)(_Worker)  # fmt: skip
+    actor_class = ray.remote(
+        num_cpus=recipe.threads,
+        num_gpus=gpus,
+        max_restarts=max_retries,
+        max_task_retries=max_retries,
+    )(_Worker)
     actors = [actor_class.remote(recipe) for _ in range(count)]
     pending = list(todo)
     in_flight: dict[Any, tuple[Any, Sequence]] = {}

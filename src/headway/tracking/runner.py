@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from headway.io import (
     record_settings,
     require_folder,
 )
+from headway.models.cswintt import CSWinTT
+from headway.models.pretrained import load_tracker_network
+from headway.tracking.backends import Tracker, build_tracker
 from headway.tracking.datasets import Sequence
 from headway.tracking.metrics import EvalResult, evaluate
 from headway.tracking.results import (
@@ -40,7 +44,64 @@ from headway.tracking.results import (
     result_file_names,
     write_sequence_result,
 )
-from headway.tracking.tracker import STAGES, CSWinTTTracker
+from headway.tracking.settings import STAGES, TrackerSettings
+from headway.tuning import TuningPlan
+
+
+@dataclass(frozen=True)
+class TrackerRecipe:
+    """How to build a tracker: names and paths, no tensors (picklable, for Ray workers too).
+    ``checkpoint`` None means the random weights of ``seed``."""
+
+    config: str = "default"
+    checkpoint: str | None = None
+    seed: int = 0
+    executor: str = "eager"
+    update_interval: int = 200
+    threads: int = 1
+    device: str = "cpu"
+
+    def network(self) -> CSWinTT:
+        return load_tracker_network(self.checkpoint or "random", self.seed, self.config)
+
+    def settings(self) -> TrackerSettings:
+        return TrackerSettings(update_interval=self.update_interval)
+
+    def tracker(self) -> Tracker:
+        return build_tracker(self.network(), self.settings(), self.device, self.executor)
+
+
+def track_with_recipe(
+    recipe: TrackerRecipe,
+    sequences: list[Sequence],
+    run_dir: str | Path,
+    dataset_format: str,
+    info: dict[str, object],
+    choose: Callable[[CSWinTT, TrackerSettings], tuple[TuningPlan, Tracker]] | None = None,
+    announce: Callable[[str], None] | None = None,
+    show_progress: bool = True,
+    unloadable: dict[str, str] | None = None,
+) -> TrackRunSummary:
+    """:func:`track_dataset` in this process with the tracker ``recipe`` describes, or with the
+    one ``choose`` picks for its network (``--executor auto``; its plan goes into run.json).
+    ``announce`` is told what runs, once it is built."""
+    network, settings = recipe.network(), recipe.settings()
+    notes: dict[str, object] = {}
+    if choose is not None:
+        plan, tracker = choose(network, settings)
+        notes["auto"] = plan.to_json()
+        running = f"{plan.chosen} (chosen by auto)"
+    else:
+        tracker = build_tracker(network, settings, recipe.device, recipe.executor)
+        running = recipe.executor
+    try:
+        if announce is not None:
+            announce(running)
+        return track_dataset(
+            tracker, sequences, run_dir, dataset_format, info, show_progress, unloadable, notes
+        )
+    finally:
+        tracker.close()
 
 
 @dataclass
@@ -55,7 +116,7 @@ class TrackRunSummary:
 
 
 def track_dataset(
-    tracker: CSWinTTTracker,
+    tracker: Tracker,
     sequences: list[Sequence],
     run_dir: str | Path,
     dataset_format: str,
@@ -143,7 +204,7 @@ def record_entries(path: Path, entries: dict[str, object]) -> None:
 
 
 def _track_missing(
-    tracker: CSWinTTTracker,
+    tracker: Tracker,
     sequences: list[Sequence],
     run_dir: Path,
     dataset_format: str,
@@ -203,6 +264,15 @@ class StageBreakdown:
     def shares(self) -> dict[str, float]:
         total = sum(self.stage_ms.values())
         return {k: (100 * v / total if total else 0.0) for k, v in self.stage_ms.items()}
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """Header and rows: each stage's ms per frame and share, then the whole frame."""
+        shares = self.shares()
+        rows = [
+            [stage, f"{ms:.2f}", f"{shares[stage]:.1f}%"] for stage, ms in self.stage_ms.items()
+        ]
+        rows.append(["[bold]frame (wall)", f"{self.frame_ms:.2f}", f"{self.fps:.2f} FPS"])
+        return ["stage", "ms / frame", "share"], rows
 
 
 def stage_breakdown(run_dir: str | Path, names: list[str]) -> StageBreakdown:
