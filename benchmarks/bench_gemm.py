@@ -13,9 +13,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from headway.experiments.timing import interleaved_medians
 from headway.runtime.engines import compile_module, engine_available
 from headway.transforms.packing import PackedLinear
+from headway.tuning import interleaved_medians
 
 SHAPES = ((704, 256, 2048), (704, 2048, 256))  # tokens × d_model → FFN hidden, and back
 

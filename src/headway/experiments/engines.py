@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from headway.experiments.timing import interleaved_medians
 from headway.measure import keeps_global_rng
 from headway.models.cswintt import build_cswintt, get_config
 from headway.models.registry import create_model
@@ -35,6 +34,7 @@ from headway.transforms.sparse_attention import (
 from headway.transforms.spectral import spectral_window_attention
 from headway.transforms.token_pruning import SparsePrunedDeiT, keep_counts, pruning_ratios
 from headway.transforms.tucker import decompose_model
+from headway.tuning import interleaved_medians
 
 CASES = ("deit_tiny", "deit_tiny_pruned", "vgg16", "vgg16_tucker", "cswintt_encoder")
 

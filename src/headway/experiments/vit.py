@@ -18,7 +18,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from headway.experiments.report import Section, markdown_table, pct
-from headway.experiments.timing import interleaved_medians
 from headway.io import atomic_write_text, locked_folder, save_figure
 from headway.measure import keeps_global_rng
 from headway.models.checkpoint import load_weights
@@ -32,6 +31,7 @@ from headway.transforms.sparse_attention import (
     sparsity,
 )
 from headway.transforms.token_pruning import SparsePrunedDeiT, keep_counts, pruning_ratios
+from headway.tuning import interleaved_medians
 from headway.vision.data import ClassificationData, digits, load_imagenet_folder
 from headway.vision.train import TrainSettings, train
 
