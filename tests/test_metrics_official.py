@@ -25,10 +25,10 @@ from PIL import Image
 
 from headway.errors import InputError
 from headway.tracking.datasets import load_dataset, update_interval
-from headway.tracking.export import export_results
 from headway.tracking.metrics import evaluate
 from headway.tracking.results import SequenceResult, write_sequence_result
 from headway.tracking.runner import evaluate_run
+from headway.tracking.submission import export_results
 
 got10k_metrics = pytest.importorskip("got10k.utils.metrics", reason="got10k toolkit not installed")
 TOLERANCE = 0.01  # points

@@ -394,7 +394,7 @@ def export_results_command(
     """Write a run's boxes in a benchmark's submission layout (GOT-10k <seq>/<seq>_001.txt +
     _time.txt; TrackingNet <seq>.txt + submission.zip; LaSOT / OTB comma-separated <seq>.txt, as
     the got10k toolkit reads them: OTB from a run tracked with --format otb-got10k)."""
-    from headway.tracking.export import LAYOUTS, export_results
+    from headway.tracking.submission import LAYOUTS, export_results
 
     check_choice(to, LAYOUTS, "layout")
     require_folder(run, "run folder")
