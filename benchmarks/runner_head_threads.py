@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from headway.models.cswintt import build_cswintt
-from headway.native.runner import NativeTracker
 from headway.tracking.datasets import load_dataset
+from headway.tracking.native.runner import NativeTracker
 from headway.tracking.synth import SynthSettings, synthesize
 
 LAYOUTS = {  # label → (executor, head workers, intra-op threads per worker)

@@ -43,7 +43,7 @@ WORK = [
     "headway.tracking.cluster.track_dataset_ray",
     "headway.tracking.auto.tune_tracker",
     "headway.tracking.train.train_tracker",
-    "headway.native.build.build_runner",
+    "headway.tracking.native.build.build_runner",
     "headway.experiments.tracker_executors.benchmark_executors",
     "headway.experiments.gpu_session.run_session",
     "headway.experiments.tucker.accuracy",

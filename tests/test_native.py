@@ -21,11 +21,11 @@ from headway.cli import app
 from headway.errors import InputError
 from headway.experiments.tracker_accuracy import held_out_datasets
 from headway.models.pretrained import load_tracker_network
-from headway.native import build as native_build
-from headway.native.runner import NativeTracker
 from headway.tracking.backends import check_tracker_executor
 from headway.tracking.crop import read_frame, sample_target
 from headway.tracking.datasets import load_dataset
+from headway.tracking.native import build as native_build
+from headway.tracking.native.runner import NativeTracker
 from headway.tracking.results import write_sequence_result
 from headway.tracking.runner import track_dataset
 from headway.tracking.tracker import CSWinTTTracker, TrackerSettings
@@ -284,7 +284,7 @@ def test_track_cpp_compiles_at_most_two_probes_before_its_first_frame(
 
 @needs_compiler
 def test_a_stage_aotinductor_cannot_compile_is_named(tmp_path: Path, monkeypatch) -> None:
-    from headway.native import export
+    from headway.tracking.native import export
 
     class DataDependent(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

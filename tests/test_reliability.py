@@ -107,7 +107,7 @@ def test_folders_and_names_that_cannot_be_used(
         pass
     with pytest.raises(InputError, match="is a folder, not a file"):
         read_torch_file(tmp_path)
-    from headway.native.build import find_compiler
+    from headway.tracking.native.build import find_compiler
 
     monkeypatch.setenv("HEADWAY_CACHE", str(a_file))
     # without a compiler the command stops earlier, at that (also one line)

@@ -232,7 +232,7 @@ def test_frames_of_another_size_or_too_small_fail_their_sequence(
 def test_the_runner_refuses_the_same_frames(tmp_path: Path, synth_dataset: Path) -> None:
     """Parity: the C++ runner refuses damaged, resized and tiny frames with the same words,
     and reads BMP frames (which the dataset loader accepts) as OpenCV does."""
-    from headway.native import build as native_build
+    from headway.tracking.native import build as native_build
 
     if native_build.find_compiler() is None:
         pytest.skip("no C++ compiler: headway-runner cannot be built")
@@ -275,7 +275,7 @@ def test_a_damaged_runner_binary_is_never_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from headway.io import write_manifest
-    from headway.native import build as native_build
+    from headway.tracking.native import build as native_build
 
     if native_build.find_compiler() is None:
         pytest.skip("no C++ compiler: headway-runner cannot be built")
@@ -295,7 +295,7 @@ def test_a_damaged_runner_binary_is_never_run(
 def _fake_runner(tmp_path: Path, script: str) -> object:
     """A NativeTracker whose runner is ``script`` (a shell script), to see how endings are
     reported without building anything."""
-    from headway.native.runner import NativeTracker
+    from headway.tracking.native.runner import NativeTracker
     from headway.tracking.settings import TrackerSettings
 
     binary = tmp_path / "fake-runner"
@@ -320,7 +320,7 @@ def _fake_runner(tmp_path: Path, script: str) -> object:
 def test_a_runner_that_ends_abnormally_is_one_line(
     tmp_path: Path, script: str, expected: str
 ) -> None:
-    from headway.native.runner import NativeRunError
+    from headway.tracking.native.runner import NativeRunError
 
     tracker = _fake_runner(tmp_path, script)
     with pytest.raises(NativeRunError, match=expected) as raised:
@@ -336,7 +336,7 @@ def test_a_runner_that_ends_abnormally_is_one_line(
 def test_the_aotinductor_key_names_device_and_instruction_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from headway.native.export import aoti_key
+    from headway.tracking.native.stages import aoti_key
 
     module, example = torch.nn.Linear(3, 2), (torch.randn(1, 3),)
     key = aoti_key(module, example)
@@ -445,7 +445,7 @@ def test_a_runner_built_earlier_is_used_when_the_compiler_has_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from headway.io import write_manifest
-    from headway.native import build as native_build
+    from headway.tracking.native import build as native_build
 
     monkeypatch.setenv("HEADWAY_CACHE", str(tmp_path / "cache"))
     binary = tmp_path / "cache" / "native" / "0123456789abcdef" / native_build.BINARY_NAME

@@ -412,7 +412,7 @@ def runner_build(
     force: Annotated[bool, typer.Option(help="Rebuild even if this torch has a runner.")] = False,
 ) -> None:
     """Build headway-runner against the installed torch (needs a C++ compiler; ~20 s)."""
-    from headway.native.build import build_plan, build_runner
+    from headway.tracking.native.build import build_plan, build_runner
 
     plan = build_plan()
     formats = ", ".join(("ppm", "bmp", *plan.image_formats))
@@ -430,7 +430,12 @@ def runner_info() -> None:
     """Where the runner is, or why it is not there."""
     import subprocess
 
-    from headway.native.build import build_plan, built_runner, prebuilt_runner, runner_missing
+    from headway.tracking.native.build import (
+        build_plan,
+        built_runner,
+        prebuilt_runner,
+        runner_missing,
+    )
 
     prebuilt = prebuilt_runner()
     try:
@@ -489,7 +494,7 @@ def bench_tracker(
     output_file(json_out, "--json")
     torch_device = resolve_device(device)
     if executors is None:
-        from headway.native.build import built_runner
+        from headway.tracking.native.build import built_runner
 
         chosen = comparison_executors(device, runner=built_runner() is not None)
     else:

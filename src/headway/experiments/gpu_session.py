@@ -111,8 +111,8 @@ def run_session(
     on_part: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the parts in order within ``budget_s``; write ``gpu_session.json`` and ``.md``."""
-    from headway.native.build import build_runner, find_compiler
     from headway.runtime.device import resolve_device
+    from headway.tracking.native.build import build_runner, find_compiler
 
     resolve_device(device)  # a clear error where CUDA is asked for and absent
     out = Path(out)

@@ -292,7 +292,7 @@ def stages_table(bench: TrackerBenchmark) -> tuple[list[str], list[list[str]]]:
 def section(folder: Path, quick: bool) -> Section:
     """Table 1 and Fig. 10–12: executors side by side on the default-size network."""
 
-    from headway.native.build import built_runner
+    from headway.tracking.native.build import built_runner
 
     # the paper's Cases B and C in the C++ runner too, where it is built on this machine; the
     # full run adds the compiled executors and auto; the quick one keeps the fp32 executors and

@@ -1,9 +1,19 @@
-"""Paper A's Cases B and C outside the Python interpreter: ``headway-runner``, a C++ tracker on
-the LibTorch inside the torch wheel (:mod:`~headway.native.build`), the TorchScript stages or
-AOTInductor packages it loads (:mod:`~headway.native.export`) and the tracker that drives it
-from headway (:mod:`~headway.native.runner`): executors ``cpp``, ``cpp-heads``,
-``cpp-spectral`` and ``cpp-aoti``."""
+"""Moved: the C++ host is :mod:`headway.tracking.native` (``export`` is now ``stages``). This
+alias keeps ``headway.native``, ``headway.native.build``, ``.runner`` and ``.export`` importing
+for one release; it will then be removed."""
 
-from headway.native.export import NATIVE_EXECUTORS
+import sys
+import warnings
 
-__all__ = ["NATIVE_EXECUTORS"]
+from headway.tracking.native import NATIVE_EXECUTORS, build, runner, stages
+
+warnings.warn(
+    "headway.native has moved to headway.tracking.native (export → stages); the alias goes "
+    "in the next release",
+    DeprecationWarning,
+    stacklevel=2,
+)
+for _name, _module in (("build", build), ("runner", runner), ("export", stages)):
+    sys.modules[f"{__name__}.{_name}"] = _module
+
+__all__ = ["NATIVE_EXECUTORS", "build", "runner", "stages"]

@@ -65,7 +65,7 @@ def unusable_reason(spec: ExecutorSpec, device: torch.device, precision: str) ->
     reason = why_not(spec.way, device) or slow_here(spec.way, device)
     if reason is not None:
         return reason
-    from headway.native.build import built_runner, find_compiler
+    from headway.tracking.native.build import built_runner, find_compiler
 
     if spec.backend in ("inductor", "aoti") and find_compiler() is None:
         return "no C++ compiler for inductor"
@@ -199,7 +199,7 @@ def tune_tracker(
     device = torch.device(device)
     tolerance = tolerance if tolerance is not None else TOLERANCE[precision]
     config = network.config
-    from headway.native.build import built_runner
+    from headway.tracking.native.build import built_runner
 
     key = plan_key(
         {

@@ -23,7 +23,7 @@ from headway.tracking.tracker import CSWinTTTracker
 
 class Tracker(Protocol):
     """What both hosts are: the Python :class:`CSWinTTTracker` and the C++ runner's
-    :class:`~headway.native.runner.NativeTracker`, called with the same arguments."""
+    :class:`~headway.tracking.native.runner.NativeTracker`, called with the same arguments."""
 
     def run_frames(
         self,
@@ -48,7 +48,7 @@ def check_tracker_executor(name: str, device: torch.device | str) -> None:
     CPU, an engine that is not installed, or a C++ executor whose runner is not built."""
     spec = check_executor(name, device)
     if spec.host == "cpp":
-        from headway.native.build import require_runner
+        from headway.tracking.native.build import require_runner
 
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"executor {name!r} on {device}: this torch has no CUDA device")
@@ -62,12 +62,12 @@ def build_tracker(
     executor: str = "eager",
 ) -> Tracker:
     """The tracker for ``executor``: :class:`CSWinTTTracker` for the Python host, the C++
-    runner's :class:`~headway.native.runner.NativeTracker` for ``cpp``/``aoti`` backends. Both
-    have ``run_frames``, ``run_sequence`` and ``close``."""
+    runner's :class:`~headway.tracking.native.runner.NativeTracker` for ``cpp``/``aoti``
+    backends; both are a :class:`Tracker`."""
     check_tracker_executor(executor, device)
     short, spec = resolve_executor(executor)
     if spec.host == "cpp":
-        from headway.native.runner import NativeTracker
+        from headway.tracking.native.runner import NativeTracker
 
         return NativeTracker(network, settings, device, short)
     return CSWinTTTracker(network, settings, device, short)

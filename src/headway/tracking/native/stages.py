@@ -117,7 +117,7 @@ def _aoti_package(module: nn.Module, example: tuple[torch.Tensor, ...]) -> Path:
     """AOTInductor package of ``module`` for inputs like ``example``, compiled once (tens of
     seconds per stage on two cores) and kept in ``$HEADWAY_CACHE/native/aoti`` under a hash of
     the module's structure, weights, input shapes, torch version and this recipe."""
-    from headway.native.build import native_cache_dir
+    from headway.tracking.native.build import native_cache_dir
 
     folder = native_cache_dir() / "aoti"
     key = aoti_key(module, example)

@@ -21,9 +21,9 @@ import torch
 
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT
-from headway.native.build import require_runner
-from headway.native.export import export_native_model, native_spec
 from headway.tracking.datasets import Sequence
+from headway.tracking.native.build import require_runner
+from headway.tracking.native.stages import export_native_model, native_spec
 from headway.tracking.results import SequenceResult
 from headway.tracking.settings import IMAGENET_MEAN, IMAGENET_STD, STAGES, TrackerSettings
 

@@ -1,6 +1,6 @@
 // headway-runner: paper A's Cases B and C outside the Python interpreter.
 //
-// Loads the stages exported by headway.native.export (TorchScript, or AOTInductor packages), tracks one sequence frame by
+// Loads the stages exported by headway.tracking.native.stages (TorchScript, or AOTInductor packages), tracks one sequence frame by
 // frame with the same crop / box-mapping / template-update rules as headway's Python tracker
 // (headway/tracking/tracker.py and crop.py), and writes the same result files. In "heads" mode
 // every encoder layer's attention heads run as jobs on a pool of std::threads, each thread owning
@@ -12,7 +12,7 @@
 // resize; headway's tests compare both with cv2 on random crops.
 //
 // Usage:
-//   headway-runner track JOB_FILE          (the job file format is written by headway.native)
+//   headway-runner track JOB_FILE          (the job file format is written by headway.tracking.native)
 //   headway-runner crop IMAGE X Y W H FACTOR SIZE OUT_PREFIX
 //   headway-runner decode IMAGE OUT_FILE
 //   headway-runner --version
@@ -427,7 +427,7 @@ Crop sample_target(const Image& image, const std::vector<double>& box, double fa
 }
 
 // ---------------------------------------------------------------------------------------------
-// Job and model files (plain "key value" lines written by headway.native)
+// Job and model files (plain "key value" lines written by headway.tracking.native)
 // ---------------------------------------------------------------------------------------------
 
 struct Job {
