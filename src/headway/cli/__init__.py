@@ -12,6 +12,7 @@ for _group in (
     "vit",
     "export",
     "reproduce",
+    "report",
 ):  # `headway --help` lists them in this order
     importlib.import_module(f"headway.cli.{_group}")
 
