@@ -52,20 +52,29 @@ from headway.ways import (
 
 log = logging.getLogger(__name__)
 
-GRAPHS = {
-    "plain": "the network as built",
-    "heads": "every head its own sub-module (Case C)",
-    "fused": "fused window attention, folded batch norms, channels-last convolutions",
-    "spectral": "fused, with the w > 1 heads per DFT bin of their window",
-}
-# each graph as rewrites of :data:`headway.ways.REWRITES` (each applies where its row says:
-# the heads are forked for TorchScript and split elsewhere, packing is eager fp32 only, the
-# engines choose their own layouts)
-GRAPH_REWRITES: dict[str, tuple[str, ...]] = {
-    "plain": (),
-    "heads": ("split", "fork"),
-    "fused": ("fuse", "fold", "channels-last"),
-    "spectral": ("spectral", "fold", "channels-last", "pack"),
+
+@dataclass(frozen=True)
+class Graph:
+    """A network the tracker can run: the rewrites of :data:`headway.ways.REWRITES` that make
+    it from the plain one (each applies where its row says: the heads are forked for
+    TorchScript and split elsewhere, packing is eager fp32 only, the engines choose their own
+    layouts)."""
+
+    rewrites: tuple[str, ...]
+    summary: str
+
+
+GRAPHS: dict[str, Graph] = {
+    "plain": Graph((), "the network as built"),
+    "heads": Graph(("split", "fork"), "every head its own sub-module (Case C)"),
+    "fused": Graph(
+        ("fuse", "fold", "channels-last"),
+        "fused window attention, folded batch norms, channels-last convolutions",
+    ),
+    "spectral": Graph(
+        ("spectral", "fold", "channels-last", "pack"),
+        "fused, with the w > 1 heads per DFT bin of their window",
+    ),
 }
 BACKENDS = {name: backend.summary for name, backend in WAY_BACKENDS.items()}
 
@@ -82,7 +91,7 @@ class ExecutorSpec:
 
     @property
     def way(self) -> Way:
-        return Way(GRAPH_REWRITES[self.graph], self.precision, self.backend)
+        return Way(GRAPHS[self.graph].rewrites, self.precision, self.backend)
 
     @property
     def composed(self) -> str:
