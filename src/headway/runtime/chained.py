@@ -41,7 +41,14 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.runtime.engines import export_onnx, require_engine, retire
+from headway.runtime.engines import (
+    compile_openvino,
+    export_onnx,
+    open_onnxruntime,
+    openvino_precision,
+    require_engine,
+    retire,
+)
 from headway.runtime.jobs import ModelInstance
 from headway.runtime.multi_model import RunResult
 
@@ -63,20 +70,16 @@ class _OpenVINOJobs:
         import openvino as ov
 
         self._ov = ov
-        self._core = ov.Core()
-        self._config = {
-            # the hint's other choices, with the stream count headway's workers give
-            "PERFORMANCE_HINT": "THROUGHPUT",
-            "INFERENCE_PRECISION_HINT": "bf16" if engine == "openvino-bf16" else "f32",
-            "NUM_STREAMS": streams,
-            "INFERENCE_NUM_THREADS": streams * threads,
-        }
+        self.precision = openvino_precision(engine)
+        self.streams, self.threads = streams, threads
         self._compiled: dict[int, Any] = {}
         self._requests: list[Any] = []
 
     def compile(self, path: Path) -> Any:
-        """The exported graph at ``path`` compiled with this run's streams and precision."""
-        return self._core.compile_model(str(path), "CPU", self._config)
+        """The exported graph at ``path`` compiled with this run's streams and precision (the
+        THROUGHPUT hint's other choices, with the stream count headway's workers give)."""
+        threads = self.streams * self.threads
+        return compile_openvino(path, self.precision, threads, self.streams, "THROUGHPUT")
 
     def release(self) -> None:
         _release_openvino(self._requests, list(self._compiled.values()))
@@ -190,9 +193,6 @@ class _OnnxRuntimeJobs:
     a session's calls on its one pool thread, one at a time)."""
 
     def __init__(self, streams: int, threads: int) -> None:
-        import onnxruntime as ort
-
-        self._ort = ort
         self.streams, self.threads = streams, threads
         self._sessions: dict[int, list[Any]] = {}
         self._turn = 0
@@ -201,11 +201,7 @@ class _OnnxRuntimeJobs:
         self._sessions.clear()
 
     def _open(self, path: str) -> Any:
-        options = self._ort.SessionOptions()
-        options.intra_op_num_threads = self.threads + 1  # run_async needs a pool thread
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return self._ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return open_onnxruntime(Path(path), self.threads + 1)  # run_async needs a pool thread
 
     def chain(
         self, jobs: list[nn.Module], example: torch.Tensor, done: Callable[[int], None]

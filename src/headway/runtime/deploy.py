@@ -25,7 +25,12 @@ from torch import nn
 
 from headway.errors import InputError, first_line
 from headway.io import atomic_write_text, staging_folder
-from headway.runtime.engines import INSTALL_HINT, engine_available
+from headway.runtime.engines import (
+    INSTALL_HINT,
+    compile_openvino,
+    engine_available,
+    open_onnxruntime,
+)
 
 FORMATS = {
     "onnx": ".onnx",
@@ -137,9 +142,7 @@ def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
                     do_constant_folding=True,
                 )
             if fmt == "onnx":
-                import onnxruntime as ort
-
-                session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+                session = open_onnxruntime(onnx_path)
                 names = [i.name for i in session.get_inputs()]
                 return lambda *args: [
                     torch.from_numpy(o)
@@ -152,9 +155,7 @@ def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
             core = ov.Core()
             # fp32 weights: save_model would store them as fp16 by default
             ov.save_model(core.read_model(str(onnx_path)), str(path), compress_to_fp16=False)
-            compiled = ov.Core().compile_model(
-                str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
-            )
+            compiled = compile_openvino(path, "f32")
             return lambda *args: [
                 torch.from_numpy(compiled([a.numpy() for a in args])[o].copy())
                 for o in compiled.outputs

@@ -159,6 +159,54 @@ def _opened(path: Path, open_graph: Callable[[], Any]) -> Any:
         raise InputError(f"the engine cannot open {path}: {first_line(error)}") from None
 
 
+def open_onnxruntime(path: Path, threads: int | None = None) -> Any:
+    """The one place headway opens an ONNX Runtime session: the CPU provider, ``threads``
+    intra-op threads (default: torch's), one inter-op thread, and no spin-waiting after a run
+    (torch's own operators run between engine calls and a spinning pool would take their cores:
+    measured +14 ms per frame in the tracker). One line naming the file when it cannot."""
+    require_engine("onnxruntime")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return _opened(
+        path,
+        lambda: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]),
+    )
+
+
+def compile_openvino(
+    model: Path | Any,
+    precision: str = "f32",
+    threads: int | None = None,
+    streams: int | None = None,
+    hint: str | None = None,
+) -> Any:
+    """The one place headway compiles for OpenVINO (CPU): a graph file or an ``ov.Model``,
+    with the inference-precision hint (``f32`` or ``bf16``), and where given the threads, the
+    streams and the performance hint. One line naming the file when it cannot."""
+    require_engine("openvino")
+    import openvino as ov
+
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
+    if hint is not None:
+        config["PERFORMANCE_HINT"] = hint
+    if streams is not None:
+        config["NUM_STREAMS"] = streams
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if isinstance(model, Path):
+        return _opened(model, lambda: ov.Core().compile_model(str(model), "CPU", config))
+    return ov.Core().compile_model(model, "CPU", config)
+
+
+def openvino_precision(engine: str) -> str:
+    """OpenVINO's inference-precision hint for an engine name (``openvino-bf16`` → bf16)."""
+    return "bf16" if engine == "openvino-bf16" else "f32"
+
+
 class EngineSession:
     """One exported graph opened by an engine; called with torch tensors, returns a list of
     torch tensors (CPU). Safe to call from several threads at once (the multi-model runtime's
@@ -169,30 +217,11 @@ class EngineSession:
         self.engine = engine
         threads = threads or torch.get_num_threads()
         if engine == "onnxruntime":
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            # no spin-waiting after a run: torch's own operators run between engine calls and
-            # a spinning pool would take their cores (measured: +14 ms per frame in the tracker)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = _opened(
-                onnx_path,
-                lambda: ort.InferenceSession(
-                    str(onnx_path), options, providers=["CPUExecutionProvider"]
-                ),
-            )
+            self._session = open_onnxruntime(onnx_path, threads)
             self._inputs = [i.name for i in self._session.get_inputs()]
             self._run: Callable[[list[Any]], list[Any]] = self._run_onnxruntime
         else:
-            import openvino as ov
-
-            precision = "bf16" if engine == "openvino-bf16" else "f32"
-            config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
-            self._compiled = _opened(
-                onnx_path, lambda: ov.Core().compile_model(str(onnx_path), "CPU", config)
-            )
+            self._compiled = compile_openvino(onnx_path, openvino_precision(engine), threads)
             self._outputs = list(self._compiled.outputs)
             self._requests = threading.local()  # an infer request serves one thread at a time
             self._run = self._run_openvino

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.runtime.engines import require_engine, retire
+from headway.runtime.engines import compile_openvino, require_engine, retire
 from headway.runtime.multi_model import RunResult
 
 HINTS = ("THROUGHPUT", "LATENCY")
@@ -34,8 +34,7 @@ def openvino_compiled(
     with torch.no_grad():
         converted = ov.convert_model(module.eval(), example_input=example)
     converted.reshape(list(example.shape))
-    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
-    return ov.Core().compile_model(converted, "CPU", config)
+    return compile_openvino(converted, precision, hint=hint)
 
 
 def call_compiled(compiled: Any, x: torch.Tensor) -> torch.Tensor:
