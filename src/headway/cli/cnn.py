@@ -7,8 +7,6 @@ from typing import Annotated
 
 import torch
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from headway.cli.base import (
     app,
@@ -30,7 +28,7 @@ from headway.cli.base import (
     thread_count,
 )
 from headway.errors import InputError
-from headway.models import list_models, load_weights
+from headway.models import list_models
 from headway.runtime.device import resolve_device
 
 
@@ -61,19 +59,9 @@ def compress_tucker(
     check_seed(seed)
     from rich.progress import Progress
 
-    from headway.models import create_model
-    from headway.models.registry import (
-        check_model_name,
-        checkpoint_overrides,
-        default_input_size,
-        is_external,
-    )
-    from headway.transforms.tucker import (
-        RankRule,
-        check_decomposed_path,
-        decompose_model,
-        save_decomposed,
-    )
+    from headway.experiments.tucker import decompose_named, layers_table
+    from headway.models.registry import check_model_name, checkpoint_overrides
+    from headway.transforms.tucker import RankRule, check_decomposed_path, save_decomposed
 
     check_model_name(model)
     RankRule.parse(rank)
@@ -84,57 +72,26 @@ def compress_tucker(
         output_file(out, "--out")
         check_decomposed_path(out)
         output_file(out.with_suffix(".json"), "--out (report)")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        extra = checkpoint_overrides(model, num_classes, small_input, checkpoint)
-        if is_external(model) and small_input:
-            raise InputError(f"--small-input is for headway's zoo, not {model}")
-        network = create_model(model, num_classes=num_classes, small_input=small_input, **extra)
-    if extra.get("transform_input"):
+    if checkpoint_overrides(model, num_classes, small_input, checkpoint).get("transform_input"):
         console.print("inception_v3 with ImageNet weights: torchvision's transform_input is on")
-    if checkpoint is not None:
-        load_weights(network, checkpoint)
-    size = input_size or default_input_size(model, small_input)
-    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("decomposing", total=None)
-        decomposed, report = decompose_model(
-            network,
-            probe,
+        decomposed, report, size = decompose_named(
+            model,
             rank,
+            checkpoint,
+            num_classes,
+            small_input,
+            input_size,
             min_rank,
+            seed,
             on_layer=lambda name: progress.update(task, description=f"decomposing {name}"),
         )
-    table = Table(
-        title=f"Tucker-2 of {model} ({shown(rank)}); MACs = conv + linear "
-        f"multiply-adds per {size}×{size} image"
+    title = (
+        f"Tucker-2 of {model} ({shown(rank)}); MACs = conv + linear multiply-adds per "
+        f"{size}×{size} image"
     )
-    for column in (
-        "layer",
-        "status",
-        "ranks",
-        "MACs before",
-        "MACs after",
-        "params before",
-        "params after",
-        "weight err",
-        "output err",
-    ):
-        table.add_column(column, justify="left" if column in ("layer", "status") else "right")
-    for row in report.layers:
-        decomposed_row = row.status == "decomposed"
-        table.add_row(
-            row.name,
-            row.status if decomposed_row else f"skipped: {row.reason}",
-            f"{row.rank_in}, {row.rank_out}" if decomposed_row else "",
-            f"{row.macs_before:,}",
-            f"{row.macs_after:,}",
-            f"{row.params_before:,}",
-            f"{row.params_after:,}",
-            f"{row.weight_error:.3f}" if decomposed_row else "",
-            f"{row.output_error:.3f}" if decomposed_row else "",
-        )
-    Console(width=max(console.width, 150)).print(table)
+    print_table(title, *layers_table(report), width=150)
     console.print(
         f"model MACs {report.macs_before:,} → {report.macs_after:,} "
         f"({100 * report.mac_reduction:.1f}% fewer); parameters {report.params_before:,} → "
@@ -212,7 +169,13 @@ def multirun(
     from headway.io import atomic_write_text
     from headway.runtime.engines import require_engine
     from headway.transforms.tucker import RankRule
-    from headway.vision.serving import ModelSpec, instance_names, parse_models, run_mode
+    from headway.vision.serving import (
+        ModelSpec,
+        instance_names,
+        instances_table,
+        parse_models,
+        run_mode,
+    )
 
     check_choice(mode, ("mt", "mp", "seq", "batched"), "mode")
     at_least(requests, 1, "--requests")
@@ -237,58 +200,28 @@ def multirun(
             raise InputError(f"--checkpoint {checkpoint}: {what}")
         if len({m for _, m in instances}) > 1:
             raise InputError("--checkpoint applies to one model: give one name in --models")
-    small = input_size <= 64
-    specs = {
-        n: ModelSpec(
-            m,
-            10 if small else 1000,
-            small,
-            input_size,
-            decomposed,
-            engine=engine,
-            checkpoint=str(checkpoint) if checkpoint else None,
-        )
-        for n, m in instances
-    }
+    weights = str(checkpoint) if checkpoint else None
+    specs = {n: ModelSpec.sized(m, input_size, decomposed, engine, weights) for n, m in instances}
     result = run_mode(mode, specs, requests, workers, threads, jobs, torch_device, rate, coalesce)
-    table = Table(
-        title=f"{mode}: {shown(models)}, {requests} requests each"
+    title = (
+        f"{mode}: {shown(models)}, {requests} requests each"
         + (f", Tucker-2 {shown(decomposed)}" if decomposed else "")
         + (f", coalescing up to {coalesce}" if coalesce > 1 else "")
         + (f", jobs run by {engine}" if engine else "")
         + (" (chained asynchronous requests)" if "engine" in result.notes else "")
     )
-    for column in ("instance", "mean ms", "p95 ms", "requests"):
-        table.add_column(column, justify="left" if column == "instance" else "right")
-    summary = result.summary()
-    for name in specs:
-        row = summary.get(name)
-        if row is None:
-            table.add_row(name, "failed", "", "0")
-        else:
-            table.add_row(
-                name, f"{row['mean_ms']:.2f}", f"{row['p95_ms']:.2f}", str(row["requests"])
-            )
-    console.print(table)
+    print_table(title, *instances_table(result, list(specs)))
     console.print(f"throughput {result.throughput:.2f} requests/s over {result.wall_s:.2f} s")
     if "mean_batch" in result.notes:
         console.print(f"coalesced batches: {result.notes['mean_batch']:.2f} requests on average")
     for name, message in result.errors.items():
         errors.print(f"[bold red]failed:[/] {name}: {shown(message)}", highlight=False)
     if json_out is not None:
-        payload = {
-            "mode": mode,
-            "models": models,
-            "decomposed": decomposed,
-            "engine": engine,
-            "requests": requests,
-            "summary": summary,
-            "throughput": result.throughput,
-            "wall_s": result.wall_s,
-            "errors": result.errors,
-            "notes": result.notes,
-            "latencies_ms": result.latencies_ms,
-        }
+        settings = {"mode": mode, "models": models, "decomposed": decomposed, "engine": engine}
+        payload = {**settings, "requests": requests, "summary": result.summary()}
+        payload |= {"throughput": result.throughput, "wall_s": result.wall_s}
+        payload |= {"errors": result.errors, "notes": result.notes}
+        payload["latencies_ms"] = result.latencies_ms
         atomic_write_text(json_out, json.dumps(payload, indent=2))
     if result.errors:
         raise typer.Exit(1)
@@ -394,17 +327,12 @@ def bench_multidnn(
     import json
 
     from headway.experiments.multidnn import (
-        ENGINE_CASES,
-        ENGINE_MIX_CASES,
-        ENGINE_PEERS,
-        HETEROGENEOUS,
-        HETEROGENEOUS_CASES,
-        HOMOGENEOUS,
-        HOMOGENEOUS_CASES,
         MIX_RANK,
         RANK,
         cases_table,
+        part_settings,
         plot_cases,
+        round_ratios,
         run_cases,
         solo_vs_crowd,
     )
@@ -438,12 +366,7 @@ def bench_multidnn(
             [[m, f"{r['solo_ms']:.1f}", f"{r['crowd_ms']:.1f}"] for m, r in solo.items()],
         )
         report["solo"] = solo
-    settings = {
-        "homogeneous": (HOMOGENEOUS, HOMOGENEOUS_CASES, requests, rounds),
-        "heterogeneous": (HETEROGENEOUS, HETEROGENEOUS_CASES, max(2, requests // 12), 1),
-        "engines": (HOMOGENEOUS, ENGINE_CASES, requests, rounds),
-        "engines-mix": (HETEROGENEOUS, ENGINE_MIX_CASES, max(2, requests // 6), rounds),
-    }
+    settings = part_settings(requests, rounds)
     for title, (models, cases, count, turns) in settings.items():
         if only not in (None, title):
             continue
@@ -466,27 +389,8 @@ def bench_multidnn(
             *cases_table(result),
             width=140,
         )
-        rows = result["cases"]
-        if "Dcomp.(MP)" in rows:
-            base = rows["Dcomp.(MP)"]["throughputs"]
-            for label in [k for k in rows if k.startswith("Dcomp.(MT")]:
-                ratios = [t / b for t, b in zip(rows[label]["throughputs"], base, strict=True)]
-                console.print(
-                    f"{label} / Dcomp.(MP) throughput per round: "
-                    + ", ".join(f"{r:.2f}×" for r in ratios)
-                )
-        for label, peer in ENGINE_PEERS.items():
-            if label in rows and peer in rows:
-                ratios = [
-                    t / b
-                    for t, b in zip(
-                        rows[label]["throughputs"], rows[peer]["throughputs"], strict=True
-                    )
-                ]
-                console.print(
-                    f"{label} / {peer} throughput per round: "
-                    + ", ".join(f"{r:.2f}×" for r in ratios)
-                )
+        for line in round_ratios(result):
+            console.print(line)
         plot_cases(title, result, out / f"{title}.png")
         report[title] = result
     atomic_write_text(out / "multidnn.json", json.dumps(report, indent=2))

@@ -135,6 +135,33 @@ def coalesce_limit(models: str, workers: int = WORKERS) -> int:
     return max(2, max(count for _, count in parse_models(models)) // workers)
 
 
+def part_settings(requests: int, rounds: int) -> dict[str, tuple[str, list, int, int]]:
+    """``bench multidnn``'s parts after ``solo``: (models, cases, requests, rounds) each (the
+    heterogeneous mix with fewer requests: its models are far larger)."""
+    return {
+        "homogeneous": (HOMOGENEOUS, HOMOGENEOUS_CASES, requests, rounds),
+        "heterogeneous": (HETEROGENEOUS, HETEROGENEOUS_CASES, max(2, requests // 12), 1),
+        "engines": (HOMOGENEOUS, ENGINE_CASES, requests, rounds),
+        "engines-mix": (HETEROGENEOUS, ENGINE_MIX_CASES, max(2, requests // 6), rounds),
+    }
+
+
+def round_ratios(experiment: dict[str, Any]) -> list[str]:
+    """One line per comparison the experiment holds: Dcomp.(MT…) over Dcomp.(MP), and each
+    engine row over the plain-OpenVINO row it must beat, throughput per round."""
+    rows = experiment["cases"]
+    pairs = [(k, "Dcomp.(MP)") for k in rows if k.startswith("Dcomp.(MT") and "Dcomp.(MP)" in rows]
+    pairs += [(label, peer) for label, peer in ENGINE_PEERS.items() if {label, peer} <= set(rows)]
+    lines = []
+    for label, base in pairs:
+        ours, theirs = rows[label]["throughputs"], rows[base]["throughputs"]
+        ratios = [t / b for t, b in zip(ours, theirs, strict=True)]
+        lines.append(
+            f"{label} / {base} throughput per round: " + ", ".join(f"{r:.2f}×" for r in ratios)
+        )
+    return lines
+
+
 def run_cases(
     models: str,
     cases: list[tuple[str, str, str | None]],

@@ -22,11 +22,18 @@ from typing import Any
 import torch
 from torch.utils.benchmark import Timer
 
+from headway.errors import InputError
 from headway.experiments.report import Section, bar_plot, markdown_table, pct
 from headway.io import atomic_write_text, locked_folder
 from headway.measure import keeps_global_rng
-from headway.models.registry import create_model, default_input_size
-from headway.transforms.tucker import SVD_SOLVERS, count_macs, decompose_model
+from headway.models.checkpoint import load_weights
+from headway.models.registry import (
+    checkpoint_overrides,
+    create_model,
+    default_input_size,
+    is_external,
+)
+from headway.transforms.tucker import SVD_SOLVERS, TuckerReport, count_macs, decompose_model
 from headway.vision.data import digits
 from headway.vision.train import TrainSettings, evaluate, train
 
@@ -250,6 +257,57 @@ def _accuracy(
 # ---------------------------------------------------------------------------------------------
 # The section of `headway reproduce`'s report
 # ---------------------------------------------------------------------------------------------
+
+
+def decompose_named(
+    model: str,
+    rank: str,
+    checkpoint: Path | None = None,
+    num_classes: int = 1000,
+    small_input: bool = False,
+    input_size: int | None = None,
+    min_rank: int = 4,
+    seed: int = 0,
+    on_layer: Callable[[str], None] | None = None,
+) -> tuple[torch.nn.Module, TuckerReport, int]:
+    """``headway compress tucker``: the registry model ``model`` (random weights of ``seed``,
+    or ``checkpoint``) Tucker-2-decomposed by ``rank`` on a seeded probe batch; returns the
+    decomposed model, its report and the probe's image side."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        extra = checkpoint_overrides(model, num_classes, small_input, checkpoint)
+        if is_external(model) and small_input:
+            raise InputError(f"--small-input is for headway's zoo, not {model}")
+        network = create_model(model, num_classes=num_classes, small_input=small_input, **extra)
+    if checkpoint is not None:
+        load_weights(network, checkpoint)
+    size = input_size or default_input_size(model, small_input)
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    decomposed, report = decompose_model(network, probe, rank, min_rank, on_layer=on_layer)
+    return decomposed, report, size
+
+
+def layers_table(report: TuckerReport) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a decomposition's report: one row per convolution."""
+    header = ["layer", "status", "ranks", "MACs before", "MACs after", "params before"]
+    header += ["params after", "weight err", "output err"]
+    rows = []
+    for row in report.layers:
+        done = row.status == "decomposed"
+        rows.append(
+            [
+                row.name,
+                row.status if done else f"skipped: {row.reason}",
+                f"{row.rank_in}, {row.rank_out}" if done else "",
+                f"{row.macs_before:,}",
+                f"{row.macs_after:,}",
+                f"{row.params_before:,}",
+                f"{row.params_after:,}",
+                f"{row.weight_error:.3f}" if done else "",
+                f"{row.output_error:.3f}" if done else "",
+            ]
+        )
+    return header, rows
 
 
 def _paper_pct(value: float | None) -> str:

@@ -47,6 +47,22 @@ class ModelSpec:
     engine: str | None = None
     checkpoint: str | None = None  # weights loaded (strictly) before decomposing
 
+    @classmethod
+    def sized(
+        cls,
+        model: str,
+        input_size: int,
+        decomposed: str | None = None,
+        engine: str | None = None,
+        checkpoint: str | None = None,
+    ) -> ModelSpec:
+        """``model`` for ``input_size`` images: the small-input 10-class variant up to 64 px,
+        the 1000-class one above (``headway multirun``'s rule)."""
+        small = input_size <= 64
+        return cls(
+            model, 10 if small else 1000, small, input_size, decomposed, 0, engine, checkpoint
+        )
+
 
 DEFAULT_POLICY = "jobs:8"
 # the engines' MT runner: every engine call costs ~0.6 ms of core time beyond its compute
@@ -207,3 +223,19 @@ def parse_models(text: str) -> list[tuple[str, int]]:
 def instance_names(pairs: list[tuple[str, int]]) -> list[tuple[str, str]]:
     """(instance name, model) for every copy: vgg16#0, vgg16#1, ..."""
     return [(f"{name}#{i}", name) for name, copies in pairs for i in range(copies)]
+
+
+def instances_table(result: RunResult, names: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a run: each instance's mean and p95 latency and requests served
+    (``failed`` where it served none)."""
+    summary = result.summary()
+    rows = []
+    for name in names:
+        row = summary.get(name)
+        if row is None:
+            rows.append([name, "failed", "", "0"])
+        else:
+            rows.append(
+                [name, f"{row['mean_ms']:.2f}", f"{row['p95_ms']:.2f}", str(row["requests"])]
+            )
+    return ["instance", "mean ms", "p95 ms", "requests"], rows

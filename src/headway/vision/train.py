@@ -68,6 +68,23 @@ def _random_shift(images: torch.Tensor, shift: int, generator: torch.Generator) 
     return padded[..., dy : dy + images.shape[-2], dx : dx + images.shape[-1]]
 
 
+def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW (``adam``) or SGD with Nesterov momentum (``sgd``), as ``settings`` say."""
+    if settings.optimizer == "adam":
+        return torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+            nesterov=True,
+        )
+    raise InputError(f"unknown optimizer {settings.optimizer!r}: use sgd or adam")
+
+
 def train(
     model: nn.Module,
     data: ClassificationData,
@@ -81,20 +98,7 @@ def train(
     settings = settings or TrainSettings()
     if settings.epochs < 0 or settings.batch_size < 1:
         raise InputError("epochs must be ≥ 0 and batch size ≥ 1")
-    if settings.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-        )
-    elif settings.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=settings.lr,
-            momentum=settings.momentum,
-            weight_decay=settings.weight_decay,
-            nesterov=True,
-        )
-    else:
-        raise InputError(f"unknown optimizer {settings.optimizer!r}: use sgd or adam")
+    optimizer = _optimizer(model, settings)
     steps_per_epoch = -(-len(data.train_labels) // settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
