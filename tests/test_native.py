@@ -284,7 +284,7 @@ def test_track_cpp_compiles_at_most_two_probes_before_its_first_frame(
 
 @needs_compiler
 def test_a_stage_aotinductor_cannot_compile_is_named(tmp_path: Path, monkeypatch) -> None:
-    from headway.tracking.native import export
+    from headway.tracking.native import stages as export
 
     class DataDependent(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

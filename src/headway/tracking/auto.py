@@ -75,8 +75,13 @@ def unusable_reason(spec: ExecutorSpec, device: torch.device, precision: str) ->
 
 
 def _order(name: str) -> tuple[int, int]:
+    """Build order: known graphs and backends in the orders above, new ones after them."""
     spec = EXECUTORS[name]
-    return _GRAPH_ORDER.index(spec.graph), _BACKEND_ORDER.index(spec.backend)
+
+    def rank(value: str, order: tuple[str, ...]) -> int:
+        return order.index(value) if value in order else len(order)
+
+    return rank(spec.graph, _GRAPH_ORDER), rank(spec.backend, _BACKEND_ORDER)
 
 
 class _TrackerTrial:

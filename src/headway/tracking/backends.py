@@ -15,7 +15,7 @@ import torch
 from headway.errors import InputError
 from headway.models.cswintt import CSWinTT
 from headway.tracking.datasets import Sequence
-from headway.tracking.executors import check_executor, resolve_executor
+from headway.tracking.executors import Executor, ExecutorSpec, check_spec, resolve_executor
 from headway.tracking.results import SequenceResult
 from headway.tracking.settings import TrackerSettings
 from headway.tracking.tracker import CSWinTTTracker
@@ -43,16 +43,19 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
-def check_tracker_executor(name: str, device: torch.device | str) -> None:
-    """One line for an unknown executor, an unsupported combination, a CUDA-only one on the
-    CPU, an engine that is not installed, or a C++ executor whose runner is not built."""
-    spec = check_executor(name, device)
+def check_tracker_executor(name: str, device: torch.device | str) -> tuple[str, ExecutorSpec]:
+    """The table's short name and spec for ``name``, or one line for an unknown executor, an
+    unsupported combination, a CUDA-only one on the CPU, an engine that is not installed, or a
+    C++ executor whose runner is not built."""
+    short, spec = resolve_executor(name)
+    check_spec(spec, device, name)
     if spec.host == "cpp":
         from headway.tracking.native.build import require_runner
 
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"executor {name!r} on {device}: this torch has no CUDA device")
         require_runner()
+    return short, spec
 
 
 def build_tracker(
@@ -63,14 +66,14 @@ def build_tracker(
 ) -> Tracker:
     """The tracker for ``executor``: :class:`CSWinTTTracker` for the Python host, the C++
     runner's :class:`~headway.tracking.native.runner.NativeTracker` for ``cpp``/``aoti``
-    backends; both are a :class:`Tracker`."""
-    check_tracker_executor(executor, device)
-    short, spec = resolve_executor(executor)
+    backends; both are a :class:`Tracker`. The name is resolved and checked once, here; the
+    host gets the spec."""
+    short, spec = check_tracker_executor(executor, device)
     if spec.host == "cpp":
         from headway.tracking.native.runner import NativeTracker
 
         return NativeTracker(network, settings, device, short)
-    return CSWinTTTracker(network, settings, device, short)
+    return CSWinTTTracker(Executor(network, device, spec, short), settings)
 
 
 def run_pass(

@@ -266,9 +266,15 @@ def check_executor(name: str, device: torch.device | str) -> ExecutorSpec:
     the CPU, an engine on a GPU or not installed: :func:`headway.ways.why_not`). The C++
     runner's own check (is it built?) is in :mod:`headway.tracking.backends`."""
     _, spec = resolve_executor(name)
+    check_spec(spec, device, name)
+    return spec
+
+
+def check_spec(spec: ExecutorSpec, device: torch.device | str, name: str) -> None:
+    """One line naming ``name`` when ``spec`` cannot run on ``device`` here."""
     reason = why_not(spec.way, device)
     if reason is None:
-        return spec
+        return
     if spec.requires_cuda and torch.device(device).type != "cuda":
         reason += f" (device is {device}); on CPU use 'fused' or 'fused-bf16'"
     elif spec.cpu_only and torch.device(device).type != "cpu":
