@@ -282,6 +282,18 @@ def test_track_cpp_compiles_at_most_two_probes_before_its_first_frame(
     assert at_first_frame and at_first_frame[0] <= 2, (at_first_frame, probes)
 
 
+def test_the_runner_builds_without_warnings_from_its_own_files(runner: Path) -> None:
+    """-Wall -Wextra, with torch's headers as system headers: the build log (every compile
+    and the link, with what the compiler said) names no warning in headway's sources."""
+    log = runner.parent / "build.log"
+    if not log.is_file():
+        pytest.skip("this runner was built before build logs were kept")
+    text = log.read_text()
+    assert "-Wall" in text and "-Wextra" in text and "-isystem" in text
+    own = [line for line in text.splitlines() if "warning:" in line and "native/cpp/" in line]
+    assert own == []
+
+
 @needs_compiler
 def test_a_stage_aotinductor_cannot_compile_is_named(tmp_path: Path, monkeypatch) -> None:
     from headway.tracking.native import stages as export

@@ -1,5 +1,6 @@
-"""Building ``headway-runner``, the C++ tracker (``cpp/headway_runner.cpp``), against the
-LibTorch that ships inside the installed torch wheel.
+"""Building ``headway-runner``, the C++ tracker (``cpp/``: ``images``, ``files``, ``network``
+and the tracking loop in ``headway_runner.cpp``), against the LibTorch that ships inside the
+installed torch wheel.
 
 The compiler is called directly with torch's own include and library paths
 (:mod:`torch.utils.cpp_extension`): no CMake, no separate LibTorch download, and the binary
@@ -24,6 +25,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,10 +39,13 @@ from headway.io import (
     write_manifest,
 )
 
-SOURCE = Path(__file__).parent / "cpp" / "headway_runner.cpp"
+SOURCE_DIR = Path(__file__).parent / "cpp"
+# compiled side by side, then linked; images and files need no LibTorch (seconds), the other
+# two do (tens of seconds each)
+TRANSLATION_UNITS = ("network.cpp", "headway_runner.cpp", "images.cpp", "files.cpp")
 BINARY_NAME = "headway-runner"
 COMPILER_HINT = (
-    "install a C++17 compiler (Debian/Ubuntu: apt install g++; for JPEG/PNG frames also "
+    "install a C++20 compiler (Debian/Ubuntu: apt install g++; for JPEG/PNG frames also "
     "libjpeg-dev libpng-dev), then run `headway runner build`"
 )
 
@@ -56,9 +61,18 @@ class BuildPlan:
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256(SOURCE.read_bytes())
+        digest = _source_digest()
         digest.update(f"{torch.__version__}|{self.compiler}|{self.flags}|{self.libraries}".encode())
         return digest.hexdigest()[:16]
+
+
+def _source_digest() -> Any:
+    """SHA-256 over every source and header of the runner, by name and content."""
+    digest = hashlib.sha256()
+    for path in sorted(SOURCE_DIR.glob("*")):
+        if path.suffix in (".cpp", ".h"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest
 
 
 def native_cache_dir() -> Path:
@@ -103,8 +117,9 @@ def _plan_for(compiler: str) -> BuildPlan:
 
     lib_dir = library_paths()[0]
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    flags = ["-O2", "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
-    flags += [f"-I{path}" for path in include_paths()]
+    # torch's headers as system headers: -Wall -Wextra speak of headway's own files only
+    flags = ["-O2", "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Wall", "-Wextra"]
+    flags += [f"-isystem{path}" for path in include_paths()]
     torch_libs = ["torch", "torch_cpu", "c10"]
     # CUDA wheels: link the CUDA parts too (not "as needed"), so their kernels register
     torch_libs += [
@@ -131,7 +146,7 @@ def runner_path(plan: BuildPlan) -> Path:
 
 def _origin() -> dict[str, str]:
     """What a binary must have been built from to be used: this source and this torch."""
-    return {"source": hashlib.sha256(SOURCE.read_bytes()).hexdigest(), "torch": torch.__version__}
+    return {"source": _source_digest().hexdigest(), "torch": torch.__version__}
 
 
 def _verified(path: Path) -> bool:
@@ -181,18 +196,42 @@ def build_runner(force: bool = False) -> Path:
             return binary
         discard_cached(binary)
         temporary = folder / f".{BINARY_NAME}.building"
-        command = [plan.compiler, *plan.flags, str(SOURCE), "-o", str(temporary), *plan.libraries]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            temporary.unlink(missing_ok=True)
-            log = folder / "build.log"
-            log.write_text(" ".join(command) + "\n\n" + done.stdout + done.stderr)
-            first = next((ln for ln in done.stderr.splitlines() if "error" in ln), "see the log")
-            raise InputError(f"headway-runner did not build ({first.strip()}); full log: {log}")
+        _compile_and_link(plan, folder, temporary)
         os.replace(temporary, binary)
         atomic_write_text(folder / ORIGIN_NAME, json.dumps(_origin()))
         write_manifest(binary)  # last: a binary without a matching manifest is never run
     return binary
+
+
+def _compile_and_link(plan: BuildPlan, folder: Path, binary: Path) -> None:
+    """Every translation unit compiled at once (one process each), then linked into
+    ``binary``; build.log keeps the commands and what the compiler said (its warnings too)."""
+    objects = [folder / f".{Path(name).stem}.o" for name in TRANSLATION_UNITS]
+    commands = [
+        [plan.compiler, *plan.flags, "-c", str(SOURCE_DIR / name), "-o", str(obj)]
+        for name, obj in zip(TRANSLATION_UNITS, objects, strict=True)
+    ]
+    running = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for c in commands
+    ]
+    said = [process.communicate()[0] for process in running]
+    log_lines = [f"{' '.join(c)}\n{out}" for c, out in zip(commands, said, strict=True)]
+    failed = any(process.returncode != 0 for process in running)
+    if not failed:
+        link = [plan.compiler, *map(str, objects), "-o", str(binary), *plan.libraries]
+        done = subprocess.run(link, capture_output=True, text=True)
+        log_lines.append(f"{' '.join(link)}\n{done.stdout}{done.stderr}")
+        failed = done.returncode != 0
+    for obj in objects:
+        obj.unlink(missing_ok=True)
+    log = folder / "build.log"
+    log.write_text("\n".join(log_lines))
+    if failed:
+        binary.unlink(missing_ok=True)
+        text = "\n".join(log_lines)
+        first = next((ln for ln in text.splitlines() if "error" in ln), "see the log")
+        raise InputError(f"headway-runner did not build ({first.strip()}); full log: {log}")
 
 
 def require_runner() -> Path:
