@@ -39,6 +39,7 @@ SLOW_S = 20.0
 WORK = [
     "headway.tracking.synth.synthesize",
     "headway.tracking.backends.build_tracker",
+    "headway.tracking.runner.build_tracker",
     "headway.tracking.runner.track_dataset",
     "headway.tracking.cluster.track_dataset_ray",
     "headway.tracking.auto.tune_tracker",
@@ -50,6 +51,7 @@ WORK = [
     "headway.experiments.tucker.latency",
     "headway.experiments.tucker.mac_reduction",
     "headway.experiments.tucker.decomposition_time",
+    "headway.experiments.tucker.create_model",
     "headway.experiments.multidnn.run_cases",
     "headway.experiments.multidnn.solo_vs_crowd",
     "headway.experiments.engines.compare_engines",
@@ -57,6 +59,7 @@ WORK = [
     "headway.experiments.vit.flop_latency_breakdown",
     "headway.experiments.vit.pruning_speedup",
     "headway.experiments.vit.trained_digits_deit",
+    "headway.experiments.vit.build_deit",
     "headway.models.create_model",
     "headway.models.deit.build_deit",
     "headway.runtime.deploy.export_parts",
