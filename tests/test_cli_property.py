@@ -61,6 +61,7 @@ WORK = [
     "headway.experiments.vit.trained_digits_deit",
     "headway.experiments.vit.build_deit",
     "headway.models.create_model",
+    "headway.models.registry.random_model_and_input",
     "headway.models.deit.build_deit",
     "headway.runtime.deploy.export_parts",
     "headway.vision.serving.run_mode",

@@ -7,7 +7,6 @@ import shlex
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from headway.cli.base import app, at_least, check_choice, check_seed, console, reports_errors, shown
@@ -65,24 +64,20 @@ def export_command(
     if misplaced:
         kind = "the tracker" if model != "tracker" else "zoo models"
         raise InputError(f"{', '.join(misplaced)}: only for {kind} (--model {model})")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        if model == "tracker":
-            from headway.tracking.executors import stage_exports
+    if model == "tracker":
+        from headway.tracking.executors import stage_exports
 
-            check_choice(config, list(CONFIGS), "configuration")
-            network = load_tracker_network(checkpoint or "random", seed, config)
-            parts = stage_exports(network, executor)
-            what = {"model": f"CSWinTT {config}", "executor": executor}
-        else:
-            from headway.models.registry import check_model_name, create_model, default_input_size
+        check_choice(config, list(CONFIGS), "configuration")
+        network = load_tracker_network(checkpoint or "random", seed, config)
+        parts = stage_exports(network, executor)
+        what = {"model": f"CSWinTT {config}", "executor": executor}
+    else:
+        from headway.models.registry import check_model_name, random_model_and_input
 
-            check_model_name(model)
-            module = create_model(model, small_input=small_input).eval()
-            size = input_size or default_input_size(model, small_input)
-            example = (torch.randn(batch, 3, size, size),)
-            parts = [ExportPart(model, module, example)]
-            what = {"model": model, "small_input": small_input}
+        check_model_name(model)
+        module, example, size = random_model_and_input(model, small_input, input_size, batch, seed)
+        parts = [ExportPart(model, module, (example,))]
+        what = {"model": model, "small_input": small_input}
     options = ["--model", model, "--formats", ",".join(chosen), "--probes", str(probes)]
     if model == "tracker":
         options += ["--executor", executor, "--config", config]

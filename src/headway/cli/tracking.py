@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import torch
 import typer
-from rich.table import Table
 
 from headway.cli.base import (
     app,
@@ -41,7 +40,7 @@ from headway.tracking.datasets import (
     update_interval,
 )
 from headway.tracking.executors import comparison_executors, executor_names, resolve_executor
-from headway.tracking.metrics import CONVENTIONS
+from headway.tracking.metrics import CONVENTIONS, scores_table
 from headway.tracking.settings import TrackerSettings
 from headway.tuning import DEFAULT_BUDGET_S, TuningPlan
 
@@ -108,16 +107,9 @@ def check_executor_option(
 
 def print_plan(plan: TuningPlan) -> None:
     """The candidates' table of an auto choice, and the choice."""
-    from rich.console import Console
-
-    header, rows = plan.table(skipped=False)
     how = "from the cache (no tuning)" if plan.cached else f"tuned in {plan.tune_s:.0f} s"
-    table = Table(title=f"--executor auto ({plan.precision}): {plan.chosen}, {how}")
-    for column in header:
-        table.add_column(column, justify="left" if column in ("candidate", "status") else "right")
-    for row in rows:
-        table.add_row(*row)
-    Console(width=max(console.width, 120)).print(table)
+    title = f"--executor auto ({plan.precision}): {plan.chosen}, {how}"
+    print_table(title, *plan.table(skipped=False), width=120)
     for line in plan.skipped():
         console.print(f"  not tried — {line}", markup=False)
 
@@ -365,14 +357,9 @@ def eval_command(
     if not selected:
         raise InputError(f"no sequence can be scored: {next(iter(left_out.values()), '')}")
     results = {str(run): evaluate_run(run, selected, convention) for run in runs}
-    score_names = list(next(iter(results.values())).scores)
-    table = Table(title=f"{len(selected)} sequences, {convention} convention")
-    table.add_column("run")
-    for name in score_names:
-        table.add_column(name, justify="right")
-    for label, result in results.items():
-        table.add_row(shown(label), *(f"{result.scores[n]:.2f}" for n in score_names))
-    console.print(table)
+    title = f"{len(selected)} sequences, {convention} convention"
+    header, rows = scores_table(results)
+    print_table(title, header, [[shown(row[0]), *row[1:]] for row in rows])
     for label, result in results.items():
         for note in result.notes[:5]:  # the convention's rule for boxes that are not boxes
             console.print(f"  {shown(label)}: {note}", markup=False)

@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from headway.cli.base import (
     app,
@@ -145,8 +143,8 @@ def simulate(
     prune: Annotated[str, typer.Option(help="Pruning share START:END.")] = "0.1:0.9",
 ) -> None:
     """Cycle-level ViTCoD-like accelerator: cycles by layer type, sparse only vs + pruning."""
+    from headway.experiments.vit import simulation_table
     from headway.models.deit import DEIT_CONFIGS
-    from headway.sim.vitcod import simulate_deit
     from headway.transforms.token_pruning import keep_counts, pruning_ratios
 
     check_choice(model, list_models("vit"), "DeiT model")
@@ -155,34 +153,9 @@ def simulate(
     counts = keep_counts(
         config.num_patches, pruning_ratios(config.depth, *share_pair(prune, "--prune"))
     )
-    table = Table(title=f"{model}: cycles (500 MHz, 64×8 MACs, 76.8 GiB/s, 8-bit), pruning {prune}")
-    for column in (
-        "sparsity",
-        "case",
-        "linear",
-        "attention",
-        "softmax",
-        "ffn",
-        "top-k",
-        "total",
-        "speedup",
-    ):
-        table.add_column(column, justify="right")
-    speedups = []
-    for target in targets:
-        sparse = simulate_deit(model, target)
-        pruned = simulate_deit(model, target, counts)
-        speedups.append(sparse.total / pruned.total)
-        for label, result in (("sparse", sparse), ("+ pruning", pruned)):
-            kinds = result.by_type()
-            table.add_row(
-                f"{target:.0%}",
-                label,
-                *(f"{kinds[k]:,}" for k in ("linear", "attention", "softmax", "ffn", "topk")),
-                f"{result.total:,}",
-                f"{sparse.total / result.total:.2f}×",
-            )
-    Console(width=max(console.width, 130)).print(table)
+    header, rows, speedups = simulation_table(model, targets, counts)
+    title = f"{model}: cycles (500 MHz, 64×8 MACs, 76.8 GiB/s, 8-bit), pruning {prune}"
+    print_table(title, header, rows, width=130)
     console.print(
         f"mean speedup of sparse + pruning over sparse only: "
         f"{sum(speedups) / len(speedups):.2f}× (paper C: 1.31×)"

@@ -574,3 +574,31 @@ def speed_section(folder: Path, quick: bool) -> Section:
         "plots": [],
         "commands": ["headway simulate --model deit_tiny", "headway bench vit"],
     }
+
+
+def simulation_table(
+    model: str, targets: list[float], counts: list[int]
+) -> tuple[list[str], list[list[str]], list[float]]:
+    """``headway simulate``: the accelerator's cycles by layer type for each sparsity, sparse
+    only and with the pruning ``counts``; header, rows and each sparsity's speedup."""
+    from headway.sim.vitcod import simulate_deit
+
+    header = ["sparsity", "case", "linear", "attention", "softmax", "ffn", "top-k", "total"]
+    header.append("speedup")
+    rows, speedups = [], []
+    for target in targets:
+        sparse = simulate_deit(model, target)
+        pruned = simulate_deit(model, target, counts)
+        speedups.append(sparse.total / pruned.total)
+        for label, result in (("sparse", sparse), ("+ pruning", pruned)):
+            kinds = result.by_type()
+            rows.append(
+                [
+                    f"{target:.0%}",
+                    label,
+                    *(f"{kinds[k]:,}" for k in ("linear", "attention", "softmax", "ffn", "topk")),
+                    f"{result.total:,}",
+                    f"{sparse.total / result.total:.2f}×",
+                ]
+            )
+    return header, rows, speedups

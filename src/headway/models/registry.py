@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import torch
 from torch import nn
 
 from headway.errors import InputError, first_line
@@ -149,6 +150,23 @@ def checkpoint_overrides(
         return {}
     classes = num_classes if num_classes is not None else model_card(name).num_classes
     return {"transform_input": classes == 1000}
+
+
+def random_model_and_input(
+    name: str,
+    small_input: bool = False,
+    input_size: int | None = None,
+    batch: int = 1,
+    seed: int = 0,
+) -> tuple[nn.Module, torch.Tensor, int]:
+    """``name`` with the random weights of ``seed``, in eval mode, and a random input batch
+    of ``batch`` images of its default (or ``input_size``) side, which it returns too (the
+    global random state is left as it was)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = create_model(name, small_input=small_input).eval()
+        size = input_size or default_input_size(name, small_input)
+        return module, torch.randn(batch, 3, size, size), size
 
 
 def create_model(

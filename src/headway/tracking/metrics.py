@@ -446,3 +446,10 @@ def _evaluate_got10k(
     return EvalResult(
         "got10k", scores, {"success": thresholds}, {"success": success}, per_sequence, notes
     )
+
+
+def scores_table(results: dict[str, EvalResult]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each run (label → its result) with its scores, in percent."""
+    names = list(next(iter(results.values())).scores) if results else []
+    rows = [[label, *(f"{r.scores[n]:.2f}" for n in names)] for label, r in results.items()]
+    return ["run", *names], rows
