@@ -17,6 +17,7 @@ runs a longer one, and ``HEADWAY_PROPERTY_SEED=N`` another search.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import time
@@ -78,6 +79,10 @@ def work_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     def accepted(*args: object, **kwargs: object) -> None:
         raise _Accepted
 
+    # every module first: one imported while patching would bind a stand-in already set
+    # (runner's build_tracker from backends) and keep it after the test
+    for target in WORK:
+        importlib.import_module(target.rsplit(".", 1)[0])
     for target in WORK:
         monkeypatch.setattr(target, accepted)
 
