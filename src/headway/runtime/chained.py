@@ -41,14 +41,7 @@ import torch
 from torch import nn
 
 from headway.errors import InputError
-from headway.runtime.engines import (
-    compile_openvino,
-    export_onnx,
-    open_onnxruntime,
-    openvino_precision,
-    require_engine,
-    retire,
-)
+from headway.runtime.engines import export_onnx, open_engine, require_engine, retire
 from headway.runtime.jobs import ModelInstance
 from headway.runtime.multi_model import RunResult
 
@@ -70,8 +63,7 @@ class _OpenVINOJobs:
         import openvino as ov
 
         self._ov = ov
-        self.precision = openvino_precision(engine)
-        self.streams, self.threads = streams, threads
+        self.engine, self.streams, self.threads = engine, streams, threads
         self._compiled: dict[int, Any] = {}
         self._requests: list[Any] = []
 
@@ -79,7 +71,7 @@ class _OpenVINOJobs:
         """The exported graph at ``path`` compiled with this run's streams and precision (the
         THROUGHPUT hint's other choices, with the stream count headway's workers give)."""
         threads = self.streams * self.threads
-        return compile_openvino(path, self.precision, threads, self.streams, "THROUGHPUT")
+        return open_engine(self.engine, path, threads, self.streams, "THROUGHPUT")
 
     def release(self) -> None:
         _release_openvino(self._requests, list(self._compiled.values()))
@@ -201,7 +193,8 @@ class _OnnxRuntimeJobs:
         self._sessions.clear()
 
     def _open(self, path: str) -> Any:
-        return open_onnxruntime(Path(path), self.threads + 1)  # run_async needs a pool thread
+        # run_async needs a pool thread beside the intra-op ones
+        return open_engine("onnxruntime", Path(path), self.threads + 1)
 
     def chain(
         self, jobs: list[nn.Module], example: torch.Tensor, done: Callable[[int], None]

@@ -25,12 +25,7 @@ from torch import nn
 
 from headway.errors import InputError, first_line
 from headway.io import atomic_write_text, staging_folder
-from headway.runtime.engines import (
-    INSTALL_HINT,
-    compile_openvino,
-    engine_available,
-    open_onnxruntime,
-)
+from headway.runtime.engines import INSTALL_HINT, engine_available, open_engine
 
 FORMATS = {
     "onnx": ".onnx",
@@ -142,7 +137,7 @@ def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
                     do_constant_folding=True,
                 )
             if fmt == "onnx":
-                session = open_onnxruntime(onnx_path)
+                session = open_engine("onnxruntime", onnx_path)
                 names = [i.name for i in session.get_inputs()]
                 return lambda *args: [
                     torch.from_numpy(o)
@@ -155,7 +150,7 @@ def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
             core = ov.Core()
             # fp32 weights: save_model would store them as fp16 by default
             ov.save_model(core.read_model(str(onnx_path)), str(path), compress_to_fp16=False)
-            compiled = compile_openvino(path, "f32")
+            compiled = open_engine("openvino", path)
             return lambda *args: [
                 torch.from_numpy(compiled([a.numpy() for a in args])[o].copy())
                 for o in compiled.outputs

@@ -19,6 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,26 @@ from headway.io import (
     write_manifest,
 )
 
-ENGINES = ("onnxruntime", "openvino", "openvino-bf16")
 INSTALL_HINT = "pip install 'headway[engines]'"
-_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One engine by name: the package it needs, its family (how a graph is opened and
+    called: :func:`open_onnxruntime` or :func:`compile_openvino`) and OpenVINO's precision
+    hint. A new engine of a known family is one row of :data:`ENGINE_TABLE`."""
+
+    package: str
+    family: str
+    precision: str = "f32"
+
+
+ENGINE_TABLE: dict[str, Engine] = {
+    "onnxruntime": Engine("onnxruntime", "onnxruntime"),
+    "openvino": Engine("openvino", "openvino", "f32"),
+    "openvino-bf16": Engine("openvino", "openvino", "bf16"),
+}
+ENGINES = tuple(ENGINE_TABLE)
 EXPORT_FORMAT = 1  # bump when the export recipe changes, so cached files are not reused
 # one export at a time in this process (workers may meet new shapes together); other processes
 # sharing the cache wait on its folder lock
@@ -78,7 +96,8 @@ def _free_retired() -> None:
 def engine_available(engine: str) -> bool:
     """Whether the package of ``engine`` (and the ONNX exporter's) can be imported."""
     check_engine_name(engine)
-    return all(importlib.util.find_spec(p) is not None for p in (_PACKAGES[engine], "onnx"))
+    package = ENGINE_TABLE[engine].package
+    return all(importlib.util.find_spec(p) is not None for p in (package, "onnx"))
 
 
 def check_engine_name(engine: str) -> None:
@@ -202,9 +221,20 @@ def compile_openvino(
     return ov.Core().compile_model(model, "CPU", config)
 
 
-def openvino_precision(engine: str) -> str:
-    """OpenVINO's inference-precision hint for an engine name (``openvino-bf16`` → bf16)."""
-    return "bf16" if engine == "openvino-bf16" else "f32"
+def open_engine(
+    engine: str,
+    path: Path,
+    threads: int | None = None,
+    streams: int | None = None,
+    hint: str | None = None,
+) -> Any:
+    """The graph at ``path`` opened by ``engine`` (an ONNX Runtime session or an OpenVINO
+    compiled model) through its family's one opener."""
+    check_engine_name(engine)
+    row = ENGINE_TABLE[engine]
+    if row.family == "onnxruntime":
+        return open_onnxruntime(path, threads)
+    return compile_openvino(path, row.precision, threads, streams, hint)
 
 
 class EngineSession:
@@ -216,12 +246,12 @@ class EngineSession:
         require_engine(engine)
         self.engine = engine
         threads = threads or torch.get_num_threads()
-        if engine == "onnxruntime":
-            self._session = open_onnxruntime(onnx_path, threads)
+        if ENGINE_TABLE[engine].family == "onnxruntime":
+            self._session = open_engine(engine, onnx_path, threads)
             self._inputs = [i.name for i in self._session.get_inputs()]
             self._run: Callable[[list[Any]], list[Any]] = self._run_onnxruntime
         else:
-            self._compiled = compile_openvino(onnx_path, openvino_precision(engine), threads)
+            self._compiled = open_engine(engine, onnx_path, threads)
             self._outputs = list(self._compiled.outputs)
             self._requests = threading.local()  # an infer request serves one thread at a time
             self._run = self._run_openvino
