@@ -23,7 +23,6 @@ from headway.measure import keeps_global_rng
 from headway.models.cswintt import build_cswintt, get_config
 from headway.models.registry import create_model
 from headway.runtime.engines import ENGINES, compile_module, engine_available
-from headway.tracking.executors import cpu_has_bf16
 from headway.transforms.heads import fuse_window_attention
 from headway.transforms.packing import pack_linear_weights
 from headway.transforms.sparse_attention import (
@@ -35,6 +34,7 @@ from headway.transforms.spectral import spectral_window_attention
 from headway.transforms.token_pruning import SparsePrunedDeiT, keep_counts, pruning_ratios
 from headway.transforms.tucker import decompose_model
 from headway.tuning import interleaved_medians
+from headway.ways import cpu_has_bf16
 
 CASES = ("deit_tiny", "deit_tiny_pruned", "vgg16", "vgg16_tucker", "cswintt_encoder")
 

@@ -1,6 +1,3 @@
 """How models run, for any model: device mechanics and timing, the stream-owning worker pool,
-cutting a model into jobs, and the multi-model runners. Imports no model and no transform."""
-
-from headway.runtime.device import StageTimer, resolve_device
-
-__all__ = ["StageTimer", "resolve_device"]
+cutting a model into jobs, the multi-model runners and the engines. Imports no model and no
+transform; import the modules themselves (``headway.runtime.device``, ``.engines`` …)."""
