@@ -71,6 +71,8 @@ def test_way_names_and_bad_ways() -> None:
         ways.Way(("bf16",))
     with pytest.raises(ValueError, match="not a way"):
         ways.Way((), "fp16")
+    with pytest.raises(ValueError, match="no engine 'onnxruntime-bf16'"):
+        ways.Way(("fold",), "bf16", "onnxruntime")
 
 
 def test_why_not_says_what_is_missing_in_a_few_words() -> None:

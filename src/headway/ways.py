@@ -25,7 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from headway.runtime.engines import INSTALL_HINT, EngineModule, engine_available, require_engine
+from headway.runtime.engines import (
+    ENGINES,
+    INSTALL_HINT,
+    EngineModule,
+    engine_available,
+    require_engine,
+)
 from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
 from headway.transforms.fork import fork_heads
 from headway.transforms.heads import fuse_window_attention, split_heads
@@ -159,6 +165,8 @@ class Way:
         check_rewrites(self.rewrites)
         if self.precision not in PRECISIONS or self.backend not in BACKENDS:
             raise ValueError(f"not a way: {self.precision!r} on {self.backend!r}")
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ValueError(f"not a way: no engine {self.engine!r} runs {self.precision}")
 
     @property
     def name(self) -> str:
