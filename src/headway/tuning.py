@@ -343,10 +343,10 @@ def tune(
             built = trial.build(name)
             numbers, rejected = trial.check(name, built)
         except Exception as error:  # engines, compilers and the runner fail in many ways
-            if name == reference:
-                raise
             if built is not None:
                 trial.close(built)
+            if name == reference:
+                raise
             results[name] = CandidateResult(name, "failed", first_line(error))
             continue
         result = CandidateResult(name, "passed", build_s=time.perf_counter() - started)
