@@ -1,7 +1,7 @@
 """headway-runner, the C++ tracker: its crop equals OpenCV's, its boxes equal the Python
 tracker's on the built-in sequences, and bad input is reported, not crashed on.
 
-The runner is built once per torch version (about 20 s; `make setup` builds it already). On a
+The runner is built once per torch version (about 35 s; `make setup` builds it already). On a
 machine without a C++ compiler every test here skips with that reason, and the one test that
 needs no compiler checks the error the executors give there."""
 

@@ -184,8 +184,8 @@ ORIGIN_NAME = "origin.json"
 
 
 def build_runner(force: bool = False) -> Path:
-    """Build the runner (about 20 s) unless this source and torch already have a verified one;
-    a damaged cached binary is built again."""
+    """Build the runner (about 35 s on 2 cores) unless this source and torch already have a
+    verified one; a damaged cached binary is built again."""
     plan = build_plan()
     binary = runner_path(plan)
     folder = binary.parent
@@ -259,5 +259,5 @@ def runner_missing(plan: BuildPlan) -> str:
         )
     return (
         "the C++ runner is not built for this torch yet: run `headway runner build` "
-        "(about 20 s; `make setup` does it when a compiler is present)"
+        "(about 35 s; `make setup` does it when a compiler is present)"
     )
