@@ -120,20 +120,27 @@ def check_tuning_options(precision: str, tolerance: float | None, budget_s: floa
         raise InputError(f"tuning budget must be a finite number of seconds > 0, got {budget_s}")
 
 
-def machine_signature() -> dict[str, str]:
-    """What the speed of a choice depends on besides the model: CPU model and instruction
-    flags, thread count, torch and engine versions."""
-    cpu = platform.processor() or platform.machine()
-    flags = ""
+def cpu_model_and_flags() -> tuple[str, str]:
+    """The CPU's model name and its ``flags`` line from /proc/cpuinfo (the platform's
+    processor or machine name and "" where there is no such file)."""
+    cpu, flags = platform.processor() or platform.machine(), ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and cpu == platform.machine():
                 cpu = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
-                flags = hashlib.sha256(line.encode()).hexdigest()[:16]
+                flags = line
                 break
     except OSError:
         pass
+    return cpu, flags
+
+
+def machine_signature() -> dict[str, str]:
+    """What the speed of a choice depends on besides the model: CPU model and instruction
+    flags, thread count, torch and engine versions."""
+    cpu, flags_line = cpu_model_and_flags()
+    flags = hashlib.sha256(flags_line.encode()).hexdigest()[:16] if flags_line else ""
     versions = {}
     for package in ("onnxruntime", "openvino"):
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -174,7 +175,7 @@ class Way:
         bf16 = "+bf16" if self.precision == "bf16" else ""
         return f"{'+'.join(self.rewrites) or 'plain'}{bf16}@{self.backend}"
 
-    @property
+    @functools.cached_property
     def steps(self) -> tuple[str, ...]:
         """The rewrites this way applies, in table order: those named that apply under its
         backend and precision, and ``bf16`` where the precision is bf16 on a torch backend."""

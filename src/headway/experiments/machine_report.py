@@ -30,6 +30,7 @@ import torch
 from headway.errors import InputError
 from headway.experiments.report import markdown_table
 from headway.runtime.engines import engine_available
+from headway.tuning import cpu_model_and_flags
 from headway.ways import cpu_has_bf16
 
 # (workload, the engine cases compared, exact?)
@@ -65,16 +66,8 @@ class Comparison:
 def machine_facts() -> dict[str, str]:
     """What the numbers depend on: CPU model, its vector and matrix instruction sets, cores,
     torch's threads, and the versions of torch and the engines."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    model, flags_line = cpu_model_and_flags()
+    flags = set(flags_line.partition(":")[2].split())
     facts = {
         "cpu": model,
         "instruction sets": ", ".join(f for f in _CPU_FLAGS if f in flags) or "unknown",

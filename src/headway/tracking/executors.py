@@ -24,6 +24,7 @@ network work on a copy; all of them move the network to their device.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -89,8 +90,9 @@ class ExecutorSpec:
     backend: str = "eager"
     summary: str = field(default="", compare=False)
 
-    @property
+    @functools.cached_property
     def way(self) -> Way:
+        """Built once per spec: every stage call asks it for the precision context."""
         return Way(GRAPHS[self.graph].rewrites, self.precision, self.backend)
 
     @property
@@ -521,8 +523,8 @@ _STAGE_BUILDERS: dict[str, Callable[[Executor], dict[str, Callable[..., Any]]]] 
 
 def build_executor(name: str, network: CSWinTT, device: torch.device | str = "cpu") -> Executor:
     """The executor ``name`` (short or ``GRAPH[+bf16]@BACKEND``) for ``network`` on ``device``."""
-    check_executor(name, device)
     short, spec = resolve_executor(name)
+    check_spec(spec, device, name)
     return Executor(network, device, spec, short)
 
 
