@@ -67,6 +67,8 @@ WORK = [
     "headway.runtime.deploy.export_parts",
     "headway.vision.serving.run_mode",
     "headway.sim.vitcod.simulate_deit",
+    "headway.serving.server.serve_repository",
+    "headway.experiments.serve_bench.run_serve_bench",
 ]
 
 

@@ -13,6 +13,7 @@ for _group in (
     "export",
     "reproduce",
     "report",
+    "serve",
 ):  # `headway --help` lists them in this order
     importlib.import_module(f"headway.cli.{_group}")
 

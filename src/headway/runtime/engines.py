@@ -134,12 +134,18 @@ def module_fingerprint(module: nn.Module, args: Sequence[torch.Tensor]) -> str:
 
 
 def export_onnx(
-    module: nn.Module, args: Sequence[torch.Tensor], cache_dir: Path | None = None
+    module: nn.Module,
+    args: Sequence[torch.Tensor],
+    cache_dir: Path | None = None,
+    dynamic_batch: bool = False,
 ) -> Path:
     """The ONNX file of ``module`` for inputs shaped like ``args``: exported once, then reused
-    from the cache (a rerun with the same weights and shapes exports nothing)."""
+    from the cache (a rerun with the same weights and shapes exports nothing). With
+    ``dynamic_batch`` the first dimension of every input and output is left free (a served
+    model's dynamic batches run on one graph)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / f"{type(module).__name__}-{module_fingerprint(module, args)}.onnx"
+    suffix = "-batch" if dynamic_batch else ""
+    path = folder / f"{type(module).__name__}-{module_fingerprint(module, args)}{suffix}.onnx"
     if manifest_matches(path):  # verified, never trusted: anything else is exported again
         return path
     try:
@@ -155,6 +161,14 @@ def export_onnx(
         discard_cached(path)  # a damaged or half-written entry, if any
         temporary = path.with_suffix(".onnx.tmp")
         inputs = tuple(a.detach().contiguous() for a in args)
+        axes = None
+        if dynamic_batch:
+            with torch.no_grad():
+                outputs = module.eval()(*inputs)
+            count = 1 if isinstance(outputs, torch.Tensor) else len(outputs)
+            names = [f"input_{i}" for i in range(len(inputs))]
+            output_names = [f"output_{i}" for i in range(count)]
+            axes = {name: {0: "batch"} for name in [*names, *output_names]}
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation notices of the exporter
             torch.onnx.export(
@@ -164,6 +178,11 @@ def export_onnx(
                 dynamo=False,
                 opset_version=18,
                 do_constant_folding=True,
+                **(
+                    {"input_names": names, "output_names": output_names, "dynamic_axes": axes}
+                    if axes
+                    else {}
+                ),
             )
         os.replace(temporary, path)
         write_manifest(path)
