@@ -68,6 +68,7 @@ WORK = [
     "headway.vision.serving.run_mode",
     "headway.sim.vitcod.simulate_deit",
     "headway.serving.server.serve_repository",
+    "headway.serving.ray_serve.serve_on_ray",
     "headway.experiments.serve_bench.run_serve_bench",
 ]
 

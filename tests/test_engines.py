@@ -175,7 +175,10 @@ def test_chained_engine_jobs_give_every_instance_its_models_answer(engine: str) 
     }
     expected = {name: _own_answer(spec) for name, spec in specs.items()}
     tolerance = TOLERANCES[engine][1]
-    for policy, rate, depth in (("jobs:1", None, None), ("jobs:3", None, 2), ("jobs:2", 200.0, 1)):
+    runs = (("jobs:1", None, None), ("jobs:3", None, 2), ("jobs:2", 200.0, 1))
+    if engine == "openvino-bf16":  # the openvino path with another precision hint: one run
+        runs = runs[1:2]
+    for policy, rate, depth in runs:
         built = {spec: build_instance(spec, name, policy) for name, spec in specs.items()}
         instances = [
             type(built[spec])(name, built[spec].jobs, built[spec].example)

@@ -92,6 +92,18 @@ def test_runtime_answers_equal_eager_on_every_backend(backend: str) -> None:
         assert runtime.model_config("m")["max_batch_size"] == 8
 
 
+def test_auto_backend_is_measured_checked_and_answers_like_eager() -> None:
+    model = tiny_model(3)
+    with ServingRuntime([config("m", model, "auto", max_batch_size=4)]) as runtime:
+        graph = runtime.loaded["m"].graph
+        assert graph.notes["auto"] in ("torch", "onnxruntime", "openvino")
+        assert runtime.model_config("m")["parameters"]["backend_chosen"]["string_value"] == (
+            graph.backend
+        )
+        x = rows(3, 8)
+        assert np.abs(runtime.infer("m", {"x": x})["output"] - eager(model, x)).max() <= 1e-5
+
+
 def test_dynamic_batches_form_and_equal_unbatched_answers() -> None:
     model = tiny_model(2)
     batching = DynamicBatching(max_queue_delay_us=50_000, preferred=(8,))
@@ -434,3 +446,51 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(tmp_path:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# beyond one machine: Ray Serve
+
+
+def _ray_serve_ready() -> bool:
+    from headway.serving.ray_serve import ray_serve_missing
+
+    return serve_missing() is None and ray_serve_missing() is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _ray_serve_ready(), reason="Ray Serve missing")
+@pytest.mark.skipif(not engine_available("onnxruntime"), reason="onnxruntime missing")
+def test_two_ray_serve_replicas_give_the_in_process_answers(tmp_path: Path) -> None:
+    import tritonclient.http as http_client
+    from ray import serve
+
+    from headway.experiments.serve_bench import _free_port
+    from headway.runtime.deploy import ExportPart, export_parts
+    from headway.serving.ray_serve import APP_NAME, start_on_ray, stop_on_ray
+
+    model = tiny_model(9)
+    export_parts(
+        [ExportPart("tiny", model, (torch.randn(1, *SHAPE),))],
+        tmp_path / "export",
+        formats=("onnx",),
+        probes=1,
+    )
+    (tmp_path / "repo" / "m").mkdir(parents=True)
+    (tmp_path / "repo" / "m" / "config.yaml").write_text(
+        f"source: {tmp_path / 'export'}\nbackend: onnxruntime\nmax_batch_size: 0\n"
+    )
+    port = _free_port()
+    try:
+        start_on_ray(str(tmp_path / "repo"), 2, http_port=port, cpus=0.5)
+        states = serve.status().applications[APP_NAME].deployments["headway"].replica_states
+        assert states.get("RUNNING") == 2
+        client = http_client.InferenceServerClient(f"127.0.0.1:{port}")
+        for seed in range(6):  # bounded; the proxy spreads them over both replicas
+            x = rows(1, 30 + seed)
+            tensor = http_client.InferInput("input", [1, *SHAPE], "FP32")
+            tensor.set_data_from_numpy(x)
+            answer = client.infer("m", [tensor]).as_numpy("output")
+            assert np.abs(answer - eager(model, x)).max() <= 1e-5
+    finally:
+        stop_on_ray()

@@ -43,6 +43,13 @@ def serve(
         Path | None,
         typer.Option(help="Write a working repository of built-in models here and exit."),
     ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Serve on Ray Serve: each replica runs the runtime.")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (default: a local instance).")
+    ] = None,
+    replicas: Annotated[int, typer.Option(help="Ray Serve replicas (with --ray).")] = 1,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe v2) on HTTP and gRPC,
     so Triton's clients (tritonclient, curl) call headway's multi-model runtime; Prometheus
@@ -61,6 +68,25 @@ def serve(
         raise InputError(f"--max-body-mb must be in (0, 4096], got {max_body_mb}")
     if not 0 <= drain_s <= 3600:
         raise InputError(f"--drain-s must be 0–3600, got {drain_s}")
+    if ray:
+        from headway.serving.ray_serve import serve_on_ray
+
+        port = _port(http_port, "--http-port")
+        if port is None:
+            raise InputError("--ray serves over HTTP: give --http-port a port")
+        serve_on_ray(
+            str(repository),
+            replicas=replicas,
+            address=ray_address,
+            host=host,
+            http_port=port,
+            workers=workers,
+            threads=threads,
+            say=lambda line: console.print(shown(line), highlight=False),
+        )
+        return
+    if ray_address is not None or replicas != 1:
+        raise InputError("--ray-address and --replicas need --ray")
     from headway.serving.server import serve_repository
 
     drained = serve_repository(

@@ -203,14 +203,14 @@ def peer_graphs(repository: Path, folder: Path) -> dict[str, Path]:
     import torch
 
     from headway.runtime.engines import export_onnx
-    from headway.serving.graphs import _source_network
+    from headway.serving.graphs import source_network
 
     graphs: dict[str, Path] = {}
     built: dict[Any, Path] = {}
     for config in load_repository(repository):
         key = config.graph_key()
         if key not in built:
-            model, export, example = _source_network(config)
+            model, export, example = source_network(config)
             if export is not None:  # the export's own ONNX file
                 built[key] = next(export.glob("*.onnx"))
             else:
@@ -381,9 +381,9 @@ def _in_process_call(runtime: Any) -> Callable[[str, np.ndarray], np.ndarray]:
 
 
 def _request_shape(config: Any) -> tuple[int, ...]:
-    from headway.serving.graphs import _source_network
+    from headway.serving.graphs import source_network
 
-    _, _, example = _source_network(config)
+    _, _, example = source_network(config)
     return tuple(example[0].shape)
 
 

@@ -1,7 +1,7 @@
-"""``backend: auto`` for a served model: every installed backend built, checked against eager
-PyTorch and timed on a full batch by headway's one tuning loop (:func:`headway.tuning.tune`);
-the fastest within tolerance serves, and the choice is cached per machine like
-``headway.accelerate``'s."""
+"""Loading a served model (:func:`load_graph`), and ``backend: auto``: every installed
+backend built, checked against eager PyTorch and timed on a full batch by headway's one tuning
+loop (:func:`headway.tuning.tune`); the fastest within tolerance serves, and the choice is
+cached per machine like ``headway.accelerate``'s."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from torch import nn
 
 from headway.runtime.engines import engine_available
 from headway.serving.config import ModelConfig
-from headway.serving.graphs import Arrays, Graph, build_checked
+from headway.serving.graphs import (
+    BF16_TOLERANCE,
+    TOLERANCE,
+    Arrays,
+    Graph,
+    build_checked,
+    source_network,
+)
 from headway.tuning import Trial, call_ms, plan_key, tune
 
 AUTO_BUDGET_S = 60.0
@@ -65,3 +72,15 @@ def choose_backend(
     )
     graph.notes["auto"] = plan.chosen
     return graph
+
+
+def load_graph(config: ModelConfig, workers: int = 2, threads: int = 1) -> Graph:
+    """``config``'s model loaded on its backend (``auto``: measured among the installed ones,
+    the fastest within tolerance), checked against eager PyTorch, warm."""
+    model, export, example = source_network(config)
+    tolerance = BF16_TOLERANCE if config.precision == "bf16" else TOLERANCE
+    if config.backend == "auto":
+        return choose_backend(config, model, export, example, workers, threads, tolerance)
+    return build_checked(
+        config, config.backend, model, export, example, workers, threads, tolerance
+    )

@@ -61,7 +61,7 @@ class Graph:
 # the network
 
 
-def _source_network(config: ModelConfig) -> tuple[nn.Module | None, Path | None, Arrays]:
+def source_network(config: ModelConfig) -> tuple[nn.Module | None, Path | None, Arrays]:
     """(module, export folder, example arrays at batch 1 or unbatched)."""
     if config.module is not None:
         if not isinstance(config.module, nn.Module):
@@ -347,20 +347,6 @@ def check_graph(
             f"{difference:.1e} (relative), over {tolerance:.0e}"
         )
     return difference
-
-
-def load_graph(config: ModelConfig, workers: int = 2, threads: int = 1) -> Graph:
-    """``config``'s model loaded on its backend (``auto``: measured among the installed ones,
-    the fastest within tolerance), checked against eager PyTorch, warm."""
-    model, export, example = _source_network(config)
-    tolerance = BF16_TOLERANCE if config.precision == "bf16" else TOLERANCE
-    if config.backend == "auto":
-        from headway.serving.auto import choose_backend
-
-        return choose_backend(config, model, export, example, workers, threads, tolerance)
-    return build_checked(
-        config, config.backend, model, export, example, workers, threads, tolerance
-    )
 
 
 def build_checked(

@@ -37,8 +37,9 @@ import torch
 
 from headway.errors import InputError, first_line
 from headway.runtime.pool import StreamWorkerPool
+from headway.serving.auto import load_graph
 from headway.serving.config import DATATYPES, ModelConfig, TensorSpec
-from headway.serving.graphs import Arrays, Graph, load_graph
+from headway.serving.graphs import Arrays, Graph
 from headway.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
