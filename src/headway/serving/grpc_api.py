@@ -5,6 +5,7 @@ live/ready/metadata, model ready/metadata/config, and infer (typed contents or r
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import numpy as np
@@ -166,6 +167,8 @@ async def start_grpc(
     runtime: ServingRuntime, host: str, port: int, max_message: int
 ) -> tuple[Any, int]:
     """A started grpc.aio server on ``host:port`` (0: a free port) and the port it bound."""
+    # the engines fork helper processes; grpc's fork handlers only print that they skip
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     import grpc
     from tritonclient.grpc import service_pb2_grpc
 

@@ -246,7 +246,11 @@ class ServingRuntime:
         self._lock = threading.Lock()
         self.pool = StreamWorkerPool(workers, "cpu", initializer=self._set_threads)
         if load:
-            self.load()
+            try:
+                self.load()
+            except BaseException:  # strict: nothing is left running behind the error
+                self.close(0)
+                raise
 
     def _set_threads(self, _: int) -> None:
         torch.set_num_threads(self.threads)

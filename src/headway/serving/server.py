@@ -164,14 +164,32 @@ def run_server(
         await stop.wait()
         return await server.stop()
 
-    return asyncio.run(main())
+    factory = _loop_factory()
+    loop = factory() if factory is not None else asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (uvicorn picks it only when it makes the
+    loop itself; here headway makes it, for HTTP and gRPC alike), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 @contextlib.contextmanager
 def serving_in_thread(server: Server) -> Iterator[Ports]:
     """The server running on its own event loop in a thread (tests, the benchmark, Python
     callers); stopped and drained when the block ends."""
-    loop = asyncio.new_event_loop()
+    factory = _loop_factory()
+    loop = factory() if factory is not None else asyncio.new_event_loop()
     started: asyncio.Future[Ports] | None = None
     ready = threading.Event()
     failure: list[BaseException] = []
