@@ -59,6 +59,15 @@ class Slow(nn.Module):
         return x * 2
 
 
+def wait_until_busy(runtime: ServingRuntime, model: str, waiting: int) -> None:
+    """Until one batch of ``model`` runs and ``waiting`` requests wait (bounded: 10 s)."""
+    queue = runtime.loaded[model]
+    deadline = time.monotonic() + 10
+    while not (queue.in_flight == 1 and queue.waiting[model] == waiting):
+        assert time.monotonic() < deadline, "the slow model never got busy"
+        time.sleep(0.005)
+
+
 def config(name: str, model: nn.Module, backend: str = "torch", **fields: object) -> ModelConfig:
     return ModelConfig(
         name, module=model, backend=backend, inputs=(TensorSpec("x", "FP32", SHAPE),), **fields
@@ -142,7 +151,7 @@ def test_full_queue_and_timeout_and_failing_model_fail_only_their_requests() -> 
     slow = config("slow", Slow(0.2), max_queue_size=1, dynamic_batching=None)
     with ServingRuntime([slow], workers=1) as runtime:
         first = runtime.submit("slow", {"x": rows(1, 0)})  # running
-        time.sleep(0.05)
+        wait_until_busy(runtime, "slow", 0)
         second = runtime.submit("slow", {"x": rows(1, 1)})  # waiting: the queue is full
         began = time.monotonic()
         with pytest.raises(QueueFull, match="queue is full"):
@@ -213,11 +222,11 @@ def server():  # type: ignore[no-untyped-def]
     model = tiny_model(5)
     configs = [
         config("m", model, BACKENDS[-1]),
-        config("slow", Slow(0.3), max_queue_size=1, dynamic_batching=None),
+        config("slow", Slow(1.0), max_queue_size=1, dynamic_batching=None),
     ]
     runtime = ServingRuntime(configs, workers=2)
     with serving_in_thread(Server(runtime, "127.0.0.1", 0, 0, 0, max_body=200_000)) as ports:
-        yield ports, model
+        yield ports, model, runtime
 
 
 @needs_serve
@@ -225,7 +234,7 @@ def test_triton_clients_get_the_in_process_answers_over_http_and_grpc(server) ->
     import tritonclient.grpc as grpc_client
     import tritonclient.http as http_client
 
-    ports, model = server
+    ports, model, _ = server
     x = rows(3, 21)
     reference = eager(model, x)
     for lib, port in ((http_client, ports.http), (grpc_client, ports.grpc)):
@@ -277,7 +286,7 @@ def _json_body(name: str = "x", shape: list[int] | None = None, datatype: str = 
 
 @needs_serve
 def test_http_refuses_bad_requests_with_400_and_one_line_then_keeps_serving(server) -> None:  # type: ignore[no-untyped-def]
-    ports, _ = server
+    ports, _, _ = server
     port = ports.http
     header = json.dumps(
         {
@@ -331,7 +340,7 @@ def test_grpc_refuses_bad_requests_with_invalid_argument(server) -> None:  # typ
     import tritonclient.grpc as grpc_client
     from tritonclient.utils import InferenceServerException
 
-    ports, _ = server
+    ports, _, _ = server
     client = grpc_client.InferenceServerClient(f"127.0.0.1:{ports.grpc}")
     for name, array, expected in (
         ("y", rows(1, 0), "no input 'y'"),
@@ -357,15 +366,16 @@ def test_full_queue_answers_503_and_unavailable_at_once(server) -> None:  # type
     import tritonclient.grpc as grpc_client
     from tritonclient.utils import InferenceServerException
 
-    ports, _ = server
+    ports, _, runtime = server
     body = _json_body()
     background = [
         threading.Thread(target=_post, args=(ports.http, "/v2/models/slow/infer", body))
         for _ in range(2)
     ]
-    for thread in background:  # one runs, one waits: the queue (1) is full
-        thread.start()
-        time.sleep(0.05)
+    background[0].start()  # one runs, one waits: the queue (1) is full
+    wait_until_busy(runtime, "slow", 0)
+    background[1].start()
+    wait_until_busy(runtime, "slow", 1)
     began = time.monotonic()
     status, message = _post(ports.http, "/v2/models/slow/infer", body)
     assert status == 503 and "queue is full" in message
@@ -373,6 +383,7 @@ def test_full_queue_answers_503_and_unavailable_at_once(server) -> None:  # type
     client = grpc_client.InferenceServerClient(f"127.0.0.1:{ports.grpc}")
     tensor = grpc_client.InferInput("x", [1, *SHAPE], "FP32")
     tensor.set_data_from_numpy(rows(1, 0))
+    wait_until_busy(runtime, "slow", 1)
     with pytest.raises(InferenceServerException) as error:
         client.infer("slow", [tensor])
     assert "UNAVAILABLE" in str(error.value.status())
