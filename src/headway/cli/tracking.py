@@ -145,8 +145,36 @@ def choose_executor(
 @app.command("track")
 @reports_errors
 def track_command(
-    dataset: Annotated[Path, typer.Argument(help="Dataset root folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder for the result files.")],
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="A dataset root folder; with --box: a video file, a folder of images or a URL.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run folder for the result files.")
+    ] = None,
+    box: Annotated[
+        str | None,
+        typer.Option(
+            help="x,y,w,h of the target in the first frame: track a video, not a dataset."
+        ),
+    ] = None,
+    camera: Annotated[
+        int | None, typer.Option(help="Track from camera N (with --box).", show_default=False)
+    ] = None,
+    render: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --box: write the video with the box and score drawn (.mp4/.avi/.mkv)."
+        ),
+    ] = None,
+    start: Annotated[int, typer.Option(help="With --box: the first frame (0-based).")] = 0,
+    end: Annotated[
+        int | None, typer.Option(help="With --box: stop before this frame.", show_default=False)
+    ] = None,
+    every: Annotated[int, typer.Option(help="With --box: track every N-th frame.")] = 1,
     format: Annotated[str, typer.Option(help=f"Dataset layout: {', '.join(FORMATS)}.")] = "otb",
     config: Annotated[str, typer.Option(help="Network size: default or tiny.")] = "default",
     checkpoint: Annotated[
@@ -180,8 +208,35 @@ def track_command(
         int | None, typer.Option(help="Ray workers (default: one per CPU of the instance).")
     ] = None,
 ) -> None:
-    """Track every sequence of a dataset; reruns skip sequences already complete."""
+    """Track every sequence of a dataset (reruns skip sequences already complete), or, with
+    --box, one target through a video, a folder of images, a camera or a stream."""
     check_seed(seed)
+    if out is None:
+        raise InputError("--out is required: the run folder for the result files")
+    if box is not None or camera is not None:
+        dataset_options = {
+            "--format": format != "otb", "--sequences": sequences is not None,
+            "--split": split is not None, "--update-interval": interval_option is not None,
+            "--ray": ray or ray_address is not None or ray_workers is not None,
+        }  # fmt: skip
+        given = [name for name, used in dataset_options.items() if used]
+        if given:
+            raise InputError(f"{given[0]} is for datasets; a video run takes --box and its frames")
+        choice = (precision, tolerance, tune_seconds)
+        frames = (start, end, every, render)
+        track_video_command(source, box, camera, out, config, checkpoint, device, seed, threads,
+                            executor, choice, frames, progress)  # fmt: skip
+        return
+    if source is None:
+        raise InputError("give a dataset folder, or a video with --box x,y,w,h")
+    dataset = Path(source)
+    if dataset.is_file():
+        raise InputError(f"{dataset} is a file: a video needs --box x,y,w,h (its target)")
+    video_only = {"--render": render is not None, "--start": start != 0,
+                  "--end": end is not None, "--every": every != 1}  # fmt: skip
+    for name, used in video_only.items():
+        if used:
+            raise InputError(f"{name} is for a video run: add --box x,y,w,h")
     from headway.tracking.runner import TrackerRecipe, track_with_recipe
 
     check_choice(format, FORMATS, "dataset format")
@@ -236,6 +291,100 @@ def track_command(
         )
     print_run(summary, [s.name for s in selected], out)
     report_failures(summary.failed, len(selected) + len(unloadable), out)
+
+
+def track_video_command(
+    source: str | None,
+    box: str | None,
+    camera: int | None,
+    out: Path,
+    config: str,
+    checkpoint: Path | None,
+    device: str,
+    seed: int,
+    threads: int | None,
+    executor: str,
+    choice: tuple[str, float | None, float],
+    frames: tuple[int, int | None, int, Path | None],
+    progress: bool,
+) -> None:
+    """``headway track VIDEO --box x,y,w,h``: every check first, then the tracker, then the
+    frames with a progress bar; the result files, run.json and the render in ``out``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from headway.tracking.live import FrameTracker, check_frame_executor
+    from headway.tracking.video import FrameRange, open_source, parse_box, track_video
+
+    if box is None:
+        raise InputError("--camera needs --box x,y,w,h: the target in the first frame")
+    check_choice(config, list(CONFIGS), "configuration")
+    output_folder(out, "--out")
+    thread_count(threads, "--threads")
+    start, end, every, render = frames
+    frame_range = FrameRange(start, end, every)
+    initial = parse_box(box)
+    torch_device = resolve_device(device)
+    precision, tolerance, tune_seconds = choice
+    auto = check_executor_option(executor, torch_device, precision, tolerance, tune_seconds)
+    if not auto:
+        check_frame_executor(executor, torch_device)
+    if render is not None:
+        output_file(render, "--render")
+    weights = builtin_checkpoint(checkpoint, config)
+    opened = open_source(source, camera)
+    if threads:
+        torch.set_num_threads(threads)
+    info = opened.info
+    announcement = (
+        f"tracking {info.location} ({info.kind}, {info.width}x{info.height}"
+        f"{f', {info.fps:.1f} fps' if info.fps else ''}"
+        f"{f', {info.frames} frames' if info.frames else ''}) with CSWinTT ({config}), "
+        f"executor {executor}"
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]}"),
+    )
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("frames", total=frame_range.count(info.frames), fps="")
+
+        def on_frame(count: int, fps: float) -> None:
+            bar.update(task, completed=count, fps=f"{fps:5.1f} FPS", description="frames")
+
+        def on_candidate(name: str) -> None:  # auto tunes on its first frames
+            bar.update(task, description=f"auto: checking {name}")
+
+        def make_tracker() -> FrameTracker:  # called once the source and box are checked
+            console.print(announcement)
+            bar.update(task, description="loading the tracker")
+            weights_given = weights if weights is not None else "random"
+            return FrameTracker(
+                config, weights_given, executor, precision, device, color="rgb", seed=seed,
+                tolerance=tolerance, tune_seconds=tune_seconds, on_candidate=on_candidate,
+            )  # fmt: skip
+
+        named = str(weights) if weights else f"random (seed {seed})"
+        settings = {"config": config, "weights": named, "executor": executor,
+                    "device": str(torch_device)}  # fmt: skip
+        run = track_video(
+            opened, initial, out, make_tracker, frame_range, render, on_frame, settings
+        )
+    if run.notes.get("auto"):
+        console.print(f"--executor auto chose {run.executor}")
+    fps = (len(run.boxes) - 1) / run.seconds if run.seconds else 0.0
+    console.print(
+        f"tracked {len(run.boxes)} frames in {run.seconds:.1f} s ({fps:.1f} FPS) into "
+        f"{shown(out / (run.name + '.txt'))}"
+        + (f"; rendered {shown(run.rendered)}" if run.rendered else "")
+    )
+    if run.stopped:
+        console.print(
+            f"stopped early: {run.stopped}; the {len(run.boxes)} boxes tracked so far are kept "
+            "(run.json: complete false)",
+            markup=False,
+        )
 
 
 def load_some(

@@ -28,6 +28,7 @@ from headway.tuning import (
     Trial,
     TuningPlan,
     check_tuning_options,
+    load_plan,
     plan_key,
     tune,
     weights_digest,
@@ -39,6 +40,8 @@ AUTO = "auto"
 # largest box difference over the checked frames
 TOLERANCE = {"fp32": 1e-3, "bf16": 0.25}
 BOX_TOLERANCE_PX = {"fp32": 0.05, "bf16": 1.0}
+# why the C++ host is no candidate for frames handed over in memory
+FILES_ONLY = "headway-runner reads its frames from image files, not from the caller"
 WARM_FRAMES = 2  # tracked frames of a timing pass not timed
 TIMED_FRAMES = 6
 # build order: the graphs fastest on a CPU first, then the backends cheapest to build, so a
@@ -99,9 +102,11 @@ class _TrackerTrial:
         check_frames: int,
         precision: str,
         tolerance: float,
+        images: list[np.ndarray] | None = None,
     ) -> None:
         self.network, self.settings, self.device = network, settings, device
         self.frames, self.init_box, self.check_frames = frames, init_box, check_frames
+        self.given = images
         self.precision = precision
         self.limits = (tolerance, BOX_TOLERANCE_PX[precision])
         self.paths: list[Path] = []
@@ -116,8 +121,13 @@ class _TrackerTrial:
         more, after WARM_FRAMES per pass (the C++ runner starts a fresh process, whose
         TorchScript graphs optimise themselves on their first calls, for every pass as for
         every sequence)."""
-        self.paths = list(self.frames[: max(self.check_frames, WARM_FRAMES + TIMED_FRAMES) + 1])
-        self.images = [read_frame(path) for path in self.paths]
+        count = max(self.check_frames, WARM_FRAMES + TIMED_FRAMES) + 1
+        if self.given is not None:  # decoded frames from the caller (checked there)
+            self.images = list(self.given[:count])
+            self.paths = [Path(f"frame {index}") for index in range(len(self.images))]
+        else:
+            self.paths = list(self.frames[:count])
+            self.images = [read_frame(path) for path in self.paths]
         for index, (image, path) in enumerate(zip(self.images, self.paths, strict=True)):
             check_frame_size(image, self.images[0].shape if index else None, path)
         where = f"--executor auto's first frame ({self.paths[0]})"
@@ -125,7 +135,10 @@ class _TrackerTrial:
         self.checked = min(self.check_frames + 1, len(self.images))
 
     def skip(self, name: str) -> str | None:
-        return unusable_reason(EXECUTORS[name], self.device, self.precision)
+        spec = EXECUTORS[name]
+        if self.given is not None and spec.host == "cpp":
+            return FILES_ONLY
+        return unusable_reason(spec, self.device, self.precision)
 
     def time(self, tracker: Tracker) -> list[float]:
         return self.one_pass(tracker, len(self.images))[1]
@@ -180,6 +193,41 @@ class _TrackerTrial:
         return {"max_abs_diff": 0.0, "max_box_diff_px": 0.0}, None
 
 
+def tracker_plan_key(
+    network: CSWinTT,
+    device: torch.device,
+    precision: str,
+    tolerance: float,
+    candidates: list[str] | None,
+    in_memory: bool,
+) -> str:
+    """The cache key of a tracker's plan: everything the choice depends on."""
+    from headway.tracking.native.build import built_runner
+
+    config = network.config
+    return plan_key(
+        {
+            "network": weights_digest(network),
+            "shapes": [config.template_size, config.search_size, config.num_templates],
+            "precision": precision,
+            "tolerance": tolerance,
+            "device": str(device),
+            "runner": str(built_runner()),
+            "candidates": candidates,
+            "frames": "memory" if in_memory else "files",
+        }
+    )
+
+
+def cached_tracker_plan(
+    network: CSWinTT, device: torch.device | str, precision: str, tolerance: float | None
+) -> TuningPlan | None:
+    """The plan an earlier tuning on frames in memory left for ``network`` here, or None."""
+    tolerance = tolerance if tolerance is not None else TOLERANCE[precision]
+    key = tracker_plan_key(network, torch.device(device), precision, tolerance, None, True)
+    return load_plan(key, EXECUTORS.__contains__)
+
+
 def tune_tracker(
     network: CSWinTT,
     frames: list[Path],
@@ -193,34 +241,23 @@ def tune_tracker(
     use_cache: bool = True,
     on_candidate: Callable[[str], None] | None = None,
     candidates: list[str] | None = None,
+    images: list[np.ndarray] | None = None,
 ) -> tuple[TuningPlan, Tracker]:
     """Choose the executor for ``network`` on the frames ``frames`` (image files; the first
-    ``check_frames`` + 1 are used, the first initialises on ``init_box``). Returns the plan and
-    the chosen tracker, ready (the caller closes it). ``candidates``: only these (default:
-    every executor of the table); ``eager`` is always the reference."""
+    ``check_frames`` + 1 are used, the first initialises on ``init_box``), or on ``images``
+    (decoded RGB frames, already checked; then only the Python host's executors compete).
+    Returns the plan and the chosen tracker, ready (the caller closes it). ``candidates``: only
+    these (default: every executor of the table); ``eager`` is always the reference."""
     check_tuning_options(precision, tolerance, budget_s)
-    if check_frames < 1 or len(frames) < 2:
+    if check_frames < 1 or len(images if images is not None else frames) < 2:
         raise InputError("--executor auto needs a sequence of at least 2 frames to check on")
     device = torch.device(device)
     tolerance = tolerance if tolerance is not None else TOLERANCE[precision]
-    config = network.config
-    from headway.tracking.native.build import built_runner
-
-    key = plan_key(
-        {
-            "network": weights_digest(network),
-            "shapes": [config.template_size, config.search_size, config.num_templates],
-            "precision": precision,
-            "tolerance": tolerance,
-            "device": str(device),
-            "runner": str(built_runner()),
-            "candidates": candidates,
-        }
-    )
+    key = tracker_plan_key(network, device, precision, tolerance, candidates, images is not None)
     names = [resolve_executor(n)[0] for n in candidates] if candidates else list(EXECUTORS)
     ordered = ["eager", *sorted((n for n in dict.fromkeys(names) if n != "eager"), key=_order)]
     trial = _TrackerTrial(
-        network, settings, device, frames, init_box, check_frames, precision, tolerance
+        network, settings, device, frames, init_box, check_frames, precision, tolerance, images
     )
     return tune(
         ordered,

@@ -118,6 +118,7 @@ def _truncated(data: bytes) -> bool:
 def check_init_box(box: np.ndarray, image_shape: tuple[int, ...], where: str) -> None:
     """The first box must have positive size and overlap the image."""
     x, y, w, h = (float(v) for v in box)
+    box = [x, y, w, h]  # shown as plain numbers, whatever array it came in
     height, width = image_shape[:2]
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         raise InputError(f"{where}: initial box {list(box)} is not finite")
