@@ -73,6 +73,20 @@ class DynamicBatching:
 
 
 @dataclass(frozen=True)
+class SequenceBatching:
+    """A stateful model's sessions (Triton's ``sequence_batching``): a session idle longer than
+    ``max_idle_us`` expires; at most ``max_sequences`` are open at once."""
+
+    max_idle_us: int = 60_000_000
+    max_sequences: int = 16
+
+
+TRACKER_SOURCE = "cswintt"  # source "cswintt" or "cswintt:tiny": a tracker with sessions
+TRACKER_EXECUTORS_NOTE = "auto, or an executor of the Python host (headway track --help)"
+COLORS = ("bgr", "rgb")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """How one model is loaded and served. ``source``: a zoo name, ``torchvision:NAME``,
     ``timm:NAME``, or a ``headway export`` folder (a path, relative to the model's folder);
@@ -94,6 +108,9 @@ class ModelConfig:
     tucker: str | None = None
     checkpoint: str | None = None
     seed: int = 0
+    executor: str = "auto"
+    color: str = "bgr"
+    sequence_batching: SequenceBatching = field(default_factory=SequenceBatching)
     module: Any = field(default=None, compare=False, hash=False, repr=False)
     folder: Path | None = field(default=None, compare=False, hash=False, repr=False)
 
@@ -101,9 +118,20 @@ class ModelConfig:
         check_config(self)
 
     @property
+    def tracker(self) -> bool:
+        """Whether this is a tracker served in sessions (source ``cswintt[:CONFIG]``)."""
+        return self.source.split(":")[0] == TRACKER_SOURCE and self.module is None
+
+    @property
+    def tracker_config(self) -> str:
+        """The tracker network's size: ``cswintt:tiny`` → tiny, ``cswintt`` → default."""
+        return self.source.partition(":")[2] or "default"
+
+    @property
     def batched(self) -> bool:
-        """Whether requests carry a batch dimension (Triton's ``max_batch_size`` > 0)."""
-        return self.max_batch_size > 0
+        """Whether requests carry a batch dimension (Triton's ``max_batch_size`` > 0; never
+        for a tracker, whose requests are one frame of one session)."""
+        return self.max_batch_size > 0 and not self.tracker
 
     def graph_key(self) -> tuple[Any, ...]:
         """What the loaded graph depends on: models equal here share one loaded graph, and
@@ -126,6 +154,9 @@ class ModelConfig:
             self.tucker,
             self.checkpoint,
             self.seed,
+            self.executor,
+            self.color,
+            self.sequence_batching,
         )
 
     def with_tensors(
@@ -137,8 +168,8 @@ class ModelConfig:
         """The configuration in the JSON form of Triton's model configuration endpoint."""
         config: dict[str, Any] = {
             "name": self.name,
-            "backend": self.backend,
-            "max_batch_size": self.max_batch_size,
+            "backend": "headway_tracker" if self.tracker else self.backend,
+            "max_batch_size": self.max_batch_size if self.batched else 0,
             "input": [_triton_tensor(t) for t in self.inputs],
             "output": [_triton_tensor(t) for t in self.outputs],
             "instance_group": [{"count": self.instances, "kind": "KIND_CPU"}],
@@ -148,7 +179,13 @@ class ModelConfig:
                 "job_policy": {"string_value": self.job_policy},
             },
         }
-        if self.dynamic_batching is not None:
+        if self.tracker:
+            config["parameters"]["executor"] = {"string_value": self.executor}
+            config["sequence_batching"] = {
+                "max_sequence_idle_microseconds": self.sequence_batching.max_idle_us,
+                "oldest": {"max_candidate_sequences": self.sequence_batching.max_sequences},
+            }
+        elif self.dynamic_batching is not None:
             config["dynamic_batching"] = {
                 "max_queue_delay_microseconds": self.dynamic_batching.max_queue_delay_us,
                 "preferred_batch_size": list(self.dynamic_batching.preferred),
@@ -198,6 +235,8 @@ def check_config(config: ModelConfig) -> None:
             raise InputError(
                 f"{where}: preferred_batch_size {wrong[0]} is outside 1–{config.max_batch_size}"
             )
+    if config.tracker:
+        check_tracker_config(config, where)
     for spec in (*config.inputs, *config.outputs):
         if spec.datatype not in DATATYPES:
             raise InputError(
@@ -206,6 +245,29 @@ def check_config(config: ModelConfig) -> None:
             )
         if any(d == 0 or d < -1 for d in spec.dims):
             raise InputError(f"{where}: tensor {spec.name!r} has dims {list(spec.dims)}")
+
+
+def check_tracker_config(config: ModelConfig, where: str) -> None:
+    """A tracker model's own fields: its network size, colour order and session limits."""
+    from headway.models import CONFIGS
+
+    if config.tracker_config not in CONFIGS:
+        raise InputError(
+            f"{where}: source {config.source!r}: the tracker's size is one of "
+            f"{', '.join(CONFIGS)} (cswintt:tiny)"
+        )
+    if config.color not in COLORS:
+        raise InputError(f"{where}: color {config.color!r}: choose from {', '.join(COLORS)}")
+    sessions = config.sequence_batching
+    if not 1_000 <= sessions.max_idle_us <= 86_400_000_000:
+        raise InputError(
+            f"{where}: max_sequence_idle_microseconds must be 1000–86400000000, got "
+            f"{sessions.max_idle_us}"
+        )
+    if not 1 <= sessions.max_sequences <= 4096:
+        raise InputError(
+            f"{where}: max_candidate_sequences must be 1–4096, got {sessions.max_sequences}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +290,9 @@ _FIELDS = {
     "tucker",
     "checkpoint",
     "seed",
+    "executor",
+    "color",
+    "sequence_batching",
 }
 
 
@@ -285,17 +350,27 @@ def parse_config(data: Any, folder: Path) -> ModelConfig:
     instances = data.get("instance_group", {"count": 1})
     if isinstance(instances, list):  # Triton's form: a list of groups
         instances = {"count": sum(_integer(g.get("count", 1), where) for g in instances)}
-    fields: dict[str, Any] = {
-        key: data[key]
-        for key in ("source", "backend", "precision", "job_policy", "tucker", "checkpoint")
-        if data.get(key) is not None
-    }
+    text_fields = (
+        "source", "backend", "precision", "job_policy", "tucker", "checkpoint", "executor",
+        "color",
+    )  # fmt: skip
+    fields: dict[str, Any] = {key: data[key] for key in text_fields if data.get(key) is not None}
+    if data.get("sequence_batching") is not None:
+        section = data["sequence_batching"]
+        if not isinstance(section, dict):
+            raise InputError(f"{where}: sequence_batching must be a mapping")
+        oldest = section.get("oldest") or {}
+        limit = section.get("max_candidate_sequences", oldest.get("max_candidate_sequences", 16))
+        fields["sequence_batching"] = SequenceBatching(
+            _integer(section.get("max_sequence_idle_microseconds", 60_000_000), f"{where}: idle"),
+            _integer(limit, f"{where}: max_candidate_sequences"),
+        )
     for key in ("max_batch_size", "max_queue_size", "num_classes", "input_size", "seed"):
         if key in data:
             fields[key] = _integer(data[key], f"{where}: {key}")
     for key, value in fields.items():
         numeric = key in ("max_batch_size", "max_queue_size", "num_classes", "input_size", "seed")
-        if not numeric and not isinstance(value, str):
+        if not numeric and key != "sequence_batching" and not isinstance(value, str):
             raise InputError(f"{where}: {key} must be a string, got {value!r}")
     try:
         return ModelConfig(

@@ -14,6 +14,7 @@ from headway.errors import first_line
 from headway.serving.config import DATATYPES
 from headway.serving.protocol import InferRequest, from_bytes, select_outputs, server_metadata
 from headway.serving.runtime import BadRequest, RequestTimeout, ServingError, ServingRuntime
+from headway.serving.sessions import sequence_control
 
 # the typed field of InferTensorContents each datatype travels in
 _CONTENTS = {
@@ -50,6 +51,12 @@ def decode_grpc(message: Any) -> InferRequest:
             raise BadRequest("parameter timeout must be a positive number of microseconds")
         timeout = float(micro) / 1e6
     request = InferRequest({}, message.id, timeout)
+    plain = {
+        key: getattr(value, value.WhichOneof("parameter_choice"))
+        for key, value in message.parameters.items()
+        if key.startswith("sequence_") and value.WhichOneof("parameter_choice")
+    }
+    request.sequence = sequence_control(plain)
     raw = list(message.raw_input_contents)
     if raw and len(raw) != len(message.inputs):
         raise BadRequest(
@@ -138,7 +145,7 @@ def make_servicer(runtime: ServingRuntime) -> Any:
             try:
                 runtime.metadata(model)
                 decoded = decode_grpc(request)
-                future = runtime.submit(model, decoded.inputs, decoded.timeout_s)
+                future = runtime.submit(model, decoded.inputs, decoded.timeout_s, decoded.sequence)
                 try:
                     outputs = await asyncio.wait_for(asyncio.wrap_future(future), decoded.timeout_s)
                 except asyncio.TimeoutError:

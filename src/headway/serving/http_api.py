@@ -140,7 +140,7 @@ class HttpApp:
         )
         self.runtime.metadata(model)  # unknown model: 400 before decoding the tensors
         request = decode_http(body, headers.get(HEADER_LENGTH))
-        future = self.runtime.submit(model, request.inputs, request.timeout_s)
+        future = self.runtime.submit(model, request.inputs, request.timeout_s, request.sequence)
         try:
             outputs = await asyncio.wait_for(asyncio.wrap_future(future), request.timeout_s)
         except asyncio.TimeoutError:

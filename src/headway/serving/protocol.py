@@ -13,6 +13,7 @@ import numpy as np
 
 from headway.serving.config import DATATYPES
 from headway.serving.runtime import BadRequest
+from headway.serving.sessions import SequenceControl, sequence_control
 
 SERVER_NAME = "headway"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics_metrics"]
@@ -40,6 +41,7 @@ class InferRequest:
     outputs: list[str] = field(default_factory=list)
     binary_outputs: set[str] = field(default_factory=set)
     binary_default: bool = False
+    sequence: SequenceControl | None = None
 
 
 def _dtype(datatype: Any, name: str) -> np.dtype:
@@ -115,6 +117,10 @@ def decode_http(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(message, dict) or not isinstance(message.get("inputs"), list):
         raise BadRequest("the request needs an 'inputs' list")
     request = InferRequest({}, str(message.get("id", "")), _timeout(message.get("parameters")))
+    parameters = message.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise BadRequest("the request's parameters must be an object")
+    request.sequence = sequence_control(parameters or {})
     offset = 0
     for item in message["inputs"]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):

@@ -39,43 +39,22 @@ from headway.errors import InputError, first_line
 from headway.runtime.pool import StreamWorkerPool
 from headway.serving.auto import load_graph
 from headway.serving.config import DATATYPES, ModelConfig, TensorSpec
+from headway.serving.errors import (
+    BadRequest,
+    ModelFailure,
+    ModelUnavailable,
+    QueueFull,
+    RequestTimeout,
+    ServingError,
+    TooManySessions,
+    UnknownModel,
+)
 from headway.serving.graphs import Arrays, Graph
 from headway.serving.metrics import Metrics
+from headway.serving.sessions import SequenceControl, TrackerSessions
 
 log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
-
-
-class ServingError(Exception):
-    """A request that cannot be answered; ``status`` is its HTTP status, ``code`` its gRPC
-    status name."""
-
-    status = 500
-    code = "INTERNAL"
-
-
-class BadRequest(ServingError, InputError):
-    status, code = 400, "INVALID_ARGUMENT"
-
-
-class UnknownModel(BadRequest):
-    pass
-
-
-class QueueFull(ServingError):
-    status, code = 503, "UNAVAILABLE"
-
-
-class ModelUnavailable(ServingError):
-    status, code = 503, "UNAVAILABLE"
-
-
-class RequestTimeout(ServingError):
-    status, code = 504, "DEADLINE_EXCEEDED"
-
-
-class ModelFailure(ServingError):
-    status, code = 500, "INTERNAL"
 
 
 @dataclass
@@ -240,6 +219,7 @@ class ServingRuntime:
         self.metrics = Metrics()
         self.failed: dict[str, str] = {}
         self.loaded: dict[str, _GraphQueue] = {}
+        self.trackers: dict[str, TrackerSessions] = {}
         self._on_model = on_model
         self._closed = False
         self._loaded_all = threading.Event()
@@ -260,8 +240,13 @@ class ServingRuntime:
         """Load every model (graphs shared by equal configs); warm and checked when it returns."""
         groups: dict[tuple[Any, ...], list[str]] = {}
         for name, config in self.configs.items():
-            groups.setdefault(config.graph_key(), []).append(name)
+            if not config.tracker:
+                groups.setdefault(config.graph_key(), []).append(name)
         try:
+            for name in [n for n, c in self.configs.items() if c.tracker]:
+                if self._closed:
+                    return
+                self._load_tracker(name)
             for names in groups.values():
                 if self._closed:
                     return
@@ -285,12 +270,30 @@ class ServingRuntime:
         finally:
             self._loaded_all.set()
 
+    def _load_tracker(self, name: str) -> None:
+        """A tracker model (sessions over one executor); a failure is named like a graph's."""
+        from headway.serving.sessions import INPUTS, OUTPUTS, TrackerSessions
+
+        if self._on_model is not None:
+            self._on_model(name)
+        try:
+            sessions = TrackerSessions(self.configs[name], self.metrics, self.threads)
+        except Exception as error:
+            if self.strict:
+                raise
+            self.failed[name] = first_line(error)
+            log.error("model %s failed to load: %s", name, self.failed[name])
+            return
+        with self._lock:
+            self.configs[name] = self.configs[name].with_tensors(INPUTS, OUTPUTS)
+            self.trackers[name] = sessions
+
     def ready(self) -> bool:
         """Whether every model is loaded and warm (a failed one makes the server not ready)."""
         return self._loaded_all.is_set() and not self.failed and not self._closed
 
     def model_ready(self, model: str) -> bool:
-        return model in self.loaded and not self._closed
+        return (model in self.loaded or model in self.trackers) and not self._closed
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
         return self._loaded_all.wait(timeout)
@@ -309,10 +312,11 @@ class ServingRuntime:
         config = self._config(model)
         queue = self.loaded.get(model)
         lead = [-1] if config.batched else []
+        platform = f"headway_{queue.graph.backend}" if queue else "headway"
         return {
             "name": model,
             "versions": ["1"],
-            "platform": f"headway_{queue.graph.backend}" if queue else "headway",
+            "platform": "headway_tracker" if config.tracker else platform,
             "inputs": [_shape_dict(t, lead) for t in config.inputs],
             "outputs": [_shape_dict(t, lead) for t in config.outputs],
         }
@@ -323,6 +327,9 @@ class ServingRuntime:
         queue = self.loaded.get(model)
         if queue is not None:
             config["parameters"]["backend_chosen"] = {"string_value": queue.graph.backend}
+        if model in self.trackers:
+            chosen = self.trackers[model].executor_name
+            config["parameters"]["executor_chosen"] = {"string_value": chosen}
         return config
 
     # --- requests ----------------------------------------------------------------------------
@@ -331,10 +338,14 @@ class ServingRuntime:
         model: str,
         inputs: Mapping[str, Any],
         timeout: float | None = None,
+        sequence: SequenceControl | None = None,
     ) -> Future[Outputs]:
         """Queue one request; its future gives ``{output name: array}``. Bad input, an unknown
-        model and a full queue raise here, before any work."""
+        model and a full queue raise here, before any work. ``sequence``: the session of a
+        tracker model (:mod:`headway.serving.sessions`)."""
         config = self._config(model)
+        if config.tracker:
+            return self._submit_to_tracker(model, inputs, timeout, sequence)
         queue = self.loaded.get(model)
         if queue is None or self._closed:
             reason = self.failed.get(model, "not loaded yet" if not self._closed else "closed")
@@ -359,9 +370,47 @@ class ServingRuntime:
             raise
         return future
 
-    def infer(self, model: str, inputs: Mapping[str, Any], timeout: float | None = None) -> Outputs:
+    def _submit_to_tracker(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        timeout: float | None,
+        sequence: SequenceControl | None,
+    ) -> Future[Outputs]:
+        sessions = self.trackers.get(model)
+        if sessions is None or self._closed:
+            reason = self.failed.get(model, "not loaded yet" if not self._closed else "closed")
+            raise ModelUnavailable(f"model {model!r} is not ready: {reason}")
+        self.metrics.received(model)
+        arrived = time.monotonic()
+        try:
+            future = sessions.submit(inputs, sequence, timeout)
+        except ServingError as error:
+            self.metrics.failed(model, "bad_request" if isinstance(error, BadRequest) else "error")
+            raise
+
+        def count(finished: Future[Outputs]) -> None:
+            error = finished.exception() if not finished.cancelled() else None
+            if error is None:
+                self.metrics.answered(model, time.monotonic() - arrived)
+            else:
+                kind = "bad_request" if isinstance(error, BadRequest) else "model_error"
+                if isinstance(error, TooManySessions):
+                    kind = "sessions"
+                self.metrics.failed(model, kind)
+
+        future.add_done_callback(count)
+        return future
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        timeout: float | None = None,
+        sequence: SequenceControl | None = None,
+    ) -> Outputs:
         """``submit`` and wait (at most ``timeout`` seconds)."""
-        future = self.submit(model, inputs, timeout)
+        future = self.submit(model, inputs, timeout, sequence)
         try:
             return future.result(timeout)
         except FutureTimeout:
@@ -462,6 +511,8 @@ class ServingRuntime:
         self.pool.shutdown(wait=drained)
         for queue in queues:
             queue.graph.close()
+        for sessions in self.trackers.values():
+            sessions.close(wait=drained)
         return drained
 
     def __enter__(self) -> ServingRuntime:
