@@ -23,7 +23,8 @@ needs_serve = pytest.mark.skipif(serve_missing() is not None, reason="serve extr
 
 
 def tracker_config(name: str, **fields: object) -> ModelConfig:
-    return ModelConfig(name, source="cswintt:tiny", checkpoint="builtin", executor="eager", **fields)  # type: ignore[arg-type]
+    fields = {"source": "cswintt:tiny", "checkpoint": "builtin", "executor": "eager", **fields}
+    return ModelConfig(name, **fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_session_cap_and_expiry_are_named(
     import tritonclient.http as http_client
     from tritonclient.utils import InferenceServerException
 
-    ports, runtime = server
+    ports, _ = server
     frames, box = videos[0]
     http = http_client.InferenceServerClient(f"127.0.0.1:{ports.http}")  # type: ignore[attr-defined]
     grpc = grpc_client.InferenceServerClient(f"127.0.0.1:{ports.grpc}")  # type: ignore[attr-defined]
@@ -133,7 +134,7 @@ def test_session_cap_and_expiry_are_named(
 
     http.infer("short", _request(http_client, frames[0], box), sequence_id=9, sequence_start=True)
     time.sleep(0.5)  # past its 0.2 s idle limit
-    with pytest.raises(InferenceServerException, match="sequence 9 expired after 0.2 s idle"):
+    with pytest.raises(InferenceServerException, match=r"sequence 9 expired after 0\.2 s idle"):
         http.infer("short", _request(http_client, frames[1], None), sequence_id=9)
     with pytest.raises(InferenceServerException, match="has no session"):
         grpc.infer("track", _request(grpc_client, frames[1], None), sequence_id=77)
