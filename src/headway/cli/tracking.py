@@ -58,6 +58,9 @@ def synth(
     appearance_change: Annotated[
         float, typer.Option(help="Share of the target texture replaced by the last frame.")
     ] = 0.0,
+    video: Annotated[
+        bool, typer.Option("--video", help="Also write each sequence as <seq>/<seq>.mp4.")
+    ] = False,
 ) -> None:
     """Write synthetic tracking sequences (the built-in default data)."""
     from rich.progress import track
@@ -70,7 +73,9 @@ def synth(
     check_seed(seed)
     settings = SynthSettings(frames=frames, appearance_change=appearance_change)
     steps = iter(track(range(sequences), description="synthesising", console=console))
-    written = synthesize(out, sequences, seed, settings, on_sequence=lambda _: next(steps, None))
+    written = synthesize(
+        out, sequences, seed, settings, on_sequence=lambda _: next(steps, None), video=video
+    )
     next(steps, None)
     console.print(f"wrote {len(written)} sequences × {frames} frames to {shown(out)}")
 

@@ -168,8 +168,11 @@ def synthesize(
     seed: int = 0,
     settings: SynthSettings | None = None,
     on_sequence: Callable[[int], None] | None = None,
+    video: bool = False,
 ) -> list[str]:
     """Write ``sequences`` synthetic sequences under ``out`` in the OTB layout; return names.
+    ``video``: also each sequence's frames as ``<name>/<name>.mp4`` (for ``headway track
+    VIDEO --box``; the first line of its ground truth is the box).
 
     Ground truth is written after the frames, so a half-written sequence has no ground truth and
     is simply regenerated on the next call.
@@ -199,6 +202,8 @@ def synthesize(
         for stale in images.iterdir():  # frames of an earlier, longer sequence of this name
             if stale.name not in written and stale.is_file():
                 stale.unlink()
+        if video:
+            write_video(folder / f"{name}.mp4", frames)
         lines = "".join(",".join(str(int(v)) for v in box) + "\n" for box in boxes)
         atomic_write_text(folder / "groundtruth_rect.txt", lines)
         names.append(name)
@@ -208,3 +213,18 @@ def synthesize(
     info = {"seed": seed, "settings": asdict(settings), "sequences": manifest}
     atomic_write_text(out / "synth.json", json.dumps(info, indent=2))
     return names
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> None:
+    """RGB ``frames`` as an MPEG-4 video at ``path`` (written beside it, then renamed)."""
+    height, width = frames[0].shape[:2]
+    partial = path.with_name(f".{path.stem}.partial.mp4")
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise InputError(f"{path}: OpenCV cannot write an mp4 video here")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    partial.replace(path)

@@ -288,8 +288,9 @@ def _open_folder(path: Path) -> FolderSource:
 
 
 def parse_box(text: str) -> list[float]:
-    """``x,y,w,h`` as four finite numbers; one line otherwise."""
-    parts = [part.strip() for part in text.split(",")]
+    """``x,y,w,h`` (commas or spaces, as a ground-truth line has them) as four numbers; one
+    line otherwise (the box's own checks come with the first frame)."""
+    parts = [part for part in re.split(r"[,\s]+", text.strip()) if part]
     try:
         values = [float(part) for part in parts]
     except ValueError:
