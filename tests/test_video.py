@@ -107,6 +107,32 @@ def test_start_end_every_choose_the_frames(
     assert json.loads((out / "run.json").read_text())["frames"]["tracked"] == 3
 
 
+def test_a_url_and_a_synthetic_video(
+    sequence: Sequence, frames: list[np.ndarray], tmp_path: Path
+) -> None:
+    """Any URL OpenCV's FFmpeg opens (here file://), and the video headway synth writes."""
+    video = write_video(tmp_path / "clip.mp4", frames)
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["track", video.resolve().as_uri(), "--box", box_text(sequence), "--out", str(out),
+              *TINY],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["source"]["kind"] == "url" and record["complete"]
+    assert len(read_boxes_file(out / "stream.txt")) == len(frames)
+
+    result = runner.invoke(app, ["synth", str(tmp_path / "data"), "--sequences", "1",
+                                 "--frames", "4", "--video"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (made,) = (tmp_path / "data").glob("*/*.mp4")
+    assert len(decoded(made)) == 4
+    first_line = (made.parent / "groundtruth_rect.txt").read_text().splitlines()[0]
+    result = runner.invoke(app, ["track", str(made), "--box", first_line, "--out",
+                                 str(tmp_path / "run2"), *TINY])  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 def test_a_stream_that_stops_keeps_its_boxes(
     sequence: Sequence, frames: list[np.ndarray], tmp_path: Path
 ) -> None:

@@ -221,14 +221,18 @@ def compile_openvino(
     threads: int | None = None,
     streams: int | None = None,
     hint: str | None = None,
+    profiling: bool = False,
 ) -> Any:
     """The one place headway compiles for OpenVINO (CPU): a graph file or an ``ov.Model``,
     with the inference-precision hint (``f32`` or ``bf16``), and where given the threads, the
-    streams and the performance hint. One line naming the file when it cannot."""
+    streams and the performance hint (``profiling``: per-node times, for the benchmarks). One
+    line naming the file when it cannot."""
     require_engine("openvino")
     import openvino as ov
 
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
+    if profiling:
+        config["PERF_COUNT"] = True
     if hint is not None:
         config["PERFORMANCE_HINT"] = hint
     if streams is not None:

@@ -113,7 +113,7 @@ class CaptureSource(FrameSource):
 
     def _note_end(self) -> None:
         declared = self.info.frames
-        if self.info.kind in ("camera", "url") and declared is None:
+        if self.info.kind in ("camera", "url") and declared is None:  # live: an end is a stop
             self.stopped = f"the {self.info.kind} stopped sending frames after {self.read_count}"
         elif declared is not None and self.read_count < declared:
             self.stopped = (
@@ -248,8 +248,7 @@ def open_source(source: str | None, camera: int | None = None) -> FrameSource:
         if not capture.isOpened():
             capture.release()
             raise InputError(f"{source}: OpenCV's FFmpeg cannot open this URL")
-        info = _capture_info(capture, "url", source)
-        info.frames = None  # a stream's length is not known in advance
+        info = _capture_info(capture, "url", source)  # a live stream declares no length
         opened = CaptureSource(capture, info)
         _first_frame(opened, source)
         return opened
