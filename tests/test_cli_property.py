@@ -44,6 +44,7 @@ WORK = [
     "headway.tracking.runner.track_dataset",
     "headway.tracking.cluster.track_dataset_ray",
     "headway.tracking.auto.tune_tracker",
+    "headway.tracking.video.track_video",
     "headway.tracking.train.train_tracker",
     "headway.tracking.native.build.build_runner",
     "headway.experiments.tracker_executors.benchmark_executors",

@@ -26,14 +26,8 @@ import torch
 
 from headway.errors import InputError
 from headway.models.pretrained import builtin_weights_path, load_tracker_network
-from headway.tracking.auto import (
-    AUTO,
-    FILES_ONLY,
-    TIMED_FRAMES,
-    WARM_FRAMES,
-    cached_tracker_plan,
-    tune_tracker,
-)
+from headway.tracking import auto
+from headway.tracking.auto import AUTO, FILES_ONLY, TIMED_FRAMES, WARM_FRAMES
 from headway.tracking.backends import check_tracker_executor
 from headway.tracking.crop import check_frame_size, check_init_box
 from headway.tracking.executors import Executor, executor_names
@@ -141,7 +135,7 @@ class FrameTracker:
         self.network = load_tracker_network(resolve_weights(checkpoint, config), seed, config)
         self.plan: TuningPlan | None = None
         if self.auto:
-            self.plan = cached_tracker_plan(self.network, self.device, precision, tolerance)
+            self.plan = auto.cached_tracker_plan(self.network, self.device, precision, tolerance)
         self.executor = self.plan.chosen if self.plan else ("eager" if self.auto else executor)
         self._tracker: CSWinTTTracker | None = self._build(self.executor)
         self._kept: list[np.ndarray] = []  # auto's frames to tune on (no plan yet)
@@ -208,7 +202,7 @@ class FrameTracker:
 
     def _tune(self) -> None:
         """Choose on the kept frames, then bring the chosen tracker to the present frame."""
-        plan, chosen = tune_tracker(
+        plan, chosen = auto.tune_tracker(
             self.network,
             [],
             self._init_box,
