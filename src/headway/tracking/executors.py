@@ -69,11 +69,11 @@ GRAPHS: dict[str, Graph] = {
     "plain": Graph((), "the network as built"),
     "heads": Graph(("split", "fork"), "every head its own sub-module (Case C)"),
     "fused": Graph(
-        ("fuse", "fold", "channels-last"),
+        ("fuse", "hoist-kv", "fold", "channels-last"),
         "fused window attention, folded batch norms, channels-last convolutions",
     ),
     "spectral": Graph(
-        ("spectral", "fold", "channels-last", "pack"),
+        ("spectral", "hoist-kv", "fold", "channels-last", "pack"),
         "fused, with the w > 1 heads per DFT bin of their window",
     ),
 }
