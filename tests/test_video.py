@@ -168,7 +168,7 @@ def damaged_codec(tmp_path: Path, frames: list[np.ndarray]) -> Path:
         ("outside", "lies outside"),
         ("zero", "zero or negative size"),
         ("camera", "camera 7: no such camera here"),
-        ("nobox", "a video needs --box"),
+        ("nobox", "to track a video, give its target with --box"),
         ("badbox", "expected four numbers"),
         ("start", "past its end"),
     ],

@@ -236,7 +236,10 @@ def track_command(
         raise InputError("give a dataset folder, or a video with --box x,y,w,h")
     dataset = Path(source)
     if dataset.is_file():
-        raise InputError(f"{dataset} is a file: a video needs --box x,y,w,h (its target)")
+        raise InputError(
+            f"{dataset} is a file, not a folder: a dataset is a folder; to track a video, "
+            "give its target with --box x,y,w,h"
+        )
     video_only = {"--render": render is not None, "--start": start != 0,
                   "--end": end is not None, "--every": every != 1}  # fmt: skip
     for name, used in video_only.items():
