@@ -29,12 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from headway.models.pretrained import load_tracker_network
-from headway.runtime.engines import (
-    EngineModule,
-    compile_openvino,
-    engine_available,
-    export_onnx,
-)
+from headway.runtime.engines import compile_openvino, engine_available, export_onnx
 from headway.tracking.backends import build_tracker, run_pass
 from headway.tracking.crop import read_frame
 from headway.tracking.datasets import load_dataset
@@ -44,7 +39,6 @@ from headway.ways import cpu_has_bf16
 
 STAGES = ("backbone", "encoder", "decoder", "box_head")
 BACKBONE_INPUTS: tuple[torch.Tensor, ...] = ()  # the search crop and mask, as eager saw them
-DECODER_INPUTS: tuple[torch.Tensor, ...] = ()  # the memory and its padding mask
 MATMUL = 2048
 
 
@@ -77,9 +71,8 @@ def stage_flops(network: nn.Module, images: list[np.ndarray], box: list[float]) 
             network.forward_confidence(captured["box_head"][1]),
         ),
     }
-    global BACKBONE_INPUTS, DECODER_INPUTS
+    global BACKBONE_INPUTS
     BACKBONE_INPUTS = captured["backbone"]
-    DECODER_INPUTS = captured["decoder"]
     flops = {}
     network.requires_grad_(False)  # the counter's module tracker hooks tensors that need grads
     with torch.inference_mode():
@@ -162,39 +155,6 @@ def time_stages(
     return table
 
 
-def decoder_hoist(
-    network: nn.Module, inputs: tuple[torch.Tensor, ...], budget_s: float
-) -> dict[str, dict[str, float]]:
-    """The decoder stage on each engine as the engines ran it before (the spectral graph's
-    plain decoder) and hoisted (``hoist-kv``): ms, interleaved in one process."""
-    from headway.tracking.executors import StageModule
-    from headway.transforms.decoder import hoist_decoder_kv
-    from headway.tuning import time_interleaved
-
-    plain = network.eval()
-    hoisted = hoist_decoder_kv(network)[0].eval()
-    results: dict[str, dict[str, float]] = {}
-    for engine in ("openvino", "onnxruntime"):
-        if not engine_available(engine):
-            continue
-        runs = {}
-        for label, model in (("plain", plain), ("hoisted", hoisted)):
-            module = EngineModule(engine, StageModule(model, "forward_decoder"))
-            module(*inputs)
-
-            def block(module=module) -> list[float]:
-                times = []
-                for _ in range(20):
-                    began = time.perf_counter()
-                    module(*inputs)
-                    times.append((time.perf_counter() - began) * 1e3)
-                return times
-
-            runs[label] = block
-        results[engine] = time_interleaved(runs, budget_s, min_rounds=3)
-    return results
-
-
 def backbone_profile(network: nn.Module, image: torch.Tensor, threads: int, runs: int):
     """The folded backbone on OpenVINO with PERF_COUNT: ms and GFLOP per layer group (stem,
     layer1–3, the 1×1 projection) and ms per node type."""
@@ -271,7 +231,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile-runs", type=int, default=20)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--decoder-only", action="store_true", help="only the hoist comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = [n for n in args.executors.split(",") if n]
@@ -284,12 +243,6 @@ def main() -> None:
         images = [read_frame(p) for p in sequence.frames]
         box = [float(v) for v in sequence.init_box]
     flops = stage_flops(network, images, box)
-    if args.decoder_only:
-        for engine, medians in decoder_hoist(network, DECODER_INPUTS, 10.0).items():
-            print(f"decoder alone on {engine}: " + ", ".join(
-                f"{k} {v:.2f} ms ({flops['decoder'] / (v / 1e3):.0f} GFLOP/s)"
-                for k, v in medians.items()))  # fmt: skip
-        return
     rates = matmul_rates(args.threads, 2.0)
     times = time_stages(network, names, images, box, args.rounds, warm=2)
     rates_after = matmul_rates(args.threads, 2.0)  # the machine's speed at the end, too
@@ -331,13 +284,6 @@ def main() -> None:
         print("  by node type: " + ", ".join(f"{k} {v:.1f} ms" for k, v in slowest))
         result["backbone_profile"] = {"wall_ms": wall, "groups_ms": groups,
                                       "groups_gflop": group_flops, "types_ms": types}  # fmt: skip
-    hoist = decoder_hoist(network, tuple(t.clone() for t in DECODER_INPUTS), 10.0)
-    for engine, medians in hoist.items():
-        rate = {k: flops["decoder"] / (v / 1e3) for k, v in medians.items()}
-        print(f"decoder alone on {engine}: plain {medians['plain']:.2f} ms ({rate['plain']:.0f} "
-              f"GFLOP/s), hoisted {medians['hoisted']:.2f} ms ({rate['hoisted']:.0f} GFLOP/s), "
-              f"{medians['plain'] / medians['hoisted']:.2f}x")  # fmt: skip
-    result["decoder_hoist_ms"] = hoist
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

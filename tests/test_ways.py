@@ -21,8 +21,7 @@ def plan_cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEADWAY_CACHE", str(tmp_path / "cache"))
 
 
-# what each executor's rewrite_network applied before the table existed (its if-chain), and
-# since 2026-12-07 the engines' one product of the decoder's keys and values (hoist-kv)
+# what each executor's rewrite_network applied before the table existed (its if-chain)
 EXPECTED_STEPS = {
     "eager": (),
     "scripted": (),
@@ -37,9 +36,9 @@ EXPECTED_STEPS = {
     "compiled-bf16": ("spectral", "fold", "channels-last", "bf16"),
     "cudagraph": ("fuse", "fold", "channels-last"),
     "cudagraph-bf16": ("fuse", "fold", "channels-last", "bf16"),
-    "onnxruntime": ("spectral", "hoist-kv", "fold"),
-    "openvino": ("spectral", "hoist-kv", "fold"),
-    "openvino-bf16": ("spectral", "hoist-kv", "fold"),
+    "onnxruntime": ("spectral", "fold"),
+    "openvino": ("spectral", "fold"),
+    "openvino-bf16": ("spectral", "fold"),
     "cpp": (),
     "cpp-heads": ("split",),
     "cpp-spectral": ("spectral", "fold", "channels-last"),

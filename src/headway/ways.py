@@ -33,7 +33,6 @@ from headway.runtime.engines import (
     engine_available,
     require_engine,
 )
-from headway.transforms.decoder import hoist_decoder_kv
 from headway.transforms.fold import cast_matmul_weights, fold_batchnorm
 from headway.transforms.fork import fork_heads
 from headway.transforms.heads import fuse_window_attention, split_heads
@@ -110,12 +109,6 @@ REWRITES: dict[str, Rewrite] = {
     "spectral": Rewrite(
         lambda m: spectral_window_attention(m)[0],  # type: ignore[arg-type]
         "the w > 1 heads' rolled products per DFT bin of their window",
-        tracker_only=True,
-    ),
-    "hoist-kv": Rewrite(
-        lambda m: hoist_decoder_kv(m)[0],  # type: ignore[arg-type]
-        "the decoder's cross-attention keys and values of all layers in one product",
-        backends=ENGINE_BACKENDS,
         tracker_only=True,
     ),
     "split": Rewrite(

@@ -453,8 +453,6 @@ class CSWinTransformer(nn.Module):
         )
         self.post_norm = nn.LayerNorm(config.d_model)
         self.context_builder: nn.Module | None = None
-        # a transform may run the whole decoder another way (same answers); None: the layers
-        self.decoder_override: nn.Module | None = None
 
     def bias_tables(self) -> dict[int, torch.Tensor]:
         return {w: getattr(self, f"rel_bias_table{w}") for w in self.biased_window_sizes}
@@ -481,8 +479,6 @@ class CSWinTransformer(nn.Module):
     def decode(
         self, memory: torch.Tensor, padding_mask: torch.Tensor, query_embed: torch.Tensor
     ) -> torch.Tensor:
-        if self.decoder_override is not None:
-            return self.decoder_override(memory, padding_mask, query_embed)
         batch = memory.shape[1]
         query_pos = query_embed.unsqueeze(1).expand(-1, batch, -1)
         target = torch.zeros_like(query_pos)

@@ -69,11 +69,11 @@ GRAPHS: dict[str, Graph] = {
     "plain": Graph((), "the network as built"),
     "heads": Graph(("split", "fork"), "every head its own sub-module (Case C)"),
     "fused": Graph(
-        ("fuse", "hoist-kv", "fold", "channels-last"),
+        ("fuse", "fold", "channels-last"),
         "fused window attention, folded batch norms, channels-last convolutions",
     ),
     "spectral": Graph(
-        ("spectral", "hoist-kv", "fold", "channels-last", "pack"),
+        ("spectral", "fold", "channels-last", "pack"),
         "fused, with the w > 1 heads per DFT bin of their window",
     ),
 }
