@@ -381,9 +381,11 @@ def track_video_command(
         )
     if run.notes.get("auto"):
         console.print(f"--executor auto chose {run.executor}")
-    fps = (len(run.boxes) - 1) / run.seconds if run.seconds else 0.0
+    median = run.median_ms()
+    fps = 1e3 / median if median else 0.0
     console.print(
-        f"tracked {len(run.boxes)} frames in {run.seconds:.1f} s ({fps:.1f} FPS) into "
+        f"tracked {len(run.boxes)} frames in {run.seconds:.1f} s (median {median:.1f} ms per "
+        f"frame, {fps:.1f} FPS) into "
         f"{shown(out / (run.name + '.txt'))}"
         + (f"; rendered {shown(run.rendered)}" if run.rendered else "")
     )

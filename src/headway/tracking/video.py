@@ -370,6 +370,12 @@ class VideoRun:
     rendered: Path | None = None
     executor: str = "eager"
     notes: dict[str, object] = field(default_factory=dict)
+    frame_ms: list[float] = field(default_factory=list)  # wall ms of every tracked frame
+
+    def median_ms(self) -> float:
+        """Median ms of the tracked frames after the first (auto's one tuning frame is an
+        outlier the median ignores)."""
+        return float(np.median(self.frame_ms[1:])) if len(self.frame_ms) > 1 else 0.0
 
 
 def track_video(
@@ -489,7 +495,7 @@ def _frame_loop(
         stopped = str(error)
     seconds = time.perf_counter() - began
     run = VideoRun("", np.asarray(boxes), scores, indices, seconds, stopped is None, stopped)
-    run.notes["frame_ms"] = frame_ms
+    run.frame_ms = frame_ms
     run.notes["stages"] = stages
     return run
 
@@ -502,7 +508,7 @@ def _write_run(
     settings: dict[str, object],
 ) -> None:
     """Times, stages and boxes (pytracking layout, boxes last), then run.json."""
-    frame_ms = run.notes.pop("frame_ms")
+    frame_ms = run.frame_ms
     stages = run.notes.pop("stages")
     result = SequenceResult(
         run.boxes,
