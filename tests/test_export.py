@@ -119,3 +119,52 @@ def test_a_failing_format_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     assert result.exit_code == 1
     assert "encoder could not be exported as torchscript (exporter gave up)" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_engines
+def test_a_zoo_model_exports_with_its_checkpoint(tmp_path: Path) -> None:
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from headway.models.registry import random_model_and_input
+
+    module, example, _ = random_model_and_input("vgg16", small_input=True, seed=5)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.mul_(0.5)  # weights no seed gives
+    weights = tmp_path / "halved.pth"
+    torch.save(module.state_dict(), weights)
+    out = tmp_path / "vgg"
+    result = runner.invoke(
+        app,
+        ["export", str(out), "--model", "vgg16", "--small-input", "--formats", "onnx",
+         "--checkpoint", str(weights)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "verification.json").read_text())
+    assert "--checkpoint" in record["command"]
+    (entry,) = files(record).values()
+    assert entry["max_rel_diff"] <= 1e-5 and entry["max_rel_diff"] >= 0
+    session = onnxruntime.InferenceSession(str(out / "vgg16.onnx"))
+    x = torch.randn_like(example)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+
+    result = runner.invoke(
+        app, ["export", str(tmp_path / "b"), "--model", "vgg16", "--checkpoint", "builtin"]
+    )
+    assert result.exit_code == 1 and "tiny tracker's weights" in result.output
+
+
+def test_export_file_names_are_portable(tmp_path: Path) -> None:
+    import torch
+
+    assert deploy.portable_name("torchvision:resnet18") == "torchvision-resnet18"
+    assert deploy.portable_name("timm:vit/small?") == "timm-vit-small"
+    part = deploy.ExportPart("timm:tiny", torch.nn.Linear(4, 3).eval(), (torch.randn(2, 4),))
+    record = deploy.export_parts([part], tmp_path / "out", ["torchscript"], probes=1)
+    assert list(record["files"]) == ["timm-tiny.pt"]
+    assert (tmp_path / "out" / "timm-tiny.pt").exists()

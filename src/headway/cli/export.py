@@ -30,7 +30,13 @@ def export_command(
     config: Annotated[
         str | None, typer.Option(help="Tracker: network size, tiny (default) or default.")
     ] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Tracker: weights (.pth).")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Weights (.pth) of the tracker or of the zoo / torchvision: / timm: model; "
+            "'builtin': the trained tiny tracker."
+        ),
+    ] = None,
     formats: Annotated[
         str, typer.Option(help=f"Comma-separated, from {', '.join(FORMATS)}.")
     ] = ",".join(DEFAULT_FORMATS),
@@ -53,7 +59,7 @@ def export_command(
     at_least(batch, 1, "--batch")
     at_least(input_size, 1, "--input-size")
     # an option meant for the other kind of model is refused, not silently ignored
-    given = {"--executor": executor, "--config": config, "--checkpoint": checkpoint}
+    given = {"--executor": executor, "--config": config}
     if model != "tracker":
         misplaced = [name for name, value in given.items() if value is not None]
     else:
@@ -65,9 +71,11 @@ def export_command(
         kind = "the tracker" if model != "tracker" else "zoo models"
         raise InputError(f"{', '.join(misplaced)}: only for {kind} (--model {model})")
     if model == "tracker":
+        from headway.cli.tracking import builtin_checkpoint
         from headway.tracking.executors import stage_exports
 
         check_choice(config, list(CONFIGS), "configuration")
+        checkpoint = builtin_checkpoint(checkpoint, config)
         network = load_tracker_network(checkpoint or "random", seed, config)
         parts = stage_exports(network, executor)
         what = {"model": f"CSWinTT {config}", "executor": executor}
@@ -75,7 +83,16 @@ def export_command(
         from headway.models.registry import check_model_name, random_model_and_input
 
         check_model_name(model)
+        if checkpoint is not None and str(checkpoint) == "builtin" and not checkpoint.exists():
+            raise InputError(
+                "--checkpoint builtin names the trained tiny tracker's weights (--model "
+                f"tracker --config tiny); for {model} give its weights file"
+            )
         module, example, size = random_model_and_input(model, small_input, input_size, batch, seed)
+        if checkpoint is not None:
+            from headway.models.checkpoint import load_weights
+
+            load_weights(module, checkpoint)  # strict: every key and shape, or one line
         parts = [ExportPart(model, module, (example,))]
         what = {"model": model, "small_input": small_input}
     options = ["--model", model, "--formats", ",".join(chosen), "--probes", str(probes)]
@@ -83,7 +100,8 @@ def export_command(
         options += ["--executor", executor, "--config", config]
         options += ["--checkpoint", str(checkpoint)] if checkpoint else ["--seed", str(seed)]
     else:
-        options += ["--batch", str(batch), "--input-size", str(size), "--seed", str(seed)]
+        options += ["--batch", str(batch), "--input-size", str(size)]
+        options += ["--checkpoint", str(checkpoint)] if checkpoint else ["--seed", str(seed)]
         options += ["--small-input"] if small_input else []
     command = shlex.join(["headway", "export", str(out), *options])
     with console.status("exporting") as status:
@@ -97,7 +115,9 @@ def export_command(
             on_part=lambda name: status.update(f"exporting {name}"),
         )
     worst = max(entry["max_abs_diff"] for entry in record["files"].values())
+    relative = max(entry["max_rel_diff"] for entry in record["files"].values())
     console.print(
         f"wrote {len(record['files'])} files to {shown(out)}; largest difference to eager on "
-        f"{probes} fresh inputs: {worst:.2e} (verification.json)"
+        f"{probes} fresh inputs: {worst:.2e} ({relative:.1e} of the largest output; "
+        "verification.json)"
     )

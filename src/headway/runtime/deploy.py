@@ -13,6 +13,7 @@ import contextlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -120,6 +121,22 @@ def max_difference(
     return diff
 
 
+def output_scale(references: Sequence[Sequence[torch.Tensor]]) -> float:
+    """The largest |value| of the reference outputs (at least 1e-12): what a relative
+    difference is relative to."""
+    largest = max(
+        (float(t.float().abs().max()) for outputs in references for t in outputs if t.numel()),
+        default=0.0,
+    )
+    return max(largest, 1e-12)
+
+
+def portable_name(name: str) -> str:
+    """``name`` as a file name every file system takes (``torchvision:resnet18`` →
+    ``torchvision-resnet18``): letters, digits, ``.``, ``_`` and ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "model"
+
+
 def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
     """Write ``part`` as ``fmt`` to ``path`` and return a callable that runs the written file."""
     module, example = part.module.eval(), tuple(a.contiguous() for a in part.example)
@@ -198,7 +215,7 @@ def export_parts(
             for fmt in formats:
                 if on_part is not None:
                     on_part(f"{part.name} → {fmt}")
-                path = staging / f"{part.name}{FORMATS[fmt]}"
+                path = staging / f"{portable_name(part.name)}{FORMATS[fmt]}"
                 try:
                     run = _write(fmt, part, path)
                     with torch.no_grad():
@@ -214,6 +231,7 @@ def export_parts(
                     "format": fmt,
                     "inputs": [list(a.shape) for a in part.example],
                     "max_abs_diff": diff,
+                    "max_rel_diff": diff / output_scale(references),
                 }
         if "onnx" not in formats:  # the intermediate of the OpenVINO IR
             for leftover in staging.glob("*.onnx"):
