@@ -190,6 +190,19 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 
+class FrozenBatchNormAct2d(FrozenBatchNorm2d):
+    """timm's frozen norm + activation (layers/norm_act.py): fixed statistics as buffers, then
+    ``drop``, then ``act``; a plain ``nn.Module``, not a ``BatchNorm2d``."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__(features)
+        self.drop = nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
 class NormWithExtra(nn.BatchNorm2d):
     """A norm subclass whose forward adds something headway cannot know about."""
 
@@ -204,10 +217,12 @@ class Structures(nn.Module):
         self.conv2, self.frozen = nn.Conv2d(6, 6, 3, padding=1), FrozenBatchNorm2d(6)
         self.conv3, self.sync = nn.Conv2d(6, 6, 1, bias=False), nn.SyncBatchNorm(6)
         self.conv4, self.extra = nn.Conv2d(6, 6, 1), NormWithExtra(6)
+        self.conv5, self.frozen_act = nn.Conv2d(6, 6, 3, padding=1), FrozenBatchNormAct2d(6)
         self.aux = nn.Sequential(nn.Conv2d(6, 2, 1), nn.BatchNorm2d(2))  # training-only head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.frozen(self.conv2(self.bn_act(self.conv1(x))))
+        x = self.frozen_act(self.conv5(x))
         return self.extra(self.conv4(self.sync(self.conv3(x))))
 
 
@@ -215,13 +230,16 @@ def test_real_library_norm_structures_fold_exactly_or_are_named() -> None:
     torch.manual_seed(11)
     model = randomise_norms(Structures(), seed=12)
     generator = torch.Generator().manual_seed(13)
-    frozen = model.frozen
-    frozen.running_mean.copy_(torch.randn(6, generator=generator) * 0.1)
-    frozen.running_var.copy_(torch.rand(6, generator=generator) + 0.5)
-    frozen.weight.copy_(torch.rand(6, generator=generator) + 0.5)
+    for frozen in (model.frozen, model.frozen_act):
+        frozen.running_mean.copy_(torch.randn(6, generator=generator) * 0.1)
+        frozen.running_var.copy_(torch.rand(6, generator=generator) + 0.5)
+        frozen.weight.copy_(torch.rand(6, generator=generator) + 0.5)
+        frozen.bias.copy_(torch.randn(6, generator=generator) * 0.2)
     folded, report = fold_batchnorm(model)
-    assert report.layers == 3  # bn_act (activation kept), frozen, sync
+    assert report.layers == 4  # bn_act and frozen_act (activations kept), frozen, sync
     assert isinstance(folded.bn_act, nn.Sequential) and isinstance(folded.bn_act[1], nn.SiLU)
+    assert isinstance(folded.frozen_act, nn.Sequential)
+    assert isinstance(folded.frozen_act[1], nn.ReLU)
     assert "forward of its own" in report.skipped["extra"]
     assert "not reached by the traced forward" in report.skipped["aux.1"]
     assert set(report.skipped) == {"extra", "aux.1"}

@@ -30,14 +30,20 @@ _PLAIN_FORWARDS = {nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward, FrozenBatch
 _FROZEN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
 
 
+# norms with fixed statistics as buffers: headway's and torchvision's, and timm's frozen norm +
+# activation (norm, then ``drop``, then ``act``)
+_FROZEN_NAMES = ("FrozenBatchNorm2d", "FrozenBatchNormAct2d")
+
+
 def is_batch_norm(module: nn.Module) -> bool:
     """A batch norm by what it is, not its library: ``nn.BatchNorm2d`` and its subclasses
-    (timm's ``BatchNormAct2d``), ``SyncBatchNorm``, and any ``FrozenBatchNorm2d`` (headway's,
-    torchvision's: fixed statistics as buffers)."""
+    (timm's ``BatchNormAct2d``), ``SyncBatchNorm``, and any ``FrozenBatchNorm2d`` or
+    ``FrozenBatchNormAct2d`` (headway's, torchvision's, timm's: fixed statistics as
+    buffers)."""
     if isinstance(module, (*BATCH_NORMS, nn.SyncBatchNorm)):
         return True
     return (
-        type(module).__name__ == "FrozenBatchNorm2d"
+        type(module).__name__ in _FROZEN_NAMES
         and all(isinstance(getattr(module, name, None), torch.Tensor) for name in _FROZEN_BUFFERS)
         and hasattr(module, "eps")
     )
@@ -45,17 +51,15 @@ def is_batch_norm(module: nn.Module) -> bool:
 
 def _remainder(norm: nn.Module) -> nn.Module | None:
     """What stays of ``norm`` once its affine map is in the convolution: nothing for a plain
-    norm; timm's norm + activation (``BatchNormAct2d``: norm, then ``drop``, then ``act``) keeps
+    norm; timm's norm + activation (``BatchNormAct2d``, ``FrozenBatchNormAct2d``: norm, then
+    ``drop``, then ``act``) keeps
     its drop and activation; None for any other forward of its own (it is left and named)."""
     forward = type(norm).forward
     if forward in _PLAIN_FORWARDS or type(norm).__name__ == "FrozenBatchNorm2d":
         return nn.Identity()
     drop, act = getattr(norm, "drop", None), getattr(norm, "act", None)
-    if (
-        isinstance(norm, nn.BatchNorm2d)
-        and isinstance(drop, nn.Module)
-        and isinstance(act, nn.Module)
-    ):
+    norm_act = isinstance(norm, nn.BatchNorm2d) or type(norm).__name__ == "FrozenBatchNormAct2d"
+    if norm_act and isinstance(drop, nn.Module) and isinstance(act, nn.Module):
         return nn.Sequential(drop, act)
     return None
 
