@@ -116,3 +116,64 @@ def test_bad_options_are_one_line(options: dict, message: str) -> None:
 def test_inputs_must_be_tensors() -> None:
     with pytest.raises(InputError, match="tensor"):
         headway.accelerate(stand_in(3), [1, 2, 3])  # type: ignore[list-item]
+
+
+def _halved(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v * 0.5 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("backend", ["chosen", "onnxruntime"])
+def test_a_result_saves_copies_and_loads_like_the_module(backend: str, tmp_path) -> None:
+    import copy
+    import pickle
+
+    from headway.acceleration import Accelerated
+    from headway.runtime.engines import engine_available
+    from headway.ways import Way
+
+    model = stand_in(4).train()
+    example = torch.randn(2, 3, 12, 12)
+    fast = headway.accelerate(model, example, budget_s=10)
+    assert model.training  # the caller's module keeps its mode
+    if backend != "chosen":
+        if not engine_available(backend):
+            pytest.skip(f"{backend} not installed")
+        fast = Accelerated(fast.module, Way(("fold",), backend=backend), (example,), fast.report)
+    state = fast.state_dict()
+    assert list(state) == list(model.state_dict())  # the module's keys, each once
+    x = torch.randn(2, 3, 12, 12)
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool((a - b).abs().max() <= 1e-4 * b.abs().max())
+
+    with torch.inference_mode():
+        before = model.eval()(x)
+        assert close(fast(x), before)
+        for copied in (
+            copy.deepcopy(fast),
+            pickle.loads(pickle.dumps(fast)),
+        ):
+            assert close(copied(x), before)
+        torch.save(fast, tmp_path / "fast.pt")
+        loaded = torch.load(tmp_path / "fast.pt", weights_only=False)
+        assert close(loaded(x), before)
+
+    halved = _halved(model)
+    result = fast.load_state_dict(halved)  # the module's checkpoint loads, and is used
+    assert not result.missing_keys and not result.unexpected_keys
+    model.load_state_dict(halved)
+    with torch.inference_mode():
+        assert close(fast(x), model(x))
+    fast.load_state_dict(fast.state_dict())  # round trip
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        fast.load_state_dict({**halved, "nosuch.weight": torch.zeros(1)})
+    with pytest.raises(InputError, match="cannot be moved or cast"):
+        fast.to(torch.float64)
+    with pytest.raises(InputError, match="inference only"):
+        fast.train()
+    fast.eval()
+
+
+def test_not_a_module_is_one_line() -> None:
+    with pytest.raises(InputError, match=r"must be a torch\.nn\.Module"):
+        headway.accelerate(lambda x: x, torch.randn(1, 3))  # type: ignore[arg-type]

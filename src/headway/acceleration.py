@@ -14,6 +14,7 @@ module's own: the largest difference relative to the largest output value must b
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,17 +54,124 @@ def candidate_ways(precision: str) -> list[Way]:
 
 
 class Accelerated(nn.Module):
-    """The chosen way of running the module: called like it. ``report`` says how it was
-    chosen (``report.table()`` → header, rows)."""
+    """The chosen way of running the module: called like it, and saved, copied and loaded
+    like it. ``report`` says how it was chosen (``report.table()`` → header, rows).
 
-    def __init__(self, run: Callable[..., Any], held: nn.Module | None, report: TuningPlan):
+    - ``state_dict()`` is the module's own (the same keys, once each), so the module's
+      checkpoint loads into it; loading weights rebuilds the chosen way on them and checks
+      it against the module again.
+    - ``pickle``, ``torch.save`` and ``copy.deepcopy`` work: what is saved is the module and
+      the plan, and the way is rebuilt when loaded (engines and compilers hold sessions and
+      kernels that do not pickle). ``torch.load`` needs ``weights_only=False``, as for any
+      saved module.
+    - What the built way cannot follow is refused by name: moving or casting it (``.to``,
+      ``.cuda``, ``.half``) and training mode. Accelerate the moved module instead.
+    - ``parameters()`` is empty: the weights live in the built way, not in torch parameters.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        way: Way,
+        example: tuple[torch.Tensor, ...],
+        report: TuningPlan,
+        built: tuple[Callable[..., Any], nn.Module] | None = None,
+    ) -> None:
         super().__init__()
-        self._run = run
-        self.held = held  # the rewritten module the callable runs (kept alive)
+        # kept out of torch's module tree: the state is the module's, the graph is the way's
+        object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "_way", way)
+        object.__setattr__(self, "_specs", [(a.shape, a.dtype, a.device) for a in example])
         self.report = report
+        self.training = False
+        self._build(built)
+
+    def _example(self) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(0)
+        return tuple(
+            torch.randn(shape, generator=generator).to(dtype=dtype, device=device)
+            if dtype.is_floating_point
+            else torch.zeros(shape, dtype=dtype, device=device)
+            for shape, dtype, device in self._specs
+        )
+
+    def _build(self, built: tuple[Callable[..., Any], nn.Module] | None = None) -> None:
+        """The way on the module's current weights, checked against the module."""
+        if built is None:
+            example = self._example()
+            built = module_runner(self._way, self._module, example)
+            with torch.inference_mode():
+                references = reference_outputs(self._module, [example])
+                scale = max(float(o.abs().max()) for o in references[0]) or 1.0
+                relative = max_difference(built[0], [example], references) / scale
+            if relative > self.report.tolerance:
+                raise InputError(
+                    f"{self._way.name} on the new weights differs from the module by "
+                    f"{relative:.1e} (tolerance {self.report.tolerance:.0e}); call "
+                    "headway.accelerate on the module again"
+                )
+        object.__setattr__(self, "_run", built[0])
+        object.__setattr__(self, "_held", built[1])
 
     def forward(self, *args: torch.Tensor) -> Any:
         return self._run(*args)
+
+    # -- behaving like the module -------------------------------------------------------------
+    @property
+    def module(self) -> nn.Module:
+        """The module as it was given (a copy: the caller's is never changed)."""
+        return self._module
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        for key, value in self._module.state_dict(keep_vars=keep_vars).items():
+            destination[prefix + key] = value
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        own = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        try:
+            result = self._module.load_state_dict(own, strict=False)
+        except RuntimeError as error:  # a shape that does not fit
+            error_msgs.append(str(error))
+            return
+        missing_keys.extend(prefix + key for key in result.missing_keys)
+        unexpected_keys.extend(prefix + key for key in result.unexpected_keys)
+        self._build()  # the way on the new weights
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Accelerated:
+        raise InputError(
+            f"an accelerated module ({self._way.name}) cannot be moved or cast: its graph was "
+            "built for the example's device and dtype; move or cast the module, then call "
+            "headway.accelerate on it"
+        )
+
+    def train(self, mode: bool = True) -> Accelerated:
+        if mode:
+            raise InputError(
+                f"an accelerated module ({self._way.name}) runs inference only; train the "
+                "module itself, then call headway.accelerate on it"
+            )
+        return super().train(False)
+
+    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
+        return (_restore, (self._module, self._way, self._example(), self.report))
+
+
+def _restore(
+    module: nn.Module, way: Way, example: tuple[torch.Tensor, ...], report: TuningPlan
+) -> Accelerated:
+    """An :class:`Accelerated` loaded or copied: the way rebuilt on the module."""
+    return Accelerated(module, way, example, report)
 
 
 class _ModuleTrial:
@@ -112,7 +220,8 @@ def accelerate(
     """The fastest exact way to run ``module`` on inputs like ``example_inputs``.
 
     Args:
-        module: any ``nn.Module`` in eval mode semantics (it is copied, never changed).
+        module: any ``nn.Module`` (it is copied and run in eval mode; the caller's is never
+            changed, not even its training flag).
         example_inputs: one tensor or a sequence (shapes and dtypes of the real inputs).
         tolerance: largest output difference allowed, relative to the largest output value
             (default 1e-4 fp32, 5e-2 bf16).
@@ -129,7 +238,9 @@ def accelerate(
     if not example or not all(isinstance(a, torch.Tensor) for a in example):
         raise InputError("example_inputs must be a tensor or a sequence of tensors")
     limit = tolerance if tolerance is not None else TOLERANCE[precision]
-    module = module.eval()
+    if not isinstance(module, nn.Module):
+        raise InputError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    module = copy.deepcopy(module).eval()  # the caller's module keeps its mode and weights
     key = {"module": weights_digest(module), "precision": precision, "tolerance": limit}
     key["inputs"] = [[list(a.shape), str(a.dtype)] for a in example]
     trial = _ModuleTrial(module, example, probes, limit)
@@ -144,4 +255,4 @@ def accelerate(
         diff_label="max rel |Δ|",
         use_cache=use_cache,
     )
-    return Accelerated(run, held, plan)
+    return Accelerated(module, trial.ways[plan.chosen], example, plan, (run, held))
