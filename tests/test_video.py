@@ -171,6 +171,8 @@ def damaged_codec(tmp_path: Path, frames: list[np.ndarray]) -> Path:
         ("nobox", "to track a video, give its target with --box"),
         ("badbox", "expected four numbers"),
         ("start", "past its end"),
+        ("render", "use one of .mp4"),
+        ("weights", "checkpoint file not found"),
     ],
 )
 def test_bad_video_input_is_one_line_and_writes_nothing(
@@ -198,11 +200,16 @@ def test_bad_video_input_is_one_line_and_writes_nothing(
         options = ["--box", "1,2,three,4"]
     elif case == "start":
         options += ["--start", "50"]
+    elif case == "render":
+        options += ["--render", str(tmp_path / "run" / "boxes.gif")]
     arguments = ["track", str(source), *options]
     if case == "camera":
         arguments = ["track", "--camera", "7", "--box", box]
     out = tmp_path / "run"
-    result = runner.invoke(app, [*arguments, "--out", str(out), *TINY])
+    weights = ["--config", "tiny", "--checkpoint", str(tmp_path / "none.pth"), "--no-progress"]
+    result = runner.invoke(
+        app, [*arguments, "--out", str(out), *(weights if case == "weights" else TINY)]
+    )
     assert result.exit_code == 1, result.output
     assert message in " ".join(result.output.split())  # rich wraps to the terminal's width
     assert len(result.output.strip().splitlines()) <= 3  # one line (wrapped to the terminal)

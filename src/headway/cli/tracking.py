@@ -320,7 +320,7 @@ def track_video_command(
     frames with a progress bar; the result files, run.json and the render in ``out``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from headway.tracking.live import FrameTracker, check_frame_executor
+    from headway.tracking.live import FrameTracker, check_frame_executor, resolve_weights
     from headway.tracking.video import FrameRange, open_source, parse_box, track_video
 
     if box is None:
@@ -339,6 +339,7 @@ def track_video_command(
     if render is not None:
         output_file(render, "--render")
     weights = builtin_checkpoint(checkpoint, config)
+    resolve_weights(weights if weights is not None else "random", config)  # a missing file
     opened = open_source(source, camera)
     if threads:
         torch.set_num_threads(threads)
@@ -365,13 +366,14 @@ def track_video_command(
             bar.update(task, description=f"auto: checking {name}")
 
         def make_tracker() -> FrameTracker:  # called once the source and box are checked
-            console.print(announcement)
             bar.update(task, description="loading the tracker")
             weights_given = weights if weights is not None else "random"
-            return FrameTracker(
+            tracker = FrameTracker(
                 config, weights_given, executor, precision, device, color="rgb", seed=seed,
                 tolerance=tolerance, tune_seconds=tune_seconds, on_candidate=on_candidate,
             )  # fmt: skip
+            console.print(announcement)
+            return tracker
 
         named = str(weights) if weights else f"random (seed {seed})"
         settings = {"config": config, "weights": named, "executor": executor,

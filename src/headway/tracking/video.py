@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -316,14 +317,8 @@ class Renderer:
     run ends, so a file at the target is always whole."""
 
     def __init__(self, target: Path, fps: float, size: tuple[int, int]) -> None:
+        check_render_target(target)
         suffix = target.suffix.lower()
-        if suffix not in RENDER_CODECS:
-            raise InputError(
-                f"--render {target}: use one of {', '.join(RENDER_CODECS)} (the container is "
-                "chosen by the suffix)"
-            )
-        if target.is_dir():
-            raise InputError(f"--render {target} is a folder")
         target.parent.mkdir(parents=True, exist_ok=True)
         self.target = target
         self.partial = target.with_name(f".{target.stem}.partial{suffix}")
@@ -391,29 +386,33 @@ def track_video(
     """Track ``source`` from ``box`` on its first chosen frame and write the run to ``out``.
 
     ``make_tracker()`` builds the :class:`~headway.tracking.live.FrameTracker` (called after
-    the checks, so a bad box costs no weights or tuning; frames are handed to it as RGB).
-    ``on_frame(k, fps)`` runs after each tracked frame. The source is closed at the end.
+    the checks, so a bad box costs no weights or tuning, and before anything is written;
+    frames are handed to it as RGB). ``on_frame(k, fps)`` runs after each tracked frame. The
+    source and the tracker are closed at the end; a folder this call made is removed when the
+    run fails (a stream that stops or Ctrl-C is not a failure: its boxes are written).
     """
     frames = frames or FrameRange()
     name = result_name(source)
+    created = not out.exists()
+    tracker: object | None = None
     try:
         check_file_targets(out, ["run.json", f"{name}_scores.txt", *result_file_names(name)])
+        if render is not None:
+            check_render_target(render)
         first = _seek_first(source, frames)
         where = f"{source.info.location} (frame {frames.start})"
         check_init_box(box, first.shape, where)
+        tracker = make_tracker()  # weights and executor: before anything is written
         out.mkdir(parents=True, exist_ok=True)
         with locked_folder(out):
             fps = (source.info.fps or 30.0) / frames.every
             renderer = Renderer(render, fps, (first.shape[1], first.shape[0])) if render else None
-            tracker = make_tracker()
             try:
                 run = _frame_loop(source, first, box, tracker, frames, renderer, on_frame)
             except BaseException:
                 if renderer is not None:
                     renderer.abandon()
                 raise
-            finally:
-                tracker.close()  # type: ignore[attr-defined]
             run.name = name
             if renderer is not None:
                 renderer.finish()
@@ -424,8 +423,25 @@ def track_video(
                 run.notes["auto"] = plan.to_json()
             _write_run(out, run, source, frames, settings or {})
             return run
+    except BaseException:
+        if created:  # a folder this call made holds nothing of a failed run
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
+        if tracker is not None:
+            tracker.close()  # type: ignore[attr-defined]
         source.close()
+
+
+def check_render_target(target: Path) -> None:
+    """One line for a render file headway cannot write: an unknown suffix, a folder there."""
+    if target.suffix.lower() not in RENDER_CODECS:
+        raise InputError(
+            f"--render {target}: use one of {', '.join(RENDER_CODECS)} (the container is chosen "
+            "by the suffix)"
+        )
+    if target.is_dir():
+        raise InputError(f"--render {target} is a folder")
 
 
 def _seek_first(source: FrameSource, frames: FrameRange) -> np.ndarray:
