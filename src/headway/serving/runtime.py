@@ -51,6 +51,8 @@ from headway.serving.errors import (
 )
 from headway.serving.graphs import Arrays, Graph
 from headway.serving.metrics import Metrics
+from headway.serving.sessions import INPUTS as TRACKER_INPUTS
+from headway.serving.sessions import OUTPUTS as TRACKER_OUTPUTS
 from headway.serving.sessions import SequenceControl, TrackerSessions
 
 log = logging.getLogger(__name__)
@@ -272,12 +274,10 @@ class ServingRuntime:
 
     def _load_tracker(self, name: str) -> None:
         """A tracker model (sessions over one executor); a failure is named like a graph's."""
-        from headway.serving.sessions import INPUTS, OUTPUTS, TrackerSessions
-
         if self._on_model is not None:
             self._on_model(name)
         try:
-            sessions = TrackerSessions(self.configs[name], self.metrics, self.threads)
+            sessions = TrackerSessions(self.configs[name], self.threads)
         except Exception as error:
             if self.strict:
                 raise
@@ -285,7 +285,7 @@ class ServingRuntime:
             log.error("model %s failed to load: %s", name, self.failed[name])
             return
         with self._lock:
-            self.configs[name] = self.configs[name].with_tensors(INPUTS, OUTPUTS)
+            self.configs[name] = self.configs[name].with_tensors(TRACKER_INPUTS, TRACKER_OUTPUTS)
             self.trackers[name] = sessions
 
     def ready(self) -> bool:

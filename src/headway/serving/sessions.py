@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,11 +35,11 @@ from headway.serving.config import ModelConfig, TensorSpec
 from headway.serving.errors import (
     BadRequest,
     ModelFailure,
+    ModelUnavailable,
     RequestTimeout,
     ServingError,
     TooManySessions,
 )
-from headway.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class _Session:
     frames: int = 0
 
 
-def _synthetic_frames(config_name: str) -> tuple[list[np.ndarray], list[float]]:
+def _synthetic_frames() -> tuple[list[np.ndarray], list[float]]:
     """A short synthetic sequence for ``auto`` to check and time on at load time (what the
     executor does is the same on any frames; its answers are checked against eager's)."""
     from headway.tracking.crop import read_frame
@@ -84,13 +83,13 @@ def _synthetic_frames(config_name: str) -> tuple[list[np.ndarray], list[float]]:
 class TrackerSessions:
     """One tracker model: its network and executor, loaded once, and its open sessions."""
 
-    def __init__(self, config: ModelConfig, metrics: Metrics, threads: int = 1) -> None:
+    def __init__(self, config: ModelConfig, threads: int = 1) -> None:
         from headway.models.pretrained import load_tracker_network
         from headway.tracking.backends import check_tracker_executor
         from headway.tracking.executors import Executor
         from headway.tracking.live import check_frame_executor, resolve_weights
 
-        self.config, self.metrics = config, metrics
+        self.config = config
         size = config.tracker_config
         checkpoint = config.checkpoint
         if (
@@ -108,7 +107,7 @@ class TrackerSessions:
         if config.executor == "auto":
             from headway.tracking.auto import tune_tracker
 
-            images, box = _synthetic_frames(size)
+            images, box = _synthetic_frames()
             self.plan, tuned = tune_tracker(network, [], box, images=images)
             self.executor = tuned.executor  # type: ignore[attr-defined]
         else:
@@ -118,9 +117,12 @@ class TrackerSessions:
         self.executor_name = self.plan.chosen if self.plan else config.executor
         self.sessions: dict[str, _Session] = {}
         self.expired: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self.lock = threading.Lock()
-        self.threads = threads
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix=f"headway-{config.name}")
+        self.worker = ThreadPoolExecutor(
+            1,
+            thread_name_prefix=f"headway-{config.name}",
+            initializer=torch.set_num_threads,
+            initargs=(threads,),
+        )
         self.closed = False
 
     @property
@@ -162,7 +164,7 @@ class TrackerSessions:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         deadline = time.monotonic() + timeout if timeout is not None else None
         if self.closed:
-            raise ServingError(f"model {name!r} is closed")
+            raise ModelUnavailable(f"model {name!r} is closed")
         return self.worker.submit(self._run, frame, box, sequence, deadline)
 
     def _run(
@@ -176,7 +178,6 @@ class TrackerSessions:
         now = time.monotonic()
         if deadline is not None and now > deadline:
             raise RequestTimeout(f"model {name!r}: the request's timeout expired before its turn")
-        torch.set_num_threads(self.threads)
         self._expire(now)
         try:
             if box is not None:
