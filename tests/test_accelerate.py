@@ -177,3 +177,15 @@ def test_a_result_saves_copies_and_loads_like_the_module(backend: str, tmp_path)
 def test_not_a_module_is_one_line() -> None:
     with pytest.raises(InputError, match=r"must be a torch\.nn\.Module"):
         headway.accelerate(lambda x: x, torch.randn(1, 3))  # type: ignore[arg-type]
+
+
+def test_an_unwritable_cache_costs_only_the_cache(tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "not a folder"
+    blocker.write_text("")
+    monkeypatch.setenv("HEADWAY_CACHE", str(blocker))  # neither plans nor exports can be kept
+    model = stand_in(6)
+    example = torch.randn(1, 3, 10, 10)
+    fast = headway.accelerate(model, example, budget_s=8)
+    with torch.inference_mode():
+        assert (fast(example) - model(example)).abs().max() <= 1e-4 * model(example).abs().max()
+    assert not fast.report.cached

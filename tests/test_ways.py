@@ -150,6 +150,35 @@ def test_tune_skips_fails_rejects_times_and_caches() -> None:
     again, chosen = tune(names, trial, "k" * 24, **options)
     assert again.cached and chosen == "fast" and built == ["fast"]  # the choice only
 
+    # a cached choice that cannot run here any more (an unbuilt runner, no CUDA): tuned again
+    trial.skip = lambda n: "gone" if n in ("missing", "fast") else None
+    retuned, chosen = tune(names, trial, "k" * 24, **options)
+    assert not retuned.cached and chosen == "reference"
+    trial.skip = lambda n: None
+    first, chosen = tune(["reference", "fast"], trial, "q" * 24, **options)
+    assert chosen == "fast" and not first.cached
+
+    def fails_now(name: str) -> str:
+        if name == "fast":
+            raise RuntimeError("the runner is gone")
+        return name
+
+    trial.build = fails_now
+    retuned, chosen = tune(["reference", "fast"], trial, "q" * 24, **options)
+    assert not retuned.cached and chosen == "reference"
+
+
+def test_a_plan_cache_that_cannot_be_written_costs_only_the_cache(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("HEADWAY_CACHE", str(blocker))  # plans/ cannot be made under a file
+    trial = Trial(lambda n: n, lambda n, b: ({}, None), lambda b: [1.0])
+    options = {"precision": "fp32", "tolerance": 1e-3, "budget_s": 5.0, "reference": "ref"}
+    plan, chosen = tune(["ref"], trial, "c" * 24, **options)
+    assert chosen == "ref" and not plan.cached
+
 
 def test_tune_raises_when_the_reference_fails_or_nothing_passes() -> None:
     def broken(name: str) -> str:

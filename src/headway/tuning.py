@@ -215,6 +215,8 @@ def save_plan(plan: TuningPlan) -> Path:
         )
     except OSError as error:  # a cache that cannot be written costs a rerun its tuning only
         log.warning("tuning plan not cached (%s: %s)", path, error.strerror or error)
+    except InputError as error:  # the same, as io's one line (read-only, full, a file there)
+        log.warning("tuning plan not cached (%s)", error)
     return path
 
 
@@ -331,7 +333,17 @@ def tune(
     if use_cache:
         cached = load_plan(key, candidates.__contains__)
         if cached is not None:
-            return cached, trial.build(cached.chosen)
+            reason = trial.skip(cached.chosen) if cached.chosen != reference else None
+            if reason is None:
+                try:
+                    return cached, trial.build(cached.chosen)
+                except Exception as error:  # built before, not now: choose again
+                    reason = first_line(error)
+            log.warning(
+                "the cached plan chose %s, which cannot run here now (%s): tuning again",
+                cached.chosen,
+                reason,
+            )
     began = time.perf_counter()
     results: dict[str, CandidateResult] = {}
     kept: dict[str, Built] = {}
