@@ -39,6 +39,7 @@ from headway.ways import cpu_has_bf16
 
 STAGES = ("backbone", "encoder", "decoder", "box_head")
 BACKBONE_INPUTS: tuple[torch.Tensor, ...] = ()  # the search crop and mask, as eager saw them
+DECODER_INPUTS: tuple[torch.Tensor, ...] = ()  # the memory and its padding mask
 MATMUL = 2048
 
 
@@ -71,8 +72,9 @@ def stage_flops(network: nn.Module, images: list[np.ndarray], box: list[float]) 
             network.forward_confidence(captured["box_head"][1]),
         ),
     }
-    global BACKBONE_INPUTS
+    global BACKBONE_INPUTS, DECODER_INPUTS
     BACKBONE_INPUTS = captured["backbone"]
+    DECODER_INPUTS = tuple(t.clone() for t in captured["decoder"])
     flops = {}
     network.requires_grad_(False)  # the counter's module tracker hooks tensors that need grads
     with torch.inference_mode():
@@ -180,6 +182,38 @@ def backbone_profile(network: nn.Module, image: torch.Tensor, threads: int, runs
     return dict(by_group), dict(by_type), flops, statistics.median(wall)
 
 
+def decoder_profile(
+    network: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, runs: int
+) -> tuple[float, int, dict[str, float]]:
+    """The decoder stage on OpenVINO with PERF_COUNT: ms per call, nodes that ran, and ms per
+    node type."""
+    from headway.tracking.executors import StageModule
+
+    path = export_onnx(StageModule(network, "forward_decoder"), inputs)
+    request = compile_openvino(path, "f32", threads, profiling=True).create_infer_request()
+    arrays = [t.numpy() for t in inputs]
+    for _ in range(5):
+        request.infer(arrays)
+    by_type: dict[str, float] = defaultdict(float)
+    wall = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        request.infer(arrays)
+        wall.append((time.perf_counter() - began) * 1e3)
+        for node in request.profiling_info:
+            by_type[node.node_type] += node.real_time.total_seconds() * 1e3 / runs
+    ran = sum(1 for node in request.profiling_info if node.real_time.total_seconds() > 0)
+    return statistics.median(wall), ran, dict(by_type)
+
+
+def print_decoder_profile(network: nn.Module, threads: int, runs: int) -> dict[str, object]:
+    wall, ran, by_type = decoder_profile(network, DECODER_INPUTS, threads, runs)
+    slowest = sorted(by_type.items(), key=lambda kv: -kv[1])[:5]
+    print(f"decoder alone on OpenVINO: {wall:.2f} ms per call, {ran} nodes ran; by node type: "
+          + ", ".join(f"{k} {v:.2f} ms" for k, v in slowest))  # fmt: skip
+    return {"wall_ms": wall, "nodes": ran, "types_ms": by_type}
+
+
 class _BackboneOnly(nn.Module):
     """The backbone stage's convolutions: ResNet trunk to layer3, then the 1×1 projection."""
 
@@ -231,6 +265,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile-runs", type=int, default=20)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--decoder-only", action="store_true", help="only the decoder profile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = [n for n in args.executors.split(",") if n]
@@ -243,6 +278,10 @@ def main() -> None:
         images = [read_frame(p) for p in sequence.frames]
         box = [float(v) for v in sequence.init_box]
     flops = stage_flops(network, images, box)
+    if args.decoder_only:
+        if engine_available("openvino"):
+            print_decoder_profile(network, args.threads, 30)
+        return
     rates = matmul_rates(args.threads, 2.0)
     times = time_stages(network, names, images, box, args.rounds, warm=2)
     rates_after = matmul_rates(args.threads, 2.0)  # the machine's speed at the end, too
@@ -284,6 +323,7 @@ def main() -> None:
         print("  by node type: " + ", ".join(f"{k} {v:.1f} ms" for k, v in slowest))
         result["backbone_profile"] = {"wall_ms": wall, "groups_ms": groups,
                                       "groups_gflop": group_flops, "types_ms": types}  # fmt: skip
+        result["decoder_profile"] = print_decoder_profile(network, args.threads, 30)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -272,3 +272,29 @@ def test_tracker_api_refuses_bad_use(frames: list[np.ndarray], sequence: Sequenc
     tracker.close()
     with pytest.raises(InputError, match="closed"):
         tracker.update(frames[2])
+
+
+def test_a_rerun_into_the_folder_of_another_run_is_refused(
+    sequence: Sequence, frames: list[np.ndarray], synth_dataset: Path, tmp_path: Path
+) -> None:
+    video = write_video(tmp_path / "clip.mp4", frames)
+    out = tmp_path / "run"
+    track = ["track", str(video), "--box", box_text(sequence), "--out", str(out), *TINY]
+    assert runner.invoke(app, [*track, "--update-interval", "3"]).exit_code == 0
+    again = runner.invoke(app, [*track, "--update-interval", "3"])  # the same run: replaced
+    assert again.exit_code == 0, again.output
+    before = (out / "clip.txt").read_bytes()
+    for options, message in (
+        (["--update-interval", "4"], "another settings"),
+        (["--update-interval", "3", "--every", "2"], "another range"),
+    ):
+        result = runner.invoke(app, [*track, *options])
+        assert result.exit_code == 1, result.output
+        assert message in " ".join(result.output.split())
+    assert (out / "clip.txt").read_bytes() == before  # nothing of the refused runs
+    record = json.loads((out / "run.json").read_text())
+    assert record["run"]["settings"]["update_interval"] == 3
+    dataset_run = tmp_path / "dataset_run"
+    runner.invoke(app, ["track", str(synth_dataset), "--out", str(dataset_run), *TINY])
+    result = runner.invoke(app, [*track[:5], str(dataset_run), *TINY])
+    assert result.exit_code == 1 and "holds a dataset run" in result.output

@@ -221,16 +221,20 @@ def track_command(
     if box is not None or camera is not None:
         dataset_options = {
             "--format": format != "otb", "--sequences": sequences is not None,
-            "--split": split is not None, "--update-interval": interval_option is not None,
+            "--split": split is not None,
             "--ray": ray or ray_address is not None or ray_workers is not None,
         }  # fmt: skip
         given = [name for name, used in dataset_options.items() if used]
         if given:
             raise InputError(f"{given[0]} is for datasets; a video run takes --box and its frames")
+        at_least(interval_option, 1, "--update-interval")
         choice = (precision, tolerance, tune_seconds)
         frames = (start, end, every, render)
+        settings = TrackerSettings(
+            update_interval=interval_option or TrackerSettings().update_interval
+        )
         track_video_command(source, box, camera, out, config, checkpoint, device, seed, threads,
-                            executor, choice, frames, progress)  # fmt: skip
+                            executor, choice, frames, progress, settings)  # fmt: skip
         return
     if source is None:
         raise InputError("give a dataset folder, or a video with --box x,y,w,h")
@@ -315,6 +319,7 @@ def track_video_command(
     choice: tuple[str, float | None, float],
     frames: tuple[int, int | None, int, Path | None],
     progress: bool,
+    tracker_settings: TrackerSettings,
 ) -> None:
     """``headway track VIDEO --box x,y,w,h``: every check first, then the tracker, then the
     frames with a progress bar; the result files, run.json and the render in ``out``."""
@@ -371,13 +376,15 @@ def track_video_command(
             tracker = FrameTracker(
                 config, weights_given, executor, precision, device, color="rgb", seed=seed,
                 tolerance=tolerance, tune_seconds=tune_seconds, on_candidate=on_candidate,
+                settings=tracker_settings,
             )  # fmt: skip
             console.print(announcement)
             return tracker
 
         named = str(weights) if weights else f"random (seed {seed})"
         settings = {"config": config, "weights": named, "executor": executor,
-                    "device": str(torch_device)}  # fmt: skip
+                    "device": str(torch_device),
+                    "update_interval": tracker_settings.update_interval}  # fmt: skip
         run = track_video(
             opened, initial, out, make_tracker, frame_range, render, on_frame, settings
         )

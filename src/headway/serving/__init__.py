@@ -9,15 +9,16 @@ from headway.serving.config import (
     load_repository,
     write_example_repository,
 )
-from headway.serving.runtime import (
+from headway.serving.errors import (
     BadRequest,
     ModelFailure,
     ModelUnavailable,
     QueueFull,
     RequestTimeout,
     ServingError,
-    ServingRuntime,
+    TooManySessions,
 )
+from headway.serving.runtime import ServingRuntime
 
 __all__ = [
     "BadRequest",
@@ -30,6 +31,7 @@ __all__ = [
     "ServingError",
     "ServingRuntime",
     "TensorSpec",
+    "TooManySessions",
     "load_repository",
     "write_example_repository",
 ]

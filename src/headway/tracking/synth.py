@@ -216,15 +216,15 @@ def synthesize(
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> None:
-    """RGB ``frames`` as an MPEG-4 video at ``path`` (written beside it, then renamed)."""
+    """RGB ``frames`` as a video at ``path`` (written beside it, then renamed)."""
+    from headway.tracking.video import VideoFile
+
     height, width = frames[0].shape[:2]
-    partial = path.with_name(f".{path.stem}.partial.mp4")
-    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise InputError(f"{path}: OpenCV cannot write an mp4 video here")
+    video = VideoFile(path, fps, (width, height), "synthetic video")
     try:
         for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    partial.replace(path)
+            video.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    except BaseException:
+        video.abandon()
+        raise
+    video.finish()

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from headway.errors import InputError
-from headway.io import atomic_write_text, check_file_targets, locked_folder
+from headway.io import atomic_write_text, check_file_targets, locked_folder, read_json_file
 from headway.tracking.crop import check_frame_size, check_init_box, read_frame
 from headway.tracking.results import SequenceResult, result_file_names, write_sequence_result
 from headway.tracking.settings import STAGES
@@ -282,8 +282,7 @@ def _open_folder(path: Path) -> FolderSource:
     if not paths:
         raise InputError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     first = read_frame(paths[0])
-    info = SourceInfo("folder", str(path.resolve()), None, len(paths), first.shape[1])
-    info.height = first.shape[0]
+    info = SourceInfo("folder", str(path.resolve()), None, len(paths), *first.shape[1::-1])
     return FolderSource(paths, info)
 
 
@@ -312,12 +311,13 @@ def result_name(source: FrameSource) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "video"
 
 
-class Renderer:
-    """The annotated video: written to a hidden name beside the target and renamed when the
-    run ends, so a file at the target is always whole."""
+class VideoFile:
+    """A video written under a hidden name beside ``target`` and renamed by :meth:`finish`,
+    so a file at the target is always whole (:meth:`abandon` leaves nothing). The container
+    comes from the suffix (:data:`RENDER_CODECS`); frames are BGR, as OpenCV writes them."""
 
-    def __init__(self, target: Path, fps: float, size: tuple[int, int]) -> None:
-        check_render_target(target)
+    def __init__(self, target: Path, fps: float, size: tuple[int, int], what: str) -> None:
+        check_render_target(target, what)
         suffix = target.suffix.lower()
         target.parent.mkdir(parents=True, exist_ok=True)
         self.target = target
@@ -325,22 +325,11 @@ class Renderer:
         fourcc = cv2.VideoWriter_fourcc(*RENDER_CODECS[suffix])
         self.writer = cv2.VideoWriter(str(self.partial), fourcc, fps, size)
         if not self.writer.isOpened():
-            self.writer.release()
-            self.partial.unlink(missing_ok=True)
-            raise InputError(f"--render {target}: OpenCV cannot write this video here")
-        self.count = 0
+            self.abandon()
+            raise InputError(f"{what} {target}: OpenCV cannot write this video here")
 
-    def write(self, image: np.ndarray, box: list[float], score: float | None) -> None:
-        frame = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        x, y, w, h = (round(v) for v in box)
-        thickness = max(2, round(min(frame.shape[:2]) / 240))
-        cv2.rectangle(frame, (x, y), (x + w, y + h), (0, 255, 0), thickness)
-        label = "init" if score is None else f"{score:.2f}"
-        cv2.putText(
-            frame, label, (x, max(y - 6, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1
-        )
+    def write(self, frame: np.ndarray) -> None:
         self.writer.write(frame)
-        self.count += 1
 
     def finish(self) -> None:
         self.writer.release()
@@ -349,6 +338,24 @@ class Renderer:
     def abandon(self) -> None:
         self.writer.release()
         self.partial.unlink(missing_ok=True)
+
+
+class Renderer(VideoFile):
+    """The annotated video of a run: every frame with its box and score drawn."""
+
+    def __init__(self, target: Path, fps: float, size: tuple[int, int]) -> None:
+        super().__init__(target, fps, size, "--render")
+
+    def draw(self, image: np.ndarray, box: list[float], score: float | None) -> None:
+        frame = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        x, y, w, h = (round(v) for v in box)
+        thickness = max(2, round(min(frame.shape[:2]) / 240))
+        cv2.rectangle(frame, (x, y), (x + w, y + h), (0, 255, 0), thickness)
+        label = "init" if score is None else f"{score:.2f}"
+        cv2.putText(
+            frame, label, (x, max(y - 6, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1
+        )
+        self.write(frame)
 
 
 @dataclass
@@ -361,11 +368,12 @@ class VideoRun:
     source_indices: list[int]
     seconds: float
     complete: bool
+    frame_ms: list[float]  # wall ms of every tracked frame
+    stages: dict[str, list[float]]  # ms per stage per tracked frame
     stopped: str | None = None
     rendered: Path | None = None
     executor: str = "eager"
     notes: dict[str, object] = field(default_factory=dict)
-    frame_ms: list[float] = field(default_factory=list)  # wall ms of every tracked frame
 
     def median_ms(self) -> float:
         """Median ms of the tracked frames after the first (auto's one tuning frame is an
@@ -397,6 +405,8 @@ def track_video(
     tracker: object | None = None
     try:
         check_file_targets(out, ["run.json", f"{name}_scores.txt", *result_file_names(name)])
+        identity = _identity(source, frames, settings or {})
+        _check_earlier_run(out, identity)
         if render is not None:
             check_render_target(render)
         first = _seek_first(source, frames)
@@ -433,15 +443,50 @@ def track_video(
         source.close()
 
 
-def check_render_target(target: Path) -> None:
-    """One line for a render file headway cannot write: an unknown suffix, a folder there."""
+def _identity(
+    source: FrameSource, frames: FrameRange, settings: dict[str, object]
+) -> dict[str, object]:
+    """What makes two video runs the same run: the source, the frame range, the settings."""
+    info = source.info
+    return json.loads(
+        json.dumps(
+            {
+                "source": {"kind": info.kind, "location": info.location, "sha256": info.sha256},
+                "range": {"start": frames.start, "end": frames.end, "every": frames.every},
+                "settings": settings,
+            },
+            default=str,
+        )
+    )
+
+
+def _check_earlier_run(out: Path, identity: dict[str, object]) -> None:
+    """A folder holding another run (a dataset run, another source, range or settings) is
+    refused in one line; the same run is tracked again and replaced."""
+    path = out / "run.json"
+    if not path.exists():
+        return
+    record = read_json_file(path, "run record")
+    earlier = record.get("run") if record.get("kind") == "video" else None
+    if not isinstance(earlier, dict):
+        raise InputError(f"{out} holds a dataset run (its run.json); give another --out")
+    for key in identity:
+        if earlier.get(key) != identity[key]:
+            raise InputError(
+                f"{out} holds a video run with another {key} ({earlier.get(key)} there, "
+                f"{identity[key]} now); give another --out"
+            )
+
+
+def check_render_target(target: Path, what: str = "--render") -> None:
+    """One line for a video file headway cannot write: an unknown suffix, a folder there."""
     if target.suffix.lower() not in RENDER_CODECS:
         raise InputError(
-            f"--render {target}: use one of {', '.join(RENDER_CODECS)} (the container is chosen "
+            f"{what} {target}: use one of {', '.join(RENDER_CODECS)} (the container is chosen "
             "by the suffix)"
         )
     if target.is_dir():
-        raise InputError(f"--render {target} is a folder")
+        raise InputError(f"{what} {target} is a folder")
 
 
 def _seek_first(source: FrameSource, frames: FrameRange) -> np.ndarray:
@@ -474,7 +519,7 @@ def _frame_loop(
     frame_ms = [result.ms]
     stages = {name: [result.stages.get(name, 0.0)] for name in STAGES}
     if renderer is not None:
-        renderer.write(first, box, None)
+        renderer.draw(first, box, None)
     stopped: str | None = None
     index = frames.start
     last = time.perf_counter()
@@ -490,7 +535,6 @@ def _frame_loop(
             image = source.read()
             if image is None:
                 break
-            check_frame_size(image, first.shape, f"{source.info.location} frame {index}")
             result = tracker.update(image)  # type: ignore[attr-defined]
             boxes.append(list(result.box))
             scores.append(result.score)
@@ -499,7 +543,7 @@ def _frame_loop(
             for name in STAGES:
                 stages[name].append(result.stages.get(name, 0.0))
             if renderer is not None:
-                renderer.write(image, list(result.box), result.score)
+                renderer.draw(image, list(result.box), result.score)
             now = time.perf_counter()
             if on_frame is not None:
                 on_frame(len(boxes), 1.0 / max(now - last, 1e-9))
@@ -508,12 +552,11 @@ def _frame_loop(
     except KeyboardInterrupt:
         stopped = "interrupted (Ctrl-C)"
     except InputError as error:  # a frame of another size, a damaged image in a folder
-        stopped = str(error)
+        stopped = f"{source.info.location} frame {index}: {error}"
     seconds = time.perf_counter() - began
-    run = VideoRun("", np.asarray(boxes), scores, indices, seconds, stopped is None, stopped)
-    run.frame_ms = frame_ms
-    run.notes["stages"] = stages
-    return run
+    return VideoRun(
+        "", np.asarray(boxes), scores, indices, seconds, stopped is None, frame_ms, stages, stopped
+    )
 
 
 def _write_run(
@@ -524,18 +567,14 @@ def _write_run(
     settings: dict[str, object],
 ) -> None:
     """Times, stages and boxes (pytracking layout, boxes last), then run.json."""
-    frame_ms = run.frame_ms
-    stages = run.notes.pop("stages")
-    result = SequenceResult(
-        run.boxes,
-        np.asarray(frame_ms) / 1e3,
-        stages,  # type: ignore[arg-type]
-    )
+    result = SequenceResult(run.boxes, np.asarray(run.frame_ms) / 1e3, run.stages)
     write_sequence_result(out, run.name, result, "otb")
     pairs = zip(run.source_indices, run.scores, strict=True)
     scores = "".join(f"{index}\t{score:.4f}\n" for index, score in pairs)
     atomic_write_text(out / f"{run.name}_scores.txt", scores)
     record = {
+        "kind": "video",
+        "run": _identity(source, frames, settings),  # compared by a rerun into the folder
         "source": asdict(source.info),
         "frames": {
             "start": frames.start,

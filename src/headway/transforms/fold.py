@@ -52,8 +52,8 @@ def is_batch_norm(module: nn.Module) -> bool:
 def _remainder(norm: nn.Module) -> nn.Module | None:
     """What stays of ``norm`` once its affine map is in the convolution: nothing for a plain
     norm; timm's norm + activation (``BatchNormAct2d``, ``FrozenBatchNormAct2d``: norm, then
-    ``drop``, then ``act``) keeps
-    its drop and activation; None for any other forward of its own (it is left and named)."""
+    ``drop``, then ``act``) keeps its drop and activation; None for any other forward of its
+    own (it is left and named)."""
     forward = type(norm).forward
     if forward in _PLAIN_FORWARDS or type(norm).__name__ == "FrozenBatchNorm2d":
         return nn.Identity()
