@@ -189,3 +189,167 @@ def test_an_unwritable_cache_costs_only_the_cache(tmp_path, monkeypatch) -> None
     with torch.inference_mode():
         assert (fast(example) - model(example)).abs().max() <= 1e-4 * model(example).abs().max()
     assert not fast.report.cached
+
+
+def test_bad_example_output_and_probes_are_one_line() -> None:
+    with pytest.raises(InputError, match=r"cannot run on example_inputs \(torch.float32 \[1, 5"):
+        headway.accelerate(stand_in(7), torch.randn(1, 5, 8, 8))  # 5 channels, not 3
+
+    class Scalar(nn.Module):
+        def forward(self, x: torch.Tensor) -> float:
+            return float(x.sum())
+
+    with pytest.raises(InputError, match=r"must return tensors.*it returns float"):
+        headway.accelerate(Scalar(), torch.randn(1, 3))
+    with pytest.raises(InputError, match="probes must be a whole number"):
+        headway.accelerate(stand_in(7), torch.randn(1, 3, 8, 8), probes=1.5)  # type: ignore[arg-type]
+
+
+class Detector(nn.Module):
+    """A detection-style head: a dict of tensors and a tuple inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        y = self.conv(x)
+        return {"boxes": y[:, :2], "scores": (y[:, 2].sigmoid(), y[:, 3].amax((1, 2)))}
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime", "openvino"])
+def test_nested_outputs_keep_their_nesting_on_every_backend(backend: str) -> None:
+    from headway.acceleration import Accelerated
+    from headway.runtime.engines import engine_available
+    from headway.ways import Way
+
+    if backend != "eager" and not engine_available(backend):
+        pytest.skip(f"{backend} not installed")
+    torch.manual_seed(8)
+    model = Detector().eval()
+    example = torch.randn(2, 3, 9, 9)
+    fast = headway.accelerate(model, example, budget_s=5)
+    fast = Accelerated(fast.module, Way(("fold",), backend=backend), (example,), fast.report)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.inference_mode():
+        got, expected = fast(x), model(x)
+    assert set(got) == {"boxes", "scores"} and isinstance(got["scores"], tuple)
+    torch.testing.assert_close(got["boxes"], expected["boxes"], rtol=1e-4, atol=1e-5)
+    for g, e in zip(got["scores"], expected["scores"], strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_new_shapes_build_within_a_bound_and_fall_back_with_a_warning(monkeypatch) -> None:
+    import warnings
+
+    from headway import acceleration
+
+    monkeypatch.setattr(acceleration, "MAX_SHAPES", 2)
+    model = stand_in(9)
+    fast = headway.accelerate(model, torch.randn(1, 3, 12, 12), budget_s=8)
+
+    def check(x: torch.Tensor) -> None:
+        with torch.inference_mode():
+            expected = model(x)
+            got = fast(x)
+        assert (got.float() - expected.float()).abs().max() <= 1e-4 * expected.abs().max()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second shape is built, silently
+        check(torch.randn(3, 3, 14, 10))
+        check(torch.randn(3, 3, 14, 10))
+    with pytest.warns(UserWarning, match="beyond the 2 it builds for"):
+        check(torch.randn(2, 3, 20, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not at every call
+        check(torch.randn(2, 3, 20, 20))
+    with pytest.raises(RuntimeError, match="Double"):  # the module's own error, as it is
+        fast(torch.randn(1, 3, 12, 12, dtype=torch.float64))
+
+    relu = headway.accelerate(nn.Sequential(nn.ReLU()), torch.randn(2, 5), budget_s=3)
+    x = torch.randn(2, 5, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="another kind than the example's"):
+        got = relu(x)
+    assert got.dtype == torch.float64 and torch.equal(got, x.relu())
+
+
+def test_a_way_that_differs_on_a_new_shape_is_not_used_there() -> None:
+    model = stand_in(10)
+    example = torch.randn(1, 3, 12, 12)
+    fast = headway.accelerate(model, example, budget_s=8)
+    built = fast._run
+
+    def wrong_elsewhere(x: torch.Tensor) -> torch.Tensor:  # as a trace of a shape branch
+        return built(x) if x.shape == example.shape else built(x) + 1.0
+
+    object.__setattr__(fast, "_run", wrong_elsewhere)
+    x = torch.randn(2, 3, 12, 12)
+    with pytest.warns(UserWarning, match="differs from the module"):
+        got = fast(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(got, model(x))
+        torch.testing.assert_close(fast(x), model(x))  # remembered: the module runs it
+
+
+def test_whole_modules_on_onnxruntime_spin_and_stages_do_not() -> None:
+    from headway.runtime.engines import EngineModule, engine_available
+    from headway.ways import Way, module_runner
+
+    if not engine_available("onnxruntime"):
+        pytest.skip("onnxruntime not installed")
+    model, example = stand_in(11), torch.randn(1, 3, 8, 8)
+    run, _ = module_runner(Way(("fold",), backend="onnxruntime"), model, (example,))
+    stage = EngineModule("onnxruntime", model)
+
+    def spinning(engine: EngineModule) -> str:
+        session = engine.session_for(example)._session
+        return session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning"
+        )
+
+    assert spinning(run) == "1"  # type: ignore[arg-type]
+    assert spinning(stage) == "0"
+
+
+def test_the_tuning_loop_does_not_start_what_would_overrun_and_retimes_near_ties() -> None:
+    from headway.tuning import CandidateResult, Trial, choose_fastest, tune
+
+    speeds = {"ref": 10.0, "quick": 5.0, "slow-build": 1.0}
+    trial = Trial(
+        build=lambda name: name,
+        check=lambda name, built: ({"max_abs_diff": 0.0}, None),
+        time=lambda built: [speeds[built]],
+        cost=lambda name, spent: 1e6 if name == "slow-build" else 0.0,
+    )
+    plan, built = tune(
+        ["quick", "slow-build"], trial, "k", precision="fp32", tolerance=1e-4, budget_s=30,
+        reference="ref", use_cache=False,
+    )  # fmt: skip
+    results = {c.name: c for c in plan.candidates}
+    assert results["slow-build"].status == "skipped"
+    assert "would overrun the tuning budget" in results["slow-build"].reason
+    assert plan.chosen == built == "quick"
+
+    # a near-tie: both timed again; within 1% the one listed first is kept
+    calls = {"simple": 0, "engine": 0}
+
+    def timed(name: str, ms: float):
+        def run() -> list[float]:
+            calls[name] += 1
+            return [ms]
+
+        return run
+
+    results = {n: CandidateResult(n, "passed") for n in calls}
+    chosen = choose_fastest(
+        results, {"simple": timed("simple", 10.05), "engine": timed("engine", 10.0)}, 0.0
+    )
+    assert chosen == "simple" and calls["simple"] == calls["engine"] == 4
+    assert "near-tie with simple" in results["engine"].reason
+    results = {n: CandidateResult(n, "passed") for n in calls}
+    assert (
+        choose_fastest(
+            results, {"simple": timed("simple", 10.25), "engine": timed("engine", 10.0)}, 0.0
+        )
+        == "engine"
+    )

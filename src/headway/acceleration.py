@@ -15,14 +15,26 @@ module's own: the largest difference relative to the largest output value must b
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import logging
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
-from headway.errors import InputError
-from headway.runtime.deploy import max_difference, probe_inputs, reference_outputs
+from headway.errors import InputError, first_line
+from headway.runtime.deploy import (
+    max_difference,
+    output_scale,
+    output_tensors,
+    probe_inputs,
+    reference_outputs,
+)
 from headway.tuning import (
     DEFAULT_BUDGET_S,
     Trial,
@@ -37,7 +49,10 @@ from headway.ways import Way, module_runner, why_not
 
 # largest |Δ| relative to the largest |output| of the module itself
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
+MAX_SHAPES = 4  # input shapes a result builds its way for (an engine's graph is ~45 MB each)
+MAX_SIGNATURES = 64  # inputs remembered as the module's own to run
 REFERENCE = Way()  # plain@eager: the module as it is
+log = logging.getLogger(__name__)
 
 
 def candidate_ways(precision: str) -> list[Way]:
@@ -67,6 +82,11 @@ class Accelerated(nn.Module):
     - What the built way cannot follow is refused by name: moving or casting it (``.to``,
       ``.cuda``, ``.half``) and training mode. Accelerate the moved module instead.
     - ``parameters()`` is empty: the weights live in the built way, not in torch parameters.
+    - Outputs keep the module's nesting (tuples, lists, dicts of tensors) on every backend.
+    - New input shapes: the way builds for up to :data:`MAX_SHAPES` shapes (an engine exports
+      a graph, inductor compiles), each checked against the module on its first call. Other
+      dtypes or devices, shapes beyond that and a shape on which the way's answer differs run
+      the module itself, with a warning.
     """
 
     def __init__(
@@ -112,9 +132,62 @@ class Accelerated(nn.Module):
                 )
         object.__setattr__(self, "_run", built[0])
         object.__setattr__(self, "_held", built[1])
+        # input signature → what runs it: the way (checked on its first call), or the module
+        example_signature = _signature(self._example())
+        object.__setattr__(self, "_runs", {example_signature: built[0]})
+        object.__setattr__(self, "_runs_lock", threading.Lock())
+        object.__setattr__(self, "_warned_full", False)
 
     def forward(self, *args: torch.Tensor) -> Any:
-        return self._run(*args)
+        signature = _signature(args)
+        run = self._runs.get(signature)
+        if run is None:
+            return self._first_call(signature, args)
+        return run(*args)
+
+    def _first_call(self, signature: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
+        """Inputs of a new shape: the way builds for them (an engine exports and opens a
+        graph, inductor compiles) up to :data:`MAX_SHAPES` shapes, and its first answer is
+        checked against the module's; other dtypes or devices, shapes beyond the bound, and
+        answers that differ run the module itself, with a warning."""
+        with self._runs_lock:
+            if signature in self._runs:
+                return self._runs[signature](*args)
+            example = self._specs
+            same_kind = len(args) == len(example) and all(
+                isinstance(a, torch.Tensor) and (a.dtype, a.device) == (dtype, device)
+                for a, (_, dtype, device) in zip(args, example, strict=True)
+            )
+            shapes = sum(1 for run in self._runs.values() if run is self._run)
+            with torch.inference_mode():
+                expected = self._module(*args)
+            why = None
+            if not same_kind:
+                why = "inputs of another kind than the example's (dtype, device or count)"
+            elif shapes >= MAX_SHAPES:
+                why = f"a shape beyond the {MAX_SHAPES} it builds for"
+            else:
+                log.info("%s: building for a new input shape %s", self._way.name, signature)
+                with torch.inference_mode():
+                    got = self._run(*args)
+                references = [[o.float() for o in output_tensors(expected)]]
+                relative = max_difference(lambda *_: got, [args], references) / output_scale(
+                    references
+                )
+                if relative <= self.report.tolerance:
+                    self._runs[signature] = self._run
+                    return got
+                why = f"a new shape on which it differs from the module by {relative:.1e}"
+            if len(self._runs) < MAX_SIGNATURES:
+                self._runs[signature] = self._module
+            if not self._warned_full or shapes < MAX_SHAPES:
+                warnings.warn(
+                    f"headway.accelerate ({self._way.name}) runs the module itself (eager, "
+                    f"not accelerated) for {why}: {_describe(args)}",
+                    stacklevel=4,
+                )
+                object.__setattr__(self, "_warned_full", shapes >= MAX_SHAPES)
+            return expected
 
     # -- behaving like the module -------------------------------------------------------------
     @property
@@ -167,6 +240,33 @@ class Accelerated(nn.Module):
         return (_restore, (self._module, self._way, self._example(), self.report))
 
 
+def _check_outputs(value: Any) -> None:
+    """One line unless the module returns tensors: a tensor, or tuples, lists and dicts of
+    them (what every backend can return in the module's own nesting)."""
+    leaves = pytree.tree_leaves(value)
+    others = sorted({type(leaf).__name__ for leaf in leaves if not isinstance(leaf, torch.Tensor)})
+    if others or not leaves:
+        found = ", ".join(others) if others else "nothing"
+        raise InputError(
+            "the module must return tensors (a tensor, or tuples, lists and dicts of them) "
+            f"to be accelerated; it returns {found}"
+        )
+
+
+def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(
+        (tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else type(a)
+        for a in args
+    )
+
+
+def _describe(args: Sequence[Any]) -> str:
+    return ", ".join(
+        f"{a.dtype} {list(a.shape)} on {a.device}" if isinstance(a, torch.Tensor) else repr(a)
+        for a in args
+    )
+
+
 def _restore(
     module: nn.Module, way: Way, example: tuple[torch.Tensor, ...], report: TuningPlan
 ) -> Accelerated:
@@ -174,10 +274,17 @@ def _restore(
     return Accelerated(module, way, example, report)
 
 
+# priors of a first build, before one of its backend was measured in the same tuning
+# (seconds, per module in the module's tree; measured here on torchvision/timm models)
+BUILD_S_PER_MODULE = {"inductor": 0.15, "openvino": 0.02, "onnxruntime": 0.02}
+TIMED_BLOCK_S = 0.1  # one timing pass is at least this long (at least 3 calls)
+
+
 class _ModuleTrial:
     """accelerate's side of :func:`headway.tuning.tune`: every way runs the module on the
     example and on ``probes`` fresh inputs like it; its largest |Δ| to the module's own
-    outputs, relative to their largest value, must be within ``limit``."""
+    outputs, relative to their largest value, must be within ``limit``. A timing pass is as
+    many calls as fill :data:`TIMED_BLOCK_S` on the module itself (at least 3)."""
 
     def __init__(
         self, module: nn.Module, example: tuple[torch.Tensor, ...], probes: int, limit: float
@@ -185,9 +292,24 @@ class _ModuleTrial:
         self.module, self.example, self.limit = module, example, limit
         self.ways = {way.name: way for way in candidate_ways("bf16")}
         self.inputs = [example, *(probe_inputs(example, seed) for seed in range(probes))]
+        began = time.perf_counter()
         with torch.inference_mode():
-            self.references = reference_outputs(module, self.inputs)
+            try:
+                first = module(*example)
+            except Exception as error:  # a shape, dtype or count the module does not take
+                raise InputError(
+                    f"the module cannot run on example_inputs ({_describe(example)}): "
+                    f"{first_line(error)}"
+                ) from None
+            _check_outputs(first)
+            self.references = [
+                [o.float() for o in output_tensors(first)],
+                *reference_outputs(module, self.inputs[1:]),
+            ]
+        self.call_s = (time.perf_counter() - began) / len(self.inputs)
+        self.calls = min(50, max(3, math.ceil(TIMED_BLOCK_S / max(self.call_s, 1e-6))))
         self.scale = max(float(o.abs().max()) for ref in self.references for o in ref) or 1.0
+        self.size = sum(1 for _ in module.modules())
 
     def build(self, name: str) -> tuple[Callable[..., Any], nn.Module]:
         return module_runner(self.ways[name], self.module, self.example)
@@ -201,10 +323,20 @@ class _ModuleTrial:
         return {"max_abs_diff": relative}, rejected
 
     def time(self, built: tuple[Callable[..., Any], nn.Module]) -> list[float]:
-        return call_ms(built[0], self.example, calls=3)
+        return call_ms(built[0], self.example, calls=self.calls)
 
     def skip(self, name: str) -> str | None:
         return why_not(self.ways[name], self.example[0].device)
+
+    def cost(self, name: str, spent: Mapping[str, float]) -> float:
+        """Seconds to build and check ``name`` (what the same backend took in this tuning,
+        else a prior by the module's size) and to time it for the 2 rounds every timed
+        candidate gets."""
+        backend = self.ways[name].backend
+        same = [s for n, s in spent.items() if n in self.ways and self.ways[n].backend == backend]
+        checking = 2 * len(self.inputs) * self.call_s
+        build = max(same) if same else BUILD_S_PER_MODULE.get(backend, 0.0) * self.size + checking
+        return build + 2 * self.calls * self.call_s
 
 
 def accelerate(
@@ -226,13 +358,15 @@ def accelerate(
         tolerance: largest output difference allowed, relative to the largest output value
             (default 1e-4 fp32, 5e-2 bf16).
         precision: ``fp32``, or ``bf16`` to admit bf16 candidates too.
-        budget_s: seconds for building, checking and timing (a compile already started ends).
+        budget_s: seconds for building, checking and timing. A candidate expected to overrun
+            what is left (what its backend took already, else a prior by the module's size)
+            is not started, and near-ties get more timings rather than a coin toss.
         probes: fresh inputs each candidate is checked on besides ``example_inputs``.
         use_cache: reuse the plan of an earlier call on the same weights, shapes and machine.
     """
     check_tuning_options(precision, tolerance, budget_s)
-    if probes < 0:
-        raise InputError(f"probes must be ≥ 0, got {probes}")
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+        raise InputError(f"probes must be a whole number ≥ 0, got {probes!r}")
     single = isinstance(example_inputs, torch.Tensor)
     example = (example_inputs,) if single else tuple(example_inputs)  # type: ignore[arg-type]
     if not example or not all(isinstance(a, torch.Tensor) for a in example):
@@ -246,7 +380,7 @@ def accelerate(
     trial = _ModuleTrial(module, example, probes, limit)
     plan, (run, held) = tune(
         [way.name for way in candidate_ways(precision)],
-        Trial(trial.build, trial.check, trial.time, trial.skip),
+        Trial(trial.build, trial.check, trial.time, trial.skip, cost=trial.cost),
         plan_key(key),
         precision=precision,
         tolerance=limit,

@@ -220,16 +220,16 @@ def save_plan(plan: TuningPlan) -> Path:
     return path
 
 
-def time_interleaved(
+def interleaved_samples(
     runs: Mapping[str, Callable[[], list[float]]],
     budget_s: float,
     min_rounds: int = 2,
     max_rounds: int | None = 6,
-) -> dict[str, float]:
-    """The one interleaved timer: median per name, where each round calls every
-    ``runs[name]()`` once (it returns the times of the frames, calls or blocks it timed), in
-    alternating order so a drift of the machine's speed hits all alike; rounds go on while
-    the budget lasts (at least ``min_rounds``, at most ``max_rounds``)."""
+) -> dict[str, list[float]]:
+    """The one interleaved timer: each round calls every ``runs[name]()`` once (it returns
+    the times of the frames, calls or blocks it timed), in alternating order so a drift of the
+    machine's speed hits all alike; rounds go on while the budget lasts (at least
+    ``min_rounds``, at most ``max_rounds``). Returns every name's times."""
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
     began = time.perf_counter()
@@ -240,6 +240,17 @@ def time_interleaved(
         for name in names if round_index % 2 == 0 else names[::-1]:
             samples[name] += runs[name]()
         round_index += 1
+    return samples
+
+
+def time_interleaved(
+    runs: Mapping[str, Callable[[], list[float]]],
+    budget_s: float,
+    min_rounds: int = 2,
+    max_rounds: int | None = 6,
+) -> dict[str, float]:
+    """The median per name of :func:`interleaved_samples`."""
+    samples = interleaved_samples(runs, budget_s, min_rounds, max_rounds)
     return {name: float(np.median(values)) for name, values in samples.items()}
 
 
@@ -276,17 +287,43 @@ def call_ms(run: Callable[..., Any], args: Sequence[Any], calls: int = 3) -> lis
     return times
 
 
+NEAR_TIE = 0.03  # the two fastest this close (relative) are timed again, just the two
+TIE = 0.01  # still this close after that: the one listed first (the simpler way) is kept
+
+
 def choose_fastest(
     results: Mapping[str, CandidateResult],
     runs: Mapping[str, Callable[[], list[float]]],
     budget_s: float,
 ) -> str:
-    """Time the candidates that passed their check (``runs``) interleaved within ``budget_s``,
-    record each median in ``results``, mark the fastest ``chosen`` and return its name."""
-    medians = time_interleaved(runs, budget_s)
+    """Time the candidates that passed their check (``runs``, in the order they were listed)
+    interleaved within ``budget_s``, record each median in ``results``, mark the fastest
+    ``chosen`` and return its name.
+
+    A near-tie (the two fastest within :data:`NEAR_TIE`) is not left to a few calls' noise:
+    the two are timed again, alone, for up to 6 more rounds (at least 2, within what is left
+    of the budget), and decided on all their times; within :data:`TIE` after that, the one
+    listed first is kept and the other says why."""
+    began = time.perf_counter()
+    samples = interleaved_samples(runs, budget_s)
+    medians = {name: float(np.median(values)) for name, values in samples.items()}
+    chosen = min(medians, key=medians.__getitem__)
+    runner_up = min((n for n in medians if n != chosen), key=medians.__getitem__, default=None)
+    if runner_up is not None and medians[runner_up] <= medians[chosen] * (1 + NEAR_TIE):
+        first, second = (name for name in runs if name in (chosen, runner_up))  # listed order
+        left = max(budget_s - (time.perf_counter() - began), 0.0)
+        more = interleaved_samples({first: runs[first], second: runs[second]}, left)
+        for name in (first, second):
+            samples[name] += more[name]
+            medians[name] = float(np.median(samples[name]))
+        chosen = second if medians[second] < medians[first] * (1 - TIE) else first
+        other = second if chosen == first else first
+        gap = 100 * (medians[other] / medians[chosen] - 1)
+        results[
+            other
+        ].reason = f"a near-tie with {chosen}: {gap:+.1f}% on {len(samples[other])} timings"
     for name, median in medians.items():
         results[name].median_ms = median
-    chosen = min(medians, key=medians.__getitem__)
     results[chosen].status = "chosen"
     return chosen
 
@@ -303,7 +340,10 @@ class Trial(Generic[Built]):
       it is rejected, or None when it is within tolerance (raises when it cannot run);
     - ``time(built)``: one timing pass, in milliseconds per call or frame;
     - ``skip(name)``: why it is not a candidate here, or None;
-    - ``close(built)``: release what it holds (threads, processes) when it is not chosen.
+    - ``close(built)``: release what it holds (threads, processes) when it is not chosen;
+    - ``cost(name, spent)``: the seconds it is expected to take to build, check and time,
+      given what the candidates tried so far took (``spent``: name → seconds), or None when
+      it cannot say; a candidate that would overrun the budget is not started.
     """
 
     build: Callable[[str], Built]
@@ -311,6 +351,7 @@ class Trial(Generic[Built]):
     time: Callable[[Built], list[float]]
     skip: Callable[[str], str | None] = lambda name: None
     close: Callable[[Built], None] = lambda built: None
+    cost: Callable[[str, Mapping[str, float]], float | None] = lambda name, spent: None
 
 
 def tune(
@@ -329,7 +370,9 @@ def tune(
     """The one tuning loop: the plan cached under ``key`` (its choice built), or each
     candidate in turn skipped, built, checked (``reference`` first: a failure there is raised),
     then those within tolerance timed interleaved within what is left of ``budget_s``; the
-    fastest is chosen, the others closed, and the plan cached."""
+    fastest is chosen, the others closed, and the plan cached. A candidate is not started
+    once the budget is spent, or when the trial expects it to overrun what is left (a build
+    already started cannot be stopped)."""
     if use_cache:
         cached = load_plan(key, candidates.__contains__)
         if cached is not None:
@@ -347,10 +390,16 @@ def tune(
     began = time.perf_counter()
     results: dict[str, CandidateResult] = {}
     kept: dict[str, Built] = {}
+    spent: dict[str, float] = {}
     for name in dict.fromkeys([reference, *candidates]):
         reason = trial.skip(name) if name != reference else None
-        if reason is None and time.perf_counter() - began > budget_s:
+        elapsed = time.perf_counter() - began
+        if reason is None and name != reference and elapsed > budget_s:
             reason = "tuning budget spent"
+        if reason is None and name != reference:
+            expected = trial.cost(name, spent)
+            if expected is not None and elapsed + expected > budget_s:
+                reason = f"would overrun the tuning budget (about {expected:.0f} s)"
         if reason is not None:
             results[name] = CandidateResult(name, "skipped", reason)
             continue
@@ -362,13 +411,15 @@ def tune(
             built = trial.build(name)
             numbers, rejected = trial.check(name, built)
         except Exception as error:  # engines, compilers and the runner fail in many ways
+            spent[name] = time.perf_counter() - started
             if built is not None:
                 trial.close(built)
             if name == reference:
                 raise
             results[name] = CandidateResult(name, "failed", first_line(error))
             continue
-        result = CandidateResult(name, "passed", build_s=time.perf_counter() - started)
+        spent[name] = time.perf_counter() - started
+        result = CandidateResult(name, "passed", build_s=spent[name])
         for field_name, value in numbers.items():
             setattr(result, field_name, value)
         if rejected is not None:

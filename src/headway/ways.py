@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from headway.runtime.engines import (
@@ -274,15 +275,27 @@ def module_runner(
     and autocast as the way says. Returns the callable and the rewritten module it holds.
     Engines export and open now when ``example`` is given (else on the first call). For the
     torch backends eager and inductor, and the engines; the tracker's stage builders add the
-    others."""
+    others. A whole module is called on its own, so ONNX Runtime's threads spin-wait between
+    calls (:func:`~headway.runtime.engines.open_onnxruntime`)."""
     rewritten = apply_rewrites(way, module)
     rewritten = (copy.deepcopy(module) if rewritten is module else rewritten).eval()
     if way.engine is not None:
         require_engine(way.engine)
-        engine = EngineModule(way.engine, rewritten)
-        if example is not None:
-            engine.session_for(*example)
-        return engine, rewritten
+        engine = EngineModule(way.engine, rewritten, spinning=True)
+        if example is None:
+            return engine, rewritten
+        engine.session_for(*example)
+        with torch.inference_mode():  # an engine returns a flat list: the module's nesting back
+            structure = pytree.tree_structure(rewritten(*example))
+        if structure.is_leaf():
+            return engine, rewritten
+
+        def nested(*args: torch.Tensor) -> Any:
+            outputs = engine(*args)
+            flat = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+            return pytree.tree_unflatten(flat, structure)
+
+        return nested, rewritten
     if way.backend not in ("eager", "inductor"):
         raise ValueError(f"{way.name}: a module runs on eager, inductor or an engine")
     target: Callable[..., Any] = rewritten

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from headway.errors import InputError, first_line
@@ -92,9 +93,11 @@ def probe_inputs(example: tuple[torch.Tensor, ...], seed: int) -> tuple[torch.Te
 
 
 def output_tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of an output, in order: a tensor, or any nesting of tuples, lists and
+    dicts of them (a detection model's dict of boxes and scores)."""
     if isinstance(value, torch.Tensor):
         return [value]
-    return [v for v in value if isinstance(v, torch.Tensor)]
+    return [v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor)]
 
 
 def reference_outputs(

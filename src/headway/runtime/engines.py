@@ -197,18 +197,26 @@ def _opened(path: Path, open_graph: Callable[[], Any]) -> Any:
         raise InputError(f"the engine cannot open {path}: {first_line(error)}") from None
 
 
-def open_onnxruntime(path: Path, threads: int | None = None) -> Any:
+def open_onnxruntime(path: Path, threads: int | None = None, spinning: bool = False) -> Any:
     """The one place headway opens an ONNX Runtime session: the CPU provider, ``threads``
-    intra-op threads (default: torch's), one inter-op thread, and no spin-waiting after a run
-    (torch's own operators run between engine calls and a spinning pool would take their cores:
-    measured +14 ms per frame in the tracker). One line naming the file when it cannot."""
+    intra-op threads (default: torch's) and one inter-op thread. Spin-waiting after a run is
+    the workload's choice (``spinning``):
+
+    - off for a stage among others (the tracker's stages, the multi-model runtime's jobs, the
+      server's models): torch's own operators or other sessions run between the calls, and a
+      spinning pool takes their cores (measured +14 ms per frame in the tracker);
+    - on for a whole model called on its own (``accelerate``, ``export``): the next call finds
+      its threads awake (measured 22-24% faster at batch 1 on torchvision and timm models,
+      ``benchmarks/accelerate_peers.py``).
+
+    One line naming the file when it cannot open it."""
     require_engine("onnxruntime")
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return _opened(
         path,
         lambda: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]),
@@ -250,27 +258,32 @@ def open_engine(
     threads: int | None = None,
     streams: int | None = None,
     hint: str | None = None,
+    spinning: bool = False,
 ) -> Any:
     """The graph at ``path`` opened by ``engine`` (an ONNX Runtime session or an OpenVINO
-    compiled model) through its family's one opener."""
+    compiled model) through its family's one opener (``spinning``: ONNX Runtime's threads
+    spin-wait after a run, for a whole model called on its own)."""
     check_engine_name(engine)
     row = ENGINE_TABLE[engine]
     if row.family == "onnxruntime":
-        return open_onnxruntime(path, threads)
+        return open_onnxruntime(path, threads, spinning)
     return compile_openvino(path, row.precision, threads, streams, hint)
 
 
 class EngineSession:
     """One exported graph opened by an engine; called with torch tensors, returns a list of
     torch tensors (CPU). Safe to call from several threads at once (the multi-model runtime's
-    workers): ONNX Runtime sessions are, and each thread gets its own OpenVINO infer request."""
+    workers): ONNX Runtime sessions are, and each thread gets its own OpenVINO infer request.
+    ``spinning``: see :func:`open_onnxruntime`."""
 
-    def __init__(self, engine: str, onnx_path: Path, threads: int | None = None) -> None:
+    def __init__(
+        self, engine: str, onnx_path: Path, threads: int | None = None, spinning: bool = False
+    ) -> None:
         require_engine(engine)
         self.engine = engine
         threads = threads or torch.get_num_threads()
         if ENGINE_TABLE[engine].family == "onnxruntime":
-            self._session = open_engine(engine, onnx_path, threads)
+            self._session = open_engine(engine, onnx_path, threads, spinning=spinning)
             self._inputs = [i.name for i in self._session.get_inputs()]
             self._run: Callable[[list[Any]], list[Any]] = self._run_onnxruntime
         else:
@@ -297,7 +310,9 @@ class EngineSession:
 class EngineModule(nn.Module):
     """A module run by an engine: the same call as ``module`` (for the input shapes it was
     compiled for; other shapes are exported on first use and cached), single outputs
-    unwrapped. Usable wherever the module was, e.g. as a job of the multi-model runtime."""
+    unwrapped. Usable wherever the module was, e.g. as a job of the multi-model runtime.
+    ``spinning`` (ONNX Runtime): for a whole model called on its own, see
+    :func:`open_onnxruntime`."""
 
     def __init__(
         self,
@@ -305,10 +320,12 @@ class EngineModule(nn.Module):
         module: nn.Module,
         cache_dir: Path | None = None,
         threads: int | None = None,
+        spinning: bool = False,
     ) -> None:
         super().__init__()
         require_engine(engine)
         self.engine, self.cache_dir, self.threads = engine, cache_dir, threads
+        self.spinning = spinning
         self.source = module.eval()
         self._sessions: dict[tuple[tuple[int, ...], ...], EngineSession] = {}
         self._lock = threading.Lock()
@@ -318,7 +335,7 @@ class EngineModule(nn.Module):
         with self._lock:  # two workers meeting a new shape export it once
             if key not in self._sessions:
                 path = export_onnx(self.source, args, self.cache_dir)
-                self._sessions[key] = EngineSession(self.engine, path, self.threads)
+                self._sessions[key] = EngineSession(self.engine, path, self.threads, self.spinning)
             return self._sessions[key]
 
     def forward(self, *args: torch.Tensor) -> Any:
@@ -332,6 +349,7 @@ def compile_module(
     example: Sequence[torch.Tensor] | torch.Tensor,
     cache_dir: Path | None = None,
     threads: int | None = None,
+    spinning: bool = False,
 ) -> EngineModule:
     """``module`` run by ``engine``, exported and opened now for inputs shaped like
     ``example`` (so the first real call is not the slow one).
@@ -343,8 +361,10 @@ def compile_module(
         example: one input tensor or a sequence of them.
         cache_dir: where exported graphs are kept (default :func:`default_cache_dir`).
         threads: the engine's intra-op threads (default: torch's).
+        spinning: ONNX Runtime's threads spin-wait after a run (a whole model called on its
+            own; not for stages among others, see :func:`open_onnxruntime`).
     """
     args = (example,) if isinstance(example, torch.Tensor) else tuple(example)
-    engine_module = EngineModule(engine, module, cache_dir, threads)
+    engine_module = EngineModule(engine, module, cache_dir, threads, spinning)
     engine_module.session_for(*args)
     return engine_module
