@@ -353,3 +353,66 @@ def test_the_tuning_loop_does_not_start_what_would_overrun_and_retimes_near_ties
         )
         == "engine"
     )
+
+
+class Branching(nn.Module):
+    """Control flow on the input's values: a trace keeps only the branch it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y * 2 if x.mean() > 0 else -y
+
+
+def test_a_traced_branch_is_rejected_and_the_choice_is_right_on_both_branches() -> None:
+    import warnings
+
+    from headway.runtime.engines import engine_available
+
+    torch.manual_seed(12)
+    model = Branching().eval()
+    example = torch.randn(1, 3, 8, 8).abs()  # the positive branch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = headway.accelerate(model, example, budget_s=20)
+    status = {c.name: c.status for c in fast.report.candidates}
+    for engine in ("onnxruntime", "openvino"):
+        if engine_available(engine):
+            assert status[f"fold@{engine}"] == "rejected"
+    for x in (example + 0.1, -example - 0.1):
+        with torch.inference_mode():
+            torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_budget_too_small_for_any_candidate_keeps_the_module_and_says_so() -> None:
+    fast = headway.accelerate(stand_in(13), torch.randn(1, 3, 8, 8), budget_s=1e-6)
+    assert fast.report.chosen == "plain@eager"
+    assert fast.report.skipped()[0].startswith("tuning budget spent: fold@eager")
+
+
+class InPlace(nn.Module):
+    """Writes into its input, as some preprocessing layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2.0)
+        return self.conv(x)
+
+
+def test_a_module_that_writes_into_its_input_is_checked_on_the_real_inputs() -> None:
+    torch.manual_seed(14)
+    model = InPlace().eval()
+    example = torch.randn(1, 3, 8, 8)
+    kept = example.clone()
+    fast = headway.accelerate(model, example, budget_s=8)
+    assert torch.equal(example, kept)  # the caller's example is as it was
+    assert fast.report.candidates[0].status in ("chosen", "passed")  # not rejected vs itself
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x.clone()), model(x.clone()), rtol=1e-4, atol=1e-5)

@@ -173,7 +173,8 @@ def _devkit_trackingnet(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
         right = min(p[0] + p[2] - 1, g[0] + g[2] - 1)
         bottom = min(p[1] + p[3] - 1, g[1] + g[3] - 1)
         inter = max(0.0, right - left + 1) * max(0.0, bottom - top + 1)
-        iou = inter / (p[2] * p[3] + g[2] * g[3] - inter)
+        with np.errstate(divide="ignore", invalid="ignore"):  # numpy's 0/0: NaN, as pandas
+            iou = np.float64(inter) / (p[2] * p[3] + g[2] * g[3] - inter)
         dx = (p[0] + (p[2] + 1) / 2) - (g[0] + (g[2] + 1) / 2)
         dy = (p[1] + (p[3] + 1) / 2) - (g[1] + (g[3] + 1) / 2)
         success += iou >= iou_t
@@ -199,6 +200,64 @@ def test_trackingnet_equals_the_devkit_rule() -> None:
     ).scores
     for key in ("AUC", "P", "Pnorm"):
         assert abs(ours[key] - np.mean([e[key] for e in expected])) < TOLERANCE
+
+
+def with_negative_sizes(pred: np.ndarray, seed: int) -> np.ndarray:
+    """``pred`` with a negative width or height (or both) on about one row in five."""
+    rng = np.random.default_rng(seed)
+    pred = pred.copy()
+    rows = np.flatnonzero(rng.random(len(pred)) < 0.2)
+    rows = rows[rows > 0]
+    pred[rows, 2 + rng.integers(0, 2, len(rows))] *= -1
+    pred[rows[::3], 2:] = -np.abs(pred[rows[::3], 2:])
+    return pred
+
+
+def test_negative_size_rows_equal_the_official_tools(tmp_path: Path) -> None:
+    from got10k.experiments.otb import ExperimentOTB
+
+    sequences = [
+        (gt, with_negative_sizes(pred, i), cover)
+        for i, (gt, pred, cover) in enumerate(random_sequences(5))
+    ]
+    assert sum(int((pred[:, 2:] < 0).any(axis=1).sum()) for _, pred, _ in sequences) > 10
+    truth = {f"s{i}": gt for i, (gt, _, _) in enumerate(sequences)}
+    results = {f"s{i}": pred for i, (_, pred, _) in enumerate(sequences)}
+
+    # OTB: got10k's rect_iou and center_error on the rows as they are, ExperimentOTB's curves
+    experiment = types.SimpleNamespace(nbins_iou=21, nbins_ce=51)
+    success, precision = [], []
+    for gt, pred, _ in sequences:
+        boxes = pred.copy()
+        boxes[0] = gt[0]
+        ious = got10k_metrics.rect_iou(boxes.copy(), gt.copy())
+        errors = got10k_metrics.center_error(boxes, gt)
+        curves = ExperimentOTB._calc_curves(experiment, ious, errors)
+        success.append(curves[0])
+        precision.append(curves[1])
+    ours = evaluate(results, truth, convention="otb", dataset="otb").scores
+    assert abs(ours["AUC"] - 100 * np.mean(np.mean(success, axis=0))) < TOLERANCE
+    assert abs(ours["P"] - 100 * np.mean(precision, axis=0)[20]) < TOLERANCE
+
+    # TrackingNet: the devkit's rule on the rows as they are
+    expected = [_devkit_trackingnet(pred, gt) for gt, pred, _ in sequences]
+    ours = evaluate(results, truth, convention="trackingnet", dataset="trackingnet").scores
+    for key in ("AUC", "P", "Pnorm"):
+        assert abs(ours[key] - np.mean([e[key] for e in expected])) < TOLERANCE
+
+    # GOT-10k: the toolkit's report on the exported run
+    predictions = {
+        name: with_negative_sizes(pred, i)
+        for i, (name, pred) in enumerate(fake_got10k_val(tmp_path, seed=6).items())
+    }
+    run = tmp_path / "results" / "GOT-10k" / "neg_run"
+    write_run(run, predictions, "got10k")
+    export_results(run, tmp_path / "results" / "GOT-10k" / "neg", "got10k")
+    official = got10k_report(tmp_path, tmp_path / "results", "neg")
+    split = load_dataset(tmp_path / "GOT-10k", "got10k", "val")
+    ours = evaluate_run(run, split, "got10k").scores
+    assert abs(ours["AO"] - 100 * official["ao"]) < TOLERANCE
+    assert abs(ours["SR0.50"] - 100 * official["sr"]) < TOLERANCE
 
 
 def test_update_intervals_follow_the_official_table() -> None:

@@ -295,7 +295,7 @@ class _ModuleTrial:
         began = time.perf_counter()
         with torch.inference_mode():
             try:
-                first = module(*example)
+                first = module(*(a.clone() for a in example))
             except Exception as error:  # a shape, dtype or count the module does not take
                 raise InputError(
                     f"the module cannot run on example_inputs ({_describe(example)}): "
@@ -307,6 +307,16 @@ class _ModuleTrial:
                 *reference_outputs(module, self.inputs[1:]),
             ]
         self.call_s = (time.perf_counter() - began) / len(self.inputs)
+        if probes:  # values of the other sign: a traced graph that fixed a branch differs there
+            flipped = tuple(-a if a.is_floating_point() else a for a in example)
+            try:
+                with torch.inference_mode():
+                    expected = reference_outputs(module, [flipped])[0]
+            except Exception:  # inputs the module does not take: no such probe
+                expected = []
+            if expected and all(bool(torch.isfinite(o).all()) for o in expected):
+                self.inputs.append(flipped)
+                self.references.append(expected)
         self.calls = min(50, max(3, math.ceil(TIMED_BLOCK_S / max(self.call_s, 1e-6))))
         self.scale = max(float(o.abs().max()) for ref in self.references for o in ref) or 1.0
         self.size = sum(1 for _ in module.modules())
@@ -361,7 +371,9 @@ def accelerate(
         budget_s: seconds for building, checking and timing. A candidate expected to overrun
             what is left (what its backend took already, else a prior by the module's size)
             is not started, and near-ties get more timings rather than a coin toss.
-        probes: fresh inputs each candidate is checked on besides ``example_inputs``.
+        probes: fresh inputs each candidate is checked on besides ``example_inputs`` (with any,
+            also the example negated, where the module's answers to it are finite: a traced
+            graph that fixed the branch of an ``if`` on values fails there).
         use_cache: reuse the plan of an earlier call on the same weights, shapes and machine.
     """
     check_tuning_options(precision, tolerance, budget_s)
@@ -371,6 +383,7 @@ def accelerate(
     example = (example_inputs,) if single else tuple(example_inputs)  # type: ignore[arg-type]
     if not example or not all(isinstance(a, torch.Tensor) for a in example):
         raise InputError("example_inputs must be a tensor or a sequence of tensors")
+    example = tuple(a.detach().clone() for a in example)  # the caller's stay as they are
     limit = tolerance if tolerance is not None else TOLERANCE[precision]
     if not isinstance(module, nn.Module):
         raise InputError(f"module must be a torch.nn.Module, got {type(module).__name__}")

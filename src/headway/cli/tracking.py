@@ -532,7 +532,7 @@ def eval_command(
         for note in result.notes[:5]:  # the convention's rule for boxes that are not boxes
             console.print(f"  {shown(label)}: {note}", markup=False)
         if len(result.notes) > 5:
-            console.print(f"  … and {len(result.notes) - 5} more sequences (metrics.json 'notes')")
+            console.print(f"  … and {len(result.notes) - 5} more notes (metrics.json 'notes')")
     written = plot_curves(results, plots or runs[0])
     console.print(
         "metrics.json written to each run folder; plots: " + ", ".join(map(shown, written))

@@ -104,8 +104,13 @@ def reference_outputs(
     run: Callable[..., Any], inputs: Sequence[tuple[torch.Tensor, ...]]
 ) -> list[list[torch.Tensor]]:
     """``run``'s outputs on each of ``inputs``, as fp32 tensors (the reference a fast path is
-    held to; the caller picks the grad mode)."""
-    return [[o.float() for o in output_tensors(run(*args))] for args in inputs]
+    held to; the caller picks the grad mode). Each call gets copies of the inputs, so a model
+    that writes into its input changes neither the caller's tensors nor the next check."""
+    return [[o.float() for o in output_tensors(run(*_copies(args)))] for args in inputs]
+
+
+def _copies(args: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def max_difference(
@@ -118,7 +123,7 @@ def max_difference(
     mode)."""
     diff = 0.0
     for args, expected in zip(inputs, references, strict=True):
-        got = output_tensors(run(*args))
+        got = output_tensors(run(*_copies(args)))
         for g, e in zip(got, expected, strict=True):
             diff = max(diff, float((g.float() - e).abs().max()))
     return diff

@@ -88,8 +88,8 @@ def iou_inclusive(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     br = np.minimum(pred[:, :2] + pred[:, 2:] - 1, gt[:, :2] + gt[:, 2:] - 1)
     inter = np.clip(br - tl + 1, 0, None).prod(axis=1)
     union = pred[:, 2:].prod(axis=1) + gt[:, 2:].prod(axis=1) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a union of 0 is 0/0 there: NaN
+        return np.where(union != 0, inter / union, -1.0)
 
 
 def iou_continuous(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -123,22 +123,22 @@ def centers(boxes: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-# What each convention's official tool does with result boxes that are not boxes:
-# (zero width or height, NaN in a row or a negative width or height). "carry": the previous
+# What each convention's official tool does with result boxes that are not boxes, per kind:
+# (zero width or height, NaN in a row, a negative width or height). "carry": the previous
 # frame's box (pytracking; the OTB and LaSOT MATLAB toolkits); "score": scored as it is, IoU 0
-# (got10k's toolkit for OTB and GOT-10k, the TrackingNet devkit); "refuse": an error
-# (pytracking); "fail": never a success (got10k's OTB experiment, the TrackingNet devkit);
-# "nan": NaN IoU, so AO is NaN (the GOT-10k report).
+# and the centre from its numbers (got10k's toolkit for OTB and GOT-10k, the TrackingNet
+# devkit); "refuse": an error (pytracking); "fail": never a success (got10k's OTB experiment,
+# the TrackingNet devkit); "nan": NaN IoU, so AO is NaN (the GOT-10k report).
 RESULT_RULES = {
-    "pytracking": ("carry", "refuse"),
-    "otb": ("score", "fail"),
-    "lasot": ("carry", "carry"),
-    "trackingnet": ("score", "fail"),
-    "got10k": ("score", "nan"),
+    "pytracking": ("carry", "refuse", "refuse"),
+    "otb": ("score", "fail", "score"),
+    "lasot": ("carry", "carry", "carry"),
+    "trackingnet": ("score", "fail", "score"),
+    "got10k": ("score", "nan", "score"),
 }
 _RULE_WORDS = {
     "carry": "replaced by the previous frame's box",
-    "score": "scored as they are (IoU 0)",
+    "score": "scored as they are (IoU 0, the centre from their numbers)",
     "fail": "counted as failures",
     "nan": "NaN IoU (so AO is NaN, as in the official report)",
 }
@@ -161,34 +161,40 @@ def prepare_prediction(
     convention: str = "pytracking",
 ) -> Prediction:
     """pytracking's order, with ``convention``'s rules for boxes that are not boxes (see
-    :data:`RESULT_RULES`): NaN rows and negative sizes, then zero sizes, then match the ground
+    :data:`RESULT_RULES`): zero sizes, NaN rows and negative sizes, then match the ground
     truth's length (truncate, or zero-pad unless ``strict_length``), then overwrite frame 1
     with the ground truth."""
-    zero_rule, invalid_rule = RESULT_RULES[convention]
+    zero_rule, nan_rule, negative_rule = RESULT_RULES[convention]
     pred = pred.copy()
     nan_rows = np.isnan(pred).any(axis=1)
     negative = ~nan_rows & (pred[:, 2:] < 0).any(axis=1)
-    if invalid_rule == "refuse":
-        if nan_rows.any():
-            raise InputError(f"sequence {name}: prediction contains NaN")
-        if negative.any():
-            raise InputError(f"sequence {name}: prediction has a negative width or height")
-    invalid = nan_rows | negative
-    zero = ~invalid & (pred[:, 2:] == 0).any(axis=1)
+    if nan_rule == "refuse" and nan_rows.any():
+        raise InputError(f"sequence {name}: prediction contains NaN")
+    if negative_rule == "refuse" and negative.any():
+        raise InputError(f"sequence {name}: prediction has a negative width or height")
+    zero = ~nan_rows & ~negative & (pred[:, 2:] == 0).any(axis=1)
+    partial = nan_rows & ~np.isnan(pred).all(axis=1)  # some numbers, some NaN
+    rules = ((zero, zero_rule), (nan_rows, nan_rule), (negative, negative_rule))
+    none = np.zeros(len(pred), dtype=bool)
+    carried = np.logical_or.reduce([none, *(mask for mask, rule in rules if rule == "carry")])
+    failed = np.logical_or.reduce([none, *(mask for mask, rule in rules if rule == "fail")])
     for index in range(1, len(pred)):
-        if (zero[index] and zero_rule == "carry") or (invalid[index] and invalid_rule == "carry"):
+        if carried[index]:
             pred[index] = pred[index - 1]
-    if invalid_rule == "nan":
-        pred[invalid] = np.nan
+    if nan_rule == "nan":
+        pred[nan_rows] = np.nan
     notes = []
-    for mask, what, rule in (
-        (zero, "zero-size", zero_rule),
-        (invalid, "NaN or negative", invalid_rule),
-    ):
+    for (mask, rule), what in zip(rules, ("zero-size", "NaN", "negative-size"), strict=True):
         count = int(mask[1 : len(gt)].sum())
         if count:
             notes.append(f"{name}: {count} {what} box(es) {_RULE_WORDS[rule]}")
-    failed = invalid if invalid_rule == "fail" else np.zeros(len(pred), dtype=bool)
+    count = int(partial[1 : len(gt)].sum())
+    if convention == "trackingnet" and count:
+        notes.append(
+            f"{name}: {count} of those NaN rows hold numbers too: the TrackingNet devkit "
+            "scores such a row on the numbers it holds (pandas skips the NaN), headway "
+            "counts a failure"
+        )
     if len(pred) < len(gt):
         if strict_length:
             raise InputError(f"sequence {name}: {len(pred)} predicted boxes for {len(gt)} frames")
@@ -289,7 +295,25 @@ def continuous_curves(
     iou[~valid] = -1.0
     center_error[~valid] = np.inf
     norm_error[~valid] = np.inf
-    return _ope_curves(iou, center_error, norm_error, len(gt)), prepared.notes
+    notes = prepared.notes
+    if convention == "lasot":  # where the LaSOT toolkit's validity differs: said, not copied
+        shown = np.ones(len(gt), dtype=bool) if visible is None else visible.astype(bool)
+        shown = shown.copy()
+        shown[0] = False
+        sized = (gt[:, 2:] > 0).all(axis=1)
+        at_edge = int((shown & sized & (gt[:, :2] <= 0).any(axis=1)).sum())
+        empty = int((shown & ~sized).sum())
+        if at_edge:
+            notes.append(
+                f"{name}: {at_edge} visible ground-truth box(es) at x or y ≤ 0 scored as boxes "
+                "(the LaSOT toolkit counts them invalid: never a success, always a precision hit)"
+            )
+        if empty:
+            notes.append(
+                f"{name}: {empty} visible ground-truth box(es) of zero or negative size counted "
+                "as failures (the LaSOT toolkit counts them as precision hits)"
+            )
+    return _ope_curves(iou, center_error, norm_error, len(gt)), notes
 
 
 TRACKINGNET_IOU = np.linspace(0, 1, 21)
