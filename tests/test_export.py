@@ -62,6 +62,7 @@ def test_a_zoo_cnn_reloads_equal_to_eager(tmp_path: Path) -> None:
     [
         ("file", [], "is already a file"),
         ("folder", [], "is already a folder"),
+        ("dangling", [], "is a symbolic link"),
         ("readonly", [], "is not a writable folder"),
         ("under_a_file", [], "is not a writable folder"),
         (None, ["--formats", "tflite"], "unknown export format tflite"),
@@ -71,6 +72,7 @@ def test_a_zoo_cnn_reloads_equal_to_eager(tmp_path: Path) -> None:
         (None, ["--model", "nosuch"], "only for the tracker"),
         (None, ["--model", "vgg16", "--executor", "fused"], "only for the tracker"),
         (None, ["--batch", "2"], "--batch: only for zoo models"),
+        (None, ["--probes", "100000000"], "--probes must be at most 1000"),
     ],
 )
 def test_bad_export_input_is_one_line(
@@ -81,6 +83,8 @@ def test_bad_export_input_is_one_line(
         out.write_text("keep me")
     elif setup == "folder":
         out.mkdir()
+    elif setup == "dangling":
+        out.symlink_to(tmp_path / "nowhere")
     elif setup == "under_a_file":
         (tmp_path / "file").write_text("")
         out = tmp_path / "file" / "out"
@@ -99,8 +103,24 @@ def test_bad_export_input_is_one_line(
         assert out.read_text() == "keep me"
     elif setup == "folder":
         assert list(out.iterdir()) == []
+    elif setup == "dangling":
+        assert out.is_symlink() and not out.exists()
     else:
         assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [("8", "vgg16 cannot run on 8×8 images"), ("2147483647", "at most 4096")],
+)
+def test_an_input_size_the_model_cannot_take_is_one_line(
+    size: str, message: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["export", str(out), "--model", "vgg16", "--input-size", size])
+    assert result.exit_code == 1, result.output
+    assert message in " ".join(result.output.split())
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_a_failing_format_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,6 +139,27 @@ def test_a_failing_format_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     assert result.exit_code == 1
     assert "encoder could not be exported as torchscript (exporter gave up)" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_made_meanwhile_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = deploy._write
+    out = tmp_path / "out"
+
+    def and_another_export(fmt, part, path):  # a second export to the same folder finishes
+        out.mkdir(exist_ok=True)
+        (out / "verification.json").write_text("{}")
+        return real_write(fmt, part, path)
+
+    monkeypatch.setattr(deploy, "_write", and_another_export)
+    result = runner.invoke(
+        app, ["export", str(out), "--config", "tiny", "--formats", "torchscript"]
+    )
+    assert result.exit_code == 1
+    assert "appeared while this export ran" in " ".join(result.output.split())
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
+    assert [p.name for p in out.iterdir()] == ["verification.json"]  # the other's, untouched
 
 
 @needs_engines

@@ -363,7 +363,13 @@ def test_exports_are_complete_or_absent(tracked_run: Path, tmp_path: Path) -> No
     names = sorted(read_json_file(tracked_run / "run.json")["frames"])
     out = tmp_path / "export"
     assert _export(tracked_run, out).exit_code == 0
-    (out / "stale.txt").write_text("1,2,3,4\n")  # from an earlier export of another run
+    mark = tmp_path / ".export.headway-export.json"  # beside: the layout folder holds no more
+    assert not _leftovers(out) and mark.is_file()
+    record = read_json_file(mark)
+    (out / "stale.txt").write_text("1,2,3,4\n")  # a user's file: not replaced
+    assert "not a headway export" in " ".join(_export(tracked_run, out).output.split())
+    record["sequences"].append("stale")  # an earlier export of another run, with "stale"
+    atomic_write_text(mark, json.dumps(record))
     assert _export(tracked_run, out).exit_code == 0
     assert sorted(p.stem for p in out.glob("*.txt")) == names  # the stale file is gone
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -381,8 +387,8 @@ def test_exports_are_complete_or_absent(tracked_run: Path, tmp_path: Path) -> No
         )
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     box_file.write_text(good)
-    assert _leftovers(tmp_path / "export") == [out / ".headway-export.json"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert _leftovers(tmp_path / "export") == []
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == [mark]
 
 
 def test_runs_with_failed_or_unfinished_sequences_are_not_exported(
@@ -518,3 +524,58 @@ def test_an_export_folder_has_the_permissions_of_a_plain_folder(
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "export").stat().st_mode) == 0o755
+
+
+def test_odd_export_places_are_one_line_and_links_are_followed(
+    tracked_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert _export(tracked_run, link).exit_code == 0
+    assert link.is_symlink() and any(target.glob("*.txt"))  # the export is where it pointed
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert_one_line_error(
+        ["export-results", str(tracked_run), "--to", "otb", "--out", str(dangling)],
+        "which does not exist",
+    )
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert_one_line_error(
+        ["export-results", str(tracked_run), "--to", "otb", "--out", "."],
+        "cannot be the current folder",
+    )
+    assert not any(here.iterdir())
+    # a garbage record copied into a folder of the user's files does not make them replaceable
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (tmp_path / ".mine.headway-export.json").write_text("{not json")
+    (mine / ".headway-export.json").write_text('{"layout": "otb", "sequences": []}')
+    assert_one_line_error(
+        ["export-results", str(tracked_run), "--to", "otb", "--out", str(mine)],
+        "not a headway export",
+    )
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_killed_build_leaves_nothing_a_later_one_does_not_remove(tmp_path: Path) -> None:
+    from headway.io import remove_stale_staging, staging_folder
+
+    target = tmp_path / "export"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f".export.staging-{gone.pid}.abc"
+    stale.mkdir()
+    (stale / "big.onnx").write_bytes(b"0" * 1024)
+    aside = tmp_path / f".export.old-{gone.pid}"
+    aside.mkdir()
+    (aside / "kept.txt").write_text("the earlier export")
+    staging = staging_folder(target)  # removes the dead build's folder, puts the old one back
+    assert not stale.exists() and (target / "kept.txt").read_text() == "the earlier export"
+    assert staging.exists()  # this process's own is never touched
+    assert remove_stale_staging(target) == []
+    shutil.rmtree(staging)

@@ -131,12 +131,53 @@ def _atomic(path: Path, write: Any) -> None:
             raise
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove what a killed build of ``target`` left beside it: hidden staging folders and
+    old folders moved aside, named with the process id that made them, whose process is
+    gone; an old folder whose target is absent (killed between two renames) is put back.
+    Returns what was removed (a folder of a live process is never touched)."""
+    parent = target.absolute().parent
+    pattern = re.compile(rf"^\.{re.escape(target.name[:40])}\.(?:staging|old)-(\d+)(?:\..*)?$")
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            if not entry.is_dir() or entry.is_symlink():
+                continue
+            if ".old-" in entry.name and not os.path.lexists(target):
+                with contextlib.suppress(OSError):  # killed between two renames: put it back
+                    os.replace(entry, target)
+                    continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def staging_folder(target: Path) -> Path:
     """A new hidden folder beside ``target`` to build it in (then :func:`replace_folder`),
-    with the permissions a plain ``mkdir`` would give (``mkdtemp`` makes 0700 folders)."""
+    with the permissions a plain ``mkdir`` would give (``mkdtemp`` makes 0700 folders). Its
+    name carries this process's id, so a later build removes it if this process is killed
+    before it is renamed (:func:`remove_stale_staging`, called here)."""
     parent = make_folder(target.absolute().parent)
+    remove_stale_staging(target)
     with os_refusals_named(parent):
-        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name[:40]}."))
+        staging = Path(
+            tempfile.mkdtemp(dir=parent, prefix=f".{target.name[:40]}.staging-{os.getpid()}.")
+        )
     os.chmod(staging, 0o777 & ~_umask())
     return staging
 

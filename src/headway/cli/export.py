@@ -15,6 +15,10 @@ from headway.models import CONFIGS
 from headway.models.pretrained import load_tracker_network
 from headway.runtime.deploy import DEFAULT_FORMATS, FORMATS
 
+MAX_PROBES = 1000  # each probe runs every file once
+MAX_BATCH = 1024
+MAX_INPUT_SIZE = 4096  # a 4096² image is 200 MB per input already
+
 
 @app.command("export")
 @reports_errors
@@ -51,13 +55,26 @@ def export_command(
     """Write ONNX / OpenVINO IR / TorchScript / AOTInductor files of what headway runs, each
     reloaded and compared with eager on fresh inputs (max |Δ| in verification.json)."""
     check_seed(seed)
-    from headway.runtime.deploy import ExportPart, check_formats, check_target, export_parts
+    from headway.runtime.deploy import (
+        ExportPart,
+        check_formats,
+        check_runs,
+        check_target,
+        export_parts,
+    )
 
     chosen = check_formats([f.strip() for f in formats.split(",") if f.strip()])
     check_target(out)
     at_least(probes, 1, "--probes")
     at_least(batch, 1, "--batch")
     at_least(input_size, 1, "--input-size")
+    for option, value, limit in (
+        ("--probes", probes, MAX_PROBES),
+        ("--batch", batch, MAX_BATCH),
+        ("--input-size", input_size, MAX_INPUT_SIZE),
+    ):
+        if value is not None and value > limit:
+            raise InputError(f"{option} must be at most {limit}, got {value}")
     # an option meant for the other kind of model is refused, not silently ignored
     given = {"--executor": executor, "--config": config}
     if model != "tracker":
@@ -89,6 +106,9 @@ def export_command(
                 f"tracker --config tiny); for {model} give its weights file"
             )
         module, example, size = random_model_and_input(model, small_input, input_size, batch, seed)
+        check_runs(  # a size the network cannot take is named here, not deep in an exporter
+            module, (example,), f"--input-size {size}: {model} cannot run on {size}×{size} images"
+        )
         if checkpoint is not None:
             from headway.models.checkpoint import load_weights
 

@@ -67,6 +67,10 @@ def check_formats(formats: Sequence[str]) -> list[str]:
 def check_target(folder: Path) -> None:
     """The export folder must not exist yet (nothing is overwritten or mixed), and its parent
     must be a writable folder."""
+    if folder.is_symlink():
+        raise InputError(
+            f"{folder} is a symbolic link (to {os.readlink(folder)}): exports go to a new folder"
+        )
     if folder.exists():
         what = "a folder" if folder.is_dir() else "a file"
         raise InputError(f"{folder} is already {what}: exports go to a new folder")
@@ -74,6 +78,16 @@ def check_target(folder: Path) -> None:
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{folder}: {existing} is not a writable folder")
+
+
+def check_runs(module: nn.Module, example: tuple[torch.Tensor, ...], what: str) -> None:
+    """One line starting with ``what`` when ``module`` cannot run on ``example`` (an input too
+    small for its strides, too large for memory), before any file is written."""
+    try:
+        with torch.no_grad():
+            module.eval()(*example)
+    except (RuntimeError, ValueError, MemoryError) as error:
+        raise InputError(f"{what} ({first_line(error)})") from None
 
 
 def probe_inputs(example: tuple[torch.Tensor, ...], seed: int) -> tuple[torch.Tensor, ...]:
@@ -245,7 +259,15 @@ def export_parts(
             for leftover in staging.glob("*.onnx"):
                 leftover.unlink()
         atomic_write_text(staging / "verification.json", json.dumps(record, indent=2))
-        os.replace(staging, folder)
+        try:
+            os.replace(staging, folder)
+        except OSError as error:
+            if os.path.lexists(folder):  # made meanwhile, e.g. by a second export to it
+                raise InputError(
+                    f"{folder} appeared while this export ran (another export to the same "
+                    "folder?): exports go to a new folder; nothing was written"
+                ) from None
+            raise InputError(f"{folder}: cannot be made ({error.strerror})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

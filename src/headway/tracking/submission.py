@@ -11,15 +11,17 @@
   ``--format otb-got10k``. An OTB-protocol run (``--format otb``) exports only if it holds no
   sequence the two protocols treat differently, and is refused by name otherwise.
 
-The export is complete or absent (a temporary folder that takes ``out``'s place); it holds the
-layout's files and a hidden ``.headway-export.json`` (the run, layout and sequences), by which a
-later export knows it may replace the folder. The run folder is only read.
+The export is complete or absent (a temporary folder that takes ``out``'s place); it holds only
+the layout's files. A hidden ``.<out>.headway-export.json`` beside it (the run, layout and
+sequences) tells a later export that it may replace the folder, when the folder holds nothing
+else. The run folder is only read.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -121,7 +123,71 @@ def _check_otb_protocol(run_dir: Path, names: list[str]) -> None:
         )
 
 
-EXPORT_MARK = ".headway-export.json"
+EXPORT_MARK = ".headway-export.json"  # beside the folder (inside it, from older versions)
+
+
+def _mark_path(out: Path) -> Path:
+    """Where an export's record lives: beside its folder, so a layout folder that a toolkit
+    zips whole (GOT-10k's ``report()`` for the test server) holds only the layout's files."""
+    return out.parent / f".{out.name}{EXPORT_MARK}"
+
+
+def _layout_entries(layout: str, sequences: list[str]) -> set[str]:
+    """The names an export of ``sequences`` in ``layout`` puts at its folder's top."""
+    if layout == "got10k":
+        return set(sequences)
+    if layout == "trackingnet":
+        return {f"{name}.txt" for name in sequences} | {"submission.zip"}
+    return {f"{name}.txt" for name in sequences} | {"times"}
+
+
+def _earlier_export(out: Path) -> bool:
+    """Whether ``out`` is an export headway wrote: its record reads, and the folder holds
+    nothing but what that record's layout and sequences put there (a record someone wrote or
+    copied into a folder of their own files does not make those files replaceable)."""
+    for mark in (_mark_path(out), out / EXPORT_MARK):
+        try:
+            record = json.loads(mark.read_text())
+            layout, sequences = record["layout"], record["sequences"]
+            entries = {entry.name for entry in out.iterdir()} - {EXPORT_MARK}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (
+            layout in LAYOUTS
+            and isinstance(sequences, list)
+            and all(isinstance(name, str) for name in sequences)
+            and entries <= _layout_entries(layout, sequences)
+        ):
+            return True
+    return False
+
+
+def _output_folder(out: Path) -> Path:
+    """``out`` as the folder the export replaces: absolute, a symbolic link followed to the
+    folder it names (that folder gets the export, not a new one in the link's place); one line
+    for a link to nothing, the current folder or one above it, and a mount point (neither can
+    be replaced by a rename)."""
+    given = out
+    if out.is_symlink():
+        if not out.exists():
+            raise InputError(
+                f"{given}: a symbolic link to {os.readlink(out)}, which does not exist; "
+                "make that folder or choose another --out"
+            )
+        out = out.resolve()
+    out = Path(os.path.abspath(out))
+    here = Path.cwd().resolve()
+    if out.exists() and (out.resolve() == here or out.resolve() in here.parents):
+        raise InputError(
+            f"{given}: the export replaces its whole folder, so it cannot be the current "
+            "folder or one above it; name a folder for it (e.g. --out export)"
+        )
+    if os.path.ismount(out):
+        raise InputError(
+            f"{given}: a mount point, which the export cannot replace (it renames a finished "
+            "folder into place); choose a folder inside it"
+        )
+    return out
 
 
 def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportSummary:
@@ -132,7 +198,7 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
     ``out``'s place, so no stale sequence of an earlier export survives and an interrupted
     export leaves the earlier one (or nothing), never a mix. ``out`` may be absent, empty, or
     an earlier headway export; anything else is refused."""
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir), _output_folder(Path(out))
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}: choose from {', '.join(LAYOUTS)}")
     require_folder(run_dir, "run folder")
@@ -141,7 +207,7 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
         raise InputError(f"{out}: export into another folder than the run itself")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARK).is_file():
+    if out.is_dir() and any(out.iterdir()) and not _earlier_export(out):
         raise InputError(
             f"{out}: holds files that are not a headway export (the export replaces the whole "
             "folder); choose an empty or new folder"
@@ -187,7 +253,7 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
         if layout == "trackingnet":
             atomic_write_bytes(staging / "submission.zip", archive.getvalue())
         mark = {"run": str(run_dir.resolve()), "layout": layout, "sequences": names}
-        atomic_write_text(staging / EXPORT_MARK, json.dumps(mark, indent=2))
+        atomic_write_text(_mark_path(out), json.dumps(mark, indent=2))  # names the new one
         replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
