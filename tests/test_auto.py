@@ -171,6 +171,11 @@ def test_track_auto_records_its_choice(synth_dataset: Path, tmp_path: Path, plan
         (["--executor", "auto", "--precision", "fp16"], "precision must be one of fp32, bf16"),
         (["--executor", "heads@openvino"], "not a supported combination"),
         (["--executor", "auto", "--ray"], "chooses for the machine it runs on"),
+        (["--precision", "bf16"], "--precision: only for --executor auto"),
+        (
+            ["--executor", "spectral", "--tolerance", "0.1", "--tune-seconds", "9"],
+            "--tolerance, --tune-seconds: only for --executor auto",
+        ),
     ],
 )
 def test_bad_auto_options_are_one_line(
@@ -179,5 +184,5 @@ def test_bad_auto_options_are_one_line(
     out = tmp_path / "run"
     result = runner.invoke(app, ["track", str(synth_dataset), "--out", str(out), *options])
     assert result.exit_code == 1
-    assert message in result.output
+    assert message in " ".join(result.output.split())
     assert not out.exists()

@@ -343,3 +343,23 @@ def test_otb_export_is_what_got10k_experiment_otb_reads(
     write_run(plain, {"Basketball": np.ones((10, 4))}, "otb")
     (plain / "run.json").write_text('{"format": "otb"}')
     assert export_results(plain, tmp_path / "plain", "otb").sequences == ["Basketball"]
+
+
+def test_an_otb_export_without_run_json_refuses_what_the_names_give_away(tmp_path: Path) -> None:
+    """Issue 34, conventions item 3: results from pytracking or CSWinTT (no run.json) whose
+    names or Tiger1's length show the OTB protocol are refused by name; a synth run's
+    ``car_3`` is no numbered OTB target."""
+    foreign = tmp_path / "pytracking_results"
+    write_run(foreign, {"Jogging_1": np.ones((9, 4)), "Basketball": np.ones((10, 4))}, "otb")
+    with pytest.raises(InputError, match=r"Jogging_1 .*otb-got10k"):
+        export_results(foreign, tmp_path / "a", "otb")
+    tiger = tmp_path / "tiger"
+    write_run(tiger, {"Tiger1": np.ones((349, 4))}, "otb")  # the OTB protocol's 349 frames
+    with pytest.raises(InputError, match="Tiger1"):
+        export_results(tiger, tmp_path / "b", "otb")
+    write_run(tiger, {"Tiger1": np.ones((354, 4))}, "otb")  # every frame: got10k's
+    assert export_results(tiger, tmp_path / "c", "otb").sequences == ["Tiger1"]
+    synth = tmp_path / "synth_run"
+    write_run(synth, {"car_3": np.ones((5, 4)), "walk_12": np.ones((5, 4))}, "otb")
+    (synth / "run.json").write_text('{"format": "otb"}')
+    assert export_results(synth, tmp_path / "d", "otb").sequences == ["car_3", "walk_12"]

@@ -5,6 +5,11 @@ class InputError(ValueError):
     """Input that cannot be used as given: names the thing (file, line, option) and the problem."""
 
 
+class FrameError(InputError):
+    """A frame of a sequence that cannot be read (missing, empty, truncated, damaged): that
+    sequence fails, the others go on."""
+
+
 def first_line(error: BaseException) -> str:
     """An exception's first non-blank line (or its type's name), for one-line reasons."""
     text = str(error).strip()

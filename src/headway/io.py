@@ -435,6 +435,26 @@ def differing_settings(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> 
     ]
 
 
+def check_settings(path: str | Path, settings: Mapping[str, Any], what: str) -> bool:
+    """Whether ``path`` holds these settings already (False: no such file); one line when it
+    holds others. Writes nothing: a rerun with other settings is refused before its work (an
+    ``auto`` tuning, say), not after."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        stored = read_json_file(path, "settings file")
+    except InputError as error:
+        raise InputError(f"{error}; choose another folder") from None
+    changes = differing_settings(stored, json.loads(json.dumps(settings)))
+    if changes:
+        raise InputError(
+            f"{path.parent} holds a {what} made with other settings ({'; '.join(changes)}); "
+            "choose another folder, or rerun with the same settings to resume"
+        )
+    return True
+
+
 def record_settings(
     path: str | Path,
     settings: Mapping[str, Any],
@@ -447,17 +467,7 @@ def record_settings(
     not produce it."""
     path = Path(path)
     wanted = json.loads(json.dumps(settings))  # the JSON form is what is compared
-    if path.exists():
-        try:
-            stored = read_json_file(path, "settings file")
-        except InputError as error:
-            raise InputError(f"{error}; choose another folder") from None
-        changes = differing_settings(stored, wanted)
-        if changes:
-            raise InputError(
-                f"{path.parent} holds a {what} made with other settings ({'; '.join(changes)}); "
-                "choose another folder, or rerun with the same settings to resume"
-            )
+    if check_settings(path, wanted, what):
         return
     record = {**json.loads(json.dumps(context or {})), **wanted}
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -26,7 +27,7 @@ from headway.cli.base import (
     thread_count,
     train_app,
 )
-from headway.errors import InputError
+from headway.errors import FrameError, InputError
 from headway.io import require_folder
 from headway.models import CONFIGS
 from headway.models.cswintt import CSWinTT
@@ -98,8 +99,11 @@ def check_executor_option(
     precision: str,
     tolerance: float | None,
     tune_seconds: float,
+    only_executor: bool = True,
 ) -> bool:
-    """One line for a bad executor or auto option; True when the executor is ``auto``."""
+    """One line for a bad executor or auto option; True when the executor is ``auto``. With
+    ``only_executor`` (one executor runs), auto's options given to another executor are
+    refused rather than ignored."""
     from headway.tracking.auto import AUTO
     from headway.tuning import check_tuning_options
 
@@ -107,6 +111,17 @@ def check_executor_option(
     if executor == AUTO:
         return True
     check_tracker_executor(executor, device)
+    given = {
+        "--precision": precision != "fp32",
+        "--tolerance": tolerance is not None,
+        "--tune-seconds": tune_seconds != DEFAULT_BUDGET_S,
+    }
+    ignored = [name for name, used in given.items() if used]
+    if only_executor and ignored:
+        raise InputError(
+            f"{', '.join(ignored)}: only for --executor auto (this run's executor is "
+            f"{executor}, whose precision is in its name)"
+        )
     return False
 
 
@@ -289,7 +304,16 @@ def track_command(
 
         def choose(network: CSWinTT, settings: TrackerSettings) -> tuple[TuningPlan, Tracker]:
             choice = (precision, tolerance, tune_seconds)
-            return choose_executor(network, selected[0], settings, torch_device, *choice)
+            for sequence, following in itertools.pairwise(selected):
+                try:  # tuned on the first sequence whose frames read
+                    return choose_executor(network, sequence, settings, torch_device, *choice)
+                except FrameError as error:
+                    console.print(
+                        f"--executor auto: {sequence.name} cannot be read ({error}); tuning "
+                        f"on {following.name}",
+                        markup=False,
+                    )
+            return choose_executor(network, selected[-1], settings, torch_device, *choice)
 
         def announce(running: str) -> None:
             console.print(
@@ -655,7 +679,7 @@ def bench_tracker(
     else:
         chosen = some_names(executors, "--executors") or ["eager"]
     for name in chosen:
-        check_executor_option(name, torch_device, precision, None, tune_seconds)
+        check_executor_option(name, torch_device, precision, None, tune_seconds, False)
     allocator_tuned = keep_freed_memory()  # same for every executor measured
     with Progress(console=console, transient=True) as progress:
         total = (frames + warmup) * rounds * len(set(chosen) | {"eager"})

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from headway.errors import InputError
+from headway.errors import FrameError, InputError
 from headway.tracking.settings import IMAGENET_MEAN, IMAGENET_STD
 
 # A first box larger than this many image sides cannot be a target in the image, and its
@@ -36,22 +36,22 @@ def read_frame(path: Path) -> np.ndarray:
     is not applied: libjpeg in the C++ runner does not, and the benchmarks' boxes are drawn on
     the stored pixels); a clear error when missing, empty, truncated or damaged."""
     if not Path(path).is_file():
-        raise InputError(f"{path}: frame is missing")
+        raise FrameError(f"{path}: frame is missing")
     data = Path(path).read_bytes()
     if not data:
-        raise InputError(f"{path}: frame is empty (0 bytes)")
+        raise FrameError(f"{path}: frame is empty (0 bytes)")
     if _truncated(data):
-        raise InputError(f"{path}: frame is truncated (the image file ends before its data)")
+        raise FrameError(f"{path}: frame is truncated (the image file ends before its data)")
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     buffer = np.frombuffer(data, dtype=np.uint8)
     if data[:2] == b"\xff\xd8":
         image, warning = _decode_jpeg_reporting_damage(buffer, flags)
         if warning:
-            raise InputError(f"{path}: frame is damaged (libjpeg: {warning})")
+            raise FrameError(f"{path}: frame is damaged (libjpeg: {warning})")
     else:
         image = cv2.imdecode(buffer, flags)
     if image is None:
-        raise InputError(f"{path}: frame cannot be decoded as an image")
+        raise FrameError(f"{path}: frame cannot be decoded as an image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -214,10 +214,26 @@ def catalog_otb(root: Path, protocol: str = "otb") -> dict[str, Loader]:
     return catalog
 
 
+# OTB-100's folders with several annotation files, as the OTB protocol names their targets
+# (Human4's first file is empty: only its second target is a sequence)
+OTB_NUMBERED_TARGETS = frozenset({"Jogging_1", "Jogging_2", "Skating2_1", "Skating2_2", "Human4_2"})
+OTB_TIGER1_FRAMES = 354  # Tiger1's annotated frames; the OTB protocol tracks 349 of them
+
+
 def otb_protocols_differ(name: str) -> bool:
     """Whether sequence ``name`` of an OTB run (OTB protocol) is named or framed differently by
-    got10k's ExperimentOTB (a numbered target or a sequence whose first frames are dropped)."""
-    return bool(re.search(r"_\d+$", name)) or name in OTB_SKIPPED_FIRST_FRAMES
+    got10k's ExperimentOTB (a numbered target or a sequence whose first frames are dropped).
+    Only OTB's own names: a synthetic ``car_3`` is no numbered target."""
+    return name in OTB_NUMBERED_TARGETS or name in OTB_SKIPPED_FIRST_FRAMES
+
+
+def otb_protocol_evident(name: str, boxes: int) -> bool:
+    """Whether a result file of unknown protocol (no run.json) must come from the OTB
+    protocol: a numbered target's name, or Tiger1 with its first frames dropped."""
+    skipped = OTB_SKIPPED_FIRST_FRAMES.get(name)
+    return name in OTB_NUMBERED_TARGETS or (
+        skipped is not None and boxes == OTB_TIGER1_FRAMES - skipped
+    )
 
 
 def _got10k_sequence(folder: Path) -> Sequence:

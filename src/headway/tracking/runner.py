@@ -26,6 +26,7 @@ from headway.io import (
     NAME_MAX,
     atomic_write_text,
     check_file_targets,
+    check_settings,
     locked_folder,
     read_json_file,
     read_number_rows,
@@ -87,7 +88,12 @@ def track_with_recipe(
     ``announce`` is told what runs, once it is built."""
     network, settings = recipe.network(), recipe.settings()
     notes: dict[str, object] = {}
-    if choose is not None:
+    if choose is not None:  # a rerun with other settings is refused before the tuning
+        check_settings(
+            Path(run_dir) / "run.json",
+            run_settings(info, dataset_format, recipe.device),
+            "tracking run",
+        )
         plan, tracker = choose(network, settings)
         notes["auto"] = plan.to_json()
         running = f"{plan.chosen} (chosen by auto)"
@@ -98,8 +104,9 @@ def track_with_recipe(
         if announce is not None:
             announce(running)
         return track_dataset(
-            tracker, sequences, run_dir, dataset_format, info, show_progress, unloadable, notes
-        )
+            tracker, sequences, run_dir, dataset_format, info, show_progress, unloadable, notes,
+            chosen=plan.chosen if choose is not None else None,
+        )  # fmt: skip
     finally:
         tracker.close()
 
@@ -124,6 +131,7 @@ def track_dataset(
     show_progress: bool = True,
     unloadable: dict[str, str] | None = None,
     notes: dict[str, object] | None = None,
+    chosen: str | None = None,
 ) -> TrackRunSummary:
     """Track every sequence not yet complete in ``run_dir``; each finished sequence is written
     at once, so an interrupted run loses at most the sequence in progress.
@@ -136,15 +144,11 @@ def track_dataset(
     ``run.json`` records the settings (``info``, format, threads, device) before any work; a
     rerun with other settings raises :class:`InputError` instead of mixing results.
     ``notes`` go into ``run.json`` beside the settings, never compared (e.g. how ``auto`` chose
-    its executor).
+    its executor). ``chosen`` (``auto``'s executor) is added to ``auto_runs`` with the
+    sequences it tracked, so a run resumed under another choice says which tracked what.
     """
     run_dir = Path(run_dir)
-    settings = {
-        **(info or {}),
-        "format": dataset_format,
-        "threads": torch.get_num_threads(),
-        "device": str(tracker.device),
-    }
+    settings = run_settings(info, dataset_format, tracker.device)
     check_result_names(run_dir, [s.name for s in sequences])
     with locked_folder(run_dir):
         start_run_record(run_dir, settings, sequences)
@@ -152,8 +156,26 @@ def track_dataset(
             record_entries(run_dir / "run.json", notes)
         summary = _track_missing(tracker, sequences, run_dir, dataset_format, show_progress)
         summary.failed = {**(unloadable or {}), **summary.failed}
-        record_entries(run_dir / "run.json", {"problems": summary.failed})
+        entries: dict[str, object] = {"problems": summary.failed}
+        if chosen is not None and summary.tracked:
+            earlier = read_json_file(run_dir / "run.json", "run record").get("auto_runs", [])
+            runs = earlier if isinstance(earlier, list) else []
+            entries["auto_runs"] = [*runs, {"chosen": chosen, "sequences": summary.tracked}]
+        record_entries(run_dir / "run.json", entries)
         return summary
+
+
+def run_settings(
+    info: dict[str, object] | None, dataset_format: str, device: object
+) -> dict[str, object]:
+    """What run.json compares on a rerun: ``info`` (config, weights, executor …), the format,
+    torch's threads and the device."""
+    return {
+        **(info or {}),
+        "format": dataset_format,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
 
 
 def check_result_names(run_dir: Path, names: list[str]) -> None:

@@ -40,7 +40,7 @@ from headway.io import (
     require_folder,
     staging_folder,
 )
-from headway.tracking.datasets import otb_protocols_differ
+from headway.tracking.datasets import otb_protocol_evident, otb_protocols_differ
 
 LAYOUTS = ("got10k", "trackingnet", "lasot", "otb")
 
@@ -107,11 +107,17 @@ def _times(run_dir: Path, name: str, frames: int) -> np.ndarray:
     return times
 
 
-def _check_otb_protocol(run_dir: Path, names: list[str]) -> None:
-    """Refuse an OTB-protocol run whose names or frames got10k's ExperimentOTB reads otherwise."""
-    if _run_record(run_dir).get("format") != "otb":
+def _check_otb_protocol(run_dir: Path, boxes: dict[str, int]) -> None:
+    """Refuse an OTB-protocol run whose names or frames got10k's ExperimentOTB reads otherwise:
+    by run.json's format, or, without one (results from pytracking or CSWinTT, or a run whose
+    run.json is gone), where the names or Tiger1's length say so."""
+    fmt = _run_record(run_dir).get("format")
+    if fmt == "otb":
+        differ = [n for n in boxes if otb_protocols_differ(n)]
+    elif fmt is None:
+        differ = [n for n, count in boxes.items() if otb_protocol_evident(n, count)]
+    else:
         return
-    differ = [n for n in names if otb_protocols_differ(n)]
     if differ:
         shown_names = ", ".join(differ[:4]) + (
             f" and {len(differ) - 4} more" if len(differ) > 4 else ""
@@ -215,8 +221,6 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
     record = _run_record(run_dir)
     names = _run_sequences(run_dir, record)
     _check_complete(run_dir, record, names)
-    if layout == "otb":
-        _check_otb_protocol(run_dir, names)
     frames = record.get("frames") if isinstance(record.get("frames"), dict) else {}
     # read and check everything first, so a bad file leaves nothing half-exported
     runs = {}
@@ -228,6 +232,8 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
                 f"{path}: {len(boxes)} boxes for a sequence of {frames[name]} frames (run.json)"
             )
         runs[name] = (boxes, _times(run_dir, name, len(boxes)))
+    if layout == "otb":
+        _check_otb_protocol(run_dir, {name: len(boxes) for name, (boxes, _) in runs.items()})
     targets: dict[str, str] = {}
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
