@@ -291,7 +291,7 @@ def test_a_way_that_differs_on_a_new_shape_is_not_used_there() -> None:
         torch.testing.assert_close(fast(x), model(x))  # remembered: the module runs it
 
 
-def test_whole_modules_on_onnxruntime_spin_and_stages_do_not() -> None:
+def test_whole_modules_run_on_the_engines_defaults_and_stages_do_not() -> None:
     from headway.runtime.engines import EngineModule, engine_available
     from headway.ways import Way, module_runner
 
@@ -301,14 +301,14 @@ def test_whole_modules_on_onnxruntime_spin_and_stages_do_not() -> None:
     run, _ = module_runner(Way(("fold",), backend="onnxruntime"), model, (example,))
     stage = EngineModule("onnxruntime", model)
 
-    def spinning(engine: EngineModule) -> str:
-        session = engine.session_for(example)._session
-        return session.get_session_options().get_session_config_entry(
-            "session.intra_op.allow_spinning"
-        )
+    def options(engine: EngineModule):
+        return engine.session_for(example)._session.get_session_options()
 
-    assert spinning(run) == "1"  # type: ignore[arg-type]
-    assert spinning(stage) == "0"
+    whole = options(run)  # type: ignore[arg-type]
+    assert whole.intra_op_num_threads == 0  # ONNX Runtime's own: a pinned thread per core
+    among_others = options(stage)
+    assert among_others.intra_op_num_threads == torch.get_num_threads()
+    assert among_others.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_the_tuning_loop_does_not_start_what_would_overrun_and_retimes_near_ties() -> None:

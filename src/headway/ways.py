@@ -275,13 +275,13 @@ def module_runner(
     and autocast as the way says. Returns the callable and the rewritten module it holds.
     Engines export and open now when ``example`` is given (else on the first call). For the
     torch backends eager and inductor, and the engines; the tracker's stage builders add the
-    others. A whole module is called on its own, so ONNX Runtime's threads spin-wait between
-    calls (:func:`~headway.runtime.engines.open_onnxruntime`)."""
+    others. A whole module is called on its own, so the engines run with their own thread
+    defaults (:func:`~headway.runtime.engines.open_onnxruntime`)."""
     rewritten = apply_rewrites(way, module)
     rewritten = (copy.deepcopy(module) if rewritten is module else rewritten).eval()
     if way.engine is not None:
         require_engine(way.engine)
-        engine = EngineModule(way.engine, rewritten, spinning=True)
+        engine = EngineModule(way.engine, rewritten, standalone=True)
         if example is None:
             return engine, rewritten
         engine.session_for(*example)

@@ -175,7 +175,7 @@ def compare_engines(
                 for graph, module in case.graphs.items():
                     label = f"{engine} ({graph})" if graph else engine
                     variants[label] = partial(
-                        compile_module(engine, module, case.inputs, spinning=True), *case.inputs
+                        compile_module(engine, module, case.inputs, standalone=True), *case.inputs
                     )
             if case.single_image and any(e.startswith("openvino") for e in engines):
                 from headway.runtime.peers import call_compiled, openvino_compiled

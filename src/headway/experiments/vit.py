@@ -352,7 +352,7 @@ def pruning_speedup(
         stands_for: dict[str, str] = {}
         for engine in engines:
             label = f"sparse_pruned@{engine}"
-            variants[label] = partial(compile_module(engine, pruned, x, spinning=True), x)
+            variants[label] = partial(compile_module(engine, pruned, x, standalone=True), x)
             stands_for[label] = "pruned"
         if any(e.startswith("openvino") for e in engines):
             from headway.runtime.peers import call_compiled, openvino_compiled

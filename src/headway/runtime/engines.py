@@ -197,26 +197,31 @@ def _opened(path: Path, open_graph: Callable[[], Any]) -> Any:
         raise InputError(f"the engine cannot open {path}: {first_line(error)}") from None
 
 
-def open_onnxruntime(path: Path, threads: int | None = None, spinning: bool = False) -> Any:
-    """The one place headway opens an ONNX Runtime session: the CPU provider, ``threads``
-    intra-op threads (default: torch's) and one inter-op thread. Spin-waiting after a run is
-    the workload's choice (``spinning``):
+def open_onnxruntime(path: Path, threads: int | None = None, standalone: bool = False) -> Any:
+    """The one place headway opens an ONNX Runtime session (the CPU provider). Its threads are
+    the workload's choice:
 
-    - off for a stage among others (the tracker's stages, the multi-model runtime's jobs, the
-      server's models): torch's own operators or other sessions run between the calls, and a
-      spinning pool takes their cores (measured +14 ms per frame in the tracker);
-    - on for a whole model called on its own (``accelerate``, ``export``): the next call finds
-      its threads awake (measured 22-24% faster at batch 1 on torchvision and timm models,
-      ``benchmarks/accelerate_peers.py``).
+    - a stage among others (the tracker's stages, the multi-model runtime's jobs, the server's
+      models; ``standalone`` False): ``threads`` intra-op threads (default: torch's), one
+      inter-op thread and no spin-waiting after a run, because torch's own operators or other
+      sessions run between the calls and a spinning pool takes their cores (measured +14 ms
+      per frame in the tracker);
+    - a whole model called on its own (``accelerate``, ``export``; ``standalone``): ONNX
+      Runtime's own defaults, one thread per physical core, pinned, spin-waiting between runs
+      (``threads``, when given, still sets the count). Setting the count and turning spinning
+      off cost 13-21% and 12-32% on torchvision and timm models at batch 1
+      (``benchmarks/accelerate_peers.py``).
 
     One line naming the file when it cannot open it."""
     require_engine("onnxruntime")
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if not standalone or threads is not None:
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+    if not standalone:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return _opened(
         path,
         lambda: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]),
@@ -258,15 +263,15 @@ def open_engine(
     threads: int | None = None,
     streams: int | None = None,
     hint: str | None = None,
-    spinning: bool = False,
+    standalone: bool = False,
 ) -> Any:
     """The graph at ``path`` opened by ``engine`` (an ONNX Runtime session or an OpenVINO
-    compiled model) through its family's one opener (``spinning``: ONNX Runtime's threads
-    spin-wait after a run, for a whole model called on its own)."""
+    compiled model) through its family's one opener (``standalone``: a whole model called on
+    its own, see :func:`open_onnxruntime`)."""
     check_engine_name(engine)
     row = ENGINE_TABLE[engine]
     if row.family == "onnxruntime":
-        return open_onnxruntime(path, threads, spinning)
+        return open_onnxruntime(path, threads, standalone)
     return compile_openvino(path, row.precision, threads, streams, hint)
 
 
@@ -274,20 +279,24 @@ class EngineSession:
     """One exported graph opened by an engine; called with torch tensors, returns a list of
     torch tensors (CPU). Safe to call from several threads at once (the multi-model runtime's
     workers): ONNX Runtime sessions are, and each thread gets its own OpenVINO infer request.
-    ``spinning``: see :func:`open_onnxruntime`."""
+    ``standalone``: a whole model called on its own, run with the engine's own thread
+    defaults (ONNX Runtime's, see :func:`open_onnxruntime`; OpenVINO's under its LATENCY
+    hint, as its users compile a model)."""
 
     def __init__(
-        self, engine: str, onnx_path: Path, threads: int | None = None, spinning: bool = False
+        self, engine: str, onnx_path: Path, threads: int | None = None, standalone: bool = False
     ) -> None:
         require_engine(engine)
         self.engine = engine
-        threads = threads or torch.get_num_threads()
+        if not standalone:
+            threads = threads or torch.get_num_threads()
         if ENGINE_TABLE[engine].family == "onnxruntime":
-            self._session = open_engine(engine, onnx_path, threads, spinning=spinning)
+            self._session = open_engine(engine, onnx_path, threads, standalone=standalone)
             self._inputs = [i.name for i in self._session.get_inputs()]
             self._run: Callable[[list[Any]], list[Any]] = self._run_onnxruntime
         else:
-            self._compiled = open_engine(engine, onnx_path, threads)
+            hint = "LATENCY" if standalone else None
+            self._compiled = open_engine(engine, onnx_path, threads, hint=hint)
             self._outputs = list(self._compiled.outputs)
             self._requests = threading.local()  # an infer request serves one thread at a time
             self._run = self._run_openvino
@@ -311,8 +320,8 @@ class EngineModule(nn.Module):
     """A module run by an engine: the same call as ``module`` (for the input shapes it was
     compiled for; other shapes are exported on first use and cached), single outputs
     unwrapped. Usable wherever the module was, e.g. as a job of the multi-model runtime.
-    ``spinning`` (ONNX Runtime): for a whole model called on its own, see
-    :func:`open_onnxruntime`."""
+    ``standalone``: a whole model called on its own (the engines' own thread defaults, see
+    :class:`EngineSession`)."""
 
     def __init__(
         self,
@@ -320,12 +329,12 @@ class EngineModule(nn.Module):
         module: nn.Module,
         cache_dir: Path | None = None,
         threads: int | None = None,
-        spinning: bool = False,
+        standalone: bool = False,
     ) -> None:
         super().__init__()
         require_engine(engine)
         self.engine, self.cache_dir, self.threads = engine, cache_dir, threads
-        self.spinning = spinning
+        self.standalone = standalone
         self.source = module.eval()
         self._sessions: dict[tuple[tuple[int, ...], ...], EngineSession] = {}
         self._lock = threading.Lock()
@@ -335,7 +344,7 @@ class EngineModule(nn.Module):
         with self._lock:  # two workers meeting a new shape export it once
             if key not in self._sessions:
                 path = export_onnx(self.source, args, self.cache_dir)
-                self._sessions[key] = EngineSession(self.engine, path, self.threads, self.spinning)
+                self._sessions[key] = EngineSession(self.engine, path, self.threads, self.standalone)
             return self._sessions[key]
 
     def forward(self, *args: torch.Tensor) -> Any:
@@ -349,7 +358,7 @@ def compile_module(
     example: Sequence[torch.Tensor] | torch.Tensor,
     cache_dir: Path | None = None,
     threads: int | None = None,
-    spinning: bool = False,
+    standalone: bool = False,
 ) -> EngineModule:
     """``module`` run by ``engine``, exported and opened now for inputs shaped like
     ``example`` (so the first real call is not the slow one).
@@ -361,10 +370,10 @@ def compile_module(
         example: one input tensor or a sequence of them.
         cache_dir: where exported graphs are kept (default :func:`default_cache_dir`).
         threads: the engine's intra-op threads (default: torch's).
-        spinning: ONNX Runtime's threads spin-wait after a run (a whole model called on its
-            own; not for stages among others, see :func:`open_onnxruntime`).
+        standalone: a whole model called on its own: the engines' own thread defaults (not
+            for stages among others, see :func:`open_onnxruntime`).
     """
     args = (example,) if isinstance(example, torch.Tensor) else tuple(example)
-    engine_module = EngineModule(engine, module, cache_dir, threads, spinning)
+    engine_module = EngineModule(engine, module, cache_dir, threads, standalone)
     engine_module.session_for(*args)
     return engine_module
