@@ -182,3 +182,41 @@ def test_trackingnet_train_chunks_load_together(tmp_path: Path) -> None:
     (tmp_path / "TRAIN_1" / "anno" / "a_1.txt").write_text("1,1,5,5\n")
     with pytest.raises(InputError, match="a_1 is in two chunks"):
         load_dataset(tmp_path, "trackingnet", "TRAIN")
+
+
+def test_odd_otb_folders_are_one_line_each(tmp_path: Path) -> None:
+    """Issue 34, dataset folders: listing reads no annotation that is not a regular file;
+    links to nothing, pipes, short Tiger1, frames outside the toolkit's range and colliding
+    names are each named."""
+    import os
+
+    from headway.tracking.datasets import SkippedSequence
+
+    root = tmp_path / "otb"
+    touch_frames(root / "Good" / "img", range(1, 4))
+    write_boxes(root / "Good" / "groundtruth_rect.txt", 3)
+    touch_frames(root / "Linked" / "img", range(1, 4))
+    (root / "Linked" / "groundtruth_rect.txt").symlink_to(tmp_path / "nowhere.txt")
+    touch_frames(root / "Piped" / "img", range(1, 4))
+    os.mkfifo(root / "Piped" / "groundtruth_rect.txt")  # read, it would wait forever
+    touch_frames(root / "Tiger1" / "img", range(1, 4))  # shorter than the protocol's start
+    write_boxes(root / "Tiger1" / "groundtruth_rect.txt", 3)
+    touch_frames(root / "David" / "img", range(1, 50))  # none of 300-770
+    write_boxes(root / "David" / "groundtruth_rect.txt", 49)
+    skipped: list[SkippedSequence] = []
+    (good,) = load_dataset(root, "otb", skipped=skipped)
+    reasons = {s.name: s.reason for s in skipped}
+    assert good.name == "Good"
+    assert "cannot be read" in reasons["Linked"] or "missing" in reasons["Linked"]
+    assert "not a regular file" in reasons["Piped"]
+    assert "starts Tiger1 at frame 6" in reasons["Tiger1"]
+    assert "no image numbered 300 to 770" in reasons["David"]
+
+    clash = tmp_path / "clash"
+    touch_frames(clash / "Jogging" / "img", range(1, 3))
+    write_boxes(clash / "Jogging" / "groundtruth_rect.1.txt", 2)
+    write_boxes(clash / "Jogging" / "groundtruth_rect.2.txt", 2)
+    touch_frames(clash / "Jogging_1" / "img", range(1, 3))
+    write_boxes(clash / "Jogging_1" / "groundtruth_rect.txt", 2)
+    with pytest.raises(InputError, match="two sequences would be named Jogging_1"):
+        load_dataset(clash, "otb")

@@ -271,6 +271,8 @@ def read_text_file(path: str | Path, what: str = "file") -> str:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder, not a file")
+    if path.exists() and not path.is_file():  # read, a pipe would wait for a writer forever
+        raise InputError(f"{what} {path} is not a regular file (a pipe, socket or device)")
     try:
         data = path.read_bytes()
     except OSError as error:

@@ -344,7 +344,9 @@ class EngineModule(nn.Module):
         with self._lock:  # two workers meeting a new shape export it once
             if key not in self._sessions:
                 path = export_onnx(self.source, args, self.cache_dir)
-                self._sessions[key] = EngineSession(self.engine, path, self.threads, self.standalone)
+                self._sessions[key] = EngineSession(
+                    self.engine, path, self.threads, self.standalone
+                )
             return self._sessions[key]
 
     def forward(self, *args: torch.Tensor) -> Any:

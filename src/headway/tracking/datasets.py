@@ -5,6 +5,7 @@ runs on.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -86,8 +87,9 @@ class Sequence:
 def read_boxes(path: Path) -> np.ndarray:
     """Read one [x, y, w, h] per line, separated by commas, tabs or spaces. NaN is accepted
     (absent targets); infinite values, text and non-UTF-8 bytes are refused with the line."""
-    if not path.is_file() and not path.is_dir():
-        raise InputError(f"{path}: ground-truth file is missing")
+    if not path.exists():
+        link = f" (a link to {os.readlink(path)})" if path.is_symlink() else ""
+        raise InputError(f"{path}: ground-truth file is missing{link}")
     rows = read_number_rows(path, 4, "ground-truth file")
     if not len(rows):
         raise InputError(f"{path}: ground-truth file is empty")
@@ -182,8 +184,18 @@ def _otb_sequence(folder: Path, gt_path: Path, name: str, protocol: str = "otb")
     if folder.name in OTB_FRAME_RANGES:
         first, last = OTB_FRAME_RANGES[folder.name]
         frames = [f for f in frames if first <= _image_number(f) <= last]
+        if not frames:
+            raise InputError(
+                f"{folder / 'img'}: no image numbered {first} to {last}, the frames the OTB "
+                f"toolkit tracks of {folder.name}"
+            )
     boxes = read_boxes(gt_path)
     skip = OTB_SKIPPED_FIRST_FRAMES.get(folder.name, 0) if protocol == "otb" else 0
+    if skip and len(frames) <= skip:
+        raise InputError(
+            f"{folder}: {len(frames)} frames, but the OTB protocol starts {name} at frame "
+            f"{skip + 1} (--format otb-got10k tracks every frame)"
+        )
     boxes = _align(name, frames, boxes, gt_path)[skip:]
     return Sequence(name, frames[skip:], boxes, "otb")
 
@@ -200,8 +212,7 @@ def catalog_otb(root: Path, protocol: str = "otb") -> dict[str, Loader]:
     of Tiger1 is tracked."""
     catalog: dict[str, Loader] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        # bytes: an unreadable file is named when its sequence is read, not here
-        annotated = [p for p in sorted(folder.glob("groundtruth*.txt")) if p.read_bytes().strip()]
+        annotated = [p for p in sorted(folder.glob("groundtruth*.txt")) if _annotated(p)]
         for rank, gt_path in enumerate(annotated, start=1):
             if protocol == "got10k":
                 name = f"{folder.name}.{rank}" if len(annotated) > 1 else folder.name
@@ -210,8 +221,26 @@ def catalog_otb(root: Path, protocol: str = "otb") -> dict[str, Loader]:
                 if not match and gt_path.name != "groundtruth_rect.txt":
                     continue
                 name = f"{folder.name}_{match.group(1)}" if match else folder.name
+            if name in catalog:  # e.g. a folder Jogging.1 beside Jogging's first target
+                raise InputError(
+                    f"{root}: two sequences would be named {name} ({folder} and another "
+                    "folder's numbered target); rename one of the folders"
+                )
             catalog[name] = partial(_otb_sequence, folder, gt_path, name, protocol)
     return catalog
+
+
+def _annotated(path: Path) -> bool:
+    """Whether an annotation file holds anything (an empty one, like Human4's first, is no
+    sequence). Only regular files are read here: a link to nothing, a pipe or a folder is a
+    sequence whose reading names the problem."""
+    if not path.is_file():
+        return True
+    try:
+        with path.open("rb") as stream:
+            return bool(stream.read(1 << 16).strip())
+    except OSError:
+        return True
 
 
 # OTB-100's folders with several annotation files, as the OTB protocol names their targets
