@@ -123,6 +123,23 @@ def test_an_input_size_the_model_cannot_take_is_one_line(
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_a_disk_too_full_is_one_line_before_the_serializer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1 << 20))
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["export", str(out), "--config", "tiny", "--formats", "torchscript"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "1 MiB free" in " ".join(result.output.split())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failing_format_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = deploy._write
 

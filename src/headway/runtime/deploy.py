@@ -159,9 +159,32 @@ def portable_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "model"
 
 
+SPACE_MARGIN = 64 << 20  # bytes beyond the weights a written file may need (graph, code)
+
+
+def check_space(folder: Path, module: nn.Module, what: str) -> None:
+    """One line when ``folder``'s file system has less room than ``module``'s weights need,
+    twice over (a file and its temporary) plus a margin, before a serializer starts: torch's
+    archive writer and AOTInductor end the process (a C++ exception in a destructor) when the
+    disk fills under them, instead of raising."""
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    needed = 2 * weights + SPACE_MARGIN
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return
+    if free < needed:
+        raise InputError(
+            f"{what}: {folder} has {free / 2**20:.0f} MiB free, and writing it needs about "
+            f"{needed / 2**20:.0f} MiB; free some space or choose another folder"
+        )
+
+
 def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
     """Write ``part`` as ``fmt`` to ``path`` and return a callable that runs the written file."""
     module, example = part.module.eval(), tuple(a.contiguous() for a in part.example)
+    check_space(path.parent, module, f"{part.name} as {fmt}")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation notices
         if fmt in ("onnx", "openvino"):

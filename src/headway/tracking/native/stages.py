@@ -97,8 +97,14 @@ def _save(
     module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, aoti: bool = False
 ) -> None:
     """``path`` (``.pt``): the module traced to TorchScript; with ``aoti``, ``path`` with the
-    suffix ``.pt2`` instead: an AOTInductor package (from the cache when one exists)."""
+    suffix ``.pt2`` instead: an AOTInductor package (from the cache when one exists). A file
+    system without room for it is one line before the serializer starts (full, it would end
+    the process)."""
+    from headway.runtime.deploy import check_space
+    from headway.tracking.native.build import native_cache_dir
+
     if aoti:
+        check_space(native_cache_dir(), module, f"the stage {path.stem} for the C++ runner")
         cached = _aoti_package(module.eval(), example)
         target = path.with_suffix(".pt2")
         target.unlink(missing_ok=True)
@@ -107,6 +113,7 @@ def _save(
         except OSError:  # a file system without links
             shutil.copyfile(cached, target)
         return
+    check_space(path.parent, module, f"the stage {path.stem} for the C++ runner")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notices on shape arithmetic, TorchScript's note
         traced = torch.jit.trace(module.eval(), example, check_trace=False)
