@@ -320,6 +320,11 @@ def test_without_a_compiler_the_executors_say_so(
     assert result.exit_code != 0 and "compiler" in result.output
     with pytest.raises(InputError, match="unknown executor"):
         check_tracker_executor("cpp-bogus", "cpu")
+    monkeypatch.undo()
+    monkeypatch.setenv("HEADWAY_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    with pytest.raises(InputError, match="CXX names 'no-such-compiler\\+\\+', which is not"):
+        native_build.build_plan()
 
 
 @pytest.mark.cuda

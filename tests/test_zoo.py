@@ -133,23 +133,26 @@ def test_external_models_come_from_their_library_or_say_how_to_install_it(
         calls.append((name, weights, kwargs))
         return StandInResNet()
 
+    with pytest.raises(InputError, match="or torchvision:<name>"):
+        check_model_name("keras:resnet")
+    # not installed (both entries: where torchvision is installed and already imported,
+    # its submodule is found in sys.modules without the parent): named before any work
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    with pytest.raises(InputError, match=r"pip install torchvision"):
+        create_model("torchvision:resnet50")
+    with pytest.raises(InputError, match=r"torchvision is not installed"):
+        parse_models("vgg16:2,torchvision:resnet50:2")
+    fake = types.ModuleType("torchvision.models")
+    fake.get_model = get_model  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.models", fake)
+    monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))
     assert parse_models("torchvision:resnet50:2,vgg16") == [
         ("torchvision:resnet50", 2),
         ("vgg16", 1),
     ]
     assert parse_models("timm:deit_small_patch16_224") == [("timm:deit_small_patch16_224", 1)]
-    with pytest.raises(InputError, match="or torchvision:<name>"):
-        check_model_name("keras:resnet")
-    # not installed (both entries: where torchvision is installed and already imported,
-    # its submodule is found in sys.modules without the parent)
-    monkeypatch.setitem(sys.modules, "torchvision", None)
-    monkeypatch.setitem(sys.modules, "torchvision.models", None)
-    with pytest.raises(InputError, match=r"pip install torchvision"):
-        create_model("torchvision:resnet50")
-    fake = types.ModuleType("torchvision.models")
-    fake.get_model = get_model  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
-    monkeypatch.setitem(sys.modules, "torchvision.models", fake)
     model = create_model("torchvision:resnet50", num_classes=5)
     assert isinstance(model, StandInResNet)
     assert calls == [("resnet50", None, {"num_classes": 5})]  # weights=None: nothing downloaded

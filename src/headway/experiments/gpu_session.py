@@ -115,6 +115,10 @@ def run_session(
     from headway.tracking.native.build import build_runner, find_compiler
 
     resolve_device(device)  # a clear error where CUDA is asked for and absent
+    if multidnn_requests > 0:  # a model name or library missing is said now, not after an hour
+        from headway.vision.serving import parse_models
+
+        parse_models(multidnn_models)
     out = Path(out)
     began = time.perf_counter()
     left = lambda: budget_s - (time.perf_counter() - began)  # noqa: E731

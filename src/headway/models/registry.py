@@ -10,6 +10,8 @@ names) and ``tracker`` (CSWinTT, the official checkpoint's names).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -91,10 +93,26 @@ def is_external(name: str) -> bool:
     return bool(sep and model) and source in EXTERNAL_SOURCES
 
 
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # in sys.modules without a spec (a stand-in)
+        return sys.modules.get(package) is not None
+
+
 def check_model_name(name: str, family: str = "cnn") -> str:
-    """``name`` if it is a registry model of ``family`` or an external ``source:model``; a
-    one-line error naming the choices otherwise."""
-    if is_external(name) or name in list_models(family):
+    """``name`` if it is a registry model of ``family`` or an external ``source:model`` whose
+    library is installed; a one-line error naming the choices (or how to install the library)
+    otherwise, before any work."""
+    if is_external(name):
+        source = name.partition(":")[0]
+        if not _installed(source):
+            raise InputError(
+                f"{name}: {source} is not installed ({EXTERNAL_SOURCES[source]}); headway's own "
+                f"models need nothing extra: {', '.join(list_models(None))}"
+            )
+        return name
+    if name in list_models(family):
         return name
     sources = ", ".join(f"{s}:<name>" for s in EXTERNAL_SOURCES)
     raise InputError(

@@ -105,7 +105,13 @@ def build_plan(compiler: str | None = None) -> BuildPlan:
     """The compile command for this machine, or an error saying what is missing. Made once
     per compiler in a process: its probes compile two programs, and every check of a C++
     executor asks for the plan."""
+    named = os.environ.get("CXX")
     compiler = compiler or find_compiler()
+    if compiler is None and named:
+        raise InputError(
+            f"headway-runner cannot be built: CXX names {named!r}, which is not a program "
+            f"on PATH; set CXX to a C++ compiler or unset it to use c++, g++ or clang++"
+        )
     if compiler is None:
         raise InputError(f"headway-runner cannot be built: no C++ compiler found; {COMPILER_HINT}")
     return _plan_for(compiler)
