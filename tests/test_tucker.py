@@ -225,6 +225,12 @@ def test_inception_input_transform_survives_checkpoints_and_saving(tmp_path: Pat
     assert checkpoint_overrides("inception_v3", None, True, "w.pth") == {}
     assert checkpoint_overrides("inception_v3", None, False, None) == {}
     assert checkpoint_overrides("vgg16", None, False, "w.pth") == {}
+    # torchvision's own Inception-v3 follows torchvision's rule too (issue 34)
+    external = "torchvision:inception_v3"
+    assert checkpoint_overrides(external, None, False, "w.pth") == {"transform_input": True}
+    assert checkpoint_overrides(external, 10, False, "w.pth") == {"transform_input": False}
+    with pytest.raises(InputError, match="do not apply"):
+        create_model("torchvision:resnet50", width=2)
     model = create_model("inception_v3", num_classes=10, transform_input=True).eval()
     path = tmp_path / "inception.pt"
     save_decomposed(path, model, TuckerReport("ratio:0.5"), "inception_v3", 10, False)

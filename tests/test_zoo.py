@@ -156,3 +156,5 @@ def test_external_models_come_from_their_library_or_say_how_to_install_it(
     model = create_model("torchvision:resnet50", num_classes=5)
     assert isinstance(model, StandInResNet)
     assert calls == [("resnet50", None, {"num_classes": 5})]  # weights=None: nothing downloaded
+    create_model("torchvision:inception_v3", transform_input=True)  # its ImageNet weights' rule
+    assert calls[-1] == ("inception_v3", None, {"transform_input": True})

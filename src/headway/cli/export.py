@@ -97,7 +97,11 @@ def export_command(
         parts = stage_exports(network, executor)
         what = {"model": f"CSWinTT {config}", "executor": executor}
     else:
-        from headway.models.registry import check_model_name, random_model_and_input
+        from headway.models.registry import (
+            check_model_name,
+            checkpoint_overrides,
+            random_model_and_input,
+        )
 
         check_model_name(model)
         if checkpoint is not None and str(checkpoint) == "builtin" and not checkpoint.exists():
@@ -105,7 +109,10 @@ def export_command(
                 "--checkpoint builtin names the trained tiny tracker's weights (--model "
                 f"tracker --config tiny); for {model} give its weights file"
             )
-        module, example, size = random_model_and_input(model, small_input, input_size, batch, seed)
+        implied = checkpoint_overrides(model, None, small_input, checkpoint)
+        module, example, size = random_model_and_input(
+            model, small_input, input_size, batch, seed, **implied
+        )
         check_runs(  # a size the network cannot take is named here, not deep in an exporter
             module, (example,), f"--input-size {size}: {model} cannot run on {size}×{size} images"
         )

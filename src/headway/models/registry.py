@@ -120,9 +120,10 @@ def check_model_name(name: str, family: str = "cnn") -> str:
     )
 
 
-def create_external(name: str, num_classes: int | None = None) -> nn.Module:
+def create_external(name: str, num_classes: int | None = None, **settings: Any) -> nn.Module:
     """``torchvision:<model>`` or ``timm:<model>`` built by that library with random weights
-    (nothing is downloaded; pass real weights to :func:`~headway.models.load_weights`)."""
+    (nothing is downloaded; pass real weights to :func:`~headway.models.load_weights`);
+    ``settings`` go to its constructor (torchvision Inception-v3's ``transform_input``)."""
     source, _, model_name = name.partition(":")
     if source not in EXTERNAL_SOURCES or not model_name:
         raise InputError(f"{name!r} is not source:model with source in {sorted(EXTERNAL_SOURCES)}")
@@ -135,7 +136,7 @@ def create_external(name: str, num_classes: int | None = None) -> nn.Module:
             f"{name}: {source} is not installed ({EXTERNAL_SOURCES[source]}); headway's own "
             f"models need nothing extra: {', '.join(list_models(None))}"
         ) from None
-    extra = {} if num_classes is None else {"num_classes": num_classes}
+    extra = {**settings, **({} if num_classes is None else {"num_classes": num_classes})}
     try:
         if source == "torchvision":
             return library.get_model(model_name, weights=None, **extra)
@@ -164,9 +165,12 @@ def checkpoint_overrides(
     expect its input transform (torchvision turns ``transform_input`` on when loading them), so
     it is on for a 1000-class inception_v3 checkpoint at full input size. One rule for every
     path that loads weights (compress, multirun, a saved decomposed model)."""
-    if name != "inception_v3" or checkpoint is None or small_input:
+    if name not in ("inception_v3", "torchvision:inception_v3") or checkpoint is None:
         return {}
-    classes = num_classes if num_classes is not None else model_card(name).num_classes
+    if small_input:
+        return {}
+    default = 1000 if is_external(name) else model_card(name).num_classes
+    classes = num_classes if num_classes is not None else default
     return {"transform_input": classes == 1000}
 
 
@@ -176,13 +180,15 @@ def random_model_and_input(
     input_size: int | None = None,
     batch: int = 1,
     seed: int = 0,
+    **overrides: Any,
 ) -> tuple[nn.Module, torch.Tensor, int]:
     """``name`` with the random weights of ``seed``, in eval mode, and a random input batch
     of ``batch`` images of its default (or ``input_size``) side, which it returns too (the
-    global random state is left as it was)."""
+    global random state is left as it was). ``overrides`` go to :func:`create_model` (e.g.
+    :func:`checkpoint_overrides` before loading a checkpoint)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        module = create_model(name, small_input=small_input).eval()
+        module = create_model(name, small_input=small_input, **overrides).eval()
         size = input_size or default_input_size(name, small_input)
         return module, torch.randn(batch, 3, size, size), size
 
@@ -204,9 +210,11 @@ def create_model(
     if num_classes is not None and num_classes < 1:
         raise InputError(f"a classifier needs at least one class, got {num_classes}")
     if is_external(name):
-        if overrides:
+        # torchvision's own Inception-v3 switch, which it turns on for ImageNet weights
+        allowed = {"transform_input"} if name == "torchvision:inception_v3" else set()
+        if set(overrides) - allowed:
             raise InputError(f"{name}: headway's overrides {sorted(overrides)} do not apply")
-        return create_external(name, num_classes)
+        return create_external(name, num_classes, **overrides)
     card = model_card(name)
     if card.family == "cnn":
         classes = card.num_classes if num_classes is None else num_classes
