@@ -132,6 +132,10 @@ def test_what_headways_deit_does_not_compute_is_refused_by_name() -> None:
         adopt_vit(model)
     with pytest.raises(InputError, match="not a vision transformer"):
         adopt_vit(nn.Linear(2, 2))
+    model = TimmVisionTransformer()
+    model.norm = nn.Identity()  # timm's final_norm=False
+    with pytest.raises(InputError, match="no final LayerNorm"):
+        adopt_vit(model)
 
 
 def test_real_timm_deit_small_is_adopted() -> None:

@@ -272,6 +272,9 @@ def _vit_features(model: nn.Module) -> list[str]:
         problems.append(f"global_pool={model.global_pool!r} (headway reads the class token)")
     if getattr(model, "no_embed_class", False):
         problems.append("no_embed_class=True")
+    if not isinstance(getattr(model, "norm", None), nn.LayerNorm):
+        kind = type(getattr(model, "norm", None)).__name__
+        problems.append(f"no final LayerNorm (norm is {kind}; final_norm=False)")
     for name, _ in _layers_present(model, ("norm_pre", "fc_norm", "patch_embed.norm")):
         problems.append(f"a {name} layer")
     head = getattr(model, "head", None)
