@@ -40,6 +40,15 @@ DIGITS_TRAINING = TrainSettings(epochs=25, lr=2e-3, optimizer="adam", weight_dec
 MASK_FINETUNING = TrainSettings(epochs=5, lr=5e-4, optimizer="adam", weight_decay=0.05)
 
 
+def timm_eval_transform(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """The eval transform timm's users apply to ``model``: its ``pretrained_cfg``'s size,
+    crop fraction, interpolation and normalisation (vit_small: crop 0.9, bicubic, 0.5/0.5),
+    by timm's own ``resolve_data_config`` and ``create_transform``."""
+    from timm.data import create_transform, resolve_data_config
+
+    return create_transform(**resolve_data_config({}, model=model))
+
+
 def vit_accuracy_run(
     out: Path,
     name: str,
@@ -56,14 +65,13 @@ def vit_accuracy_run(
     """``headway vit accuracy``: the table of :func:`accuracy_table` for the built-in digits
     (``images`` None: a small DeiT trained in ``out``) or for the DeiT ``name`` with the weights
     ``checkpoint`` on a labelled image folder (``timm:<name>``: timm's model adopted as
-    headway's DeiT, with its own normalisation); written to ``out/vit_accuracy.json``."""
+    headway's DeiT, on images through timm's own eval transform); written to
+    ``out/vit_accuracy.json``."""
     external: DeiT | None = None
-    normalisation: dict[str, tuple[float, ...]] = {}
+    preprocess: dict[str, Any] = {}
     if is_external(name):  # timm:<name>: its weights, run as headway's DeiT (adopt_vit)
         source = load_weights(create_external(name), checkpoint)  # type: ignore[arg-type]
-        pretrained = getattr(source, "pretrained_cfg", None) or {}
-        # the weights' own normalisation (timm's vit_small: 0.5 / 0.5, not ImageNet's)
-        normalisation = {k: tuple(pretrained[k]) for k in ("mean", "std") if k in pretrained}
+        preprocess = {"transform": timm_eval_transform(source)}
         external = adopt_vit(source)
         config = external.config
     else:
@@ -84,7 +92,7 @@ def vit_accuracy_run(
                 class_map,
                 config.img_size,
                 calibration_fraction=calibration,
-                **normalisation,
+                **preprocess,
             )
             if announce is not None:
                 announce(

@@ -15,6 +15,7 @@ statistics.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,12 +138,13 @@ def load_imagenet_folder(
     seed: int = 0,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
 ) -> ClassificationData:
     """Images for a pretrained classifier: shorter side resized (bicubic) to
     size / crop_fraction, centre-cropped to size, normalised by the weights' ``mean``/``std``
-    (ImageNet's by default; timm's ``pretrained_cfg`` says a model's own, e.g. 0.5 for
-    vit_small). The "train" split is the calibration part (e.g. for averaging attention maps),
-    the "test" split is scored."""
+    (ImageNet's by default), or each RGB image through ``transform`` (a timm model's own eval
+    transform: its crop fraction, interpolation and normalisation). The "train" split is the
+    calibration part (e.g. for averaging attention maps), the "test" split is scored."""
     root = Path(root)
     require_folder(root, "image folder")
     if not 0.0 < calibration_fraction < 1.0:
@@ -162,6 +164,10 @@ def load_imagenet_folder(
             try:
                 with Image.open(path) as image:
                     rgb = image.convert("RGB")
+                    if transform is not None:
+                        images.append(transform(rgb))
+                        labels.append(indices[folder])
+                        continue
                     scale = resized / min(rgb.size)
                     width, height = (max(size, round(v * scale)) for v in rgb.size)
                     rgb = rgb.resize((width, height), Image.BICUBIC)
