@@ -120,6 +120,14 @@ def test_exports_read_back_with_the_official_readers(tmp_path: Path) -> None:
             np.testing.assert_allclose(read, boxes, atol=1e-3)
             times = np.loadtxt(tmp_path / layout / "times" / f"{name}_time.txt")
             assert times.shape == (len(boxes),)
+    # an export given as the run: its times come from its times/ folder, not zeros
+    again = export_results(tmp_path / "lasot", tmp_path / "again", "otb")
+    for name in again.sequences:
+        np.testing.assert_allclose(
+            np.loadtxt(tmp_path / "again" / "times" / f"{name}_time.txt"),
+            np.loadtxt(tmp_path / "lasot" / "times" / f"{name}_time.txt"),
+        )
+        assert np.loadtxt(tmp_path / "again" / "times" / f"{name}_time.txt").min() > 0
     summary = export_results(run, tmp_path / "tn", "trackingnet")
     assert summary.sequences == sorted(predictions)
     with zipfile.ZipFile(tmp_path / "tn" / "submission.zip") as bundle:

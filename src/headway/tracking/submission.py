@@ -97,8 +97,12 @@ def _box_text(boxes: np.ndarray) -> str:
 
 
 def _times(run_dir: Path, name: str, frames: int) -> np.ndarray:
-    """Seconds per frame from the run, or zeros (unknown) when the run has no time file."""
+    """Seconds per frame from the run (``<seq>_time.txt``, or ``times/<seq>_time.txt`` where
+    the folder is itself an export in the OTB or LaSOT layout), or zeros (unknown) when there
+    is no time file."""
     path = run_dir / f"{name}_time.txt"
+    if not path.is_file():
+        path = run_dir / "times" / f"{name}_time.txt"
     if not path.is_file():
         return np.zeros(frames)
     times = read_number_rows(path, 1, "time file", allow_nan=False)[:, 0]
