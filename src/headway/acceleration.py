@@ -159,8 +159,8 @@ class Accelerated(nn.Module):
                 for a, (_, dtype, device) in zip(args, example, strict=True)
             )
             shapes = sum(1 for run in self._runs.values() if run is self._run)
-            with torch.inference_mode():
-                expected = self._module(*args)
+            with torch.inference_mode():  # on copies: a module may write into its inputs
+                expected = self._module(*(a.clone() if torch.is_tensor(a) else a for a in args))
             why = None
             if not same_kind:
                 why = "inputs of another kind than the example's (dtype, device or count)"
