@@ -102,7 +102,7 @@ def measure(name: str, batch: int, budget_s: float, cache: Path) -> dict[str, An
     rel = float((got - expected).abs().max() / expected.abs().max())
     variants = {"eager": lambda: model(x), **peers(model, x, cache), "accelerate": lambda: fast(x)}
     with torch.inference_mode():
-        medians = interleaved_medians(variants, min_run_time=2.0)
+        medians = interleaved_medians(variants, min_run_time=3.0)
     best_peer = min(("torch.compile", "openvino", "onnxruntime"), key=lambda peer: medians[peer])
     row = {
         "model": name,

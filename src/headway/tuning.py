@@ -287,6 +287,7 @@ def call_ms(run: Callable[..., Any], args: Sequence[Any], calls: int = 3) -> lis
     return times
 
 
+CONTENDER = 0.15  # candidates this close to the fastest get more rounds while the budget lasts
 NEAR_TIE = 0.03  # the two fastest this close (relative) are timed again, just the two
 TIE = 0.01  # still this close after that: the one listed first (the simpler way) is kept
 
@@ -300,28 +301,40 @@ def choose_fastest(
     interleaved within ``budget_s``, record each median in ``results``, mark the fastest
     ``chosen`` and return its name.
 
-    A near-tie (the two fastest within :data:`NEAR_TIE`) is not left to a few calls' noise:
-    the two are timed again, alone, for up to 6 more rounds (at least 2, within what is left
-    of the budget), and decided on all their times; within :data:`TIE` after that, the one
-    listed first is kept and the other says why."""
+    Every candidate gets at least 2 rounds; those within :data:`CONTENDER` of the fastest get
+    up to 6 more while the budget lasts, so the choice rests on more timings where it is
+    close. A near-tie (the two fastest within :data:`NEAR_TIE`) is not left to a few calls'
+    noise: the two are timed again, alone, for at least 2 more rounds, and decided on all
+    their times; within :data:`TIE` after that, the one listed first is kept and the other
+    says why."""
     began = time.perf_counter()
+
+    def left() -> float:
+        return max(budget_s - (time.perf_counter() - began), 0.0)
+
+    def timed_again(names: list[str], min_rounds: int) -> None:
+        more = interleaved_samples({n: runs[n] for n in names}, left(), min_rounds, 6)
+        for name in names:
+            samples[name] += more[name]
+            medians[name] = float(np.median(samples[name]))
+
     samples = interleaved_samples(runs, budget_s)
     medians = {name: float(np.median(values)) for name, values in samples.items()}
+    fastest = min(medians.values())
+    contenders = [n for n in runs if medians[n] <= fastest * (1 + CONTENDER)]
+    if len(contenders) > 1:
+        timed_again(contenders, 0)
     chosen = min(medians, key=medians.__getitem__)
     runner_up = min((n for n in medians if n != chosen), key=medians.__getitem__, default=None)
     if runner_up is not None and medians[runner_up] <= medians[chosen] * (1 + NEAR_TIE):
         first, second = (name for name in runs if name in (chosen, runner_up))  # listed order
-        left = max(budget_s - (time.perf_counter() - began), 0.0)
-        more = interleaved_samples({first: runs[first], second: runs[second]}, left)
-        for name in (first, second):
-            samples[name] += more[name]
-            medians[name] = float(np.median(samples[name]))
+        timed_again([first, second], 2)
         chosen = second if medians[second] < medians[first] * (1 - TIE) else first
         other = second if chosen == first else first
         gap = 100 * (medians[other] / medians[chosen] - 1)
-        results[
-            other
-        ].reason = f"a near-tie with {chosen}: {gap:+.1f}% on {len(samples[other])} timings"
+        results[other].reason = (
+            f"a near-tie with {chosen}: {gap:+.1f}% on {len(samples[other])} timings"
+        )
     for name, median in medians.items():
         results[name].median_ms = median
     results[chosen].status = "chosen"
