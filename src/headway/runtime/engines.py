@@ -208,9 +208,8 @@ def open_onnxruntime(path: Path, threads: int | None = None, standalone: bool = 
       per frame in the tracker);
     - a whole model called on its own (``accelerate``, ``export``; ``standalone``): ONNX
       Runtime's own defaults, one thread per physical core, pinned, spin-waiting between runs
-      (``threads``, when given, still sets the count). Setting the count and turning spinning
-      off cost 13-21% and 12-32% on torchvision and timm models at batch 1
-      (``benchmarks/accelerate_peers.py``).
+      (``threads``, when given, still sets the count). The stages' settings cost 8-38% on
+      torchvision and timm models at batch 1 (``benchmarks/accelerate_peers.py``).
 
     One line naming the file when it cannot open it."""
     require_engine("onnxruntime")
