@@ -332,9 +332,9 @@ def choose_fastest(
         chosen = second if medians[second] < medians[first] * (1 - TIE) else first
         other = second if chosen == first else first
         gap = 100 * (medians[other] / medians[chosen] - 1)
-        results[other].reason = (
-            f"a near-tie with {chosen}: {gap:+.1f}% on {len(samples[other])} timings"
-        )
+        results[
+            other
+        ].reason = f"a near-tie with {chosen}: {gap:+.1f}% on {len(samples[other])} timings"
     for name, median in medians.items():
         results[name].median_ms = median
     results[chosen].status = "chosen"
