@@ -444,7 +444,10 @@ def test_an_interrupted_export_leaves_the_earlier_one(
     result = _export(tracked_run, out, "got10k")
     assert result.exit_code == 1 and "no space left" in result.output, result.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert hidden == [".export.headway-export.json"]  # the record beside it, nothing else
+    monkeypatch.undo()
+    assert _export(tracked_run, out, "got10k").exit_code == 0  # still known as an export
 
 
 def test_a_runner_built_earlier_is_used_when_the_compiler_has_gone(

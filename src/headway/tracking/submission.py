@@ -151,23 +151,40 @@ def _layout_entries(layout: str, sequences: list[str]) -> set[str]:
     return {f"{name}.txt" for name in sequences} | {"times"}
 
 
+def _record_entries(record: object) -> set[str] | None:
+    """The top-level names an export record's layout and sequences account for (with those of
+    the export it replaces, while it is being replaced), or None for no such record."""
+    if not isinstance(record, dict):
+        return None
+    layout, sequences = record.get("layout"), record.get("sequences")
+    if layout not in LAYOUTS or not isinstance(sequences, list):
+        return None
+    if not all(isinstance(name, str) for name in sequences):
+        return None
+    entries = _layout_entries(str(layout), sequences)
+    earlier = _record_entries(record.get("replacing")) if "replacing" in record else set()
+    return entries | (earlier or set())
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if _record_entries(record) is not None else None
+
+
 def _earlier_export(out: Path) -> bool:
     """Whether ``out`` is an export headway wrote: its record reads, and the folder holds
     nothing but what that record's layout and sequences put there (a record someone wrote or
     copied into a folder of their own files does not make those files replaceable)."""
     for mark in (_mark_path(out), out / EXPORT_MARK):
         try:
-            record = json.loads(mark.read_text())
-            layout, sequences = record["layout"], record["sequences"]
+            expected = _record_entries(json.loads(mark.read_text()))
             entries = {entry.name for entry in out.iterdir()} - {EXPORT_MARK}
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             continue
-        if (
-            layout in LAYOUTS
-            and isinstance(sequences, list)
-            and all(isinstance(name, str) for name in sequences)
-            and entries <= _layout_entries(layout, sequences)
-        ):
+        if expected is not None and entries <= expected:
             return True
     return False
 
@@ -263,8 +280,13 @@ def export_results(run_dir: str | Path, out: str | Path, layout: str) -> ExportS
         if layout == "trackingnet":
             atomic_write_bytes(staging / "submission.zip", archive.getvalue())
         mark = {"run": str(run_dir.resolve()), "layout": layout, "sequences": names}
-        atomic_write_text(_mark_path(out), json.dumps(mark, indent=2))  # names the new one
+        earlier = _read_record(_mark_path(out))
+        # while the folders swap, the record accounts for both: whichever is in place after a
+        # crash is still known as an export
+        replacing = {**mark, "replacing": earlier} if earlier else mark
+        atomic_write_text(_mark_path(out), json.dumps(replacing, indent=2))
         replace_folder(staging, out)
+        atomic_write_text(_mark_path(out), json.dumps(mark, indent=2))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     written = [out / relative for relative in targets]
