@@ -332,9 +332,8 @@ def choose_fastest(
         chosen = second if medians[second] < medians[first] * (1 - TIE) else first
         other = second if chosen == first else first
         gap = 100 * (medians[other] / medians[chosen] - 1)
-        results[
-            other
-        ].reason = f"a near-tie with {chosen}: {gap:+.1f}% on {len(samples[other])} timings"
+        timings = len(samples[other])
+        results[other].reason = f"a near-tie with {chosen}: {gap:+.1f}% on {timings} timings"
     for name, median in medians.items():
         results[name].median_ms = median
     results[chosen].status = "chosen"
