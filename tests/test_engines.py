@@ -205,6 +205,39 @@ def test_plain_openvino_peer_serves_the_models_own_answers() -> None:
         torch.testing.assert_close(output, _own_answer(spec), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_ctrl_c_lets_the_jobs_in_flight_come_back_before_it_ends_the_run(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 34: Ctrl-C during an ONNX Runtime run aborted the process ("exception not
+    rethrown", exit 134): the interpreter ended while the engine's threads still had Python
+    callbacks to run. Now no job starts, the ones in flight come back, and the engines are
+    released before Ctrl-C goes on."""
+    from headway.runtime import chained
+    from headway.vision.serving import ModelSpec, build_instance
+
+    if not engine_available(engine):
+        pytest.skip(f"{engine} not installed")
+    spec = ModelSpec("alexnet", seed=3)
+    built = build_instance(spec, "alexnet#0", "jobs:2")
+    instances = [type(built)(f"alexnet#{i}", built.jobs, built.example) for i in range(3)]
+    seen: dict[str, object] = {}
+    real_handle = chained._ChainedRun._handle_reports
+
+    def interrupted(self: chained._ChainedRun, stall_s: float) -> None:
+        seen["run"] = self
+        seen["in_flight"] = self.in_flight  # jobs were started: the engine is busy
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chained._ChainedRun, "_handle_reports", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        chained.run_chained(instances, 50, engine, streams=2)
+    run = seen["run"]
+    assert seen["in_flight"] and run.in_flight == 0 and run.stopping  # type: ignore[attr-defined]
+    assert not run.chains  # type: ignore[attr-defined]
+    monkeypatch.setattr(chained._ChainedRun, "_handle_reports", real_handle)
+
+
 def test_chained_runner_refuses_bad_settings() -> None:
     from headway.runtime.chained import run_chained
     from headway.vision.serving import ModelSpec, run_mode
@@ -487,3 +520,21 @@ def test_back_to_back_chained_runs_neither_abort_nor_hang() -> None:
                     assert not result.errors, result.errors
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from headway.cli.base import reports_errors
+
+    app = typer.Typer()
+
+    @app.command()
+    @reports_errors
+    def work() -> None:
+        raise KeyboardInterrupt
+
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 130
+    assert "interrupted (Ctrl-C)" in result.output

@@ -52,8 +52,9 @@ def report_error(error: Exception) -> None:
 
 def reports_errors(command: F) -> F:
     """Turn bad input (:class:`InputError`) and the machine's refusals to write (no space,
-    read-only, a name too long) into one line on stderr and exit status 1; any other
-    exception is a bug in headway and keeps its traceback."""
+    read-only, a name too long) into one line on stderr and exit status 1, and Ctrl-C into
+    one line and exit status 130; any other exception is a bug in headway and keeps its
+    traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: object, **kwargs: object) -> object:
@@ -66,6 +67,9 @@ def reports_errors(command: F) -> F:
             if failure is None:
                 raise
             report_error(failure)
+        except KeyboardInterrupt:  # the work saw it and stopped cleanly: say so, exit 130
+            errors.print("interrupted (Ctrl-C): stopped", highlight=False)
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 

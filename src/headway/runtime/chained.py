@@ -27,6 +27,7 @@ serve the most requests; finer jobs pay that once per job.
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import threading
 import time
@@ -322,6 +323,7 @@ class _ChainedRun:
         self.waiting: list[collections.deque[float]] = [collections.deque() for _ in instances]
         self.busy = [False] * len(instances)
         self.finished = threading.Event()
+        self.stopping = False  # Ctrl-C: no job starts; the ones in flight come back first
         self.remaining = requests * len(instances)
         # every job's input shape, from one pass of each distinct model in torch
         self.inputs: dict[int, list[np.ndarray]] = {}
@@ -357,7 +359,7 @@ class _ChainedRun:
                     batches.prepare(job, shape, size)
 
     def start_jobs(self) -> None:  # holding the lock
-        while self.in_flight < self.depth and self.fifo:
+        while self.in_flight < self.depth and self.fifo and not self.stopping:
             i, k = self.fifo.popleft()
             self.in_flight += 1
             if self.batches is not None:
@@ -439,6 +441,50 @@ class _ChainedRun:
         else:
             self.advance(i, k)
 
+    def _handle_reports(self, stall_s: float) -> None:
+        """Handle the engines' reports in order until every request is served or failed, or
+        nothing has come back for ``stall_s``."""
+        while not self.finished.is_set():
+            try:
+                report, concerned = self.reports.get(timeout=1.0)
+            except queue.Empty:
+                if time.perf_counter() - self.progress > stall_s:  # nothing came back: say so
+                    with self.lock:
+                        for i in range(len(self.instances)):
+                            if self.served[i] < self.requests:
+                                self.fail(i, f"the engine returned nothing for {stall_s:.0f} s")
+                    return
+                continue
+            self.progress = time.perf_counter()
+            with self.lock:
+                try:
+                    report()
+                    self.start_jobs()
+                except Exception as failure:  # named with the instances, never swallowed
+                    for i in concerned:
+                        self.fail(i, f"{type(failure).__name__}: {failure}")
+
+    def _drain(self) -> None:
+        """Ctrl-C: start nothing more, let the jobs in flight come back (their callbacks run
+        Python, which an ending interpreter would cut off inside the engine's threads: ONNX
+        Runtime then aborts the process, "exception not rethrown"), then release the engines.
+        Bounded by ``SETTLE_S``."""
+        with self.lock:
+            self.stopping = True
+        deadline = time.perf_counter() + SETTLE_S
+        while time.perf_counter() < deadline:
+            with self.lock:
+                if self.in_flight <= 0:
+                    break
+            try:
+                report, _ = self.reports.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            with self.lock, contextlib.suppress(Exception):
+                report()
+        self.builder.release()
+        self.chains.clear()
+
     def serve(self, rate: float | None, stall_s: float) -> RunResult:
         """Send the requests (closed loop, or ``rate`` per second per instance), handle the
         reports until every request is served or failed, then release the engines."""
@@ -458,25 +504,11 @@ class _ChainedRun:
                 name="headway-arrivals",
             ).start()
         self.progress = time.perf_counter()
-        while not self.finished.is_set():
-            try:
-                report, concerned = self.reports.get(timeout=1.0)
-            except queue.Empty:
-                if time.perf_counter() - self.progress > stall_s:  # nothing came back: say so
-                    with self.lock:
-                        for i in range(len(self.instances)):
-                            if self.served[i] < self.requests:
-                                self.fail(i, f"the engine returned nothing for {stall_s:.0f} s")
-                    break
-                continue
-            self.progress = time.perf_counter()
-            with self.lock:
-                try:
-                    report()
-                    self.start_jobs()
-                except Exception as failure:  # named with the instances, never swallowed
-                    for i in concerned:
-                        self.fail(i, f"{type(failure).__name__}: {failure}")
+        try:
+            self._handle_reports(stall_s)
+        except KeyboardInterrupt:
+            self._drain()
+            raise
         result = self.result
         result.wall_s = time.perf_counter() - began
         with self.lock:

@@ -152,13 +152,19 @@ def run_multithread(
             # coalescer's own synchronisation)
             torch.cuda.synchronize(device)
         start_gate = threading.Barrier(len(instances) + 1)
+        stop = threading.Event()  # Ctrl-C: every driver ends after its request in flight
 
         def drive(instance: ModelInstance) -> None:
-            start_gate.wait()
+            try:
+                start_gate.wait()
+            except threading.BrokenBarrierError:  # stopped before the start
+                return
             began = time.perf_counter()
             schedule = _arrivals(requests, rate, began)
             try:
                 for index in range(requests):
+                    if stop.is_set():
+                        break
                     if schedule:
                         time.sleep(max(0.0, schedule[index] - time.perf_counter()))
                     arrived = schedule[index] if schedule else time.perf_counter()
@@ -185,10 +191,20 @@ def run_multithread(
         ]
         for thread in drivers:
             thread.start()
-        start_gate.wait()
         began = time.perf_counter()
-        for thread in drivers:
-            thread.join()
+        try:
+            start_gate.wait()
+            began = time.perf_counter()
+            for thread in drivers:
+                thread.join()
+        except KeyboardInterrupt:
+            # the engines' threads must be idle before the process ends: an exit with a
+            # worker inside ONNX Runtime aborts it ("exception not rethrown", exit 134)
+            stop.set()
+            start_gate.abort()
+            for thread in drivers:
+                thread.join()
+            raise
         result.wall_s = time.perf_counter() - began
     if coalescer is not None and coalescer.batch_sizes:
         result.notes["mean_batch"] = float(np.mean(coalescer.batch_sizes))
