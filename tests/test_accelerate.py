@@ -267,7 +267,10 @@ def test_new_shapes_build_within_a_bound_and_fall_back_with_a_warning(monkeypatc
         fast(torch.randn(1, 3, 12, 12, dtype=torch.float64))
 
     relu = headway.accelerate(nn.Sequential(nn.ReLU()), torch.randn(2, 5), budget_s=3)
-    x = torch.randn(2, 5, dtype=torch.float64)
+    relu(torch.randn(3, 5))  # the second shape: built
+    with pytest.warns(UserWarning, match="beyond the 2"):
+        relu(torch.randn(4, 5))
+    x = torch.randn(2, 5, dtype=torch.float64)  # said too, after the bound's warning
     with pytest.warns(UserWarning, match="another kind than the example's"):
         got = relu(x)
     assert got.dtype == torch.float64 and torch.equal(got, x.relu())

@@ -582,3 +582,26 @@ def test_a_killed_build_leaves_nothing_a_later_one_does_not_remove(tmp_path: Pat
     assert staging.exists()  # this process's own is never touched
     assert remove_stale_staging(target) == []
     shutil.rmtree(staging)
+
+
+def test_an_old_folder_that_cannot_be_put_back_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from headway import io as headway_io
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    target = tmp_path / "export"
+    aside = tmp_path / f".export.old-{gone.pid}"
+    aside.mkdir()
+    (aside / "kept.txt").write_text("the earlier export")
+
+    def refused(source: object, destination: object) -> None:
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(headway_io.os, "replace", refused)
+    assert headway_io.remove_stale_staging(target) == []
+    monkeypatch.setattr(headway_io.os, "replace", os.replace)
+    assert (aside / "kept.txt").read_text() == "the earlier export"

@@ -161,10 +161,10 @@ class Accelerated(nn.Module):
             shapes = sum(1 for run in self._runs.values() if run is self._run)
             with torch.inference_mode():  # on copies: a module may write into its inputs
                 expected = self._module(*(a.clone() if torch.is_tensor(a) else a for a in args))
-            why = None
+            beyond = same_kind and shapes >= MAX_SHAPES
             if not same_kind:
                 why = "inputs of another kind than the example's (dtype, device or count)"
-            elif shapes >= MAX_SHAPES:
+            elif beyond:
                 why = f"a shape beyond the {MAX_SHAPES} it builds for"
             else:
                 log.info("%s: building for a new input shape %s", self._way.name, signature)
@@ -180,13 +180,13 @@ class Accelerated(nn.Module):
                 why = f"a new shape on which it differs from the module by {relative:.1e}"
             if len(self._runs) < MAX_SIGNATURES:
                 self._runs[signature] = self._module
-            if not self._warned_full or shapes < MAX_SHAPES:
+            if not (beyond and self._warned_full):  # shapes beyond the bound: said once
                 warnings.warn(
                     f"headway.accelerate ({self._way.name}) runs the module itself (eager, "
                     f"not accelerated) for {why}: {_describe(args)}",
                     stacklevel=4,
                 )
-                object.__setattr__(self, "_warned_full", shapes >= MAX_SHAPES)
+                object.__setattr__(self, "_warned_full", self._warned_full or beyond)
             return expected
 
     # -- behaving like the module -------------------------------------------------------------

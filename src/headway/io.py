@@ -161,7 +161,7 @@ def remove_stale_staging(target: Path) -> list[Path]:
             if ".old-" in entry.name and not os.path.lexists(target):
                 with contextlib.suppress(OSError):  # killed between two renames: put it back
                     os.replace(entry, target)
-                    continue
+                continue  # the only copy of the earlier folder: never removed
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

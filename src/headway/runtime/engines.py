@@ -206,7 +206,7 @@ def open_onnxruntime(path: Path, threads: int | None = None, standalone: bool = 
       inter-op thread and no spin-waiting after a run, because torch's own operators or other
       sessions run between the calls and a spinning pool takes their cores (measured +14 ms
       per frame in the tracker);
-    - a whole model called on its own (``accelerate``, ``export``; ``standalone``): ONNX
+    - a whole model called on its own (``accelerate``; ``standalone``): ONNX
       Runtime's own defaults, one thread per physical core, pinned, spin-waiting between runs
       (``threads``, when given, still sets the count). The stages' settings cost 8-38% on
       torchvision and timm models at batch 1 (``benchmarks/accelerate_peers.py``).
