@@ -77,7 +77,9 @@ def vit_accuracy_run(
     else:
         config = DEIT_CONFIGS[name]
     for pair in schedules:  # checked now, before any training
-        keep_counts(config.num_patches, pruning_ratios(config.depth, *pair))
+        keep_counts(
+            config.num_patches, pruning_ratios(config.depth, *pair), prefix=config.num_prefix_tokens
+        )
     finetune = replace(MASK_FINETUNING, epochs=finetune_epochs) if finetune_epochs else None
     with locked_folder(out):
         if images is None:
@@ -90,7 +92,7 @@ def vit_accuracy_run(
             data = load_imagenet_folder(
                 images,
                 class_map,
-                config.img_size,
+                config.image_hw[0],  # headway's DeiTs are square; timm's come with a transform
                 calibration_fraction=calibration,
                 **preprocess,
             )
@@ -155,7 +157,7 @@ class MaskedClassifier(torch.nn.Module):
         self.register_buffer("masks", masks, persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.model.forward_tokens(images, self.masks))
+        return self.model.classify(self.model.forward_tokens(images, self.masks))
 
 
 def accuracy_table(
@@ -175,17 +177,19 @@ def accuracy_table(
     ``engine``, every score comes from the masked (and pruned) graph run by that engine."""
     batches = [data.train_images[i : i + 256] for i in range(0, len(data.train_labels), 256)]
     maps = average_attention(model, batches)
-    counts = keep_counts(model.config.num_patches, pruning_ratios(model.config.depth, *prune))
+    config = model.config
+    prefix = config.num_prefix_tokens
+    counts = keep_counts(config.num_patches, pruning_ratios(config.depth, *prune), prefix=prefix)
     other_counts = {
         schedule_label(pair): keep_counts(
-            model.config.num_patches, pruning_ratios(model.config.depth, *pair)
+            config.num_patches, pruning_ratios(config.depth, *pair), prefix=prefix
         )
         for pair in other_prunes
         if tuple(pair) != tuple(prune)
     }
     rows = []
     for target in sparsities:
-        masks, _ = masks_for_sparsity(maps, target)
+        masks, _ = masks_for_sparsity(maps, target, prefix=prefix)
         row: dict[str, Any] = {"sparsity": target, "achieved": sparsity(masks)}
         scored = model
         if finetune is not None:

@@ -43,9 +43,13 @@ def average_attention(model: nn.Module, batches: Iterable[torch.Tensor]) -> torc
     return (total / count).float()
 
 
-def threshold_masks(maps: torch.Tensor, tau: float | torch.Tensor, extra: int = 0) -> torch.Tensor:
+def threshold_masks(
+    maps: torch.Tensor, tau: float | torch.Tensor, extra: int = 0, prefix: int = 1
+) -> torch.Tensor:
     """Keep, per row, the fewest largest entries whose sum reaches ``tau`` (+ ``extra``).
-    ``tau`` may be a scalar or one value per (layer, head) as a (L, H) tensor."""
+    ``tau`` may be a scalar or one value per (layer, head) as a (L, H) tensor. The rows and
+    columns of the ``prefix`` tokens (class, distillation, registers) are always kept; with
+    none, the diagonal is."""
     values, order = maps.sort(dim=-1, descending=True)
     cumulative = values.cumsum(dim=-1)
     tau = torch.as_tensor(tau, dtype=maps.dtype)
@@ -58,8 +62,10 @@ def threshold_masks(maps: torch.Tensor, tau: float | torch.Tensor, extra: int = 
         rank = torch.arange(maps.shape[-1]).expand_as(keep_sorted)
         keep_sorted = rank < counts
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    keep[..., 0, :] = True
-    keep[..., :, 0] = True
+    keep[..., :prefix, :] = True
+    keep[..., :, :prefix] = True
+    if prefix == 0:  # no token every query keeps: its own key, so pruning never empties a row
+        keep |= torch.eye(keep.shape[-1], dtype=torch.bool)
     return keep
 
 
@@ -76,7 +82,7 @@ def sparsity(masks: torch.Tensor) -> float:
 
 
 def masks_for_sparsity(
-    maps: torch.Tensor, target: float, per_head: bool = False, extra: int = 0
+    maps: torch.Tensor, target: float, per_head: bool = False, extra: int = 0, prefix: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks whose fraction of dropped entries is as close as bisection gets to ``target``;
     returns (masks, τ) with τ a scalar or (L, H)."""
@@ -86,11 +92,11 @@ def masks_for_sparsity(
     low, high = torch.zeros(shape), torch.ones(shape)
     for _ in range(40):
         middle = (low + high) / 2
-        masks = threshold_masks(maps, middle, extra)
+        masks = threshold_masks(maps, middle, extra, prefix)
         dropped = (
             1 - masks.float().mean(dim=(-1, -2)) if per_head else torch.tensor(sparsity(masks))
         )
         too_sparse = dropped > target  # tau too small: raise it
         low = torch.where(too_sparse, middle, low)
         high = torch.where(too_sparse, high, middle)
-    return threshold_masks(maps, high, extra), high
+    return threshold_masks(maps, high, extra, prefix), high

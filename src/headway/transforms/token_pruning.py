@@ -39,8 +39,11 @@ def pruning_ratios(depth: int, start: float, end: float, first_pruned: int = 3) 
     return [0.0] * first_pruned + [start * growth**i for i in range(pruned)]
 
 
-def keep_counts(num_patches: int, ratios: list[float], of: str = "original") -> list[int]:
-    """Tokens (class token included) each layer runs on: floor((1 − r) · patches) + 1."""
+def keep_counts(
+    num_patches: int, ratios: list[float], of: str = "original", prefix: int = 1
+) -> list[int]:
+    """Tokens each layer runs on: floor((1 − r) · patches) + ``prefix`` (the class token and
+    any distillation or register tokens, never pruned)."""
     if of not in ("original", "remaining"):
         raise InputError(f"of must be 'original' or 'remaining', got {of!r}")
     counts, present = [], num_patches
@@ -51,7 +54,7 @@ def keep_counts(num_patches: int, ratios: list[float], of: str = "original") -> 
             present = math.floor((1 - ratio) * present)
         if present < 1:
             raise InputError("the pruning schedule would leave no patch token")
-        counts.append(present + 1)
+        counts.append(present + prefix)
     return counts
 
 
@@ -79,5 +82,5 @@ class SparsePrunedDeiT(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         feature, ids = self.model.forward_tokens(images, self.masks, self.counts, return_ids=True)
-        logits = self.model.head(feature)
+        logits = self.model.classify(feature)
         return (logits, ids) if self.with_ids else logits
