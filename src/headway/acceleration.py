@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from headway.errors import InputError, first_line
 from headway.runtime.deploy import (
@@ -280,6 +281,25 @@ BUILD_S_PER_MODULE = {"inductor": 0.15, "openvino": 0.02, "onnxruntime": 0.02}
 TIMED_BLOCK_S = 0.1  # one timing pass is at least this long (at least 3 calls)
 
 
+VALUE_READS = frozenset({"is_nonzero", "item", "_local_scalar_dense", "equal"})
+
+
+class _ValueReads(TorchDispatchMode):
+    """Records whether a module reads a tensor's value into Python (``bool(t)``,
+    ``t.item()``, ``float(t)``, ``torch.equal``): an ``if`` on values, or a Python number
+    computed from them. A traced graph (the engines') keeps what the trace read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: str | None = None
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = func.overloadpacket.__name__
+        if name in VALUE_READS and self.read is None:
+            self.read = name
+        return func(*args, **(kwargs or {}))
+
+
 class _ModuleTrial:
     """accelerate's side of :func:`headway.tuning.tune`: every way runs the module on the
     example and on ``probes`` fresh inputs like it; its largest |Δ| to the module's own
@@ -293,15 +313,19 @@ class _ModuleTrial:
         self.ways = {way.name: way for way in candidate_ways("bf16")}
         self.inputs = [example, *(probe_inputs(example, seed) for seed in range(probes))]
         began = time.perf_counter()
+        reads = _ValueReads()
         with torch.inference_mode():
             try:
-                first = module(*(a.clone() for a in example))
+                with reads:
+                    first = module(*(a.clone() for a in example))
             except Exception as error:  # a shape, dtype or count the module does not take
                 raise InputError(
                     f"the module cannot run on example_inputs ({_describe(example)}): "
                     f"{first_line(error)}"
                 ) from None
             _check_outputs(first)
+            self.reads_values = reads.read
+            self.output_layout = str(pytree.tree_structure(first))
             self.references = [
                 [o.float() for o in output_tensors(first)],
                 *reference_outputs(module, self.inputs[1:]),
@@ -336,7 +360,13 @@ class _ModuleTrial:
         return call_ms(built[0], self.example, calls=self.calls)
 
     def skip(self, name: str) -> str | None:
-        return why_not(self.ways[name], self.example[0].device)
+        way = self.ways[name]
+        if way.engine is not None and self.reads_values is not None:
+            return (
+                f"the module reads tensor values into Python ({self.reads_values}: an if on "
+                "values, or a number from them); an exported graph keeps what the trace read"
+            )
+        return why_not(way, self.example[0].device)
 
     def cost(self, name: str, spent: Mapping[str, float]) -> float:
         """Seconds to build and check ``name`` (what the same backend took in this tuning,
@@ -388,9 +418,11 @@ def accelerate(
     if not isinstance(module, nn.Module):
         raise InputError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     module = copy.deepcopy(module).eval()  # the caller's module keeps its mode and weights
+    trial = _ModuleTrial(module, example, probes, limit)
     key = {"module": weights_digest(module), "precision": precision, "tolerance": limit}
     key["inputs"] = [[list(a.shape), str(a.dtype)] for a in example]
-    trial = _ModuleTrial(module, example, probes, limit)
+    key["class"] = f"{type(module).__module__}.{type(module).__qualname__}"
+    key["outputs"] = trial.output_layout
     plan, (run, held) = tune(
         [way.name for way in candidate_ways(precision)],
         Trial(trial.build, trial.check, trial.time, trial.skip, cost=trial.cost),
@@ -401,5 +433,6 @@ def accelerate(
         reference=REFERENCE.name,
         diff_label="max rel |Δ|",
         use_cache=use_cache,
+        recheck=True,  # the key sees weights and structure, not the code of forward
     )
     return Accelerated(module, trial.ways[plan.chosen], example, plan, (run, held))

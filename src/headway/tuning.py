@@ -378,8 +378,11 @@ def tune(
     diff_label: str = "max |Δ|",
     use_cache: bool = True,
     on_candidate: Callable[[str], None] | None = None,
+    recheck: bool = False,
 ) -> tuple[TuningPlan, Built]:
-    """The one tuning loop: the plan cached under ``key`` (its choice built), or each
+    """The one tuning loop: the plan cached under ``key`` (its choice built and, with
+    ``recheck``, checked again: a key cannot see everything the answers depend on, such as a
+    module's code), or each
     candidate in turn skipped, built, checked (``reference`` first: a failure there is raised),
     then those within tolerance timed interleaved within what is left of ``budget_s``; the
     fastest is chosen, the others closed, and the plan cached. A candidate is not started
@@ -391,9 +394,15 @@ def tune(
             reason = trial.skip(cached.chosen) if cached.chosen != reference else None
             if reason is None:
                 try:
-                    return cached, trial.build(cached.chosen)
+                    built = trial.build(cached.chosen)
                 except Exception as error:  # built before, not now: choose again
                     reason = first_line(error)
+                else:
+                    rejected = trial.check(cached.chosen, built)[1] if recheck else None
+                    if rejected is None:
+                        return cached, built
+                    reason = f"it now differs from the reference: {rejected}"
+                    trial.close(built)
             log.warning(
                 "the cached plan chose %s, which cannot run here now (%s): tuning again",
                 cached.chosen,

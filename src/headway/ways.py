@@ -284,9 +284,10 @@ def module_runner(
         engine = EngineModule(way.engine, rewritten, standalone=True)
         if example is None:
             return engine, rewritten
-        engine.session_for(*example)
+        # copies: the export runs the module, and a module may write into its input
+        engine.session_for(*(a.clone() for a in example))
         with torch.inference_mode():  # an engine returns a flat list: the module's nesting back
-            structure = pytree.tree_structure(rewritten(*example))
+            structure = pytree.tree_structure(rewritten(*(a.clone() for a in example)))
         if structure.is_leaf():
             return engine, rewritten
 

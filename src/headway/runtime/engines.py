@@ -160,11 +160,12 @@ def export_onnx(
             return path
         discard_cached(path)  # a damaged or half-written entry, if any
         temporary = path.with_suffix(".onnx.tmp")
-        inputs = tuple(a.detach().contiguous() for a in args)
+        # copies: tracing runs the module, and a module may write into its input
+        inputs = tuple(a.detach().clone().contiguous() for a in args)
         axes = None
         if dynamic_batch:
             with torch.no_grad():
-                outputs = module.eval()(*inputs)
+                outputs = module.eval()(*(a.clone() for a in inputs))
             count = 1 if isinstance(outputs, torch.Tensor) else len(outputs)
             names = [f"input_{i}" for i in range(len(inputs))]
             output_names = [f"output_{i}" for i in range(count)]
