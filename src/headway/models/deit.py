@@ -17,7 +17,6 @@ from torch import nn
 
 from headway.errors import InputError
 
-
 Size = int | tuple[int, int]
 
 
@@ -537,9 +536,10 @@ def adopt_vit(model: nn.Module) -> DeiT:
         qkv_bias=block.attn.qkv.bias is not None,
         patch_bias=proj.bias is not None,
     )
-    if config.image_hw[0] % _hw(config.patch_size)[0] or config.image_hw[1] % _hw(
-        config.patch_size
-    )[1]:
+    if (
+        config.image_hw[0] % _hw(config.patch_size)[0]
+        or config.image_hw[1] % _hw(config.patch_size)[1]
+    ):
         raise InputError(
             f"{name} cannot run as headway's DeiT: image size {config.image_hw} is not a "
             f"multiple of the patch size {config.patch_size}"
@@ -551,7 +551,9 @@ def adopt_vit(model: nn.Module) -> DeiT:
     try:
         load_weights(adopted, state, strict=True)
     except (InputError, RuntimeError) as error:
-        raise InputError(f"{name} cannot run as headway's DeiT: its weights differ ({error})")
+        raise InputError(
+            f"{name} cannot run as headway's DeiT: its weights differ ({error})"
+        ) from None
     _check_same_function(model, adopted.eval(), config, name)
     return adopted.train(model.training)
 
