@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -201,23 +202,43 @@ def _first_existing(path: Path) -> Path:
     return Path.cwd()
 
 
+def _can_create_in(folder: Path) -> str | None:
+    """None when a file can be made in ``folder``, else the system's reason. Tried for real:
+    ``os.access`` answers yes to root everywhere, even in /proc or on a read-only mount."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".headway-probe-", suffix=".tmp"):
+            pass
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None
+
+
 def _check_writable_under(path: Path, option: str) -> None:
     """The nearest existing ancestor of ``path`` must be a writable folder."""
     ancestor = _first_existing(path.parent if path.exists() else path)
     if not ancestor.is_dir():
         raise InputError(f"{option} {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {path}: {ancestor} is not writable")
+    reason = _can_create_in(ancestor)
+    if reason is not None:
+        raise InputError(f"{option} {path}: {ancestor} is not writable ({reason})")
 
 
 def output_folder(path: Path, option: str) -> Path:
     """A folder to write into: absent (it will be made) or an existing, writable folder."""
     check_name_lengths(path, option)
+    if path.is_symlink() and not path.exists():
+        raise InputError(
+            f"{option} {path}: a symbolic link to {os.readlink(path)}, which does not exist; "
+            "make that folder or choose another"
+        )
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path}: is a file, not a folder")
     if path.is_dir():
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise InputError(f"{option} {path}: folder is not writable")
+        reason = _can_create_in(path)
+        if reason is not None:
+            raise InputError(f"{option} {path}: folder is not writable ({reason})")
         return path
     _check_writable_under(path, option)
     return path

@@ -175,9 +175,11 @@ def check_space(folder: Path, module: nn.Module, what: str) -> None:
     except OSError:
         return
     if free < needed:
+        shown = folder.parent if ".staging-" in folder.name else folder  # the user's folder
         raise InputError(
-            f"{what}: {folder} has {free / 2**20:.0f} MiB free, and writing it needs about "
-            f"{needed / 2**20:.0f} MiB; free some space or choose another folder"
+            f"{what}: no space left on the device of {shown} ({free / 2**20:.0f} MiB free, "
+            f"writing it needs about {needed / 2**20:.0f} MiB); free some space or choose "
+            "another folder"
         )
 
 

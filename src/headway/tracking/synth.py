@@ -11,9 +11,11 @@ gives the same files.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -174,8 +176,9 @@ def synthesize(
     ``video``: also each sequence's frames as ``<name>/<name>.mp4`` (for ``headway track
     VIDEO --box``; the first line of its ground truth is the box).
 
-    Ground truth is written after the frames, so a half-written sequence has no ground truth and
-    is simply regenerated on the next call.
+    Ground truth is written after the frames, so a sequence cut short has no ground truth and
+    is regenerated on the next call; a new sequence that fails (a full disk, Ctrl-C) is removed,
+    and so is ``out`` when this call made it and it is empty.
     """
     if sequences < 1:
         raise InputError(f"sequences must be ≥ 1, got {sequences}")
@@ -183,29 +186,21 @@ def synthesize(
     if settings.frames < 2:
         raise InputError(f"frames must be ≥ 2, got {settings.frames}")
     out = Path(out)
+    out_was_there = out.exists()
     names, manifest = [], {}
     for index in range(sequences):
         name = f"synth{seed:04d}_{index:03d}"
         frames, boxes, events = render_sequence(np.random.default_rng([seed, index]), settings)
         folder = out / name
-        images = make_folder(folder / "img")
-        (folder / "groundtruth_rect.txt").unlink(missing_ok=True)  # until the frames are whole
-        written = set()
-        quality = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
-        for number, frame in enumerate(frames, start=1):
-            path = images / f"{number:04d}.jpg"
-            ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), quality)
-            if not ok:
-                raise InputError(f"{path}: OpenCV could not encode the frame")
-            atomic_write_bytes(path, encoded.tobytes())
-            written.add(path.name)
-        for stale in images.iterdir():  # frames of an earlier, longer sequence of this name
-            if stale.name not in written and stale.is_file():
-                stale.unlink()
-        if video:
-            write_video(folder / f"{name}.mp4", frames)
-        lines = "".join(",".join(str(int(v)) for v in box) + "\n" for box in boxes)
-        atomic_write_text(folder / "groundtruth_rect.txt", lines)
+        folder_was_there = folder.exists()
+        try:
+            _write_sequence(folder, name, frames, boxes, settings, video)
+        except BaseException:  # a full disk, Ctrl-C: no new half-written sequence stays
+            if not folder_was_there:
+                shutil.rmtree(folder, ignore_errors=True)
+            if not out_was_there and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
         names.append(name)
         manifest[name] = asdict(events)
         if on_sequence is not None:
@@ -213,6 +208,35 @@ def synthesize(
     info = {"seed": seed, "settings": asdict(settings), "sequences": manifest}
     atomic_write_text(out / "synth.json", json.dumps(info, indent=2))
     return names
+
+
+def _write_sequence(
+    folder: Path,
+    name: str,
+    frames: list[np.ndarray],
+    boxes: Any,
+    settings: SynthSettings,
+    video: bool,
+) -> None:
+    """One sequence's frames, then (so a sequence cut short has none) its ground truth."""
+    images = make_folder(folder / "img")
+    (folder / "groundtruth_rect.txt").unlink(missing_ok=True)  # until the frames are whole
+    written = set()
+    quality = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+    for number, frame in enumerate(frames, start=1):
+        path = images / f"{number:04d}.jpg"
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), quality)
+        if not ok:
+            raise InputError(f"{path}: OpenCV could not encode the frame")
+        atomic_write_bytes(path, encoded.tobytes())
+        written.add(path.name)
+    for stale in images.iterdir():  # frames of an earlier, longer sequence of this name
+        if stale.name not in written and stale.is_file():
+            stale.unlink()
+    if video:
+        write_video(folder / f"{name}.mp4", frames)
+    lines = "".join(",".join(str(int(v)) for v in box) + "\n" for box in boxes)
+    atomic_write_text(folder / "groundtruth_rect.txt", lines)
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> None:
