@@ -388,8 +388,17 @@ def accelerate(
     budget_s: float = DEFAULT_BUDGET_S,
     probes: int = 2,
     use_cache: bool = True,
+    data: Any = None,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    max_drop: float | None = None,
+    fine_tune: int | None = None,
+    ways: Sequence[str] | None = None,
+    approximations: Sequence[str] | None = None,
 ) -> Accelerated:
-    """The fastest exact way to run ``module`` on inputs like ``example_inputs``.
+    """The fastest exact way to run ``module`` on inputs like ``example_inputs``; with
+    ``max_drop``, the fastest way of the module or of an approximation of it (Tucker-2,
+    sparse attention + token pruning) whose ``metric`` on ``data`` drops by at most
+    ``max_drop`` (:mod:`headway.approximate`; ``report.frontier`` has every candidate).
 
     Args:
         module: any ``nn.Module`` (it is copied and run in eval mode; the caller's is never
@@ -405,7 +414,55 @@ def accelerate(
             also the example negated, where the module's answers to it are finite: a traced
             graph that fixed the branch of an ``if`` on values fails there).
         use_cache: reuse the plan of an earlier call on the same weights, shapes and machine.
+        data: batches of ``(inputs, labels)`` or inputs alone, to score approximations on
+            (with ``max_drop``).
+        metric: ``metric(logits, labels) -> float``, higher is better; default top-1
+            accuracy (a share in [0, 1]) with labels, else agreement with the module's top-1.
+        max_drop: how much of ``metric`` an approximation may lose (e.g. 0.01: one point of
+            top-1); None: exact ways only; 0: the exact path.
+        fine_tune: steps of fine-tuning each approximation on ``data`` (needs labels; a
+            quarter of the batches are then held out to score on).
+        approximations: only these approximate candidates, by name (``"tucker2 macs:0.19"``)
+            or kind (``"tucker2"``, ``"vit-sparse"``), as the report names them.
+        ways: only these candidate ways (names as in the report, e.g. ``fold@onnxruntime``);
+            the module as it is (``plain@eager``) is always the reference.
     """
+    if max_drop is not None:
+        from headway.approximate import accelerate_within, check_max_drop
+
+        check_max_drop(max_drop)
+        if data is None:
+            raise InputError("max_drop needs data= to score the approximations on")
+        single = isinstance(example_inputs, torch.Tensor)
+        example = (example_inputs,) if single else tuple(example_inputs)  # type: ignore[arg-type]
+        if not example or not all(isinstance(a, torch.Tensor) for a in example):
+            raise InputError("example_inputs must be a tensor or a sequence of tensors")
+        if not isinstance(module, nn.Module):
+            raise InputError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+
+        def exact(
+            target: nn.Module, inputs: Any, budget: float, only: Sequence[str] | None = None
+        ) -> Accelerated:
+            return accelerate(target, inputs, tolerance=tolerance, precision=precision,
+                              budget_s=budget, probes=probes, use_cache=use_cache,
+                              ways=only)  # fmt: skip
+
+        return accelerate_within(
+            module,
+            tuple(a.detach().clone() for a in example),
+            single,
+            data=data,
+            max_drop=max_drop,
+            metric=metric,
+            fine_tune=fine_tune,
+            budget_s=budget_s,
+            exact=exact,
+            approximations=approximations,
+        )
+    if data is not None or metric is not None or fine_tune is not None or approximations:
+        raise InputError(
+            "data=, metric=, fine_tune= and approximations= take effect with max_drop= only"
+        )
     check_tuning_options(precision, tolerance, budget_s)
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
         raise InputError(f"probes must be a whole number ≥ 0, got {probes!r}")
@@ -423,8 +480,15 @@ def accelerate(
     key["inputs"] = [[list(a.shape), str(a.dtype)] for a in example]
     key["class"] = f"{type(module).__module__}.{type(module).__qualname__}"
     key["outputs"] = trial.output_layout
+    names = [way.name for way in candidate_ways(precision)]
+    if ways is not None:
+        unknown = sorted(set(ways) - set(names))
+        if unknown:
+            raise InputError(f"unknown ways {', '.join(unknown)}: choose from {', '.join(names)}")
+        names = [name for name in names if name in ways or name == REFERENCE.name]
+        key["ways"] = names
     plan, (run, held) = tune(
-        [way.name for way in candidate_ways(precision)],
+        names,
         Trial(trial.build, trial.check, trial.time, trial.skip, cost=trial.cost),
         plan_key(key),
         precision=precision,

@@ -63,6 +63,7 @@ class TuningPlan:
     cached: bool = False
     reference: str = "eager"
     diff_label: str = "max |Δ|"
+    frontier: Any = None  # accelerate with max_drop: the approximate candidates' report
 
     def table(self, skipped: bool = True) -> tuple[list[str], list[list[str]]]:
         """Header and rows: one per candidate, fastest timed first (``skipped``: with those not

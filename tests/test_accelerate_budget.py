@@ -1,0 +1,183 @@
+"""``headway.accelerate`` with an accuracy budget (issue 33): approximations (Tucker-2 on
+convolutions, sparse attention + token pruning on ViTs) scored on the user's data, the
+fastest within ``max_drop`` chosen, every candidate in the report, and bad input as one line.
+
+A small CNN trained here on the built-in digits stands in for the user's model (the
+digits VGG-16-BN of ``compress accuracy`` takes minutes to train)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import headway
+from headway.approximate import TUCKER_LADDER
+from headway.errors import InputError
+from headway.vision.data import digits
+from headway.vision.train import TrainSettings, train
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
+            )
+
+        self.features = nn.Sequential(
+            block(3, 16), block(16, 32), nn.MaxPool2d(2), block(32, 48), block(48, 48),
+            nn.MaxPool2d(2), block(48, 64),
+        )  # fmt: skip
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, list, list]:
+    torch.manual_seed(0)
+    data = digits()
+    model = SmallNet()
+    train(model, data, TrainSettings(epochs=2, lr=0.05), show_progress=False)
+    model.eval()
+    tune = [
+        (data.train_images[i : i + 64], data.train_labels[i : i + 64])
+        for i in range(0, len(data.train_labels), 64)
+    ]
+    held = [
+        (data.test_images[i : i + 64], data.test_labels[i : i + 64])
+        for i in range(0, len(data.test_labels), 64)
+    ]
+    return model, tune, held
+
+
+@pytest.fixture(autouse=True)
+def plan_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEADWAY_CACHE", str(tmp_path / "cache"))
+
+
+def _accuracy(run: nn.Module, batches: list) -> float:
+    with torch.inference_mode():
+        right = sum(int((run(x).argmax(1) == y).sum()) for x, y in batches)
+    return right / sum(len(y) for _, y in batches)
+
+
+def test_a_zero_budget_returns_the_exact_path(trained) -> None:
+    model, _, held = trained
+    fast = headway.accelerate(model, held[0][0][:1], data=held, max_drop=0.0, budget_s=10)
+    frontier = fast.report.frontier
+    assert frontier.chosen == "exact" and [r.name for r in frontier.rows] == ["exact"]
+    assert frontier.rows[0].vs_eager and frontier.rows[0].metric == pytest.approx(
+        _accuracy(model, held)
+    )
+    x = held[0][0]
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_every_candidate_has_a_speed_a_metric_or_a_reason(trained, tmp_path: Path) -> None:
+    """A generous budget: every Tucker-2 rung is scored; the chosen one is within the drop on
+    the data it was scored on; each row says why it was not chosen; the plot is written."""
+    model, _, held = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = headway.accelerate(model, held[0][0][:1], data=held, max_drop=0.05, budget_s=120)
+    frontier = fast.report.frontier
+    assert {r.kind for r in frontier.rows} == {"exact", "tucker2"}
+    assert [r.name for r in frontier.rows if r.kind == "tucker2"] == [
+        f"tucker2 {rule}" for rule in TUCKER_LADDER
+    ]  # the fewest MACs first
+    for row in frontier.rows:
+        assert row.status in ("chosen", "within budget", "over budget", "not tried", "failed")
+        assert row.reason or row.status == "chosen", row
+        assert row.metric is not None or row.reason, row
+        if row.status in ("chosen", "within budget"):
+            assert row.drop <= 0.05 + 1e-9 and row.vs_eager and row.vs_exact, row
+    chosen = next(r for r in frontier.rows if r.status == "chosen")
+    assert chosen.name == frontier.chosen
+    assert _accuracy(fast, held) == pytest.approx(chosen.metric, abs=1e-6)
+    header, rows = frontier.table()
+    assert len(rows) == len(frontier.rows) and "drop" in header
+    assert frontier.plot(tmp_path / "frontier").stat().st_size > 1000
+
+
+def test_fine_tuning_recovers_at_least_half_of_tucker2s_drop(trained) -> None:
+    """Tucker-2 at macs:0.19 loses accuracy; fine_tune steps on the tuning batches win back at
+    least half of it, measured on the held-out quarter."""
+    model, tune, _ = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = headway.accelerate(
+            model,
+            tune[0][0][:1],
+            data=tune,
+            max_drop=1.0,
+            fine_tune=40,
+            budget_s=120,
+            approximations=["tucker2 macs:0.19"],
+        )
+    row = next(r for r in fast.report.frontier.rows if r.name == "tucker2 macs:0.19")
+    baseline = fast.report.frontier.baseline
+    before, after = baseline - row.fine_tuned_from, baseline - row.metric
+    assert before > 0.02, row  # decomposing cost something to recover
+    assert after <= before / 2, row
+
+
+def test_a_vit_gets_sparse_attention_and_pruning_candidates() -> None:
+    from headway.models.deit import build_deit
+
+    torch.manual_seed(3)
+    vit = build_deit("deit_digits").eval()
+    batches = [torch.randn(8, 3, 32, 32) for _ in range(3)]  # no labels: agreement
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = headway.accelerate(vit, batches[0][:1], data=batches, max_drop=1.0, budget_s=45)
+    frontier = fast.report.frontier
+    assert frontier.metric.startswith("agreement")
+    sparse = [r for r in frontier.rows if r.kind == "vit-sparse"]
+    assert sparse and all(r.metric is not None or r.reason for r in sparse)
+    assert any(r.metric is not None for r in sparse)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"max_drop": -0.1}, "max_drop must be a finite number ≥ 0"),
+        ({"max_drop": math.nan}, "max_drop must be a finite number ≥ 0"),
+        ({"max_drop": "1%"}, "max_drop must be a number"),
+        ({"max_drop": 0.01, "data": None}, "max_drop needs data="),
+        ({"data": [torch.randn(2, 3, 32, 32)]}, "take effect with max_drop= only"),
+        (
+            {"max_drop": 0.01, "data": [torch.randn(2, 3, 32, 32)], "approximations": ["int8"]},
+            "no approximation 'int8' for this module",
+        ),
+        ({"max_drop": 0.01, "data": [torch.randn(2, 3, 16, 16)]}, "do not match the example"),
+        ({"max_drop": 0.01, "data": []}, "no batches"),
+        ({"max_drop": 0.01, "data": torch.randn(2, 3, 32, 32)}, "not a tensor"),
+        (
+            {"max_drop": 0.01, "data": [(torch.randn(2, 3, 32, 32), torch.tensor([0, 12]))]},
+            r"labels must be in \[0, 9\]",
+        ),
+        (
+            {"max_drop": 0.01, "data": [torch.randn(2, 3, 32, 32)] * 2, "fine_tune": 5},
+            "fine_tune needs labelled data",
+        ),
+        (
+            {"max_drop": 0.01, "data": [(torch.randn(2, 3, 32, 32), torch.zeros(2))]},
+            "labels must be one whole number per input",
+        ),
+    ],
+)
+def test_bad_budget_input_is_one_line(options: dict, message: str) -> None:
+    torch.manual_seed(4)
+    model = SmallNet().eval()
+    with pytest.raises(InputError, match=message):
+        headway.accelerate(model, torch.randn(1, 3, 32, 32), budget_s=5, **options)
