@@ -181,3 +181,70 @@ def test_bad_budget_input_is_one_line(options: dict, message: str) -> None:
     model = SmallNet().eval()
     with pytest.raises(InputError, match=message):
         headway.accelerate(model, torch.randn(1, 3, 32, 32), budget_s=5, **options)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(5)
+    for name in ("cat", "dog"):
+        (root / name).mkdir()
+        for index in range(8):
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{index}.png")
+    return root
+
+
+def test_the_command_writes_the_model_its_verification_and_the_frontier(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from headway.cli import app
+
+    out = tmp_path / "fast"
+    args = ["accelerate", "squeezenet1_1", "--small-input", "--data", str(image_folder)]
+    args += ["--out", str(out), "--max-drop", "0", "--budget", "10"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "chose exact" in " ".join(result.output.split())
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "frontier.json", "frontier.md", "frontier.png", "squeezenet1_1.onnx", "verification.json",
+    ]  # fmt: skip
+    verification = (out / "verification.json").read_text()
+    assert '"chosen": "exact"' in verification and '"max_rel_diff"' in verification
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-drop", "-1"], "max_drop must be a finite number ≥ 0"),
+        (["--max-drop", "nan"], "max_drop must be a finite number ≥ 0"),
+        (["--budget", "0"], "--budget must be a positive number"),
+        (["--fine-tune", "-3"], "--fine-tune"),
+        (["--formats", "pdf"], "pdf"),
+    ],
+)
+def test_the_commands_bad_input_is_one_line_before_work(
+    image_folder: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from headway.cli import app
+
+    out = tmp_path / "fast"
+    args = ["accelerate", "squeezenet1_1", "--small-input", "--data", str(image_folder)]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), *extra])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1 and message in output and output.count("error:") == 1, output
+    assert not out.exists()
+    missing = CliRunner().invoke(app, ["accelerate", "vgg16", "--data", str(tmp_path / "none"),
+                                       "--out", str(out)])  # fmt: skip
+    assert missing.exit_code == 1 and "does not exist" in " ".join(missing.output.split())

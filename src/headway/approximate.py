@@ -125,11 +125,16 @@ class FrontierReport:
             axes.plot([r.vs_eager for r in frontier], [r.metric for r in frontier], "--",
                       color="grey", zorder=2, label="frontier")  # fmt: skip
         floor = self.baseline - self.max_drop
-        axes.axhline(floor, color="tab:red", linewidth=0.8, label=f"{self.metric} ≥ {floor:.4f}")
+        lowest = min((r.metric for r in scored if r.metric is not None), default=floor)
+        if floor >= lowest - 0.1:  # a floor far below every point would only flatten them
+            axes.axhline(
+                floor, color="tab:red", linewidth=0.8, label=f"{self.metric} ≥ {floor:.4f}"
+            )
         axes.set_xlabel("speed × the module in eager PyTorch")
         axes.set_ylabel(self.metric)
         axes.set_title(f"accelerate within max_drop={self.max_drop:g}: chose {self.chosen}")
-        axes.legend(loc="lower left", fontsize=8)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(loc="lower left", fontsize=8)
         axes.grid(alpha=0.3)
         return save_figure(figure, path)
 
@@ -545,3 +550,59 @@ def _time_admissible(
             row.vs_eager = eager / row.median_ms
             row.vs_exact = exact / row.median_ms
     return medians
+
+
+# -- the command's folder -------------------------------------------------------------------------
+
+
+def accelerate_to_folder(
+    module: nn.Module,
+    example: torch.Tensor,
+    data: Iterable[Any],
+    out: Path,
+    *,
+    max_drop: float,
+    fine_tune: int | None = None,
+    budget_s: float = 120.0,
+    formats: Sequence[str] = ("onnx",),
+    name: str = "model",
+    command: str = "",
+    announce: Callable[[str], None] | None = None,
+) -> FrontierReport:
+    """``headway accelerate``: the fastest model within ``max_drop`` on ``data`` (see
+    :func:`accelerate_within`), exported to the new folder ``out`` in ``formats`` and verified
+    against itself (``verification.json``), with the report (``frontier.json``,
+    ``frontier.md``) and the plot (``frontier.png``). ``out`` is complete or absent."""
+    import json
+
+    import headway
+    from headway.io import atomic_write_text
+    from headway.runtime.deploy import ExportPart, check_formats, check_target, export_parts
+
+    check_target(out)
+    formats = check_formats(list(formats))
+    fast = headway.accelerate(
+        module, example, data=data, max_drop=max_drop, fine_tune=fine_tune, budget_s=budget_s
+    )
+    frontier: FrontierReport = fast.report.frontier
+    if announce is not None:
+        announce(f"chose {frontier.chosen}; exporting it")
+
+    def reports(staging: Path) -> None:
+        atomic_write_text(staging / "frontier.json", json.dumps(frontier.to_json(), indent=2))
+        header, rows = frontier.table()
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+        atomic_write_text(staging / "frontier.md", "\n".join(lines) + "\n")
+        frontier.plot(staging / "frontier.png")
+
+    description = {"chosen": frontier.chosen, "max_drop": max_drop, "metric": frontier.metric}
+    export_parts(
+        [ExportPart(name, fast.module.eval(), (example,))],
+        out,
+        formats,
+        command=command,
+        description=description,
+        extra=reports,
+    )
+    return frontier

@@ -11,6 +11,7 @@ for _group in (
     "cnn",
     "vit",
     "export",
+    "accelerate",
     "reproduce",
     "report",
     "serve",

@@ -237,10 +237,12 @@ def export_parts(
     command: str = "",
     description: dict[str, Any] | None = None,
     on_part: Callable[[str], None] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Export every part in every format into the new folder ``folder``, reload each file and
     compare it with the module on ``probes`` fresh inputs; returns (and writes) the record of
-    ``verification.json``. Nothing is left at ``folder`` if anything fails."""
+    ``verification.json``. ``extra(staging)`` writes more files into the folder before it
+    takes its place (a report, a plot). Nothing is left at ``folder`` if anything fails."""
     folder = Path(folder)
     formats = check_formats(formats)
     check_target(folder)
@@ -284,6 +286,8 @@ def export_parts(
             for leftover in staging.glob("*.onnx"):
                 leftover.unlink()
         atomic_write_text(staging / "verification.json", json.dumps(record, indent=2))
+        if extra is not None:
+            extra(staging)
         try:
             os.replace(staging, folder)
         except OSError as error:
