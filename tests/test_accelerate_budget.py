@@ -220,6 +220,29 @@ def test_the_command_writes_the_model_its_verification_and_the_frontier(
     ]  # fmt: skip
     verification = (out / "verification.json").read_text()
     assert '"chosen": "exact"' in verification and '"max_rel_diff"' in verification
+    _served_answers_equal_the_model(out)
+
+
+def _served_answers_equal_the_model(out: Path) -> None:
+    """The folder is a model the server's repository takes as it is (source: the folder)."""
+    import numpy as np
+
+    from headway.models.registry import random_model_and_input
+    from headway.runtime.engines import engine_available
+    from headway.serving.config import ModelConfig
+    from headway.serving.runtime import ServingRuntime
+
+    if not engine_available("onnxruntime"):
+        return
+    model, _, _ = random_model_and_input("squeezenet1_1", True, None, 1, 0)
+    config = ModelConfig("fast", source=str(out), backend="onnxruntime", max_batch_size=0)
+    x = np.random.default_rng(6).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    with ServingRuntime([config]) as runtime:
+        name = runtime.metadata("fast")["inputs"][0]["name"]
+        served = next(iter(runtime.infer("fast", {name: x}).values()))
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.abs(served - expected).max() <= 1e-4 * (np.abs(expected).max() + 1)
 
 
 @pytest.mark.parametrize(
