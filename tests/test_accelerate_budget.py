@@ -109,6 +109,22 @@ def test_every_candidate_has_a_speed_a_metric_or_a_reason(trained, tmp_path: Pat
     assert frontier.plot(tmp_path / "frontier").stat().st_size > 1000
 
 
+def test_a_second_call_reuses_the_decision_and_other_data_does_not(trained) -> None:
+    model, _, held = trained
+    options = dict(max_drop=1.0, budget_s=20, approximations=["tucker2 macs:0.5"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = headway.accelerate(model, held[0][0][:1], data=held, **options)
+        second = headway.accelerate(model, held[0][0][:1], data=held, **options)
+        other = headway.accelerate(model, held[0][0][:1], data=held[:-1], **options)
+    assert not first.report.frontier.cached and second.report.frontier.cached
+    assert second.report.frontier.chosen == first.report.frontier.chosen
+    assert not other.report.frontier.cached  # the data's digest is in the key
+    x = held[1][0]
+    with torch.inference_mode():
+        torch.testing.assert_close(second(x), first(x), rtol=1e-4, atol=1e-4)
+
+
 def test_fine_tuning_recovers_at_least_half_of_tucker2s_drop(trained) -> None:
     """Tucker-2 at macs:0.19 loses accuracy; fine_tune steps on the tuning batches win back at
     least half of it, measured on the held-out quarter."""

@@ -458,6 +458,9 @@ def accelerate(
             budget_s=budget_s,
             exact=exact,
             approximations=approximations,
+            cache_key={"precision": precision, "tolerance": tolerance, "probes": probes}
+            if use_cache
+            else None,
         )
     if data is not None or metric is not None or fine_tune is not None or approximations:
         raise InputError(

@@ -79,6 +79,13 @@ class FrontierReport:
     tune_s: float
     fine_tune: int | None
     rows: list[FrontierRow] = field(default_factory=list)
+    cached: bool = False  # the decision of an earlier call on the same model, data and budget
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FrontierReport:
+        fields = dict(data)
+        fields["rows"] = [FrontierRow(**row) for row in fields.get("rows", [])]
+        return cls(**fields)
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         header = ["candidate", "status", "× eager", "× best exact", self.metric, "drop", "way"]
@@ -210,7 +217,10 @@ def read_data(data: Iterable[Any], example: tuple[torch.Tensor, ...]) -> _Data:
                 )
             labels.append(targets.long())
         inputs.append(images)
-        digest.update(images.contiguous().view(-1).view(torch.uint8).numpy().tobytes()[:4096])
+        digest.update(f"{index}|{tuple(images.shape)}|{images.dtype}".encode())
+        digest.update(images.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        if targets is not None:
+            digest.update(targets.long().contiguous().numpy().tobytes())
     if not inputs:
         raise InputError("data holds no batches to score on")
     return _Data(inputs, labels if with_labels else None, digest.hexdigest()[:16])
@@ -430,6 +440,7 @@ def accelerate_within(
     budget_s: float,
     exact: Callable[..., Any],
     approximations: Sequence[str] | None = None,
+    cache_key: dict[str, Any] | None = None,
 ) -> Any:
     """The fastest of the module's best exact way and its approximate candidates whose metric
     on ``data`` drops by at most ``max_drop``; ``exact(module, example, budget)`` is the exact
@@ -448,6 +459,19 @@ def accelerate_within(
     name, score = _scorer(module, scored, metric)
     baseline = score(module)
     arg = example[0] if single else example
+    key = None
+    if cache_key is not None and metric is None:  # a callable's identity cannot be keyed
+        from headway.tuning import plan_key, weights_digest
+
+        key = plan_key({
+            **cache_key, "module": weights_digest(module), "data": batches.digest,
+            "max_drop": max_drop, "fine_tune": fine_tune, "approximations": approximations,
+            "inputs": [[list(a.shape), str(a.dtype)] for a in example], "kind": "frontier",
+        })  # fmt: skip
+        reused = _reuse(key, module, example, arg, tuning, score, baseline, max_drop,
+                        fine_tune, exact, budget_s * EXACT_SHARE)  # fmt: skip
+        if reused is not None:
+            return reused
     best_exact = exact(module, arg, budget_s * EXACT_SHARE)
     rows = [FrontierRow("exact", "exact", "within budget", metric=baseline, drop=0.0,
                         way=best_exact.report.chosen)]  # fmt: skip
@@ -523,6 +547,88 @@ def accelerate_within(
         rows=rows,
     )
     result = admissible[chosen.name]
+    result.report.frontier = report
+    if key is not None:
+        _save_frontier(key, report)
+    return result
+
+
+def _frontier_path(key: str) -> Path:
+    from headway.io import cache_root
+
+    return cache_root() / "frontiers" / f"{key}.json"
+
+
+def _save_frontier(key: str, report: FrontierReport) -> None:
+    """The decision, cached (a cache that cannot be written costs the next call a search)."""
+    import hashlib
+    import json
+    import logging
+
+    from headway.io import atomic_write_text
+
+    record = report.to_json()
+    text = json.dumps(record, sort_keys=True)
+    try:
+        atomic_write_text(
+            _frontier_path(key),
+            json.dumps({"frontier": record, "sha256": hashlib.sha256(text.encode()).hexdigest()}),
+        )
+    except (OSError, InputError) as error:
+        logging.getLogger(__name__).warning("accelerate's decision not cached (%s)", error)
+
+
+def _reuse(
+    key: str,
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    arg: Any,
+    tuning: _Data,
+    score: Callable[[Callable[..., Any]], float],
+    baseline: float,
+    max_drop: float,
+    fine_tune: int | None,
+    exact: Callable[..., Any],
+    exact_budget_s: float,
+) -> Any:
+    """The cached decision for ``key`` rebuilt (the chosen candidate only, fine-tuned again,
+    scored again and run on its way), or None when there is none, it cannot be trusted, or the
+    rebuilt candidate no longer keeps the budget (then the caller searches again)."""
+    import hashlib
+    import json
+    import logging
+
+    path = _frontier_path(key)
+    if not path.exists():
+        return None
+    log = logging.getLogger(__name__)
+    try:
+        stored = json.loads(path.read_text())
+        text = json.dumps(stored["frontier"], sort_keys=True)
+        if hashlib.sha256(text.encode()).hexdigest() != stored["sha256"]:
+            raise ValueError("its content does not match its hash")
+        report = FrontierReport.from_json(stored["frontier"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("accelerate's cached decision %s cannot be trusted (%s)", path, error)
+        return None
+    chosen = next(r for r in report.rows if r.name == report.chosen)
+    if chosen.kind == "exact":
+        result = exact(module, arg, exact_budget_s)  # its own plan is cached too
+    else:
+        found = [c for c in _candidates(module, example, tuning) if c.name == chosen.name]
+        if not found:
+            return None
+        approximate = found[0].build()
+        if fine_tune:
+            fine_tune_steps(approximate, tuning, fine_tune)
+        metric = score(approximate)
+        if baseline - metric > max_drop + 1e-12:
+            log.warning("the cached choice %s now drops %.4f: searching again", chosen.name,
+                        baseline - metric)  # fmt: skip
+            return None
+        chosen.metric, chosen.drop = metric, baseline - metric
+        result = exact(approximate, arg, WAY_BUDGET_S, [chosen.way] if chosen.way else None)
+    report.cached = True
     result.report.frontier = report
     return result
 
