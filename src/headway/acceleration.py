@@ -445,8 +445,14 @@ def accelerate(
         ) -> Accelerated:
             return accelerate(target, inputs, tolerance=tolerance, precision=precision,
                               budget_s=budget, probes=probes, use_cache=use_cache,
-                              ways=only)  # fmt: skip
+                              ways=only if only is not None else ways)  # fmt: skip
 
+        cache_key = {
+            "precision": precision,
+            "tolerance": tolerance,
+            "probes": probes,
+            "ways": None if ways is None else sorted(ways),
+        }
         return accelerate_within(
             module,
             tuple(a.detach().clone() for a in example),
@@ -458,9 +464,7 @@ def accelerate(
             budget_s=budget_s,
             exact=exact,
             approximations=approximations,
-            cache_key={"precision": precision, "tolerance": tolerance, "probes": probes}
-            if use_cache
-            else None,
+            cache_key=cache_key if use_cache else None,
         )
     if data is not None or metric is not None or fine_tune is not None or approximations:
         raise InputError(
