@@ -71,7 +71,7 @@ WORK = [
     "headway.serving.server.serve_repository",
     "headway.serving.ray_serve.serve_on_ray",
     "headway.experiments.serve_bench.run_serve_bench",
-    "headway.approximate.accelerate_to_folder",
+    "headway.acceleration.accelerate_to_folder",
 ]
 
 

@@ -20,7 +20,8 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -507,3 +508,60 @@ def accelerate(
         recheck=True,  # the key sees weights and structure, not the code of forward
     )
     return Accelerated(module, trial.ways[plan.chosen], example, plan, (run, held))
+
+
+# -- the command's folder -------------------------------------------------------------------------
+
+
+def accelerate_to_folder(
+    module: nn.Module,
+    example: torch.Tensor,
+    data: Iterable[Any],
+    out: Path,
+    *,
+    max_drop: float,
+    fine_tune: int | None = None,
+    budget_s: float = 120.0,
+    formats: Sequence[str] = ("onnx",),
+    name: str = "model",
+    command: str = "",
+    announce: Callable[[str], None] | None = None,
+) -> Any:
+    """``headway accelerate``: the fastest model within ``max_drop`` on ``data`` (see
+    :func:`headway.approximate.accelerate_within`), exported to the new folder ``out`` in
+    ``formats`` and verified against itself (``verification.json``), with the report
+    (``frontier.json``, ``frontier.md``) and the plot (``frontier.png``). ``out`` is complete
+    or absent."""
+    import json
+
+    from headway.approximate import FrontierReport
+    from headway.io import atomic_write_text
+    from headway.runtime.deploy import ExportPart, check_formats, check_target, export_parts
+
+    check_target(out)
+    formats = check_formats(list(formats))
+    fast = accelerate(
+        module, example, data=data, max_drop=max_drop, fine_tune=fine_tune, budget_s=budget_s
+    )
+    frontier: FrontierReport = fast.report.frontier
+    if announce is not None:
+        announce(f"chose {frontier.chosen}; exporting it")
+
+    def reports(staging: Path) -> None:
+        atomic_write_text(staging / "frontier.json", json.dumps(frontier.to_json(), indent=2))
+        header, rows = frontier.table()
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+        atomic_write_text(staging / "frontier.md", "\n".join(lines) + "\n")
+        frontier.plot(staging / "frontier.png")
+
+    description = {"chosen": frontier.chosen, "max_drop": max_drop, "metric": frontier.metric}
+    export_parts(
+        [ExportPart(name, fast.module.eval(), (example,))],
+        out,
+        formats,
+        command=command,
+        description=description,
+        extra=reports,
+    )
+    return frontier

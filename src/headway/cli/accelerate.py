@@ -48,7 +48,8 @@ def accelerate_command(
     """The fastest way to run MODEL whose top-1 on DATA drops by at most --max-drop: exact
     rewrites on every engine, plus Tucker-2 and, for ViTs, sparse attention + token pruning;
     written to OUT with its verification, the frontier table and its plot."""
-    from headway.approximate import accelerate_to_folder, check_max_drop
+    from headway.acceleration import accelerate_to_folder
+    from headway.approximate import check_max_drop
     from headway.io import require_folder
     from headway.models.registry import check_model_name
     from headway.runtime.deploy import check_formats, check_target
