@@ -276,6 +276,7 @@ def _served_answers_equal_the_model(out: Path) -> None:
         (["--budget", "0"], "--budget must be a positive number"),
         (["--fine-tune", "-3"], "--fine-tune"),
         (["--formats", "pdf"], "pdf"),
+        (["--batch", "100000000"], "--batch must be at most 1024"),
     ],
 )
 def test_the_commands_bad_input_is_one_line_before_work(

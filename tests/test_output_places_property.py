@@ -8,7 +8,7 @@ Whatever the place, a command ends with exit 0 or one line and exit 1, never a t
 an abort; it leaves no staging folder or temporary file; a user's file is never changed or
 removed; and where it fails, the place is as it was.
 
-``make test`` runs 50 examples with a fixed seed: every command with every place.
+``make test`` runs 55 examples with a fixed seed: every command with every place.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from headway.cli import app
 from headway.runtime.engines import engine_available
 
-EXAMPLES = int(os.environ.get("HEADWAY_PROPERTY_EXAMPLES", "50"))
+EXAMPLES = int(os.environ.get("HEADWAY_PROPERTY_EXAMPLES", "55"))
 SEED = int(os.environ.get("HEADWAY_PROPERTY_SEED", "34"))
 HEADWAY = Path(sys.executable).parent / "headway"
 MOUNT_POINT = Path("/proc")  # a mount point no command can write into, even as root
@@ -87,6 +87,8 @@ def _place(kind: str, root: Path) -> str:
         return ".."
     if kind == "mount point":
         return str(MOUNT_POINT)
+    if kind == "new folder in a mount point":
+        return str(MOUNT_POINT / "headway-new")
     if kind == "folder of the user's files":
         (root / "mine").mkdir()
         (root / "mine" / "notes.txt").write_text("notes")
@@ -105,6 +107,7 @@ PLACES = [
     "current folder",
     "folder above",
     "mount point",
+    "new folder in a mount point",
     "folder of the user's files",
     "under a file",
 ]

@@ -68,6 +68,19 @@ def environment_failure(error: OSError, path: str | Path | None = None) -> Input
     return InputError(f"cannot {verb} {where}: {reason.format(limit=NAME_MAX)}")
 
 
+def can_create_in(folder: Path) -> str | None:
+    """None when a file can be made in ``folder``, else the system's reason. Tried for real:
+    ``os.access`` answers yes to root everywhere, even in /proc or on a read-only mount."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".headway-probe-", suffix=".tmp"):
+            pass
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None
+
+
 def check_name_lengths(path: str | Path, what: str) -> None:
     """Refuse, before any work, a path with a file or folder name over ``NAME_MAX`` bytes
     (the OS would refuse it only when the file is written, after the work was done)."""

@@ -14,6 +14,7 @@ from headway.cli.base import app, at_least, console, reports_errors, shown
 from headway.errors import InputError
 
 MAX_IMAGES = 64 * 64  # the data batches accelerate keeps (64 of 64)
+MAX_BATCH = 1024
 
 
 @app.command("accelerate")
@@ -57,6 +58,10 @@ def accelerate_command(
     check_max_drop(max_drop)
     at_least(fine_tune, 0, "--fine-tune")
     at_least(batch, 1, "--batch")
+    if batch > MAX_BATCH:
+        raise InputError(f"--batch must be at most {MAX_BATCH}, got {batch}")
+    if small_input and model.startswith("timm:"):
+        raise InputError("--small-input: only for zoo and torchvision: models, not timm's")
     if not math.isfinite(budget) or budget <= 0:
         raise InputError(f"--budget must be a positive number of seconds, got {budget}")
     chosen = check_formats([f.strip() for f in formats.split(",") if f.strip()])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -17,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from headway.errors import InputError
-from headway.io import check_name_lengths, environment_failure
+from headway.io import can_create_in, check_name_lengths, environment_failure
 
 app = typer.Typer(
     help="headway: faster transformer and CNN inference with proof the answers did not change.",
@@ -202,25 +201,12 @@ def _first_existing(path: Path) -> Path:
     return Path.cwd()
 
 
-def _can_create_in(folder: Path) -> str | None:
-    """None when a file can be made in ``folder``, else the system's reason. Tried for real:
-    ``os.access`` answers yes to root everywhere, even in /proc or on a read-only mount."""
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return "permission denied"
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".headway-probe-", suffix=".tmp"):
-            pass
-    except OSError as error:
-        return error.strerror or type(error).__name__
-    return None
-
-
 def _check_writable_under(path: Path, option: str) -> None:
     """The nearest existing ancestor of ``path`` must be a writable folder."""
     ancestor = _first_existing(path.parent if path.exists() else path)
     if not ancestor.is_dir():
         raise InputError(f"{option} {path}: {ancestor} is a file, not a folder")
-    reason = _can_create_in(ancestor)
+    reason = can_create_in(ancestor)
     if reason is not None:
         raise InputError(f"{option} {path}: {ancestor} is not writable ({reason})")
 
@@ -236,7 +222,7 @@ def output_folder(path: Path, option: str) -> Path:
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path}: is a file, not a folder")
     if path.is_dir():
-        reason = _can_create_in(path)
+        reason = can_create_in(path)
         if reason is not None:
             raise InputError(f"{option} {path}: folder is not writable ({reason})")
         return path

@@ -26,7 +26,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from headway.errors import InputError, first_line
-from headway.io import atomic_write_text, staging_folder
+from headway.io import atomic_write_text, can_create_in, staging_folder
 from headway.runtime.engines import INSTALL_HINT, engine_available, open_engine
 
 FORMATS = {
@@ -76,8 +76,11 @@ def check_target(folder: Path) -> None:
         raise InputError(f"{folder} is already {what}: exports go to a new folder")
     parent = folder.parent if str(folder.parent) else Path(".")
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
         raise InputError(f"{folder}: {existing} is not a writable folder")
+    reason = can_create_in(existing)  # tried for real: os.access says yes to root anywhere
+    if reason is not None:
+        raise InputError(f"{folder}: {existing} is not a writable folder ({reason})")
 
 
 def check_runs(module: nn.Module, example: tuple[torch.Tensor, ...], what: str) -> None:
