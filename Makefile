@@ -25,7 +25,7 @@ demo: $(STAMP)
 # 18 min -> 13 min on the 2-core CI machine
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=40
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

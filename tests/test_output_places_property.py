@@ -315,3 +315,55 @@ def _wait_until_busy(pid: int, cpu_s: float, timeout: float) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"the command did not get busy within {timeout:.0f} s")
+
+
+def test_leaving_after_ctrl_c_does_not_abort_under_busy_torch_threads() -> None:
+    """The abort CI saw once (exit -6, "terminate called without an active exception", after
+    "interrupted (Ctrl-C): stopped"): the interpreter's teardown ends daemon threads that are
+    inside torch's kernels with a forced unwind. Plain ``sys.exit`` with such threads aborts
+    almost every time here; :func:`headway.entry.leave` skips the teardown, runs ``atexit``."""
+    script = (
+        "import atexit, sys, threading, time, torch\n"
+        "from headway.entry import leave\n"
+        "a = torch.randn(400, 400)\n"
+        "def spin():\n"
+        "    while True:\n"
+        "        a @ a\n"
+        "for _ in range(2):\n"
+        "    threading.Thread(target=spin, daemon=True).start()\n"
+        "atexit.register(lambda: print('ATEXIT RAN', flush=True))\n"
+        "time.sleep(0.3)\n"
+        "leave(130)\n"
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for process in runs:
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 130, output[-400:]
+        assert "ATEXIT RAN" in output and "terminate called" not in output, output[-400:]
+
+
+def test_ctrl_c_while_the_command_imports_is_one_line() -> None:
+    """SIGINT before the command's modules are imported: the same line and 130, no traceback
+    (it was a KeyboardInterrupt traceback from inside an import)."""
+    process = subprocess.Popen(
+        [str(HEADWAY), "multirun", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_until_busy(process.pid, cpu_s=0.4, timeout=60.0)  # the imports have begun
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    text = " ".join(output.split())
+    if process.returncode == 0:  # the imports were done before the signal: nothing to test
+        pytest.skip("the command finished before the signal")
+    assert process.returncode == 130, text[-600:]
+    assert "interrupted (Ctrl-C)" in text and "Traceback" not in text, text[-600:]
