@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,engines,cluster,serve,video]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,engines,cluster,serve,video,int8]'
 	@# the C++ runner (executors cpp*), when a compiler is present; without one all else works
 	$(BIN)/headway runner build || echo "headway-runner not built: the cpp executors are unavailable"
 	touch $(STAMP)

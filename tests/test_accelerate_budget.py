@@ -18,6 +18,7 @@ from torch import nn
 import headway
 from headway.approximate import TUCKER_LADDER
 from headway.errors import InputError
+from headway.runtime.int8 import int8_missing
 from headway.vision.data import digits
 from headway.vision.train import TrainSettings, train
 
@@ -89,7 +90,10 @@ def test_every_candidate_has_a_speed_a_metric_or_a_reason(trained, tmp_path: Pat
     model, _, held = trained
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fast = headway.accelerate(model, held[0][0][:1], data=held, max_drop=0.05, budget_s=120)
+        fast = headway.accelerate(
+            model, held[0][0][:1], data=held, max_drop=0.05, budget_s=120,
+            approximations=["tucker2"],
+        )  # fmt: skip
     frontier = fast.report.frontier
     assert {r.kind for r in frontier.rows} == {"exact", "tucker2"}
     assert [r.name for r in frontier.rows if r.kind == "tucker2"] == [
@@ -170,6 +174,95 @@ def test_a_vit_gets_sparse_attention_and_pruning_candidates() -> None:
     assert any(r.metric is not None for r in sparse)
 
 
+needs_int8 = pytest.mark.skipif(
+    int8_missing() is not None, reason=str(int8_missing()) if int8_missing() else ""
+)
+
+
+@needs_int8
+def test_int8_and_tucker2_plus_int8_are_scored_and_run_on_openvino(trained) -> None:
+    """INT8 of the module and of a Tucker-2 rung that keeps the budget: scored on the data,
+    timed with the others, and what is returned when chosen is the INT8 graph whose top-1 is
+    the row's (an INT8 candidate is never checked against a tolerance, only scored)."""
+    from headway.runtime.int8 import Int8Module
+
+    model, _, held = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = headway.accelerate(
+            model, held[0][0][:8], data=held[:6], max_drop=1.0, budget_s=60,
+            ways=["fold@eager"], approximations=["int8", "tucker2 energy:0.95 + int8"],
+        )  # fmt: skip
+    frontier = fast.report.frontier
+    names = [r.name for r in frontier.rows]
+    assert names == ["exact", "int8", "tucker2 energy:0.95", "tucker2 energy:0.95 + int8"]
+    for row in frontier.rows:
+        assert row.status in ("chosen", "within budget"), row
+        assert row.metric is not None and row.vs_eager and row.vs_exact, row
+        if row.kind.endswith("int8"):
+            assert row.way == "int8@openvino" and abs(row.drop) < 0.1, row
+    chosen = next(r for r in frontier.rows if r.status == "chosen")
+    assert isinstance(fast, Int8Module) == chosen.kind.endswith("int8")
+    assert _accuracy(fast, held[:6]) == pytest.approx(chosen.metric, abs=1e-6)
+
+
+def test_without_nncf_the_int8_rows_say_how_to_install_it(
+    trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import headway.approximate as approximate
+
+    message = "INT8 needs NNCF (OpenVINO's compression library), not installed: pip install x"
+    monkeypatch.setattr(approximate, "int8_missing", lambda: message)
+    monkeypatch.setattr(approximate, "require_int8", lambda: (_ for _ in ()).throw(
+        InputError(message)))  # fmt: skip
+    model, _, held = trained
+    with pytest.raises(InputError, match="not installed"):  # asked for by name: one line
+        headway.accelerate(model, held[0][0][:1], data=held[:2], max_drop=0.1, budget_s=10,
+                           approximations=["int8"])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = headway.accelerate(model, held[0][0][:1], data=held[:2], max_drop=0.0,
+                                  budget_s=10)  # fmt: skip
+    assert fast.report.frontier.chosen == "exact"
+    rows = approximate._with_int8([])
+    assert [r.name for r in rows] == ["int8"] and rows[0].int8
+
+
+@needs_int8
+def test_an_int8_model_exports_as_openvino_ir_and_is_served(trained, tmp_path: Path) -> None:
+    """The INT8 graph written by the export (OpenVINO IR) gives the in-memory graph's answers,
+    and the server's repository serves the folder as it is; pickling keeps the graph."""
+    import pickle
+
+    import numpy as np
+
+    from headway.runtime.deploy import ExportPart, export_parts
+    from headway.runtime.int8 import quantize
+    from headway.serving.config import ModelConfig
+    from headway.serving.runtime import ServingRuntime
+
+    model, _, held = trained
+    example = held[0][0][:1]
+    int8 = quantize(model, (example,), [x for x, _ in held[:4]])
+    out = tmp_path / "int8"
+    record = export_parts([ExportPart("model", int8, (example,))], out, ["openvino"])
+    entry = record["files"]["model.xml"]
+    assert entry["max_rel_diff"] <= 1e-5, entry
+    assert sorted(p.name for p in out.iterdir()) == ["model.bin", "model.xml", "verification.json"]
+    x = held[1][0][:1]
+    with torch.inference_mode():
+        expected = int8(x).numpy()
+        assert np.array_equal(pickle.loads(pickle.dumps(int8))(x).numpy(), expected)
+    config = ModelConfig("q", source=str(out), backend="openvino", max_batch_size=0)
+    with ServingRuntime([config]) as runtime:
+        name = runtime.metadata("q")["inputs"][0]["name"]
+        served = next(iter(runtime.infer("q", {name: x.numpy()}).values()))
+    assert np.abs(served - expected).max() <= 1e-4 * (np.abs(expected).max() + 1)
+    with pytest.raises(InputError, match="OpenVINO IR only"):
+        export_parts([ExportPart("model", int8, (example,))], tmp_path / "onnx", ["onnx"])
+    assert not (tmp_path / "onnx").exists()
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -179,8 +272,8 @@ def test_a_vit_gets_sparse_attention_and_pruning_candidates() -> None:
         ({"max_drop": 0.01, "data": None}, "max_drop needs data="),
         ({"data": [torch.randn(2, 3, 32, 32)]}, "take effect with max_drop= only"),
         (
-            {"max_drop": 0.01, "data": [torch.randn(2, 3, 32, 32)], "approximations": ["int8"]},
-            "no approximation 'int8' for this module",
+            {"max_drop": 0.01, "data": [torch.randn(2, 3, 32, 32)], "approximations": ["int4"]},
+            "no approximation 'int4' for this module",
         ),
         ({"max_drop": 0.01, "data": [torch.randn(2, 3, 16, 16)]}, "do not match the example"),
         ({"max_drop": 0.01, "data": []}, "no batches"),

@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -48,6 +48,9 @@ from headway.tuning import (
     weights_digest,
 )
 from headway.ways import Way, module_runner, why_not
+
+if TYPE_CHECKING:
+    from headway.runtime.int8 import Int8Module
 
 # largest |Δ| relative to the largest |output| of the module itself
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
@@ -395,11 +398,13 @@ def accelerate(
     fine_tune: int | None = None,
     ways: Sequence[str] | None = None,
     approximations: Sequence[str] | None = None,
-) -> Accelerated:
+) -> Accelerated | Int8Module:
     """The fastest exact way to run ``module`` on inputs like ``example_inputs``; with
     ``max_drop``, the fastest way of the module or of an approximation of it (Tucker-2,
-    sparse attention + token pruning) whose ``metric`` on ``data`` drops by at most
-    ``max_drop`` (:mod:`headway.approximate`; ``report.frontier`` has every candidate).
+    sparse attention + token pruning, INT8 and their combinations) whose ``metric`` on
+    ``data`` drops by at most ``max_drop`` (:mod:`headway.approximate`; ``report.frontier``
+    has every candidate). An INT8 choice is an :class:`~headway.runtime.int8.Int8Module`
+    (an OpenVINO graph: one CPU input, no weights to load into it).
 
     Args:
         module: any ``nn.Module`` (it is copied and run in eval mode; the caller's is never
@@ -424,7 +429,8 @@ def accelerate(
         fine_tune: steps of fine-tuning each approximation on ``data`` (needs labels; a
             quarter of the batches are then held out to score on).
         approximations: only these approximate candidates, by name (``"tucker2 macs:0.19"``)
-            or kind (``"tucker2"``, ``"vit-sparse"``), as the report names them.
+            or kind (``"tucker2"``, ``"vit-sparse"``, ``"int8"``, ``"tucker2+int8"``,
+            ``"vit-sparse+int8"``), as the report names them; a combination brings its base.
         ways: only these candidate ways (names as in the report, e.g. ``fold@onnxruntime``);
             the module as it is (``plain@eager``) is always the reference.
     """
@@ -537,6 +543,7 @@ def accelerate_to_folder(
     from headway.approximate import FrontierReport
     from headway.io import atomic_write_text
     from headway.runtime.deploy import ExportPart, check_formats, check_target, export_parts
+    from headway.runtime.int8 import Int8Module
 
     check_target(out)
     formats = check_formats(list(formats))
@@ -556,8 +563,13 @@ def accelerate_to_folder(
         frontier.plot(staging / "frontier.png")
 
     description = {"chosen": frontier.chosen, "max_drop": max_drop, "metric": frontier.metric}
+    graph = fast if isinstance(fast, Int8Module) else fast.module.eval()
+    if isinstance(fast, Int8Module) and formats != ["openvino"]:
+        if announce is not None:
+            announce("an INT8 model is written as OpenVINO IR (its only form): model.xml")
+        formats = ["openvino"]
     export_parts(
-        [ExportPart(name, fast.module.eval(), (example,))],
+        [ExportPart(name, graph, (example,))],
         out,
         formats,
         command=command,

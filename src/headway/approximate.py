@@ -10,6 +10,10 @@ The candidates, in the order of the speed they can win (fewest MACs / tokens fir
 - **Static sparse attention masks + token pruning** (paper C) for any ViT that
   :func:`headway.models.deit.adopt_vit` takes: masks from the attention averaged over
   ``data``, at a ladder of sparsities and pruning schedules.
+- **INT8** post-training quantization with NNCF on OpenVINO (:mod:`headway.runtime.int8`),
+  calibrated on ``data``: of the module itself (tried first: the cheapest), and of every
+  float candidate above that keeps the budget (Tucker-2 + INT8, masks + pruning + INT8).
+  Without NNCF these rows say how to install it.
 
 Each candidate is optionally fine-tuned (``fine_tune`` steps of cross-entropy on ``data``, as
 paper B retrains after decomposing: it needs labels), scored with ``metric``, and, if its drop
@@ -20,7 +24,8 @@ returns the exact path. Every candidate has a row in the report: speed × eager,
 best exact path, metric, drop, and chosen or why not; :meth:`FrontierReport.plot` draws the
 speed/accuracy frontier.
 
-Not yet here (issue 33 is open): INT8 with NNCF, combinations, a cached decision.
+The decision is cached (``cache_root()/frontiers``, keyed by the weights, the data's digest and
+the settings): a second call rebuilds the chosen candidate only and scores it again.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ import torch
 from torch import nn
 
 from headway.errors import InputError, first_line
-from headway.tuning import call_ms, time_interleaved
+from headway.runtime.int8 import WAY as INT8_WAY
+from headway.runtime.int8 import int8_missing, quantize, require_int8
+from headway.tuning import TuningPlan, call_ms, time_interleaved
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
@@ -53,7 +60,7 @@ class FrontierRow:
     """One candidate: what it is, its metric and drop, and its speed (or why it has none)."""
 
     name: str
-    kind: str  # exact, tucker2, vit-sparse
+    kind: str  # exact, tucker2, vit-sparse, int8, tucker2+int8, vit-sparse+int8
     status: str  # chosen, within budget, over budget, failed, not tried
     reason: str = ""
     metric: float | None = None
@@ -303,12 +310,43 @@ class _Candidate:
     name: str
     kind: str
     build: Callable[[], nn.Module]
+    int8: bool = False  # quantize ``base`` (the module itself when None) with NNCF
+    base: str | None = None
+
+
+INT8 = "int8"
+
+
+def _with_int8(floats: list[_Candidate]) -> list[_Candidate]:
+    """INT8 of the module first (no decomposition, no fine-tuning: the cheapest to try), then
+    each float candidate followed by its INT8 (tried only when the float one keeps the
+    budget: quantizing adds error, it never removes it)."""
+
+    def unused() -> nn.Module:
+        raise AssertionError("an INT8 candidate is built from its base")
+
+    found = [_Candidate(INT8, INT8, unused, int8=True)]
+    for candidate in floats:
+        found.append(candidate)
+        found.append(
+            _Candidate(f"{candidate.name} + int8", f"{candidate.kind}+int8", unused, True,
+                       candidate.name)
+        )  # fmt: skip
+    return found
 
 
 def _candidates(
     module: nn.Module, example: tuple[torch.Tensor, ...], data: _Data
 ) -> list[_Candidate]:
-    """Every approximate candidate that applies to ``module``, most promising first."""
+    """Every approximate candidate that applies to ``module``, most promising first (each
+    float one with its INT8, see :func:`_with_int8`)."""
+    return _with_int8(_float_candidates(module, example, data))
+
+
+def _float_candidates(
+    module: nn.Module, example: tuple[torch.Tensor, ...], data: _Data
+) -> list[_Candidate]:
+    """The Tucker-2 ladder for convolutional modules, the masks + pruning ladder for ViTs."""
     from headway.transforms.tucker import decompose_model
 
     found: list[_Candidate] = []
@@ -485,9 +523,17 @@ def accelerate_within(
                 f"no approximation {', '.join(map(repr, unknown))} for this module: choose from "
                 f"{', '.join(sorted(known)) or 'none'}"
             )
-        candidates = [c for c in candidates if {c.name, c.kind} & set(approximations)]
-    cost = 0.0  # what the last candidate took: the next is not started if it would overrun
+        chosen = {c.name for c in candidates if {c.name, c.kind} & set(approximations)}
+        chosen |= {c.base for c in candidates if c.name in chosen and c.base}  # their bases
+        candidates = [c for c in candidates if c.name in chosen]
+        if any(c.int8 for c in candidates):
+            require_int8()  # asked for by name: one line saying how to install it
+    # what the last candidate of each sort (float, INT8) took: the next of the sort is not
+    # started if it would overrun
+    costs = {False: 0.0, True: 0.0}
+    bases: dict[str, nn.Module] = {}  # float candidates that keep the budget, for their INT8
     for candidate in candidates:
+        cost = costs[candidate.int8]
         left = budget_s - (time.perf_counter() - began)
         if left <= 0 or cost > left:
             why = (
@@ -497,16 +543,28 @@ def accelerate_within(
             )
             rows.append(FrontierRow(candidate.name, candidate.kind, "not tried", why))
             continue
+        if candidate.int8:
+            why_not = int8_missing()
+            if why_not is None and candidate.base is not None and candidate.base not in bases:
+                why_not = f"its base ({candidate.base}) does not keep the budget"
+            if why_not is not None:
+                rows.append(FrontierRow(candidate.name, candidate.kind, "not tried", why_not))
+                continue
         started = time.perf_counter()
         row = FrontierRow(candidate.name, candidate.kind, "failed")
         rows.append(row)
         try:
-            approximate = candidate.build()
-            row.metric = score(approximate)
-            if fine_tune:
-                row.fine_tuned_from = row.metric
-                fine_tune_steps(approximate, tuning, fine_tune)
+            if candidate.int8:
+                base = module if candidate.base is None else bases[candidate.base]
+                approximate = quantize(base, example, tuning.inputs)
                 row.metric = score(approximate)
+            else:
+                approximate = candidate.build()
+                row.metric = score(approximate)
+                if fine_tune:
+                    row.fine_tuned_from = row.metric
+                    fine_tune_steps(approximate, tuning, fine_tune)
+                    row.metric = score(approximate)
         except InputError as error:
             row.reason = first_line(error)
             continue
@@ -514,16 +572,20 @@ def accelerate_within(
             row.reason = f"{type(error).__name__}: {first_line(error)}"
             continue
         finally:
-            cost = time.perf_counter() - started
+            costs[candidate.int8] = time.perf_counter() - started
         row.drop = baseline - row.metric
         if row.drop > max_drop + 1e-12:
             row.status, row.reason = "over budget", f"drop {row.drop:.4f} > {max_drop:g}"
             continue
-        # on the way that won for the module itself (the reference is always built too)
-        fast = exact(approximate, arg, WAY_BUDGET_S, [best_exact.report.chosen])
+        if candidate.int8:  # runs on OpenVINO as it is: no exact way to choose
+            fast = _int8_result(approximate, budget_s, time.perf_counter() - started)
+        else:
+            bases[candidate.name] = approximate
+            # on the way that won for the module itself (the reference is always built too)
+            fast = exact(approximate, arg, WAY_BUDGET_S, [best_exact.report.chosen])
         row.status, row.way = "within budget", fast.report.chosen
         admissible[candidate.name] = fast
-        cost = time.perf_counter() - started
+        costs[candidate.int8] = time.perf_counter() - started
     medians = _time_admissible(module, arg, single, admissible, rows, budget_s)
     chosen = min(
         (r for r in rows if r.status == "within budget" and r.median_ms is not None),
@@ -551,6 +613,16 @@ def accelerate_within(
     if key is not None:
         _save_frontier(key, report)
     return result
+
+
+def _int8_result(model: nn.Module, budget_s: float, tune_s: float) -> nn.Module:
+    """An INT8 candidate as :func:`headway.accelerate` returns a choice: with a ``report``
+    (its way, and the frontier once chosen)."""
+    model.report = TuningPlan(  # type: ignore[assignment]
+        chosen=INT8_WAY, precision="int8", tolerance=math.nan, budget_s=budget_s,
+        tune_s=tune_s, key="", reference=INT8_WAY, diff_label="(scored on the data)",
+    )  # fmt: skip
+    return model
 
 
 def _frontier_path(key: str) -> Path:
@@ -615,19 +687,29 @@ def _reuse(
     if chosen.kind == "exact":
         result = exact(module, arg, exact_budget_s)  # its own plan is cached too
     else:
-        found = [c for c in _candidates(module, example, tuning) if c.name == chosen.name]
-        if not found:
+        candidates = {c.name: c for c in _candidates(module, example, tuning)}
+        found = candidates.get(chosen.name)
+        if found is None or (found.int8 and int8_missing() is not None):
             return None
-        approximate = found[0].build()
-        if fine_tune:
-            fine_tune_steps(approximate, tuning, fine_tune)
+        float_one = found if not found.int8 else candidates.get(found.base or "")
+        if float_one is None:  # the module itself, quantized
+            approximate = module
+        else:
+            approximate = float_one.build()
+            if fine_tune:
+                fine_tune_steps(approximate, tuning, fine_tune)
+        if found.int8:
+            approximate = quantize(approximate, example, tuning.inputs)
         metric = score(approximate)
         if baseline - metric > max_drop + 1e-12:
             log.warning("the cached choice %s now drops %.4f: searching again", chosen.name,
                         baseline - metric)  # fmt: skip
             return None
         chosen.metric, chosen.drop = metric, baseline - metric
-        result = exact(approximate, arg, WAY_BUDGET_S, [chosen.way] if chosen.way else None)
+        if found.int8:
+            result = _int8_result(approximate, exact_budget_s, 0.0)
+        else:
+            result = exact(approximate, arg, WAY_BUDGET_S, [chosen.way] if chosen.way else None)
     report.cached = True
     result.report.frontier = report
     return result

@@ -47,8 +47,9 @@ def accelerate_command(
     formats: Annotated[str, typer.Option(help="Export formats, comma-separated.")] = "onnx",
 ) -> None:
     """The fastest way to run MODEL whose top-1 on DATA drops by at most --max-drop: exact
-    rewrites on every engine, plus Tucker-2 and, for ViTs, sparse attention + token pruning;
-    written to OUT with its verification, the frontier table and its plot."""
+    rewrites on every engine, plus Tucker-2, for ViTs sparse attention + token pruning, and
+    INT8 (NNCF, calibrated on DATA) alone and under each; written to OUT with its
+    verification, the frontier table and its plot (an INT8 choice as OpenVINO IR)."""
     from headway.acceleration import accelerate_to_folder
     from headway.approximate import check_max_drop
     from headway.io import require_folder

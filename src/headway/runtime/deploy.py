@@ -190,6 +190,9 @@ def _write(fmt: str, part: ExportPart, path: Path) -> Callable[..., Any]:
     """Write ``part`` as ``fmt`` to ``path`` and return a callable that runs the written file."""
     module, example = part.module.eval(), tuple(a.contiguous() for a in part.example)
     check_space(path.parent, module, f"{part.name} as {fmt}")
+    write_graph = getattr(module, "write_graph", None)
+    if write_graph is not None:  # a graph built already (an INT8 model): written as it is
+        return write_graph(fmt, path)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation notices
         if fmt in ("onnx", "openvino"):
