@@ -44,6 +44,33 @@ def test_image_folder(tmp_path: Path) -> None:
         load_image_folder(tmp_path / "cat")
 
 
+def test_a_limit_reads_only_a_sample_of_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``limit``: a seeded sample chosen before reading (headway accelerate keeps 4096 of a
+    folder that may hold a whole validation set), every class still present."""
+    from headway.vision import data as module
+    from headway.vision.data import load_imagenet_folder
+
+    rng = np.random.default_rng(2)
+    for name in ("0", "1", "2"):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            pixels = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    opened: list[str] = []
+    real_open = module.Image.open
+    monkeypatch.setattr(module.Image, "open", lambda p: opened.append(str(p)) or real_open(p))
+    data = load_image_folder(tmp_path, size=8, limit=12)
+    assert len(opened) == 12 and len(data.train_labels) + len(data.test_labels) == 12
+    assert set(torch.cat([data.train_labels, data.test_labels]).tolist()) == {0, 1, 2}
+    opened.clear()
+    pretrained = load_imagenet_folder(tmp_path, size=8, limit=9)
+    assert len(opened) == 9 and len(pretrained.train_labels) + len(pretrained.test_labels) == 9
+    again = load_imagenet_folder(tmp_path, size=8, limit=9)
+    assert torch.equal(again.test_images, pretrained.test_images)  # the same sample
+
+
 def test_cifar10_batches(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for name, count in (("data_batch_1", 6), ("data_batch_2", 4), ("test_batch", 5)):

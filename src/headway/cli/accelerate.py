@@ -131,19 +131,20 @@ def _load(model: str, checkpoint: Path | None, small_input: bool) -> tuple[Any, 
 def _images(
     folder: Path, class_map: Path | None, size: int, small_input: bool, transform: Any
 ) -> tuple[Any, Any]:
-    """Every image of the folder with its label, preprocessed as the model expects (small
-    inputs: resized and normalised as headway's trainer does; else ImageNet's evaluation
-    preprocessing or timm's transform)."""
+    """The folder's images (at most :data:`MAX_IMAGES`, a seeded sample) with their labels,
+    preprocessed as the model expects (small inputs: resized and normalised as headway's
+    trainer does; else ImageNet's evaluation preprocessing or timm's transform)."""
     import torch
 
     from headway.vision.data import load_image_folder, load_imagenet_folder
 
-    if small_input:
-        loaded = load_image_folder(folder, size=size, test_fraction=0.5)
+    if small_input:  # at most MAX_IMAGES, sampled before any is read
+        loaded = load_image_folder(folder, size=size, test_fraction=0.5, limit=MAX_IMAGES)
     else:
         loaded = load_imagenet_folder(
-            folder, class_map, size, calibration_fraction=0.5, transform=transform
-        )
+            folder, class_map, size, calibration_fraction=0.5, transform=transform,
+            limit=MAX_IMAGES,
+        )  # fmt: skip
     images = torch.cat([loaded.train_images, loaded.test_images])[:MAX_IMAGES]
     labels = torch.cat([loaded.train_labels, loaded.test_labels])[:MAX_IMAGES]
     return images, labels

@@ -15,7 +15,7 @@ statistics.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,27 +75,46 @@ def digits(size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> Classif
     return _normalise(ClassificationData(*split, [str(i) for i in range(10)]))
 
 
+def _image_files(
+    root: Path, folders: Sequence[str], label_of: Callable[[str], int], limit: int | None, seed: int
+) -> list[tuple[Path, int]]:
+    """``(path, label)`` of every image under ``root/<folder>``; with ``limit``, a seeded random
+    ``limit`` of them (every class keeps about its share), chosen before any is read."""
+    files = [
+        (path, label_of(folder))
+        for folder in folders
+        for path in sorted((root / folder).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if limit is not None and len(files) > limit:
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))
+        files = [files[i] for i in sorted(order[:limit].tolist())]
+    return files
+
+
 def load_image_folder(
-    root: str | Path, size: int = 32, test_fraction: float = 0.2, seed: int = 0
+    root: str | Path,
+    size: int = 32,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    limit: int | None = None,
 ) -> ClassificationData:
-    """``root/<class>/*.jpg|png...``; each image resized to size×size RGB."""
+    """``root/<class>/*.jpg|png...``; each image resized to size×size RGB (``limit``: at most
+    that many images, a seeded sample chosen before reading)."""
     root = Path(root)
     require_folder(root, "image folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise InputError(f"{root}: expected one sub-folder per class, found {len(classes)}")
     images, labels = [], []
-    for index, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(path) as image:
-                    rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
-            except (UnidentifiedImageError, OSError) as error:
-                raise InputError(f"{path}: cannot be read as an image ({error})") from None
-            images.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
-            labels.append(index)
+    for path, index in _image_files(root, classes, classes.index, limit, seed):
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
+        except (UnidentifiedImageError, OSError) as error:
+            raise InputError(f"{path}: cannot be read as an image ({error})") from None
+        images.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
+        labels.append(index)
     if not images:
         raise InputError(f"{root}: no images found")
     tensor = torch.stack(images).float() / 255.0
@@ -139,12 +158,14 @@ def load_imagenet_folder(
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
     transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    limit: int | None = None,
 ) -> ClassificationData:
     """Images for a pretrained classifier: shorter side resized (bicubic) to
     size / crop_fraction, centre-cropped to size, normalised by the weights' ``mean``/``std``
     (ImageNet's by default), or each RGB image through ``transform`` (a timm model's own eval
     transform: its crop fraction, interpolation and normalisation). The "train" split is the
-    calibration part (e.g. for averaging attention maps), the "test" split is scored."""
+    calibration part (e.g. for averaging attention maps), the "test" split is scored.
+    ``limit``: at most that many images, a seeded sample chosen before any is read."""
     root = Path(root)
     require_folder(root, "image folder")
     if not 0.0 < calibration_fraction < 1.0:
@@ -157,27 +178,24 @@ def load_imagenet_folder(
     mean_t = torch.tensor(mean).view(3, 1, 1)
     std_t = torch.tensor(std).view(3, 1, 1)
     images, labels = [], []
-    for folder in folders:
-        for path in sorted((root / folder).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(path) as image:
-                    rgb = image.convert("RGB")
-                    if transform is not None:
-                        images.append(transform(rgb))
-                        labels.append(indices[folder])
-                        continue
-                    scale = resized / min(rgb.size)
-                    width, height = (max(size, round(v * scale)) for v in rgb.size)
-                    rgb = rgb.resize((width, height), Image.BICUBIC)
-                    left, top = (width - size) // 2, (height - size) // 2
-                    rgb = rgb.crop((left, top, left + size, top + size))
-            except (UnidentifiedImageError, OSError) as error:
-                raise InputError(f"{path}: cannot be read as an image ({error})") from None
-            pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
-            images.append((pixels - mean_t) / std_t)
-            labels.append(indices[folder])
+    for path, label in _image_files(root, folders, indices.__getitem__, limit, seed):
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+                if transform is not None:
+                    images.append(transform(rgb))
+                    labels.append(label)
+                    continue
+                scale = resized / min(rgb.size)
+                width, height = (max(size, round(v * scale)) for v in rgb.size)
+                rgb = rgb.resize((width, height), Image.BICUBIC)
+                left, top = (width - size) // 2, (height - size) // 2
+                rgb = rgb.crop((left, top, left + size, top + size))
+        except (UnidentifiedImageError, OSError) as error:
+            raise InputError(f"{path}: cannot be read as an image ({error})") from None
+        pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
+        images.append((pixels - mean_t) / std_t)
+        labels.append(label)
     if len(images) < 2:
         raise InputError(f"{root}: need at least 2 images (calibration and scoring)")
     split = _split(torch.stack(images), torch.tensor(labels), 1.0 - calibration_fraction, seed)
