@@ -339,6 +339,39 @@ def test_the_command_writes_the_model_its_verification_and_the_frontier(
     _served_answers_equal_the_model(out)
 
 
+def test_the_command_takes_a_torchscript_file_and_refuses_graph_files(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """MODEL as an exported file: TorchScript (its own weights) is accelerated; ONNX and
+    OpenVINO files, a missing file and a checkpoint beside a file are one line each."""
+    from typer.testing import CliRunner
+
+    from headway.cli import app
+    from headway.models.registry import random_model_and_input
+
+    model, _, _ = random_model_and_input("squeezenet1_1", True, None, 1, 0)
+    scripted = tmp_path / "squeeze.pt"
+    torch.jit.save(torch.jit.trace(model.eval(), torch.randn(1, 3, 32, 32)), str(scripted))
+    out = tmp_path / "fast"
+    common = ["--small-input", "--data", str(image_folder), "--max-drop", "0", "--budget", "10"]
+    result = CliRunner().invoke(app, ["accelerate", str(scripted), *common, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "squeeze.onnx").is_file() and (out / "frontier.json").is_file()
+    (tmp_path / "graph.onnx").write_bytes(b"onnx")
+    for model_arg, extra, message in [
+        (str(tmp_path / "graph.onnx"), [], "onnx files are not taken"),
+        (str(tmp_path / "absent.pt"), [], "file does not exist"),
+        (str(scripted), ["--checkpoint", str(scripted)], "carries its own weights"),
+        (str(tmp_path / "graph.onnx.pt"), [], "file does not exist"),
+    ]:
+        bad = CliRunner().invoke(
+            app, ["accelerate", model_arg, *common, *extra, "--out", str(tmp_path / "no")]
+        )
+        output = " ".join(bad.output.split())
+        assert bad.exit_code == 1 and message in output and output.count("error:") == 1, output
+        assert not (tmp_path / "no").exists()
+
+
 def _served_answers_equal_the_model(out: Path) -> None:
     """The folder is a model the server's repository takes as it is (source: the folder)."""
     import numpy as np

@@ -21,7 +21,11 @@ MAX_BATCH = 1024
 @reports_errors
 def accelerate_command(
     model: Annotated[
-        str, typer.Argument(help="A zoo name (vgg16, …), torchvision:<name> or timm:<name>.")
+        str,
+        typer.Argument(
+            help="A zoo name (vgg16, …), torchvision:<name>, timm:<name>, or a TorchScript "
+            "file (.pt, as headway export writes it)."
+        ),
     ],
     data: Annotated[
         Path,
@@ -68,8 +72,12 @@ def accelerate_command(
     chosen = check_formats([f.strip() for f in formats.split(",") if f.strip()])
     check_target(out)
     require_folder(data, "--data folder")
-    check_model_name(model)
-    module, size, transform = _load(model, checkpoint, small_input)
+    scripted = _exported_file(model, checkpoint)
+    if scripted is None:
+        check_model_name(model)
+        module, size, transform = _load(model, checkpoint, small_input)
+    else:
+        module, size, transform = scripted, 32 if small_input else 224, None
     images, labels = _images(data, class_map, size, small_input, transform)
     batches = [
         (images[i : i + max(batch, 16)], labels[i : i + max(batch, 16)])
@@ -90,7 +98,7 @@ def accelerate_command(
             fine_tune=fine_tune or None,
             budget_s=budget,
             formats=chosen,
-            name=model.replace(":", "_"),
+            name=Path(model).stem if scripted is not None else model.replace(":", "_"),
             command=command,
             announce=lambda text: status.update(text),
         )
@@ -100,6 +108,37 @@ def accelerate_command(
     title = f"{model}: {frontier.metric}, baseline {frontier.baseline:.4f}"
     print_table(title, header, rows, width=160)
     console.print(f"chose {shown(frontier.chosen)}; wrote {shown(out)}", highlight=False)
+
+
+EXPORTED_SUFFIXES = {".pt": "torchscript", ".onnx": "onnx", ".xml": "openvino", ".pt2": "aoti"}
+
+
+def _exported_file(model: str, checkpoint: Path | None) -> Any:
+    """MODEL as a file: a TorchScript module (its own weights; Tucker-2 needs the torch
+    module's convolutions, so it gets the exact ways and INT8), or None for a name. Graph
+    files no torch module can be made from are refused by name."""
+    path = Path(model)
+    kind = EXPORTED_SUFFIXES.get(path.suffix.lower())
+    if kind is None and not path.is_file():
+        return None  # a name
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "file does not exist"
+        raise InputError(f"model {model}: {what}")
+    if kind != "torchscript":
+        raise InputError(
+            f"model {model}: {f'{kind} files are' if kind else 'this file is'} not taken "
+            "(headway accelerate needs a torch module): give the zoo, torchvision: or timm: "
+            "name with --checkpoint, or the TorchScript file (.pt) of headway export"
+        )
+    if checkpoint is not None:
+        raise InputError("--checkpoint: a TorchScript file carries its own weights")
+    import torch
+
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"model {model}: not a TorchScript file ({first})") from None
 
 
 def _load(model: str, checkpoint: Path | None, small_input: bool) -> tuple[Any, int, Any]:
