@@ -187,13 +187,15 @@ def test_int8_and_tucker2_plus_int8_are_scored_and_run_on_openvino(trained) -> N
     from headway.runtime.int8 import Int8Module
 
     model, _, held = trained
+    options = dict(data=held[:6], max_drop=1.0, budget_s=60, ways=["fold@eager"],
+                   approximations=["int8", "tucker2 energy:0.95 + int8"])  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fast = headway.accelerate(
-            model, held[0][0][:8], data=held[:6], max_drop=1.0, budget_s=60,
-            ways=["fold@eager"], approximations=["int8", "tucker2 energy:0.95 + int8"],
-        )  # fmt: skip
+        fast = headway.accelerate(model, held[0][0][:8], **options)
+        again = headway.accelerate(model, held[0][0][:8], **options)  # the cached decision
     frontier = fast.report.frontier
+    assert again.report.frontier.cached and again.report.frontier.chosen == frontier.chosen
+    assert type(again) is type(fast)
     names = [r.name for r in frontier.rows]
     assert names == ["exact", "int8", "tucker2 energy:0.95", "tucker2 energy:0.95 + int8"]
     for row in frontier.rows:

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 
 import headway
 
-EXAMPLES = int(os.environ.get("HEADWAY_PROPERTY_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("HEADWAY_PROPERTY_EXAMPLES", "6"))
 SEED = int(os.environ.get("HEADWAY_PROPERTY_SEED", "34"))
 
 

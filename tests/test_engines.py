@@ -175,7 +175,8 @@ def test_chained_engine_jobs_give_every_instance_its_models_answer(engine: str) 
     }
     expected = {name: _own_answer(spec) for name, spec in specs.items()}
     tolerance = TOLERANCES[engine][1]
-    runs = (("jobs:1", None, None), ("jobs:3", None, 2), ("jobs:2", 200.0, 1))
+    # whole models with two requests in flight, then layer groups in open loop one at a time
+    runs = (("jobs:1", None, 2), ("jobs:3", 200.0, 1))
     if engine == "openvino-bf16":  # the openvino path with another precision hint: one run
         runs = runs[1:2]
     for policy, rate, depth in runs:
@@ -279,20 +280,14 @@ def test_bench_engines_rows_agree_with_eager(tmp_path: Path) -> None:
         "1",
         "--seconds",
         "0.05",
-        "--compiled",
         "--json",
         str(out),
-    ]
+    ]  # without --compiled: inductor's compile of VGG-16 took 60 of the test's 80 s
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     variants = {r["variant"] for r in rows}
-    assert {
-        "eager",
-        "eager channels-last",
-        "compiled (inductor, freezing)",
-        "onnxruntime",
-    } <= variants
+    assert {"eager", "eager channels-last", "onnxruntime"} <= variants
     assert all(r["ms"] > 0 for r in rows)
     # fp32 paths agree to 1e-4; bf16 autocast (where the CPU has bf16) to bf16's precision
     assert all(r["max_diff"] < (0.05 if "bf16" in r["variant"] else 1e-4) for r in rows)
