@@ -312,12 +312,13 @@ class _Candidate:
     build: Callable[[], nn.Module]
     int8: bool = False  # quantize ``base`` (the module itself when None) with NNCF
     base: str | None = None
+    transformer: bool = False  # NNCF's transformer recipe (a ViT)
 
 
 INT8 = "int8"
 
 
-def _with_int8(floats: list[_Candidate]) -> list[_Candidate]:
+def _with_int8(floats: list[_Candidate], transformer: bool = False) -> list[_Candidate]:
     """INT8 of the module first (no decomposition, no fine-tuning: the cheapest to try), then
     each float candidate followed by its INT8 (tried only when the float one keeps the
     budget: quantizing adds error, it never removes it)."""
@@ -325,12 +326,12 @@ def _with_int8(floats: list[_Candidate]) -> list[_Candidate]:
     def unused() -> nn.Module:
         raise AssertionError("an INT8 candidate is built from its base")
 
-    found = [_Candidate(INT8, INT8, unused, int8=True)]
+    found = [_Candidate(INT8, INT8, unused, int8=True, transformer=transformer)]
     for candidate in floats:
         found.append(candidate)
         found.append(
             _Candidate(f"{candidate.name} + int8", f"{candidate.kind}+int8", unused, True,
-                       candidate.name)
+                       candidate.name, transformer)
         )  # fmt: skip
     return found
 
@@ -340,7 +341,8 @@ def _candidates(
 ) -> list[_Candidate]:
     """Every approximate candidate that applies to ``module``, most promising first (each
     float one with its INT8, see :func:`_with_int8`)."""
-    return _with_int8(_float_candidates(module, example, data))
+    floats = _float_candidates(module, example, data)
+    return _with_int8(floats, transformer=any(c.kind == "vit-sparse" for c in floats))
 
 
 def _float_candidates(
@@ -556,7 +558,9 @@ def accelerate_within(
         try:
             if candidate.int8:
                 base = module if candidate.base is None else bases[candidate.base]
-                approximate = quantize(base, example, tuning.inputs)
+                approximate = quantize(
+                    base, example, tuning.inputs, transformer=candidate.transformer
+                )
                 row.metric = score(approximate)
             else:
                 approximate = candidate.build()
@@ -699,7 +703,9 @@ def _reuse(
             if fine_tune:
                 fine_tune_steps(approximate, tuning, fine_tune)
         if found.int8:
-            approximate = quantize(approximate, example, tuning.inputs)
+            approximate = quantize(
+                approximate, example, tuning.inputs, transformer=found.transformer
+            )
         metric = score(approximate)
         if baseline - metric > max_drop + 1e-12:
             log.warning("the cached choice %s now drops %.4f: searching again", chosen.name,
