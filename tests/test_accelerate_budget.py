@@ -172,6 +172,13 @@ def test_a_vit_gets_sparse_attention_and_pruning_candidates() -> None:
     sparse = [r for r in frontier.rows if r.kind == "vit-sparse"]
     assert sparse and all(r.metric is not None or r.reason for r in sparse)
     assert any(r.metric is not None for r in sparse)
+    from headway.approximate import _candidates, read_data
+
+    example = (batches[0][:1],)
+    candidates = _candidates(vit, example, read_data(batches, example))
+    int8 = [c for c in candidates if c.int8]  # INT8 of a ViT: NNCF's transformer recipe
+    assert [c.name for c in int8][:2] == ["int8", "vit masks 0.7 + prune 0.1→0.9 + int8"]
+    assert all(c.transformer for c in int8)
 
 
 needs_int8 = pytest.mark.skipif(
