@@ -150,15 +150,21 @@ def test_track_auto_records_its_choice(synth_dataset: Path, tmp_path: Path, plan
     record = json.loads((out / "run.json").read_text())
     assert record["executor"] == "auto"
     assert record["auto"]["chosen"] in EXECUTORS
-    (plan_file,) = plan_cache.glob("*.json")
-    plan_file.write_text("{not json")  # a damaged cache is never trusted: tuned again
-    result = runner.invoke(
-        app,
-        ["track", str(synth_dataset), "--out", str(tmp_path / "run2"), "--config", "tiny",
-         "--executor", "auto", "--tune-seconds", "3", "--no-progress"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "tuned in" in result.output
+    assert len(list(plan_cache.glob("*.json"))) == 1  # its plan is cached
+
+
+def test_a_damaged_plan_file_is_never_trusted(plan_cache: Path) -> None:
+    """An unreadable or half-written plan is tuned again, with one warning (a second
+    `track --executor auto` over a damaged file did the same in 40 s of the suite)."""
+    from headway.tuning import _plan_path, load_plan
+
+    path = _plan_path("k" * 16)
+    path.parent.mkdir(parents=True)
+    for damaged in ("{not json", "", '{"plan": {}}', '{"plan": {"chosen": "x"}, "sha256": 1}'):
+        path.write_text(damaged)
+        assert load_plan("k" * 16, lambda name: True) is None
+    path.write_bytes(b"\xff\xfe")
+    assert load_plan("k" * 16, lambda name: True) is None
 
 
 @pytest.mark.parametrize(

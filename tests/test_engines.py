@@ -282,7 +282,7 @@ def test_bench_engines_rows_agree_with_eager(tmp_path: Path) -> None:
         "0.05",
         "--json",
         str(out),
-    ]  # without --compiled: inductor's compile of VGG-16 took 60 of the test's 80 s
+    ]  # without --compiled: torch.compile is covered by the executors' and accelerate's tests
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
