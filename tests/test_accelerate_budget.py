@@ -215,6 +215,43 @@ def test_int8_and_tucker2_plus_int8_are_scored_and_run_on_openvino(trained) -> N
     assert _accuracy(fast, held[:6]) == pytest.approx(chosen.metric, abs=1e-6)
 
 
+@needs_int8
+def test_an_int8_choice_is_written_as_openvino_ir_by_the_folder_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``headway accelerate``'s folder when INT8 wins (the search limited to INT8 here):
+    the IR, its verification against the in-memory graph, the report; the ONNX asked for is
+    replaced by the IR, and the user is told."""
+    import headway.acceleration as acceleration
+
+    real = acceleration.accelerate
+
+    def only_int8(*args: object, **options: object) -> object:
+        if options.get("max_drop") is not None:
+            options |= {"approximations": ["int8"], "ways": ["fold@eager"]}
+        return real(*args, **options)
+
+    monkeypatch.setattr(acceleration, "accelerate", only_int8)
+    torch.manual_seed(8)
+    model = SmallNet().eval()
+    data = [torch.randn(16, 3, 32, 32) for _ in range(3)]
+    said: list[str] = []
+    out = tmp_path / "fast"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frontier = acceleration.accelerate_to_folder(
+            model, data[0], data, out, max_drop=1.0, budget_s=30, announce=said.append
+        )
+    if frontier.chosen != "int8":  # the float model was faster on this VM: nothing to check
+        pytest.skip(f"chose {frontier.chosen}")
+    assert any("OpenVINO IR" in line for line in said)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "frontier.json", "frontier.md", "frontier.png", "model.bin", "model.xml",
+        "verification.json",
+    ]  # fmt: skip
+    assert '"chosen": "int8"' in (out / "verification.json").read_text()
+
+
 def test_without_nncf_the_int8_rows_say_how_to_install_it(
     trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:
