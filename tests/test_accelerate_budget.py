@@ -399,12 +399,20 @@ def test_the_command_takes_a_torchscript_file_and_refuses_graph_files(
     scripted = tmp_path / "squeeze.pt"
     torch.jit.save(torch.jit.trace(model.eval(), torch.randn(1, 3, 32, 32)), str(scripted))
     out = tmp_path / "fast"
-    common = ["--small-input", "--data", str(image_folder), "--max-drop", "0", "--budget", "10"]
-    result = CliRunner().invoke(app, ["accelerate", str(scripted), *common, "--out", str(out)])
+    common = ["--data", str(image_folder), "--max-drop", "0", "--budget", "10"]
+    result = CliRunner().invoke(
+        app, ["accelerate", str(scripted), "--small-input", *common, "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert (out / "squeeze.onnx").is_file() and (out / "frontier.json").is_file()
     (tmp_path / "graph.onnx").write_bytes(b"onnx")
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # 32×32 inputs only
+    fixed = tmp_path / "fixed.pt"
+    torch.jit.save(torch.jit.trace(flat.eval(), torch.randn(1, 3, 32, 32)), str(fixed))
+    names = tmp_path / "classes.txt"
+    names.write_text("cat\ndog\n")
     for model_arg, extra, message in [
+        (str(fixed), ["--class-map", str(names)], "does not run on 224×224 images"),
         (str(tmp_path / "graph.onnx"), [], "onnx files are not taken"),
         (str(tmp_path / "absent.pt"), [], "file does not exist"),
         (str(scripted), ["--checkpoint", str(scripted)], "carries its own weights"),

@@ -566,7 +566,7 @@ def accelerate_to_folder(
     graph = fast if isinstance(fast, Int8Module) else fast.module.eval()
     if isinstance(fast, Int8Module) and formats != ["openvino"]:
         if announce is not None:
-            announce("an INT8 model is written as OpenVINO IR (its only form): model.xml")
+            announce(f"an INT8 model is written as OpenVINO IR (its only form): {name}.xml")
         formats = ["openvino"]
     export_parts(
         [ExportPart(name, graph, (example,))],

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from headway.cli.base import app, at_least, console, reports_errors, shown
-from headway.errors import InputError
+from headway.errors import InputError, first_line
 
 MAX_IMAGES = 64 * 64  # the data batches accelerate keeps (64 of 64)
 MAX_BATCH = 1024
@@ -84,6 +84,10 @@ def accelerate_command(
         for i in range(0, len(labels), max(batch, 16))
     ]
     example = images[:batch] if len(images) >= batch else images[:1].repeat(batch, 1, 1, 1)
+    if scripted is not None:  # its input size is its own: checked before the search
+        from headway.runtime.deploy import check_runs
+
+        check_runs(module, (example[:1],), f"model {model} does not run on {size}×{size} images")
     command = shlex.join(
         ["headway", "accelerate", model, "--data", str(data), "--out", str(out),
          "--max-drop", str(max_drop), "--fine-tune", str(fine_tune), "--batch", str(batch)]
@@ -137,8 +141,7 @@ def _exported_file(model: str, checkpoint: Path | None) -> Any:
     try:
         return torch.jit.load(str(path), map_location="cpu").eval()
     except (RuntimeError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"model {model}: not a TorchScript file ({first})") from None
+        raise InputError(f"model {model}: not a TorchScript file ({first_line(error)})") from None
 
 
 def _load(model: str, checkpoint: Path | None, small_input: bool) -> tuple[Any, int, Any]:
