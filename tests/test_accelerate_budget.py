@@ -252,6 +252,20 @@ def test_an_int8_choice_is_written_as_openvino_ir_by_the_folder_export(
     assert '"chosen": "int8"' in (out / "verification.json").read_text()
 
 
+@needs_int8
+def test_an_nncf_too_old_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nncf
+
+    from headway.runtime.int8 import require_int8
+
+    for version in ("2.13.0", "not a version"):
+        monkeypatch.setattr(nncf, "__version__", version)
+        with pytest.raises(InputError, match=r"NNCF ≥ 2\.14, found .*pip install"):
+            require_int8()
+    monkeypatch.setattr(nncf, "__version__", "3.4.0.dev0+local")
+    require_int8()
+
+
 def test_without_nncf_the_int8_rows_say_how_to_install_it(
     trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,16 +34,6 @@ MAX_SHAPES = 8  # input shapes compiled (each a compiled model of the graph)
 WAY = "int8@openvino"
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
 def int8_missing() -> str | None:
     """Why INT8 cannot run here (one line with the fix), or None when it can."""
     if not engine_available("openvino"):
@@ -52,8 +42,14 @@ def int8_missing() -> str | None:
         import nncf
     except ImportError:
         return f"INT8 needs NNCF (OpenVINO's compression library), not installed: {INSTALL_HINT}"
+    from packaging.version import InvalidVersion, Version  # NNCF's own dependency
+
     found = getattr(nncf, "__version__", "0")
-    if _version_tuple(found) < MIN_NNCF:
+    try:
+        too_old = Version(found).release < MIN_NNCF
+    except InvalidVersion:
+        too_old = True
+    if too_old:
         wanted = ".".join(map(str, MIN_NNCF))
         return f"INT8 needs NNCF ≥ {wanted}, found {found}: {INSTALL_HINT}"
     return None
