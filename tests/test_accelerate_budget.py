@@ -390,6 +390,7 @@ def test_the_command_writes_the_model_its_verification_and_the_frontier(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "chose exact" in " ".join(result.output.split())
+    assert "squeezenet1_1.onnx" in " ".join(result.output.split())  # the files it wrote
     names = sorted(p.name for p in out.iterdir())
     assert names == [
         "frontier.json", "frontier.md", "frontier.png", "squeezenet1_1.onnx", "verification.json",

@@ -111,7 +111,10 @@ def accelerate_command(
     header, rows = frontier.table()
     title = f"{model}: {frontier.metric}, baseline {frontier.baseline:.4f}"
     print_table(title, header, rows, width=160)
-    console.print(f"chose {shown(frontier.chosen)}; wrote {shown(out)}", highlight=False)
+    written = ", ".join(sorted(p.name for p in out.iterdir()))  # an INT8 choice: IR, not ONNX
+    console.print(
+        f"chose {shown(frontier.chosen)}; wrote {shown(out)}: {shown(written)}", highlight=False
+    )
 
 
 EXPORTED_SUFFIXES = {".pt": "torchscript", ".onnx": "onnx", ".xml": "openvino", ".pt2": "aoti"}
