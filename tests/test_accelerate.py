@@ -358,6 +358,32 @@ def test_the_tuning_loop_does_not_start_what_would_overrun_and_retimes_near_ties
     )
 
 
+def test_each_variant_is_timed_after_the_last_ones_threads_settle(monkeypatch) -> None:
+    """A runtime's threads spin-wait after its calls: the interleaved timer pauses before a
+    variant that follows another one (not before a repeat), and the pause is not counted in
+    the timing budget (the rounds it allows are the same)."""
+    from headway import tuning
+
+    events: list[str] = []
+    monkeypatch.setattr(tuning.time, "sleep", lambda seconds: events.append(f"pause {seconds}"))
+
+    def run(name: str):
+        def timed() -> list[float]:
+            events.append(name)
+            return [1.0]
+
+        return timed
+
+    samples = tuning.interleaved_samples({"a": run("a"), "b": run("b")}, 0.0, 2, 2)
+    assert samples == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+    pause = f"pause {tuning.SETTLE_S}"
+    # rounds alternate their order: a b | b a  (no pause between the two b's)
+    assert events == ["a", pause, "b", "b", pause, "a"]
+    events.clear()
+    assert tuning.interleaved_samples({"only": run("only")}, 0.0, 3, 3) == {"only": [1.0] * 3}
+    assert events == ["only"] * 3
+
+
 class Branching(nn.Module):
     """Control flow on the input's values: a trace keeps only the branch it saw."""
 

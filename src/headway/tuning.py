@@ -221,6 +221,9 @@ def save_plan(plan: TuningPlan) -> Path:
     return path
 
 
+SETTLE_S = 0.05  # pause between two variants' passes: measured, ONNX Runtime spins ~40 ms
+
+
 def interleaved_samples(
     runs: Mapping[str, Callable[[], list[float]]],
     budget_s: float,
@@ -230,16 +233,28 @@ def interleaved_samples(
     """The one interleaved timer: each round calls every ``runs[name]()`` once (it returns
     the times of the frames, calls or blocks it timed), in alternating order so a drift of the
     machine's speed hits all alike; rounds go on while the budget lasts (at least
-    ``min_rounds``, at most ``max_rounds``). Returns every name's times."""
+    ``min_rounds``, at most ``max_rounds``). Returns every name's times.
+
+    Each variant is timed after a pause of :data:`SETTLE_S` once another one ran (not counted
+    in the budget): a runtime's threads spin-wait for tens of milliseconds after its last
+    call, and whatever ran right after ONNX Runtime was timed on contended cores (OpenVINO
+    INT8 after it: 12-13 ms a call instead of 7.1 for its first ~40 ms). Deployed alone a
+    model never runs in another engine's wake, so the comparison must not either."""
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
     began = time.perf_counter()
+    paused = 0.0
+    last: str | None = None
     round_index = 0
     while max_rounds is None or round_index < max_rounds:
-        if round_index >= min_rounds and time.perf_counter() - began > budget_s:
+        if round_index >= min_rounds and time.perf_counter() - began - paused > budget_s:
             break
         for name in names if round_index % 2 == 0 else names[::-1]:
+            if last is not None and name != last:
+                time.sleep(SETTLE_S)
+                paused += SETTLE_S
             samples[name] += runs[name]()
+            last = name
         round_index += 1
     return samples
 
