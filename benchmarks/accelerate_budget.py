@@ -1,11 +1,12 @@
 """``headway.accelerate`` with an accuracy budget on models trained here (issue 33): the
-built-in digits VGG-16-BN (width 0.25, as ``compress accuracy`` trains it), accelerated with
-``max_drop`` on its training images (a quarter held out for scoring when fine-tuning), then
-checked on the held-out test digits. Prints the frontier table and the held-out drop; writes
-JSON and the frontier plot.
+built-in digits VGG-16-BN (width 0.25) or ResNet-50 (width 16), as ``compress accuracy``
+trains them, or the digits DeiT that ``vit accuracy`` trains, accelerated with ``max_drop``
+on its training images (a quarter held out for scoring when fine-tuning), then checked on the
+held-out test digits. Prints the frontier table and the held-out drop; writes JSON and the
+frontier plot.
 
-    python benchmarks/accelerate_budget.py --out /tmp/budget [--max-drop 0.01]
-        [--fine-tune 120] [--budget 240] [--batch 64]
+    python benchmarks/accelerate_budget.py --out /tmp/budget [--model vgg16_bn]
+        [--max-drop 0.01] [--fine-tune 120] [--budget 240] [--batch 64]
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from pathlib import Path
 import torch
 
 import headway
+from headway.experiments.tucker import ACCURACY_MODELS
+from headway.experiments.vit import trained_digits_deit
 from headway.models import create_model
 from headway.vision.data import digits
-from headway.vision.train import TrainSettings, train
+from headway.vision.train import train
+
+MODELS = ("vgg16_bn", "resnet50", "deit_digits")
 
 
 def _accuracy(run: torch.nn.Module, batches: list) -> float:
@@ -33,6 +38,7 @@ def _accuracy(run: torch.nn.Module, batches: list) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", choices=MODELS, default="vgg16_bn")
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--fine-tune", type=int, default=120)
     parser.add_argument("--budget", type=float, default=240.0)
@@ -40,9 +46,13 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    data = digits()
-    model = create_model("vgg16_bn", num_classes=10, small_input=True, width=0.25)
-    train(model, data, TrainSettings(epochs=6, lr=0.05), args.out / "vgg16_bn.pt")
+    if args.model == "deit_digits":
+        model, data = trained_digits_deit(args.out)
+    else:
+        data = digits()
+        overrides, settings, _ = ACCURACY_MODELS[args.model]
+        model = create_model(args.model, num_classes=10, small_input=True, **overrides)
+        train(model, data, settings, args.out / f"{args.model}.pt")
     model.eval()
 
     def batches(images: torch.Tensor, labels: torch.Tensor) -> list:
@@ -82,6 +92,7 @@ def main() -> None:
         "held_out_after": after,
         "seconds": seconds,
         "batch": args.batch,
+        "model": args.model,
     }
     (args.out / "accelerate_budget.json").write_text(json.dumps(record, indent=2))
 

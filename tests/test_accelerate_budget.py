@@ -100,7 +100,9 @@ def test_every_candidate_has_a_speed_a_metric_or_a_reason(trained, tmp_path: Pat
         f"tucker2 {rule}" for rule in TUCKER_LADDER
     ]  # the fewest MACs first
     for row in frontier.rows:
-        assert row.status in ("chosen", "within budget", "over budget", "not tried", "failed")
+        assert row.status in (
+            "chosen", "within budget", "over budget", "not tried", "failed", "not applicable"
+        )  # fmt: skip
         assert row.reason or row.status == "chosen", row
         assert row.metric is not None or row.reason, row
         if row.status in ("chosen", "within budget"):
@@ -213,6 +215,40 @@ def test_int8_and_tucker2_plus_int8_are_scored_and_run_on_openvino(trained) -> N
     chosen = next(r for r in frontier.rows if r.status == "chosen")
     assert isinstance(fast, Int8Module) == chosen.kind.endswith("int8")
     assert _accuracy(fast, held[:6]) == pytest.approx(chosen.metric, abs=1e-6)
+
+
+class MostlyPointwise(nn.Module):
+    """One 3×3 convolution among large 1×1 ones (a ResNet bottleneck's shape): Tucker-2
+    decomposes only the 3×3, so a low MAC target is out of its reach."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 128, 1), nn.ReLU(),
+            nn.Conv2d(128, 128, 1), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_a_rung_out_of_the_models_reach_is_not_applicable_and_so_is_its_int8(trained) -> None:
+    _, _, held = trained
+    torch.manual_seed(1)
+    model = MostlyPointwise().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = headway.accelerate(
+            model, held[0][0][:8], data=held[:2], max_drop=1.0, budget_s=20,
+            ways=["fold@eager"], approximations=["tucker2 macs:0.19 + int8"],
+        )  # fmt: skip
+    rows = {r.name: r for r in fast.report.frontier.rows}
+    assert rows["tucker2 macs:0.19"].status == "not applicable"
+    assert "below what Tucker-2 can reach" in rows["tucker2 macs:0.19"].reason
+    assert rows["tucker2 macs:0.19 + int8"].status == "not applicable"
+    assert "does not apply" in rows["tucker2 macs:0.19 + int8"].reason
+    assert fast.report.frontier.chosen == "exact"
 
 
 @needs_int8

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from headway.errors import InputError, first_line
+from headway.errors import InputError, NotApplicable, first_line
 from headway.runtime.int8 import WAY as INT8_WAY
 from headway.runtime.int8 import int8_missing, quantize, require_int8
 from headway.tuning import TuningPlan, call_ms, time_interleaved
@@ -61,7 +61,7 @@ class FrontierRow:
 
     name: str
     kind: str  # exact, tucker2, vit-sparse, int8, tucker2+int8, vit-sparse+int8
-    status: str  # chosen, within budget, over budget, failed, not tried
+    status: str  # chosen, within budget, over budget, failed, not tried, not applicable
     reason: str = ""
     metric: float | None = None
     drop: float | None = None
@@ -534,6 +534,7 @@ def accelerate_within(
     # started if it would overrun
     costs = {False: 0.0, True: 0.0}
     bases: dict[str, nn.Module] = {}  # float candidates that keep the budget, for their INT8
+    inapplicable: set[str] = set()  # float candidates that do not apply to this module
     for candidate in candidates:
         cost = costs[candidate.int8]
         left = budget_s - (time.perf_counter() - began)
@@ -547,12 +548,16 @@ def accelerate_within(
             continue
         if candidate.int8:
             why_not = int8_missing()
+            if candidate.base in inapplicable:
+                rows.append(FrontierRow(candidate.name, candidate.kind, "not applicable",
+                                        f"its base ({candidate.base}) does not apply"))  # fmt: skip
+                continue
             if why_not is None and candidate.base is not None and candidate.base not in bases:
                 why_not = f"its base ({candidate.base}) does not keep the budget"
             if why_not is not None:
                 rows.append(FrontierRow(candidate.name, candidate.kind, "not tried", why_not))
                 continue
-        started = time.perf_counter()
+        started, refused = time.perf_counter(), False
         row = FrontierRow(candidate.name, candidate.kind, "failed")
         rows.append(row)
         try:
@@ -569,6 +574,11 @@ def accelerate_within(
                     row.fine_tuned_from = row.metric
                     fine_tune_steps(approximate, tuning, fine_tune)
                     row.metric = score(approximate)
+        except NotApplicable as error:  # refused before any work: its time is no estimate
+            row.status, row.reason = "not applicable", first_line(error)
+            inapplicable.add(candidate.name)
+            refused = True
+            continue
         except InputError as error:
             row.reason = first_line(error)
             continue
@@ -576,7 +586,8 @@ def accelerate_within(
             row.reason = f"{type(error).__name__}: {first_line(error)}"
             continue
         finally:
-            costs[candidate.int8] = time.perf_counter() - started
+            if not refused:
+                costs[candidate.int8] = time.perf_counter() - started
         row.drop = baseline - row.metric
         if row.drop > max_drop + 1e-12:
             row.status, row.reason = "over budget", f"drop {row.drop:.4f} > {max_drop:g}"

@@ -10,6 +10,11 @@ class FrameError(InputError):
     sequence fails, the others go on."""
 
 
+class NotApplicable(InputError):
+    """A transform asked for something this model cannot have (a Tucker-2 MAC target below
+    what its eligible layers can save): the model is fine, the rung does not apply to it."""
+
+
 def first_line(error: BaseException) -> str:
     """An exception's first non-blank line (or its type's name), for one-line reasons."""
     text = str(error).strip()

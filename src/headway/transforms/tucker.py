@@ -40,7 +40,7 @@ from tensorly.decomposition import partial_tucker
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from headway.errors import InputError, first_line
+from headway.errors import InputError, NotApplicable, first_line
 from headway.io import atomic_torch_save, atomic_write_text, read_torch_file
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +496,7 @@ def _ranks_for_mac_budget(
     best = plan(low)
     if best[0] > fraction * total_macs:
         decomposable = total_macs - best[0]
-        raise InputError(
+        raise NotApplicable(
             f"macs:{fraction} is below what Tucker-2 can reach: at the minimum rank the model "
             f"keeps {best[0] / total_macs:.1%} of its MACs ({decomposable:,} saved)"
         )
