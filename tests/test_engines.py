@@ -533,3 +533,22 @@ def test_ctrl_c_in_a_command_is_one_line_and_exit_130() -> None:
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 130
     assert "interrupted (Ctrl-C)" in result.output
+
+
+def test_the_export_fingerprint_sees_settings_outside_the_weights_and_the_repr() -> None:
+    """A pruned DeiT and the dense one share weights and repr; only the keep counts (a plain
+    list attribute) differ. Both used to map to one cached ONNX file, so the pruned model ran
+    the dense graph."""
+    from headway.models.deit import build_deit
+    from headway.runtime.engines import module_fingerprint
+    from headway.transforms.token_pruning import SparsePrunedDeiT
+
+    torch.manual_seed(0)
+    vit = build_deit("deit_digits").eval()
+    x = (torch.randn(2, 3, 32, 32),)
+    dense = SparsePrunedDeiT(vit)
+    pruned = SparsePrunedDeiT(vit, counts=[65, 40, 30, 20, 10, 5])
+    other = SparsePrunedDeiT(vit, counts=[65, 40, 30, 20, 10, 4])
+    prints = {module_fingerprint(m, x) for m in (dense, pruned, other)}
+    assert len(prints) == 3
+    assert module_fingerprint(dense.train(), x) == module_fingerprint(dense.eval(), x)

@@ -49,7 +49,14 @@ from headway.tuning import TuningPlan, call_ms, time_interleaved
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
 TUCKER_LADDER = ("macs:0.19", "macs:0.35", "macs:0.5", "vbmf", "energy:0.95")
-VIT_LADDER = ((0.7, (0.1, 0.9)), (0.5, (0.1, 0.5)), (0.3, (0.05, 0.3)), (0.5, None))
+# (attention sparsity, pruned share rising from → to, or None): the strongest first
+VIT_LADDER = (
+    (0.7, (0.5, 0.9)),
+    (0.7, (0.1, 0.9)),
+    (0.5, (0.1, 0.5)),
+    (0.3, (0.05, 0.3)),
+    (0.5, None),
+)
 EXACT_SHARE = 0.35  # of the budget, for the module's own exact tuning
 MAX_BATCHES = 64  # data batches kept (scoring every candidate on each)
 WAY_BUDGET_S = 8.0  # building, checking and timing an admissible candidate on the exact way
@@ -404,7 +411,9 @@ def _sparse_vit(
     masks, _ = masks_for_sparsity(maps, sparsity, prefix=prefix)
     counts = None
     if prune is not None:
-        first = min(3, config.depth - 1)
+        # the first quarter of the layers stays dense (3 of DeiT's 12, as the papers prune),
+        # at least the first: no attention has scored the tokens before it
+        first = max(1, config.depth // 4)
         ratios = pruning_ratios(config.depth, *prune, first_pruned=first)
         counts = keep_counts(config.num_patches, ratios, prefix=prefix)
     return SparsePrunedDeiT(copy.deepcopy(vit), additive_masks(masks), counts).eval()

@@ -119,11 +119,34 @@ def default_cache_dir() -> Path:
     return cache_root() / "exports"
 
 
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_settings(module: nn.Module) -> list[tuple[str, str, object]]:
+    """Every submodule's plain attributes (numbers, strings, lists and tuples of them): the
+    settings a forward may read that neither the repr nor the state dict shows (a pruning
+    schedule's keep counts: without them a pruned DeiT and the dense one with the same weights
+    shared one exported graph)."""
+
+    def plain(value: object) -> bool:
+        if isinstance(value, (list, tuple)):
+            return all(plain(item) for item in value)
+        return isinstance(value, _PLAIN)
+
+    found = []
+    for path, sub in module.named_modules():
+        for name, value in sorted(vars(sub).items()):
+            if name != "training" and not name.startswith("_") and plain(value):
+                found.append((path, name, value))
+    return found
+
+
 def module_fingerprint(module: nn.Module, args: Sequence[torch.Tensor]) -> str:
     """Hash of what the exported graph depends on: the module's structure and every parameter
     and buffer value, the input shapes and dtypes, the torch version and the export recipe."""
     digest = hashlib.sha256()
     digest.update(f"{EXPORT_FORMAT}|{torch.__version__}|{module!r}".encode())
+    digest.update(repr(_plain_settings(module)).encode())
     for name, tensor in [*module.state_dict().items(), *module.named_buffers()]:
         value = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{value.dtype}|{tuple(tensor.shape)}".encode())
