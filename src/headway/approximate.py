@@ -132,15 +132,16 @@ class FrontierReport:
 
         from headway.io import save_figure
 
-        figure, axes = plt.subplots(figsize=(7, 4.5))
-        for row in self.rows:
-            if row.metric is None or row.vs_eager is None:
-                continue
+        figure, axes = plt.subplots(figsize=(8, 5))
+        scored = [r for r in self.rows if r.metric is not None and r.vs_eager is not None]
+        # labels of neighbouring points alternate above and below, so that they overlap less
+        for index, row in enumerate(sorted(scored, key=lambda r: (r.vs_eager, r.metric))):
             colour = {"chosen": "tab:green", "over budget": "tab:red"}.get(row.status, "tab:blue")
             axes.scatter(row.vs_eager, row.metric, color=colour, zorder=3)
-            axes.annotate(row.name, (row.vs_eager, row.metric), fontsize=7, xytext=(4, 3),
+            axes.annotate(row.name, (row.vs_eager, row.metric), fontsize=7,
+                          xytext=(4, 4 if index % 2 == 0 else -10),
                           textcoords="offset points")  # fmt: skip
-        scored = [r for r in self.rows if r.metric is not None and r.vs_eager is not None]
+        axes.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
         frontier = _pareto(scored)
         if len(frontier) > 1:
             axes.plot([r.vs_eager for r in frontier], [r.metric for r in frontier], "--",
@@ -155,7 +156,7 @@ class FrontierReport:
         axes.set_ylabel(self.metric)
         axes.set_title(f"accelerate within max_drop={self.max_drop:g}: chose {self.chosen}")
         if axes.get_legend_handles_labels()[0]:
-            axes.legend(loc="lower left", fontsize=8)
+            axes.legend(loc="best", fontsize=8)
         axes.grid(alpha=0.3)
         return save_figure(figure, path)
 
