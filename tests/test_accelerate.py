@@ -364,6 +364,7 @@ def test_each_variant_is_timed_after_the_last_ones_threads_settle(monkeypatch) -
     the timing budget (the rounds it allows are the same)."""
     from headway import tuning
 
+    monkeypatch.delenv(tuning.SETTLE_ENV, raising=False)  # the default (the suite sets 0)
     events: list[str] = []
     monkeypatch.setattr(tuning.time, "sleep", lambda seconds: events.append(f"pause {seconds}"))
 
@@ -382,6 +383,16 @@ def test_each_variant_is_timed_after_the_last_ones_threads_settle(monkeypatch) -
     events.clear()
     assert tuning.interleaved_samples({"only": run("only")}, 0.0, 3, 3) == {"only": [1.0] * 3}
     assert events == ["only"] * 3
+    events.clear()
+    monkeypatch.setenv(tuning.SETTLE_ENV, "0")  # no pause at all
+    tuning.interleaved_samples({"a": run("a"), "b": run("b")}, 0.0, 2, 2)
+    assert events == ["a", "b", "b", "a"]
+    monkeypatch.setenv(tuning.SETTLE_ENV, "20")
+    assert tuning.settle_s() == pytest.approx(0.02)
+    for bad in ("soon", "-5", "nan"):
+        monkeypatch.setenv(tuning.SETTLE_ENV, bad)
+        with pytest.raises(InputError, match="HEADWAY_SETTLE_MS must be a number"):
+            tuning.settle_s()
 
 
 class Branching(nn.Module):

@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -222,6 +223,21 @@ def save_plan(plan: TuningPlan) -> Path:
 
 
 SETTLE_S = 0.05  # pause between two variants' passes: measured, ONNX Runtime spins ~40 ms
+SETTLE_ENV = "HEADWAY_SETTLE_MS"  # another pause, in ms (0: none; the tests check no timings)
+
+
+def settle_s() -> float:
+    """The pause between two variants' passes: :data:`SETTLE_S`, or ``$HEADWAY_SETTLE_MS``."""
+    value = os.environ.get(SETTLE_ENV)
+    if value is None or not value.strip():
+        return SETTLE_S
+    try:
+        milliseconds = float(value)
+    except ValueError:
+        milliseconds = -1.0
+    if not math.isfinite(milliseconds) or milliseconds < 0:
+        raise InputError(f"{SETTLE_ENV} must be a number of milliseconds ≥ 0, got {value!r}")
+    return milliseconds / 1000
 
 
 def interleaved_samples(
@@ -235,13 +251,14 @@ def interleaved_samples(
     machine's speed hits all alike; rounds go on while the budget lasts (at least
     ``min_rounds``, at most ``max_rounds``). Returns every name's times.
 
-    Each variant is timed after a pause of :data:`SETTLE_S` once another one ran (not counted
+    Each variant is timed after a pause (:func:`settle_s`) once another one ran (not counted
     in the budget): a runtime's threads spin-wait for tens of milliseconds after its last
     call, and whatever ran right after ONNX Runtime was timed on contended cores (OpenVINO
     INT8 after it: 12-13 ms a call instead of 7.1 for its first ~40 ms). Deployed alone a
     model never runs in another engine's wake, so the comparison must not either."""
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    pause = settle_s()
     began = time.perf_counter()
     paused = 0.0
     last: str | None = None
@@ -250,9 +267,9 @@ def interleaved_samples(
         if round_index >= min_rounds and time.perf_counter() - began - paused > budget_s:
             break
         for name in names if round_index % 2 == 0 else names[::-1]:
-            if last is not None and name != last:
-                time.sleep(SETTLE_S)
-                paused += SETTLE_S
+            if pause and last is not None and name != last:
+                time.sleep(pause)
+                paused += pause
             samples[name] += runs[name]()
             last = name
         round_index += 1

@@ -142,8 +142,9 @@ def _plain_settings(module: nn.Module) -> list[tuple[str, str, object]]:
 
 
 def module_fingerprint(module: nn.Module, args: Sequence[torch.Tensor]) -> str:
-    """Hash of what the exported graph depends on: the module's structure and every parameter
-    and buffer value, the input shapes and dtypes, the torch version and the export recipe."""
+    """Hash of what the exported graph depends on: the module's structure, its submodules'
+    plain settings, every parameter and buffer value, the input shapes and dtypes, the torch
+    version and the export recipe."""
     digest = hashlib.sha256()
     digest.update(f"{EXPORT_FORMAT}|{torch.__version__}|{module!r}".encode())
     digest.update(repr(_plain_settings(module)).encode())
