@@ -10,7 +10,6 @@ import torch
 
 from headway.tracking.synth import SynthSettings, synthesize
 
-
 # The interleaved timer's pause between variants (50 ms) makes timings fair; the tests check
 # no timings, so they run without it (commands run as subprocesses inherit this too).
 os.environ.setdefault("HEADWAY_SETTLE_MS", "0")
