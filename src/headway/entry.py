@@ -14,7 +14,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import sys
+from typing import Any
 
 INTERRUPTED = 130
 
@@ -30,11 +32,29 @@ def leave(status: int) -> None:
         os._exit(status)
 
 
+def _import_cli() -> Any:
+    """``headway.cli.app``, with Ctrl-C held until the imports are done: a KeyboardInterrupt
+    raised inside an extension's initialisation (a pybind11 call back into Python) is thrown
+    through C++ and aborts the process ("terminate called after throwing an instance of
+    'pybind11::error_already_set'", SIGABRT: seen once in a CI-like run). The imports take
+    seconds; an interrupt during them is answered as soon as they end."""
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: interrupted.append(number))
+    try:
+        from headway.cli import app
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        print("interrupted (Ctrl-C): stopped", file=sys.stderr)
+        leave(INTERRUPTED)
+    return app
+
+
 def main() -> None:
     """Run the command line; Ctrl-C at any point (imports included) is one line and 130."""
     try:
-        from headway.cli import app
-    except KeyboardInterrupt:
+        app = _import_cli()
+    except KeyboardInterrupt:  # a handler of the caller's that raises it anyway
         print("interrupted (Ctrl-C): stopped", file=sys.stderr)
         leave(INTERRUPTED)
     try:
