@@ -222,7 +222,7 @@ def save_plan(plan: TuningPlan) -> Path:
     return path
 
 
-SETTLE_S = 0.05  # pause between two variants' passes: measured, ONNX Runtime spins ~40 ms
+SETTLE_S = 0.05  # pause between two variants' passes (benchmarks/engine_wake.py)
 SETTLE_ENV = "HEADWAY_SETTLE_MS"  # another pause, in ms (0: none; the tests check no timings)
 
 
@@ -254,8 +254,9 @@ def interleaved_samples(
     Each variant is timed after a pause (:func:`settle_s`) once another one ran (not counted
     in the budget): a runtime's threads spin-wait for tens of milliseconds after its last
     call, and whatever ran right after ONNX Runtime was timed on contended cores (OpenVINO
-    INT8 after it: 12-13 ms a call instead of 7.1 for its first ~40 ms). Deployed alone a
-    model never runs in another engine's wake, so the comparison must not either."""
+    INT8 after it: 13-14 ms a call for three calls instead of 7.4-7.6;
+    ``benchmarks/engine_wake.py``). Deployed alone a model never runs in another engine's
+    wake, so the comparison must not either."""
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
     pause = settle_s()
