@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from headway.io import atomic_write_text
 from headway.models import create_model
 from headway.runtime.engines import compile_openvino, export_onnx, open_onnxruntime
 from headway.runtime.int8 import int8_missing, quantize
@@ -45,6 +46,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=6)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.repeats < 1 or args.calls < 1:
+        parser.error("need --repeats ≥ 1 and --calls ≥ 1")
+    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
+        parser.error(f"--json {args.json}: not a file in an existing folder")
     torch.manual_seed(0)
     model = create_model("vgg16_bn", num_classes=10, small_input=True, width=0.25).eval()
     x = torch.randn(64, 3, 32, 32)
@@ -86,7 +91,7 @@ def main() -> None:
             record[label][row] = medians
             print(f"  {row:34s} " + " ".join(f"{m:6.1f}" for m in medians))
     if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=2))
+        atomic_write_text(args.json, json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

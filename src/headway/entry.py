@@ -54,7 +54,7 @@ def main() -> None:
     """Run the command line; Ctrl-C at any point (imports included) is one line and 130."""
     try:
         app = _import_cli()
-    except KeyboardInterrupt:  # a handler of the caller's that raises it anyway
+    except KeyboardInterrupt:  # Ctrl-C before the holding handler was in place
         print("interrupted (Ctrl-C): stopped", file=sys.stderr)
         leave(INTERRUPTED)
     try:
